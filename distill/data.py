@@ -1,0 +1,358 @@
+"""Datasets held in memory as uint8 tensors, the fixed train/val/route split, and a
+loader that augments whole batches on the device.
+
+Keeping the data as one tensor (as airbench does) makes a batch an index tensor:
+augmentation is a function of (seed, epoch, sample index), so a teacher's logits
+can be matched to exactly the augmented image a student sees, cached or not.
+"""
+import hashlib
+import io
+import os
+import sys
+import tarfile
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from . import UserError
+
+DATASETS = ('cifar10', 'cifar100', 'folder')
+NATIVE_SIZE = 32  # CIFAR's size, and the default for folders
+SPLITS_IN_FOLDER = ('train', 'test')
+# PIL warns on palette images with transparency and on large images; both are handled below.
+warnings.filterwarnings('ignore', module='PIL')
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # N x 3 x S x S, uint8
+    labels: torch.Tensor  # N, int64
+    classes: list
+
+    def __len__(self):
+        return len(self.labels)
+
+    def select(self, indices: torch.Tensor) -> 'ImageSet':
+        return ImageSet(self.images[indices], self.labels[indices], self.classes)
+
+
+# ---------------------------------------------------------------- reading images
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB: 16-bit and float images are rescaled, alpha is composited on white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if pixels.max() > 255 else 255.0
+        image = Image.fromarray((pixels.clip(0, top) * (255.0 / top)).round().astype(np.uint8), 'L')
+    if image.mode in ('RGBA', 'LA', 'PA') or (image.mode == 'P' and 'transparency' in image.info):
+        rgba = image.convert('RGBA')
+        background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert('RGB')
+
+
+def read_image(source, size: int) -> torch.Tensor:
+    """Decode a path or file object to a 3 x size x size uint8 tensor (the whole image, resized)."""
+    with Image.open(source) as image:
+        image = to_rgb(image)
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR, reducing_gap=None)
+        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    resized = F.interpolate(images.float(), size=(size, size), mode='bilinear', antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+# ---------------------------------------------------------------- datasets
+
+def load_dataset(name: str, data_dir: str, train: bool, image_size: int | None = None,
+                 cache_dir: str = os.path.join('data', 'cache')) -> ImageSet:
+    """The training or test set of `name`, as uint8 tensors of image_size (default 32)."""
+    size = image_size or NATIVE_SIZE
+    if name in ('cifar10', 'cifar100'):
+        return _load_cifar(name, data_dir, train, size)
+    if name == 'folder':
+        splits = _load_folder(data_dir, size, cache_dir)
+        return splits['train' if train else 'test']
+    raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+
+
+def _load_cifar(name: str, data_dir: str, train: bool, size: int) -> ImageSet:
+    from torchvision import datasets
+    cls = datasets.CIFAR10 if name == 'cifar10' else datasets.CIFAR100
+    try:
+        ds = cls(root=data_dir, train=train, download=True)
+    except Exception as err:  # offline, disk full, corrupt archive: all end the same way for the user
+        raise UserError(f"could not download or read {name} into '{data_dir}' ({err.__class__.__name__}: {err}); "
+                        f"check the network, or pass --dataset folder --data-dir DIR") from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(resize_images(images, size), torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
+
+
+def _folder_entries(parts):
+    """(split, class) of a file at path `parts`, or None. Accepts any prefix before train/ or test/."""
+    for i, part in enumerate(parts[:-2]):
+        if part in SPLITS_IN_FOLDER:
+            name = parts[-1]
+            if name.startswith('.') or parts[i + 1].startswith('.'):
+                return None
+            return part, parts[i + 1]
+    return None
+
+
+def _iter_folder_files(path: str):
+    """Yield (split, class, display_name, opener) for every file in a folder or a .tar.gz."""
+    if os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                entry = _folder_entries(os.path.relpath(full, path).split(os.sep))
+                if entry:
+                    yield (*entry, full, lambda full=full: full)
+        return
+    try:
+        with tarfile.open(path, 'r:*') as archive:
+            for member in archive:
+                entry = _folder_entries(member.name.split('/'))
+                if member.isfile() and entry:
+                    data = archive.extractfile(member).read()
+                    yield (*entry, f'{path}:{member.name}', lambda data=data: io.BytesIO(data))
+    except (tarfile.TarError, EOFError, OSError, UnicodeError) as err:
+        raise UserError(f"'{path}' is not a readable .tar.gz ({err}); re-create or re-download the archive") from None
+
+
+def _load_folder(path: str, size: int, cache_dir: str) -> dict:
+    if not os.path.exists(path):
+        raise UserError(f"data path '{path}' does not exist; pass --data-dir pointing to a folder with "
+                        f"train/<class>/ and test/<class>/ images, or to a .tar.gz of that layout")
+    cache_file = os.path.join(cache_dir, f'folder-{_fingerprint(path, size)}.pt')
+    cached = _read_cache(cache_file)
+    if cached:
+        return cached
+    found = {split: {} for split in SPLITS_IN_FOLDER}  # split -> class -> [tensor]
+    skipped = []
+    for split, cls, shown, opener in _iter_folder_files(path):
+        try:
+            found[split].setdefault(cls, []).append(read_image(opener(), size))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            skipped.append(f'{shown} ({err.__class__.__name__})')
+    if skipped:
+        print(f'warning: skipped {len(skipped)} unreadable file(s), e.g. {"; ".join(skipped[:3])}', file=sys.stderr)
+    classes = sorted(found['train'])
+    if not classes:
+        raise UserError(f"no readable images under '{path}/train/<class>/'; the folder needs train/<class>/ and "
+                        f"test/<class>/ subfolders of images")
+    unknown = sorted(set(found['test']) - set(classes))
+    if unknown:
+        raise UserError(f"test classes {unknown} in '{path}' have no train/ folder; give every class training images")
+    splits = {}
+    for split in SPLITS_IN_FOLDER:
+        images = [img for cls in classes for img in found[split].get(cls, [])]
+        labels = [i for i, cls in enumerate(classes) for _ in found[split].get(cls, [])]
+        if not images:
+            raise UserError(f"no readable images under '{path}/{split}/'; add {split}/<class>/ images")
+        splits[split] = ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes)
+    _write_cache(cache_file, splits)
+    return splits
+
+
+def _fingerprint(path: str, size: int) -> str:
+    """Changes when any file changes: a folder's own mtime misses edits deep inside it."""
+    digest = hashlib.sha1(f'{os.path.abspath(path)}|{size}'.encode())
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    for name in files:
+        stat = os.stat(name)
+        digest.update(f'{name}|{stat.st_size}|{stat.st_mtime_ns}'.encode())
+    return digest.hexdigest()[:16]
+
+
+def _write_cache(cache_file: str, splits: dict):
+    os.makedirs(os.path.dirname(cache_file) or '.', exist_ok=True)
+    payload = {split: {'images': s.images, 'labels': s.labels, 'classes': s.classes} for split, s in splits.items()}
+    tmp = f'{cache_file}.tmp{os.getpid()}'
+    torch.save(payload, tmp)
+    os.replace(tmp, cache_file)
+
+
+def _read_cache(cache_file: str) -> dict | None:
+    try:
+        payload = torch.load(cache_file, weights_only=True)
+    except Exception:  # absent, or cut short by a crash: decode again
+        return None
+    return {split: ImageSet(s['images'], s['labels'], s['classes']) for split, s in payload.items()}
+
+
+# ---------------------------------------------------------------- subset and split
+
+def interleave_classes(labels: torch.Tensor) -> torch.Tensor:
+    """Positions that visit the classes round-robin, keeping each class's own order.
+
+    Any prefix of the result is as class-balanced as the data allow.
+    """
+    rank = torch.empty_like(labels)
+    for cls in labels.unique():
+        members = (labels == cls).nonzero().squeeze(1)
+        rank[members] = torch.arange(len(members))
+    return torch.argsort(rank * len(labels) + torch.arange(len(labels)))
+
+
+def balanced_subset(labels: torch.Tensor, n: int | None) -> torch.Tensor:
+    """The first n images, class-balanced, in their original order (all when n is None)."""
+    if n is None or n >= len(labels):
+        return torch.arange(len(labels))
+    if n <= 0:
+        raise UserError(f'--subset {n} must be a positive number of images')
+    return interleave_classes(labels)[:n].sort().values
+
+
+def make_split(labels: torch.Tensor, seed: int, val_size: int | None = None, route_size: int | None = None,
+               dataset: str = '', subset: int | None = None):
+    """Split a training set into train / val / route, class-balanced and fixed by the seed.
+
+    Returns ({'train','val','route'} -> index tensor, record). The record is stored in every
+    checkpoint so that a later stage can check it trains and evaluates on the same split.
+    """
+    n = len(labels)
+    default = min(n // 10, 5000)
+    val_size = default if val_size is None else val_size
+    route_size = default if route_size is None else route_size
+    if val_size < 1 or route_size < 0 or val_size + route_size >= n:
+        raise UserError(f'--val-size {val_size} and --route-size {route_size} leave no training images out of {n}; '
+                        f'use a larger --subset or smaller sizes')
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    order = perm[interleave_classes(labels[perm])]
+    parts = {'val': order[:val_size], 'route': order[val_size:val_size + route_size],
+             'train': order[val_size + route_size:]}
+    digest = hashlib.sha1(labels.numpy().tobytes() + parts['val'].numpy().tobytes()
+                          + parts['route'].numpy().tobytes()).hexdigest()[:16]
+    record = {'dataset': dataset, 'subset': subset, 'seed': seed, 'train': n - val_size - route_size,
+              'val': val_size, 'route': route_size, 'digest': digest}
+    return parts, record
+
+
+def channel_stats(images: torch.Tensor):
+    """Per-channel mean and std of uint8 images, as fractions of 255 (lists, to store in checkpoints)."""
+    x = images.double().div_(255).transpose(0, 1).reshape(3, -1)
+    return x.mean(1).tolist(), x.std(1).tolist()
+
+
+# ---------------------------------------------------------------- loader with on-device augmentation
+
+def augmentation_params(seed: int, epoch: int, n: int, pad: int = 4):
+    """Crop offsets (n x 2) and flips (n) for every sample index of one epoch: a pure function of its inputs."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
+    flips = torch.rand(n, generator=gen) < 0.5
+    return offsets, flips
+
+
+def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding plus horizontal flip of a whole batch, as one gather."""
+    b, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))
+    rows = offsets[:, :1] + torch.arange(h, device=images.device)
+    cols = offsets[:, 1:] + torch.arange(w, device=images.device)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    # Advanced indices around a slice put the batch dims first: B x H x W x C, i.e. channels_last.
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+class Loader:
+    """Yields (normalised images, labels, sample indices) batches from uint8 tensors on `device`.
+
+    train=True shuffles and augments (crop + flip) with parameters drawn from (seed, epoch), and
+    drops a ragged last batch. With world > 1 each rank takes its share of every global batch.
+    """
+
+    def __init__(self, data: ImageSet, indices: torch.Tensor, batch_size: int, mean, std, device='cpu',
+                 train: bool = False, seed: int = 0, channels_last: bool = False, rank: int = 0, world: int = 1):
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.indices = indices
+        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.rank, self.world, self.device = rank, world, torch.device(device)
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self):
+        n = len(self.indices)
+        if self.train and n >= self.batch_size:
+            return n // self.batch_size
+        return -(-n // self.batch_size)
+
+    def batch_indices(self):
+        """The global sample indices of each batch of this epoch, in order."""
+        indices = self.indices
+        if self.train:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_919)
+            indices = indices[torch.randperm(len(indices), generator=gen)]
+        for i in range(len(self)):
+            yield indices[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world]
+
+    def epoch_augmentation(self):
+        """This epoch's crop offsets and flips for every sample index, on the device."""
+        offsets, flips = augmentation_params(self.seed, self.epoch, len(self.labels))
+        return offsets.to(self.device), flips.to(self.device)
+
+    def make_batch(self, idx: torch.Tensor, augmentation=None) -> torch.Tensor:
+        """Normalised images of sample indices idx, augmented when given this epoch's augmentation."""
+        images = self.images[idx]
+        if augmentation is not None:
+            offsets, flips = augmentation
+            images = crop_flip(images, offsets[idx], flips[idx])
+        return self.normalise(images)
+
+    def __iter__(self):
+        augmentation = self.epoch_augmentation() if self.train else None
+        for idx in self.batch_indices():
+            idx = idx.to(self.device)
+            yield self.make_batch(idx, augmentation), self.labels[idx], idx
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.contiguous(memory_format=self.memory_format)
+        return (images.float() - self.mean) / self.std
+
+
+# ---------------------------------------------------------------- everything a stage trains and reports on
+
+@dataclass
+class Prepared:
+    train: ImageSet  # the training set after --subset; `parts` index into it
+    test: ImageSet
+    parts: dict  # 'train' / 'val' / 'route' -> index tensor
+    split: dict  # the record stored in checkpoints
+    mean: list
+    std: list
+    image_size: int
+
+    @property
+    def classes(self):
+        return self.train.classes
+
+
+def prepare_data(args) -> Prepared:
+    """Load, subset and split the data set the shared flags describe."""
+    train = load_dataset(args.dataset, args.data_dir, True, args.image_size)
+    test = load_dataset(args.dataset, args.data_dir, False, args.image_size)
+    train = train.select(balanced_subset(train.labels, args.subset))
+    test = test.select(balanced_subset(test.labels, args.test_subset))
+    parts, split = make_split(train.labels, args.seed, args.val_size, args.route_size, args.dataset, args.subset)
+    mean, std = channel_stats(train.images[parts['train']])
+    return Prepared(train, test, parts, split, mean, std, train.images.shape[-1])

@@ -1,0 +1,216 @@
+"""One training loop for the teacher, the students and the selector.
+
+Each stage hands `fit` a step function step(images, labels, indices) -> (loss, logits),
+the idea of timm's tasks without the framework. `fit` owns the rest: optimiser, schedule,
+mixed precision, checkpoints, resume, logs and the final test report.
+"""
+import csv
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import UserError
+from .checkpoint import check_compatible, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .cli import amp_dtype, resolve_device
+from .data import Loader, Prepared
+from .metrics import count_macs, count_params
+
+METRIC_FIELDS = ('epoch', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr', 'seconds')
+
+
+def build_optimizer(model, lr: float, weight_decay: float, momentum: float = 0.9):
+    """SGD with Nesterov momentum; no weight decay on biases and norm parameters."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+
+
+class WarmupCosine:
+    """Multiplier for LambdaLR: linear warm-up, then cosine decay to zero, per step."""
+
+    def __init__(self, total_steps: int, warmup_steps: int):
+        self.total, self.warmup = max(total_steps, 1), max(warmup_steps, 0)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(self.total - self.warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def place(model, device: torch.device):
+    """Move a model to the device, channels_last on CUDA (tensor cores want NHWC)."""
+    fmt = torch.channels_last if device.type == 'cuda' else torch.preserve_format
+    return model.to(device, memory_format=fmt)
+
+
+def autocast(device: torch.device, dtype):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def _reduce(*values, device):
+    """Sum values over ranks when running under torchrun."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, step, *, amp=None, scaler=None, desc='train'):
+    """One pass over the loader. Returns (mean loss, accuracy); stops on a non-finite loss."""
+    model.train()
+    device = loader.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True)
+    for images, labels, indices in bar:
+        with autocast(device, amp):
+            loss, logits = step(images, labels, indices)
+        if not torch.isfinite(loss):
+            raise UserError(f'the loss became {loss.item()} ({desc}, batch {bar.n}); lower --lr or use --amp off. '
+                            f'last.pt still holds the last finished epoch')
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach().double() * len(labels)
+        if logits.ndim == 2 and logits.shape[1] > 1 and labels.ndim == 1:
+            correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+    loss_sum, correct, seen = _reduce(loss_sum.item(), correct.item(), seen, device=device)
+    return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+
+@torch.inference_mode()
+def predict_logits(model, loader, amp=None):
+    """Logits and labels for the whole loader, in order, as float32 on the loader's device."""
+    model.eval()
+    outputs, labels = [], []
+    for images, batch_labels, _ in loader:
+        with autocast(loader.device, amp):
+            outputs.append(model(images).float())
+        labels.append(batch_labels)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def evaluate(model, loader, amp=None):
+    """(mean cross-entropy, accuracy) of a classifier over the loader."""
+    logits, labels = predict_logits(model, loader, amp)
+    loss = F.cross_entropy(logits, labels, reduction='sum').item()
+    correct = (logits.argmax(1) == labels).sum().item()
+    loss, correct, seen = _reduce(loss, correct, len(labels), device=loader.device)
+    return loss / max(seen, 1), correct / max(seen, 1)
+
+
+def _write_outputs(out: str, history: list, config: dict):
+    os.makedirs(out, exist_ok=True)
+    tmp = os.path.join(out, 'metrics.csv.tmp')
+    with open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, os.path.join(out, 'metrics.csv'))
+    write_json(os.path.join(out, 'config.json'), config)
+
+
+def write_json(path: str, payload: dict):
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+def fit(args, arch: str, model, step, data: Prepared, *, train_part: str = 'train', evaluate_fn=evaluate,
+        num_outputs: int | None = None, extra: dict | None = None, device=None, on_epoch_start=None):
+    """Train `model` with `step` on data.parts[train_part], keep the best epoch by val accuracy,
+    checkpoint every epoch, then report the best epoch once on the test set.
+
+    evaluate_fn(model, loader, amp) -> (loss, accuracy) scores val and test (classification by default).
+    extra: plain values stored in every checkpoint (the teacher's path, the selector's experts, ...).
+    on_epoch_start(train_loader) runs before each epoch (a logit cache loads that epoch's logits).
+    Returns the summary dict that is also written to OUT/summary.json.
+    """
+    device = device or resolve_device(args.device)
+    amp = amp_dtype(args.amp, device)
+    channels_last = device.type == 'cuda'
+    out = args.out
+    last_path, best_path = os.path.join(out, 'last.pt'), os.path.join(out, 'best.pt')
+    if os.path.exists(last_path) and not (args.resume or args.overwrite):
+        raise UserError(f"'{out}' already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                        f"or --out NEW_DIR")
+    num_outputs = num_outputs or len(data.classes)
+    model = place(model, device)
+    train_loader = Loader(data.train, data.parts[train_part], args.batch_size, data.mean, data.std, device,
+                          train=True, seed=args.seed, channels_last=channels_last)
+    val_loader = Loader(data.train, data.parts['val'], args.batch_size, data.mean, data.std, device,
+                        channels_last=channels_last)
+    optimizer = build_optimizer(model, args.lr, args.weight_decay, args.momentum)
+    steps_per_epoch = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch)))
+    scaler = torch.amp.GradScaler('cuda') if amp == torch.float16 else None
+    config = {k: v for k, v in vars(args).items()}
+    start_epoch, best_val_acc, history = 0, -1.0, []
+
+    if args.resume and os.path.exists(last_path):
+        state = load_checkpoint(last_path, map_location=device)
+        check_compatible(state, last_path, arch=arch, num_classes=num_outputs, split=data.split,
+                         image_size=data.image_size)
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        scheduler.load_state_dict(state['scheduler'])
+        start_epoch, best_val_acc, history = state['epoch'], state['best_val_acc'], state['history']
+        set_rng_state(state['rng'])
+        print(f'resumed {last_path} at epoch {start_epoch}/{args.epochs}')
+    elif args.resume:
+        print(f'no {last_path} to resume from; starting afresh')
+
+    train_model = torch.compile(model) if args.compile else model
+    base = {'arch': arch, 'num_classes': num_outputs, 'class_names': data.classes, 'image_size': data.image_size,
+            'mean': data.mean, 'std': data.std, 'split': data.split, 'config': config, **(extra or {})}
+    for epoch in range(start_epoch, args.epochs):
+        started = time.time()
+        train_loader.set_epoch(epoch)
+        if on_epoch_start:
+            on_epoch_start(train_loader)
+        train_loss, train_acc = train_one_epoch(train_model, train_loader, optimizer, scheduler, step, amp=amp,
+                                                scaler=scaler, desc=f'{arch} epoch {epoch + 1}/{args.epochs}')
+        val_loss, val_acc = evaluate_fn(model, val_loader, amp)
+        row = {'epoch': epoch + 1, 'train_loss': round(train_loss, 5), 'train_acc': round(train_acc, 5),
+               'val_loss': round(val_loss, 5), 'val_acc': round(val_acc, 5),
+               'lr': round(optimizer.param_groups[0]['lr'], 6), 'seconds': round(time.time() - started, 2)}
+        history.append(row)
+        state = {**base, 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                 'scheduler': scheduler.state_dict(), 'epoch': epoch + 1, 'history': history, 'rng': rng_state()}
+        if val_acc > best_val_acc:
+            best_val_acc = val_acc
+            save_checkpoint({**state, 'best_val_acc': best_val_acc}, best_path)
+        save_checkpoint({**state, 'best_val_acc': best_val_acc}, last_path)
+        _write_outputs(out, history, config)
+        print(f"{arch} epoch {epoch + 1}/{args.epochs}  train loss {train_loss:.4f} acc {train_acc:.2%}  "
+              f"val loss {val_loss:.4f} acc {val_acc:.2%}  lr {row['lr']:.4g}  {row['seconds']:.1f}s", flush=True)
+
+    # The test set is touched once, with the weights chosen on val.
+    model.load_state_dict(load_checkpoint(best_path, map_location=device)['model'])
+    test_loader = Loader(data.test, torch.arange(len(data.test)), args.batch_size, data.mean, data.std, device,
+                         channels_last=channels_last)
+    test_loss, test_acc = evaluate_fn(model, test_loader, amp)
+    summary = {'arch': arch, 'best_val_acc': best_val_acc, 'test_acc': test_acc, 'test_loss': test_loss,
+               'epochs': args.epochs, 'params': count_params(model),
+               'macs': count_macs(model, data.image_size, device), 'train_images': len(data.parts[train_part])}
+    write_json(os.path.join(out, 'summary.json'), summary)
+    print(f'{arch}: best val acc {best_val_acc:.2%}, test acc {test_acc:.2%} -> {out}/summary.json', flush=True)
+    return summary

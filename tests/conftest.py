@@ -1,0 +1,71 @@
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = ROOT.parent / 'shared' / 'data' / 'cifar10-jpeg.tar.gz'
+sys.path.insert(0, str(ROOT))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def make_image_folder(root: Path, classes=('cat', 'dog', 'ship'), train_per_class=12, test_per_class=4, size=8):
+    """train/<class>/*.png and test/<class>/*.png; each class has its own mean colour so models can learn it."""
+    rng = np.random.default_rng(0)
+    for split, count in (('train', train_per_class), ('test', test_per_class)):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = np.array([(c * 97) % 256, (c * 53 + 80) % 256, (c * 31 + 160) % 256])
+                pixels = np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f'{i:03d}.png')
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    return make_image_folder(tmp_path / 'images')
+
+
+def write_cifar(root: Path, name='cifar10', n_train=50, n_test=20, num_classes=10):
+    """The exact on-disk layout of torchvision's CIFAR10/CIFAR100 (python pickles), with md5 sums."""
+    rng = np.random.default_rng(0)
+    folder, label_key, meta_name, meta_key = (('cifar-10-batches-py', 'labels', 'batches.meta', 'label_names')
+                                              if name == 'cifar10' else
+                                              ('cifar-100-python', 'fine_labels', 'meta', 'fine_label_names'))
+    base = root / folder
+    base.mkdir(parents=True, exist_ok=True)
+
+    def batch(n):
+        return {'data': rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                label_key: [int(i % num_classes) for i in range(n)], 'filenames': [f'{i}.png' for i in range(n)]}
+    files = (['data_batch_%d' % i for i in range(1, 6)] + ['test_batch']) if name == 'cifar10' else ['train', 'test']
+    for f in files:
+        with open(base / f, 'wb') as out:
+            pickle.dump(batch(n_test if 'test' in f else n_train), out)
+    with open(base / meta_name, 'wb') as out:
+        pickle.dump({meta_key: [f'class{i}' for i in range(num_classes)]}, out)
+    return base
+
+
+def run_script(*args, cwd=None, check=True):
+    """Run a top-level script as a user would; returns the CompletedProcess."""
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '2'}
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd or os.getcwd(), env=env, capture_output=True, text=True,
+                            timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f'{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}')
+    return result
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """Scripts write data/cache and checkpoints/ relative to the working directory: keep them out of the repo."""
+    monkeypatch.chdir(tmp_path)

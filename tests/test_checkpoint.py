@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from distill import UserError
+from distill.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint, save_checkpoint
+from models import build_model
+
+
+def _state(arch='googlenet'):
+    model = build_model(arch, 3)
+    return model, {'arch': arch, 'num_classes': 3, 'class_names': ['a', 'b', 'c'], 'image_size': 8,
+                   'mean': [0.5] * 3, 'std': [0.2] * 3, 'split': {'seed': 0, 'digest': 'abc'},
+                   'model': model.state_dict(), 'epoch': 1, 'best_val_acc': 0.5}
+
+
+def test_round_trip_with_weights_only(tmp_path):
+    model, state = _state()
+    path = tmp_path / 'run' / 'best.pt'
+    save_checkpoint(state, str(path))
+    loaded = load_checkpoint(str(path))  # torch.load(weights_only=True) inside
+    rebuilt = model_from_checkpoint(loaded).eval()
+    images = torch.randn(2, 3, 8, 8)
+    assert torch.equal(rebuilt(images), model.eval()(images))
+    assert [p.name for p in path.parent.iterdir()] == ['best.pt']  # no temporary file left
+
+
+def test_a_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    _, state = _state()
+    path = tmp_path / 'last.pt'
+    save_checkpoint(state, str(path))
+    before = path.read_bytes()
+
+    def crash(obj, f):
+        f.write(b'partial')
+        raise OSError('disk full')
+    monkeypatch.setattr(torch, 'save', crash)
+    with pytest.raises(OSError):
+        save_checkpoint({**state, 'epoch': 2}, str(path))
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ['last.pt']
+
+
+@pytest.mark.parametrize('damage, message', [
+    ('missing', 'does not exist'), ('truncated', 'truncated or not a checkpoint'),
+    ('text', 'truncated or not a checkpoint'), ('foreign', 'not a checkpoint of this project')])
+def test_bad_checkpoints_are_one_line_errors(tmp_path, damage, message):
+    path = tmp_path / 'best.pt'
+    if damage == 'truncated':
+        save_checkpoint(_state()[1], str(path))
+        path.write_bytes(path.read_bytes()[:1000])
+    elif damage == 'text':
+        path.write_text('hello')
+    elif damage == 'foreign':
+        torch.save({'weights': torch.zeros(2)}, path)
+    with pytest.raises(UserError, match=message):
+        load_checkpoint(str(path))
+
+
+def test_mismatched_checkpoints_are_refused():
+    _, state = _state()
+    check_compatible(state, 'x.pt', arch='googlenet', num_classes=3, split=state['split'], image_size=8)
+    for field in ({'arch': 'resnet50'}, {'num_classes': 10}, {'split': {'seed': 1, 'digest': 'def'}},
+                  {'image_size': 32}):
+        key = next(iter(field))
+        with pytest.raises(UserError, match=f"has {key}="):
+            check_compatible(state, 'x.pt', **field)
+
+
+def test_weights_of_another_architecture_are_refused():
+    _, state = _state()
+    with pytest.raises(UserError, match='cannot rebuild the model'):
+        model_from_checkpoint({**state, 'arch': 'densenet121'})

@@ -1,0 +1,160 @@
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import datasets
+
+from distill import UserError
+from distill.data import (Loader, augmentation_params, balanced_subset, crop_flip, load_dataset, make_split,
+                          read_image)
+from conftest import SHARED_ARCHIVE, make_image_folder, write_cifar
+
+
+def _md5_lists(base, files):
+    import hashlib
+    return [[f, hashlib.md5((base / f).read_bytes()).hexdigest()] for f in files]
+
+
+@pytest.mark.parametrize('name', ['cifar10', 'cifar100'])
+def test_cifar_on_disk_format_is_read_by_torchvision(tmp_path, monkeypatch, name):
+    base = write_cifar(tmp_path, name, num_classes=10 if name == 'cifar10' else 100, n_train=30, n_test=20)
+    cls = datasets.CIFAR10 if name == 'cifar10' else datasets.CIFAR100
+    # torchvision checks md5 sums of the real files; point it at the generated ones instead of downloading.
+    train_files = ['data_batch_%d' % i for i in range(1, 6)] if name == 'cifar10' else ['train']
+    monkeypatch.setattr(cls, 'train_list', _md5_lists(base, train_files))
+    monkeypatch.setattr(cls, 'test_list', _md5_lists(base, ['test_batch' if name == 'cifar10' else 'test']))
+    meta = cls.meta['filename']
+    monkeypatch.setattr(cls, 'meta', {**cls.meta, 'md5': _md5_lists(base, [meta])[0][1]})
+    train = load_dataset(name, str(tmp_path), train=True)
+    test = load_dataset(name, str(tmp_path), train=False, image_size=16)
+    assert train.images.shape == (150 if name == 'cifar10' else 30, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert test.images.shape == (20, 3, 16, 16)
+    assert train.classes[0] == 'class0' and len(train.classes) == (10 if name == 'cifar10' else 100)
+    raw = np.frombuffer(__import__('pickle').load(open(base / train_files[0], 'rb'))['data'][0], np.uint8)
+    assert torch.equal(train.images[0].flatten(), torch.from_numpy(raw.copy()))  # CHW order kept
+
+
+def test_missing_cifar_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.CIFAR10, 'download', lambda self: (_ for _ in ()).throw(OSError('no network')))
+    with pytest.raises(UserError, match='could not download or read cifar10'):
+        load_dataset('cifar10', str(tmp_path), train=True)
+
+
+def test_folder_accepts_any_mode_and_skips_unreadable_files(tmp_path, capsys):
+    root = make_image_folder(tmp_path / 'd', classes=('a', 'b'), train_per_class=2, test_per_class=1)
+    Image.new('L', (20, 10), 128).save(root / 'train' / 'a' / 'gray.png')
+    Image.new('RGBA', (8, 8), (255, 0, 0, 0)).save(root / 'train' / 'a' / 'clear.png')
+    Image.new('P', (8, 8), 3).save(root / 'train' / 'b' / 'palette.gif')
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(root / 'train' / 'b' / 'deep.png')
+    (root / 'train' / 'b' / 'notes.txt').write_text('not an image')
+    (root / 'train' / 'b' / 'empty.jpg').write_bytes(b'')
+    jpeg = io.BytesIO()
+    Image.new('RGB', (16, 16), 'blue').save(jpeg, 'JPEG')
+    (root / 'train' / 'b' / 'cut.jpg').write_bytes(jpeg.getvalue()[:40])
+    data = load_dataset('folder', str(root), train=True, image_size=8, cache_dir=str(tmp_path / 'cache'))
+    assert data.images.shape == (8, 3, 8, 8) and data.classes == ['a', 'b']
+    assert data.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert 'skipped 3 unreadable file(s)' in capsys.readouterr().err
+    assert (data.images[2] == 255).all()  # transparent RGBA composited on white
+    assert (data.images[6] == 255).all()  # 16-bit white stays white (files are read in sorted order)
+
+
+def test_read_image_scales_16_bit_and_resizes():
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((30, 50), 32896, np.uint16)).save(buffer, 'PNG')
+    buffer.seek(0)
+    image = read_image(buffer, 12)
+    assert image.shape == (3, 12, 12) and image.dtype == torch.uint8 and (image == 128).all()
+
+
+def test_tar_gz_matches_folder_and_is_cached(tmp_path):
+    root = make_image_folder(tmp_path / 'd')
+    archive = tmp_path / 'd.tar.gz'
+    with tarfile.open(archive, 'w:gz') as tar:
+        tar.add(root, arcname='mydata')  # a top-level folder above train/ and test/ is fine
+    from_folder = load_dataset('folder', str(root), train=False, cache_dir=str(tmp_path / 'c1'))
+    from_tar = load_dataset('folder', str(archive), train=False, cache_dir=str(tmp_path / 'c2'))
+    assert torch.equal(from_folder.images, from_tar.images) and from_folder.classes == from_tar.classes
+    assert len(list((tmp_path / 'c2').glob('folder-*.pt'))) == 1
+    again = load_dataset('folder', str(archive), train=False, cache_dir=str(tmp_path / 'c2'))
+    assert torch.equal(again.images, from_tar.images)
+
+
+@pytest.mark.parametrize('problem, message', [
+    ('missing', 'does not exist'), ('empty', 'no readable images'), ('corrupt', 'not a readable .tar.gz'),
+    ('text_only', 'no readable images')])
+def test_bad_folders_are_clear_errors(tmp_path, problem, message):
+    path = tmp_path / 'data'
+    if problem == 'empty':
+        path.mkdir()
+    elif problem == 'corrupt':
+        path = tmp_path / 'data.tar.gz'
+        path.write_bytes(b'\x1f\x8b' + b'garbage' * 100)
+    elif problem == 'text_only':
+        (path / 'train' / 'a').mkdir(parents=True)
+        (path / 'train' / 'a' / 'x.txt').write_text('hello')
+    with pytest.raises(UserError, match=message):
+        load_dataset('folder', str(path), train=True, cache_dir=str(tmp_path / 'cache'))
+
+
+def test_subset_is_the_first_images_class_balanced():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 5)
+    chosen = balanced_subset(labels, 12)
+    assert torch.bincount(labels[chosen]).tolist() == [4, 4, 4]
+    assert chosen.tolist()[:4] == [0, 1, 2, 3]  # each class's first images, in order
+    assert torch.bincount(labels[balanced_subset(labels, 30)]).tolist() == [13, 12, 5]
+
+
+def test_split_is_disjoint_balanced_and_fixed_by_seed():
+    labels = torch.arange(1000) % 10
+    parts, record = make_split(labels, seed=3)
+    assert [len(parts[k]) for k in ('train', 'val', 'route')] == [800, 100, 100]
+    every = torch.cat(list(parts.values()))
+    assert len(every.unique()) == 1000
+    assert torch.bincount(labels[parts['val']]).tolist() == [10] * 10
+    again, record_again = make_split(labels, seed=3)
+    assert all(torch.equal(parts[k], again[k]) for k in parts) and record == record_again
+    other, other_record = make_split(labels, seed=4)
+    assert not torch.equal(parts['val'], other['val']) and other_record['digest'] != record['digest']
+    assert make_split(torch.arange(100_000) % 10, 0)[1]['val'] == 5000  # capped at 5,000
+
+
+def test_split_sizes_that_leave_nothing_to_train_are_refused():
+    with pytest.raises(UserError, match='leave no training images'):
+        make_split(torch.arange(20) % 2, 0, val_size=10, route_size=10)
+
+
+def test_crop_flip_matches_per_image_reference():
+    images = torch.randint(0, 256, (5, 3, 6, 7), dtype=torch.uint8)
+    offsets, flips = augmentation_params(seed=1, epoch=2, n=5, pad=4)
+    out = crop_flip(images, offsets, flips)
+    assert out.shape == images.shape
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i in range(5):
+        dy, dx = offsets[i].tolist()
+        expected = padded[i, :, dy:dy + 6, dx:dx + 7]
+        assert torch.equal(out[i], expected.flip(2) if flips[i] else expected)
+
+
+def test_loader_augmentation_is_a_function_of_seed_epoch_and_index():
+    from distill.data import ImageSet
+    data = ImageSet(torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8), torch.arange(40) % 4, list('abcd'))
+    make = lambda: Loader(data, torch.arange(40), 16, [0.5] * 3, [0.25] * 3, train=True, seed=5)
+    a, b = make(), make()
+    batches_a, batches_b = list(a), list(b)
+    assert len(batches_a) == 2  # the ragged last batch is dropped in training
+    for (xa, ya, ia), (xb, yb, ib) in zip(batches_a, batches_b):
+        assert torch.equal(xa, xb) and torch.equal(ia, ib) and torch.equal(ya, data.labels[ia])
+    a.set_epoch(1)
+    assert not torch.equal(next(iter(a))[2], batches_a[0][2])  # a new permutation each epoch
+    evaluation = Loader(data, torch.arange(40), 16, [0.5] * 3, [0.25] * 3)
+    assert torch.cat([i for _, _, i in evaluation]).tolist() == list(range(40))
+
+
+@pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason='needs ../shared/data/cifar10-jpeg.tar.gz')
+def test_shared_cifar10_jpeg_archive(tmp_path):
+    test = load_dataset('folder', str(SHARED_ARCHIVE), train=False, cache_dir=str(tmp_path))
+    assert test.images.shape == (10000, 3, 32, 32) and torch.bincount(test.labels).tolist() == [1000] * 10

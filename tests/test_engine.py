@@ -1,0 +1,82 @@
+import csv
+import json
+
+import pytest
+import torch
+
+import distill.engine as engine
+import teacherTrain
+from distill.engine import WarmupCosine
+
+
+def _tiny_run(folder, out, *extra):
+    return ['--dataset', 'folder', '--data-dir', str(folder), '--image-size', '8', '--val-size', '6',
+            '--route-size', '6', '--batch-size', '8', '--lr', '0.05', '--arch', 'googlenet', '--out', str(out), *extra]
+
+
+def _rows(out):
+    with open(out / 'metrics.csv') as f:
+        return [{k: v for k, v in row.items() if k != 'seconds'} for row in csv.DictReader(f)]
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    schedule = WarmupCosine(total_steps=100, warmup_steps=10)
+    assert schedule(0) == pytest.approx(0.1) and schedule(9) == pytest.approx(1.0)
+    assert schedule(55) == pytest.approx(0.5) and schedule(100) == pytest.approx(0.0)
+
+
+def test_resume_after_a_kill_ends_with_the_same_metrics(image_folder, tmp_path, monkeypatch):
+    teacherTrain.main(_tiny_run(image_folder, tmp_path / 'straight', '--epochs', '3'))
+
+    real_train = engine.train_one_epoch
+    calls = []
+
+    def killed_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+    monkeypatch.setattr(engine, 'train_one_epoch', killed_in_second_epoch)
+    with pytest.raises(SystemExit) as exit_info:
+        teacherTrain.main(_tiny_run(image_folder, tmp_path / 'resumed', '--epochs', '3'))
+    assert exit_info.value.code == 130
+    assert len(_rows(tmp_path / 'resumed')) == 1
+    monkeypatch.setattr(engine, 'train_one_epoch', real_train)
+    teacherTrain.main(_tiny_run(image_folder, tmp_path / 'resumed', '--epochs', '3', '--resume'))
+
+    assert _rows(tmp_path / 'resumed') == _rows(tmp_path / 'straight')
+    straight = torch.load(tmp_path / 'straight' / 'last.pt', weights_only=True)['model']
+    resumed = torch.load(tmp_path / 'resumed' / 'last.pt', weights_only=True)['model']
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    summaries = [json.loads((tmp_path / d / 'summary.json').read_text()) for d in ('straight', 'resumed')]
+    assert summaries[0]['test_acc'] == summaries[1]['test_acc']
+    assert set(summaries[0]) >= {'best_val_acc', 'test_acc', 'epochs', 'params', 'macs'}
+
+
+def test_a_nan_loss_stops_with_a_clear_line_and_keeps_last_pt(image_folder, tmp_path, monkeypatch, capsys):
+    teacherTrain.main(_tiny_run(image_folder, tmp_path / 'run', '--epochs', '2'))
+    last = (tmp_path / 'run' / 'last.pt').read_bytes()
+    monkeypatch.setattr(teacherTrain, 'classification_step',
+                        lambda model, smoothing: lambda x, y, i: (model(x).sum() * float('nan'), model(x)))
+    with pytest.raises(SystemExit) as exit_info:
+        teacherTrain.main(_tiny_run(image_folder, tmp_path / 'run', '--epochs', '3', '--resume'))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'the loss became nan' in err[0] and 'lower --lr' in err[0]
+    assert (tmp_path / 'run' / 'last.pt').read_bytes() == last
+
+
+def test_an_existing_run_is_never_overwritten_by_accident(image_folder, tmp_path, capsys):
+    teacherTrain.main(_tiny_run(image_folder, tmp_path / 'run', '--epochs', '1'))
+    best = (tmp_path / 'run' / 'best.pt').read_bytes()
+    with pytest.raises(SystemExit):
+        teacherTrain.main(_tiny_run(image_folder, tmp_path / 'run', '--epochs', '1'))
+    assert 'already holds a run' in capsys.readouterr().err
+    assert (tmp_path / 'run' / 'best.pt').read_bytes() == best
+
+
+def test_resuming_with_another_split_is_refused(image_folder, tmp_path, capsys):
+    teacherTrain.main(_tiny_run(image_folder, tmp_path / 'run', '--epochs', '1'))
+    with pytest.raises(SystemExit):
+        teacherTrain.main(_tiny_run(image_folder, tmp_path / 'run', '--epochs', '2', '--resume', '--seed', '9'))
+    assert "has split=" in capsys.readouterr().err

@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from models import MODELS, build_model
+from distill.metrics import count_macs, count_params
+
+CLASSIFIERS = [name for name in MODELS if name != 'selector']
+
+
+@pytest.mark.parametrize('name', list(MODELS))
+def test_forward_backward_shapes(name):
+    model = build_model(name, 7)
+    images = torch.randn(4, 3, 16, 16, requires_grad=True)
+    logits = model(images)
+    assert logits.shape == (4, 7)
+    logits.sum().backward()
+    assert images.grad is not None and images.grad.shape == images.shape
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize('name', list(MODELS))
+def test_outputs_are_logits_not_probabilities(name):
+    # The original ended its students with a softmax, which breaks the KD loss.
+    model = build_model(name, 5).train()
+    torch.nn.init.normal_(list(model.parameters())[-2], std=1.0)  # make the head's output spread out
+    logits = model(torch.randn(6, 3, 16, 16)).detach()
+    assert (logits < 0).any()
+    assert not torch.allclose(logits.sum(1), torch.ones(6), atol=1e-3)
+
+
+@pytest.mark.parametrize('name, params_m, macs_g', [
+    ('resnet50', 23.5, 1.30), ('densenet121', 7.0, 0.89), ('googlenet', 5.6, 0.45)])
+def test_cifar_models_match_the_guide(name, params_m, macs_g):
+    model = build_model(name, 10)
+    assert count_params(model) / 1e6 == pytest.approx(params_m, abs=0.05)
+    assert count_macs(model, 32) / 1e9 == pytest.approx(macs_g, abs=0.01)
+
+
+def test_students_are_cheaper_than_the_teacher_and_selector_is_tiny():
+    macs = {name: count_macs(build_model(name, 10 if name != 'selector' else 2), 32) for name in MODELS}
+    assert macs['densenet121'] < macs['resnet50'] and macs['googlenet'] < macs['resnet50']
+    assert macs['selector'] < 0.1e9 and macs['selector'] < 0.05 * macs['googlenet']
+
+
+def test_unknown_architecture_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown architecture 'vgg'"):
+        build_model('vgg', 10)
