@@ -25,6 +25,8 @@ NATIVE_SIZE = 32  # CIFAR's size, and the default for folders
 SPLITS_IN_FOLDER = ('train', 'test')
 # PIL warns on palette images with transparency and on large images; both are handled below.
 warnings.filterwarnings('ignore', module='PIL')
+# What Pillow raises for corrupt, truncated, empty or non-image files.
+READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -63,6 +65,26 @@ def read_image(source, size: int) -> torch.Tensor:
         if image.size != (size, size):
             image = image.resize((size, size), Image.BILINEAR, reducing_gap=None)
         return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+
+
+def list_image_files(folder: str) -> list:
+    """Every non-hidden file under folder, recursively, in a stable order."""
+    return sorted(os.path.join(root, name) for root, dirs, names in os.walk(folder)
+                  if not any(part.startswith('.') for part in os.path.relpath(root, folder).split(os.sep) if part != '.')
+                  for name in names if not name.startswith('.'))
+
+
+def read_images(paths, size: int):
+    """Decode what can be decoded. Returns (uint8 images, the paths read, [(path, why) for the rest])."""
+    images, read, failed = [], [], []
+    for path in paths:
+        try:
+            images.append(read_image(path, size))
+            read.append(path)
+        except READ_ERRORS as err:
+            failed.append((path, f'{err.__class__.__name__}: {err}'.splitlines()[0]))
+    stacked = torch.stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    return stacked, read, failed
 
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -144,7 +166,7 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
     for split, cls, shown, opener in _iter_folder_files(path):
         try:
             found[split].setdefault(cls, []).append(read_image(opener(), size))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        except READ_ERRORS as err:
             skipped.append(f'{shown} ({err.__class__.__name__})')
     if skipped:
         print(f'warning: skipped {len(skipped)} unreadable file(s), e.g. {"; ".join(skipped[:3])}', file=sys.stderr)
@@ -328,6 +350,13 @@ class Loader:
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         images = images.contiguous(memory_format=self.memory_format)
         return (images.float() - self.mean) / self.std
+
+
+def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 N x 3 x S x S to the float input a model was trained on (mean/std as stored in its checkpoint)."""
+    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - mean) / std
 
 
 # ---------------------------------------------------------------- everything a stage trains and reports on

@@ -69,3 +69,20 @@ def run_script(*args, cwd=None, check=True):
 def _work_in_tmp(tmp_path, monkeypatch):
     """Scripts write data/cache and checkpoints/ relative to the working directory: keep them out of the repo."""
     monkeypatch.chdir(tmp_path)
+
+
+TINY = ['--dataset', 'folder', '--image-size', '8', '--val-size', '6', '--route-size', '9', '--batch-size', '8',
+        '--epochs', '1', '--lr', '0.05']
+
+
+@pytest.fixture(scope='session')
+def tiny_runs(tmp_path_factory):
+    """teacher -> two students -> selector on a tiny folder, as subprocesses. Returns (work dir, data folder)."""
+    work = tmp_path_factory.mktemp('runs')
+    folder = make_image_folder(work / 'images')
+    run_script(ROOT / 'teacherTrain.py', *TINY, '--data-dir', folder, cwd=work)
+    run_script(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--arch', 'densenet121', cwd=work)
+    run_script(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--arch', 'googlenet',
+               '--teacher-logits', 'cache', cwd=work)
+    run_script(ROOT / 'selectorTrain.py', *TINY, '--data-dir', folder, '--epochs', '2', cwd=work)
+    return work, folder

@@ -1,50 +1,56 @@
-"""The scripts as a user runs them: subprocesses on a tiny image folder."""
+"""The scripts as a user runs them: subprocesses on a tiny image folder (see conftest.tiny_runs)."""
 import json
 
 import pytest
+import torch
 
-from conftest import ROOT, make_image_folder, run_script
-
-TINY = ['--dataset', 'folder', '--image-size', '8', '--val-size', '6', '--route-size', '6', '--batch-size', '8',
-        '--epochs', '1', '--lr', '0.05']
+from conftest import ROOT, TINY, run_script
 
 
-@pytest.fixture(scope='module')
-def teacher_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp('e2e')
-    folder = make_image_folder(work / 'images')
-    run_script(ROOT / 'teacherTrain.py', *TINY, '--data-dir', folder, cwd=work)
-    return work, folder
-
-
-def test_teacher_writes_the_run_directory(teacher_run):
-    work, _ = teacher_run
-    run = work / 'checkpoints' / 'teacher'
+@pytest.mark.parametrize('name, arch', [('teacher', 'resnet50'), ('densenet121', 'densenet121'),
+                                        ('googlenet', 'googlenet'), ('selector', 'selector')])
+def test_every_stage_writes_its_run_directory(tiny_runs, name, arch):
+    work, _ = tiny_runs
+    run = work / 'checkpoints' / name
     assert {p.name for p in run.iterdir()} >= {'last.pt', 'best.pt', 'metrics.csv', 'config.json', 'summary.json'}
     summary = json.loads((run / 'summary.json').read_text())
-    assert summary['arch'] == 'resnet50' and 0 <= summary['test_acc'] <= 1 and summary['macs'] > 0
+    assert summary['arch'] == arch and 0 <= summary['test_acc'] <= 1 and summary['macs'] > 0
+    state = torch.load(run / 'best.pt', weights_only=True)
+    assert state['split'] == torch.load(work / 'checkpoints' / 'teacher' / 'best.pt', weights_only=True)['split']
 
 
-@pytest.mark.parametrize('arch, extra', [('densenet121', []), ('googlenet', ['--teacher-logits', 'cache'])])
-def test_student_distils_from_the_teacher_checkpoint(teacher_run, arch, extra):
-    work, folder = teacher_run
-    run_script(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--arch', arch, *extra, cwd=work)
-    summary = json.loads((work / 'checkpoints' / arch / 'summary.json').read_text())
-    assert summary['arch'] == arch
+def test_students_record_their_teacher_and_the_selector_its_experts(tiny_runs):
+    work, _ = tiny_runs
+    student = torch.load(work / 'checkpoints' / 'googlenet' / 'best.pt', weights_only=True)
+    assert student['teacher'] == 'checkpoints/teacher/best.pt' and student['alpha'] == 0.9
+    selector = torch.load(work / 'checkpoints' / 'selector' / 'best.pt', weights_only=True)
+    assert [e['name'] for e in selector['experts']] == ['densenet121', 'googlenet']
+    assert selector['experts'][0]['macs'] > selector['experts'][1]['macs'] > selector['selector_macs']
+    assert list((work / 'checkpoints' / 'logit-cache').glob('*/epoch0.pt'))  # the cache was written
 
 
-def test_no_kd_baseline_needs_no_teacher_and_has_its_own_directory(teacher_run):
-    work, folder = teacher_run
+def test_no_kd_baseline_needs_no_teacher_and_has_its_own_directory(tiny_runs):
+    work, folder = tiny_runs
     run_script(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--arch', 'googlenet', '--alpha', '0',
                '--teacher', 'nowhere.pt', cwd=work)
     assert (work / 'checkpoints' / 'googlenet-nokd' / 'best.pt').exists()
 
 
-def test_teacher_of_another_split_is_refused(teacher_run):
-    work, folder = teacher_run
+def test_selector_with_the_teacher_as_fallback(tiny_runs):
+    work, folder = tiny_runs
+    result = run_script(ROOT / 'selectorTrain.py', *TINY, '--data-dir', folder, '--include-teacher',
+                        '--out', 'checkpoints/selector3', cwd=work)
+    assert 'max confidence' in result.stdout and 'teacher' in result.stdout
+    state = torch.load(work / 'checkpoints' / 'selector3' / 'best.pt', weights_only=True)
+    assert [e['name'] for e in state['experts']] == ['densenet121', 'googlenet', 'teacher']
+
+
+def test_teacher_of_another_split_is_refused(tiny_runs):
+    work, folder = tiny_runs
     result = run_script(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--seed', '1', '--out', 'x',
                         cwd=work, check=False)
     assert result.returncode == 2 and 'has split=' in result.stderr and 'Traceback' not in result.stderr
+    assert not (work / 'x' / 'last.pt').exists()
 
 
 @pytest.mark.parametrize('args, message', [
@@ -52,7 +58,7 @@ def test_teacher_of_another_split_is_refused(teacher_run):
     (['--arch', 'vgg'], 'invalid choice'),
     (['--epochs', '0'], '--epochs must be at least 1'),
 ])
-def test_bad_input_is_one_clear_line(tmp_path, args, message):
+def test_bad_input_is_one_clear_line(args, message):
     result = run_script(ROOT / 'teacherTrain.py', '--dataset', 'folder', *args, check=False)
     assert result.returncode == 2 and message in result.stderr and 'Traceback' not in result.stderr
 

@@ -1,0 +1,73 @@
+"""Train the selector: a small CNN that predicts, per image, which expert (student) will be right.
+
+    python selectorTrain.py --experts checkpoints/densenet121/best.pt checkpoints/googlenet/best.pt
+"""
+import torch
+
+from distill import UserError
+from distill.cli import main_guard, resolve_device, training_parser, validate_args
+from distill.data import Loader, prepare_data
+from distill.engine import fit, predict_logits
+from distill.metrics import count_macs
+from distill.routing import (RoutedAccuracy, expert_correctness, format_report, load_experts, routing_report,
+                             selection_step)
+from models import build_model
+
+
+def parse_args(argv=None):
+    parser = training_parser(__doc__.splitlines()[0], out='checkpoints/selector', epochs=30, lr=0.05)
+    parser.add_argument('--experts', nargs='+', default=['checkpoints/densenet121/best.pt',
+                                                         'checkpoints/googlenet/best.pt'])
+    parser.add_argument('--include-teacher', action='store_true',
+                        help="add the experts' teacher as a costly fallback expert")
+    parser.add_argument('--cost-weight', type=float, default=0.0,
+                        help='route to argmax(P(correct) - w * MACs / max MACs); 0 is pure accuracy')
+    args = parser.parse_args(argv)
+    validate_args(args)
+    return args
+
+
+@main_guard
+def main(argv=None):
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    paths = list(args.experts)
+    experts = load_experts(paths, device)
+    if args.include_teacher:
+        teacher = experts[0].state.get('teacher')
+        if not teacher:
+            raise UserError(f"'{paths[0]}' was trained without a teacher; drop --include-teacher")
+        experts = load_experts(paths + [teacher], device)
+    data = prepare_data(args)
+    reference = experts[0].state
+    if data.split != reference['split'] or data.image_size != reference['image_size']:
+        raise UserError(f"the experts were trained on split {reference['split']} at {reference['image_size']} px; "
+                        f"pass the same --dataset, --data-dir, --subset, --seed and --image-size")
+
+    # Targets on the held-out route split, with the experts in eval mode and no augmentation.
+    route_loader = Loader(data.train, data.parts['route'], 256, data.mean, data.std, device)
+    routed = RoutedAccuracy(experts, args.cost_weight)
+    expert_logits, labels = routed.expert_outputs(route_loader)
+    targets = torch.zeros(len(data.train), len(experts), device=device)
+    targets[data.parts['route'].to(device)] = expert_correctness(expert_logits, labels)
+    print('route split: expert accuracy ' + ', '.join(
+        f'{e.name} {acc:.2%}' for e, acc in zip(experts, targets[data.parts['route']].mean(0).tolist())))
+
+    torch.manual_seed(args.seed)
+    selector = build_model('selector', len(experts))
+    selector_macs = count_macs(selector, data.image_size)
+    extra = {'experts': [{'path': e.path, 'name': e.name, 'arch': e.state['arch'], 'macs': e.macs} for e in experts],
+             'selector_macs': selector_macs, 'cost_weight': args.cost_weight}
+    fit(args, 'selector', selector, selection_step(selector, targets), data, train_part='route',
+        evaluate_fn=routed, num_outputs=len(experts), extra=extra, device=device)
+
+    val_loader = Loader(data.train, data.parts['val'], 256, data.mean, data.std, device)
+    val_logits, val_labels = routed.expert_outputs(val_loader)
+    scores, _ = predict_logits(selector, val_loader)
+    report = routing_report(val_logits, val_labels, scores, [e.macs for e in experts], selector_macs,
+                            args.cost_weight, args.seed)
+    print(format_report(report, [e.name for e in experts], 'val split, best epoch:'))
+
+
+if __name__ == '__main__':
+    main()

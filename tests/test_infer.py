@@ -1,0 +1,77 @@
+"""infer.py on a folder of mixed, partly broken files, through the tiny selector of conftest.tiny_runs."""
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, run_script
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+    folder = tmp_path / 'pictures'
+    (folder / 'nested' / 'deeper').mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(folder / 'photo.png')
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / 'nested' / 'photo.jpg')
+    Image.new('L', (17, 9), 90).save(folder / 'gray.png')
+    Image.new('RGBA', (8, 8), (0, 0, 255, 128)).save(folder / 'nested' / 'alpha.png')
+    Image.fromarray(np.full((10, 10), 40000, np.uint16)).save(folder / 'nested' / 'deeper' / 'deep16.png')
+    Image.new('P', (12, 12), 5).save(folder / 'palette.gif')
+    (folder / 'empty.jpg').write_bytes(b'')
+    (folder / 'readme.txt').write_text('not a picture')
+    jpeg = io.BytesIO()
+    Image.new('RGB', (64, 64), 'red').save(jpeg, 'JPEG')
+    (folder / 'truncated.jpg').write_bytes(jpeg.getvalue()[:100])
+    return folder
+
+
+def _rows(path):
+    with open(path) as f:
+        return {row['path'].split('pictures/')[1]: row for row in csv.DictReader(f)}
+
+
+def test_infer_predicts_readable_images_and_lists_the_rest(tiny_runs, messy_folder):
+    work, _ = tiny_runs
+    result = run_script(ROOT / 'infer.py', messy_folder, '--out', messy_folder.parent / 'p.csv', '--batch-size', '2',
+                        cwd=work)
+    rows = _rows(messy_folder.parent / 'p.csv')
+    good = {'photo.png', 'nested/photo.jpg', 'gray.png', 'nested/alpha.png', 'nested/deeper/deep16.png', 'palette.gif'}
+    bad = {'empty.jpg', 'readme.txt', 'truncated.jpg'}
+    assert set(rows) == good | bad
+    for name in good:
+        assert rows[name]['error'] == '' and rows[name]['prediction'] in ('cat', 'dog', 'ship')
+        assert rows[name]['expert'] in ('densenet121', 'googlenet') and 0 < float(rows[name]['confidence']) <= 1
+    for name in bad:
+        assert rows[name]['error'] and rows[name]['prediction'] == ''
+        assert name in result.stderr
+    assert '6 images classified, 3 unreadable' in result.stdout
+
+
+def test_single_expert_teacher_and_json_output(tiny_runs, messy_folder):
+    work, _ = tiny_runs
+    out = messy_folder.parent / 'p.json'
+    run_script(ROOT / 'infer.py', messy_folder, '--expert', 'googlenet', '--out', out, cwd=work)
+    rows = json.loads(out.read_text())
+    assert len(rows) == 9 and {r['expert'] for r in rows if not r['error']} == {'googlenet'}
+    run_script(ROOT / 'infer.py', messy_folder, '--teacher', 'checkpoints/teacher/best.pt', '--out', out, cwd=work)
+    assert {r['expert'] for r in json.loads(out.read_text()) if not r['error']} == {'teacher'}
+
+
+@pytest.mark.parametrize('case, message', [
+    ('missing_dir', 'does not exist'), ('empty_dir', 'holds no files'),
+    ('missing_selector', 'does not exist'), ('unknown_expert', "no expert named 'vgg'")])
+def test_infer_bad_input_is_one_clear_line(tiny_runs, tmp_path, case, message):
+    work, _ = tiny_runs
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    if case != 'empty_dir':
+        Image.new('RGB', (8, 8)).save(folder / 'a.png')
+    args = {'missing_dir': [tmp_path / 'nope'], 'empty_dir': [folder],
+            'missing_selector': [folder, '--selector', 'gone.pt'], 'unknown_expert': [folder, '--expert', 'vgg']}[case]
+    result = run_script(ROOT / 'infer.py', *args, '--out', tmp_path / 'p.csv', cwd=work, check=False)
+    assert result.returncode == 2 and message in result.stderr and 'Traceback' not in result.stderr
+    assert not (tmp_path / 'p.csv').exists()
