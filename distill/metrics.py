@@ -35,6 +35,12 @@ def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classe
     return torch.bincount(labels * num_classes + predictions, minlength=num_classes ** 2).view(num_classes, num_classes)
 
 
+def share_per_class(choice: torch.Tensor, labels: torch.Tensor, num_choices: int, num_classes: int) -> list:
+    """For each choice (expert), the fraction of each class's images that went to it."""
+    counts = confusion_matrix(choice, labels, max(num_choices, num_classes))[:num_classes, :num_choices].float()
+    return (counts / counts.sum(1, keepdim=True).clamp(min=1)).T.tolist()
+
+
 def synchronize(device):
     if torch.device(device).type == 'cuda':
         torch.cuda.synchronize()

@@ -73,16 +73,28 @@ def _work_in_tmp(tmp_path, monkeypatch):
 
 TINY = ['--dataset', 'folder', '--image-size', '8', '--val-size', '6', '--route-size', '9', '--batch-size', '8',
         '--epochs', '1', '--lr', '0.05']
+TINY_PRESET = {'common': TINY[2:10] + ['--lr', '0.05'], 'epochs': 1, 'selector_epochs': 2}
+
+
+def run_tiny_pipeline(work: Path, folder: Path):
+    """pipeline.py in-process with a tiny preset, run from `work` (as a user runs it from the repo)."""
+    import pipeline
+    saved, cwd = dict(pipeline.PRESETS['quick']), os.getcwd()
+    pipeline.PRESETS['quick'] = TINY_PRESET
+    os.chdir(work)
+    try:
+        pipeline.main(['--data-dir', str(folder), '--dataset', 'folder'])
+    finally:
+        pipeline.PRESETS['quick'] = saved
+        os.chdir(cwd)
 
 
 @pytest.fixture(scope='session')
 def tiny_runs(tmp_path_factory):
-    """teacher -> two students -> selector on a tiny folder, as subprocesses. Returns (work dir, data folder)."""
+    """teacher -> two students and their no-KD baselines -> selector -> evaluate -> infer, on a tiny folder.
+
+    Returns (work dir, data folder). Tests may add runs but must leave these usable."""
     work = tmp_path_factory.mktemp('runs')
     folder = make_image_folder(work / 'images')
-    run_script(ROOT / 'teacherTrain.py', *TINY, '--data-dir', folder, cwd=work)
-    run_script(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--arch', 'densenet121', cwd=work)
-    run_script(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--arch', 'googlenet',
-               '--teacher-logits', 'cache', cwd=work)
-    run_script(ROOT / 'selectorTrain.py', *TINY, '--data-dir', folder, '--epochs', '2', cwd=work)
+    run_tiny_pipeline(work, folder)
     return work, folder

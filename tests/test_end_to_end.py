@@ -8,7 +8,8 @@ from conftest import ROOT, TINY, run_script
 
 
 @pytest.mark.parametrize('name, arch', [('teacher', 'resnet50'), ('densenet121', 'densenet121'),
-                                        ('googlenet', 'googlenet'), ('selector', 'selector')])
+                                        ('googlenet', 'googlenet'), ('googlenet-nokd', 'googlenet'),
+                                        ('selector', 'selector')])
 def test_every_stage_writes_its_run_directory(tiny_runs, name, arch):
     work, _ = tiny_runs
     run = work / 'checkpoints' / name
@@ -23,17 +24,19 @@ def test_students_record_their_teacher_and_the_selector_its_experts(tiny_runs):
     work, _ = tiny_runs
     student = torch.load(work / 'checkpoints' / 'googlenet' / 'best.pt', weights_only=True)
     assert student['teacher'] == 'checkpoints/teacher/best.pt' and student['alpha'] == 0.9
+    baseline = torch.load(work / 'checkpoints' / 'googlenet-nokd' / 'best.pt', weights_only=True)
+    assert baseline['teacher'] is None and baseline['alpha'] == 0
     selector = torch.load(work / 'checkpoints' / 'selector' / 'best.pt', weights_only=True)
     assert [e['name'] for e in selector['experts']] == ['densenet121', 'googlenet']
     assert selector['experts'][0]['macs'] > selector['experts'][1]['macs'] > selector['selector_macs']
-    assert list((work / 'checkpoints' / 'logit-cache').glob('*/epoch0.pt'))  # the cache was written
 
 
-def test_no_kd_baseline_needs_no_teacher_and_has_its_own_directory(tiny_runs):
+def test_student_from_the_logit_cache(tiny_runs):
     work, folder = tiny_runs
-    run_script(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--arch', 'googlenet', '--alpha', '0',
-               '--teacher', 'nowhere.pt', cwd=work)
-    assert (work / 'checkpoints' / 'googlenet-nokd' / 'best.pt').exists()
+    run_script(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--arch', 'googlenet', '--teacher-logits',
+               'cache', '--out', 'checkpoints/googlenet-cached', cwd=work)
+    assert list((work / 'checkpoints' / 'logit-cache').glob('*/epoch0.pt'))
+    assert (work / 'checkpoints' / 'googlenet-cached' / 'summary.json').exists()
 
 
 def test_selector_with_the_teacher_as_fallback(tiny_runs):

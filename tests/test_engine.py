@@ -7,6 +7,7 @@ import torch
 import distill.engine as engine
 import teacherTrain
 from distill.engine import WarmupCosine
+from conftest import make_image_folder
 
 
 def _tiny_run(folder, out, *extra):
@@ -53,30 +54,39 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(image_folder, tmp_path, 
     assert set(summaries[0]) >= {'best_val_acc', 'test_acc', 'epochs', 'params', 'macs'}
 
 
-def test_a_nan_loss_stops_with_a_clear_line_and_keeps_last_pt(image_folder, tmp_path, monkeypatch, capsys):
-    teacherTrain.main(_tiny_run(image_folder, tmp_path / 'run', '--epochs', '2'))
-    last = (tmp_path / 'run' / 'last.pt').read_bytes()
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+    """A one-epoch run that the tests below try to damage; each checks that it survives."""
+    work = tmp_path_factory.mktemp('run')
+    folder = make_image_folder(work / 'images')
+    teacherTrain.main(_tiny_run(folder, work / 'run', '--epochs', '1'))
+    return folder, work / 'run'
+
+
+def test_a_nan_loss_stops_with_a_clear_line_and_keeps_last_pt(finished_run, monkeypatch, capsys):
+    folder, run = finished_run
+    last = (run / 'last.pt').read_bytes()
     monkeypatch.setattr(teacherTrain, 'classification_step',
                         lambda model, smoothing: lambda x, y, i: (model(x).sum() * float('nan'), model(x)))
     with pytest.raises(SystemExit) as exit_info:
-        teacherTrain.main(_tiny_run(image_folder, tmp_path / 'run', '--epochs', '3', '--resume'))
+        teacherTrain.main(_tiny_run(folder, run, '--epochs', '2', '--resume'))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'the loss became nan' in err[0] and 'lower --lr' in err[0]
-    assert (tmp_path / 'run' / 'last.pt').read_bytes() == last
+    assert (run / 'last.pt').read_bytes() == last
 
 
-def test_an_existing_run_is_never_overwritten_by_accident(image_folder, tmp_path, capsys):
-    teacherTrain.main(_tiny_run(image_folder, tmp_path / 'run', '--epochs', '1'))
-    best = (tmp_path / 'run' / 'best.pt').read_bytes()
+def test_an_existing_run_is_never_overwritten_by_accident(finished_run, capsys):
+    folder, run = finished_run
+    best = (run / 'best.pt').read_bytes()
     with pytest.raises(SystemExit):
-        teacherTrain.main(_tiny_run(image_folder, tmp_path / 'run', '--epochs', '1'))
+        teacherTrain.main(_tiny_run(folder, run, '--epochs', '1'))
     assert 'already holds a run' in capsys.readouterr().err
-    assert (tmp_path / 'run' / 'best.pt').read_bytes() == best
+    assert (run / 'best.pt').read_bytes() == best
 
 
-def test_resuming_with_another_split_is_refused(image_folder, tmp_path, capsys):
-    teacherTrain.main(_tiny_run(image_folder, tmp_path / 'run', '--epochs', '1'))
+def test_resuming_with_another_split_is_refused(finished_run, capsys):
+    folder, run = finished_run
     with pytest.raises(SystemExit):
-        teacherTrain.main(_tiny_run(image_folder, tmp_path / 'run', '--epochs', '2', '--resume', '--seed', '9'))
+        teacherTrain.main(_tiny_run(folder, run, '--epochs', '2', '--resume', '--seed', '9'))
     assert "has split=" in capsys.readouterr().err

@@ -1,0 +1,186 @@
+"""Speed benchmarks, every figure measured side by side in one run (not tests).
+
+    python benchmarks/run.py --quick                 # a few minutes on a 2-core CPU
+    python benchmarks/run.py --selector checkpoints/selector/best.pt   # routed inference with real routing
+
+Prints a table and writes benchmarks/results/<host>.json with a stable key per figure.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from distill.cli import resolve_device  # noqa: E402
+from distill.data import ImageSet, Loader  # noqa: E402
+from distill.engine import WarmupCosine, build_optimizer, place, train_one_epoch  # noqa: E402
+from distill.losses import classification_step, distillation_step  # noqa: E402
+from distill.metrics import count_macs, synchronize  # noqa: E402
+from distill.report import device_name  # noqa: E402
+from distill.routing import load_experts, normalised_costs, predict  # noqa: E402
+from distill.teachers import CachedTeacher, OnlineTeacher  # noqa: E402
+from models import build_model  # noqa: E402
+
+
+def fake_data(n, size=32, classes=10):
+    gen = torch.Generator().manual_seed(0)
+    return ImageSet(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen),
+                    torch.arange(n) % classes, [str(c) for c in range(classes)])
+
+
+def timed(fn, device):
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def engine_throughput(model, data, batch, device, step_fn=None, on_epoch=None):
+    """img/s of our engine: uint8 data on the device, batched crop/flip, one epoch after a warm-up epoch."""
+    model = place(model, device)
+    loader = Loader(data, torch.arange(len(data)), batch, [0.5] * 3, [0.25] * 3, device, train=True,
+                    channels_last=device.type == 'cuda')
+    optimizer = build_optimizer(model, 0.01, 5e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(100, 0))
+    step = step_fn(model) if step_fn else classification_step(model)
+    amp = torch.bfloat16 if device.type == 'cuda' else None
+
+    def epoch(e):
+        loader.set_epoch(e)
+        if on_epoch:
+            on_epoch(loader)
+        train_one_epoch(model, loader, optimizer, scheduler, step, amp=amp)
+    epoch(0)
+    return len(loader) * batch / timed(lambda: epoch(1), device)
+
+
+def reference_throughput(model, data, batch, device):
+    """img/s of the loop most CIFAR repos use: PIL transforms in a DataLoader, fp32 NCHW, plain SGD."""
+    from torchvision import transforms
+    from PIL import Image
+
+    class PilDataset(torch.utils.data.Dataset):
+        tf = transforms.Compose([transforms.RandomCrop(data.images.shape[-1], padding=4),
+                                 transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                                 transforms.Normalize([0.5] * 3, [0.25] * 3)])
+
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, i):
+            return self.tf(Image.fromarray(data.images[i].permute(1, 2, 0).numpy())), int(data.labels[i])
+    loader = torch.utils.data.DataLoader(PilDataset(), batch_size=batch, shuffle=True, drop_last=True, num_workers=2,
+                                         persistent_workers=True)
+    model = model.to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def epoch():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    epoch()
+    return len(loader) * batch / timed(epoch, device)
+
+
+def matmul_flops(device, n=2048, repeats=5):
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    return 2 * n ** 3 * repeats / timed(lambda: [a @ b for _ in range(repeats)], device)
+
+
+def peak_memory_mb(device):
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@torch.inference_mode()
+def inference_rate(fn, images, device, repeats=3):
+    fn(images)
+    seconds = min(timed(lambda: fn(images), device) for _ in range(repeats))
+    return len(images) / seconds
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--quick', action='store_true')
+    p.add_argument('--device', default='auto')
+    p.add_argument('--selector', help='a trained selector checkpoint, for routed inference with a real routing mix')
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    n, batch = (64, 32) if args.quick else ((2048, 128) if device.type == 'cuda' else (256, 64))
+    data = fake_data(n)
+    results = {'device': device_name(device), 'torch': torch.__version__, 'batch_size': batch, 'images': n}
+
+    for arch in ('resnet50', 'densenet121', 'googlenet'):
+        ours = engine_throughput(build_model(arch, 10), data, batch, device)
+        results[f'train.{arch}.ours_img_s'] = ours
+        results[f'train.{arch}.peak_mem_mb'] = peak_memory_mb(device)
+        reference = reference_throughput(build_model(arch, 10), data, batch, device)
+        results[f'train.{arch}.reference_img_s'] = reference
+        results[f'train.{arch}.speedup'] = ours / reference
+
+    # Achieved FLOP/s of a ResNet50 train step: forward + backward = 3x forward FLOPs.
+    train_flops = 3 * 2 * count_macs(build_model('resnet50', 10), 32)
+    results['resnet50.train_flop_s'] = results['train.resnet50.ours_img_s'] * train_flops
+    results['matmul_fp32_flop_s'] = matmul_flops(device)
+    results['resnet50.fraction_of_matmul'] = results['resnet50.train_flop_s'] / results['matmul_fp32_flop_s']
+
+    teacher = place(build_model('resnet50', 10), device).eval()
+    kd = lambda model: distillation_step(model, online, 4.0, 0.9)
+    online = OnlineTeacher(teacher)
+    results['kd.googlenet.online_img_s'] = engine_throughput(build_model('googlenet', 10), data, batch, device, kd)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        key_file = os.path.join(cache_dir, 'teacher.pt')  # the cache is keyed by the teacher file's bytes
+        torch.save(teacher.state_dict(), key_file)
+        cached = CachedTeacher(teacher, key_file, {'digest': 'benchmark'}, 0, cache_dir)
+        from_cache = lambda model: distillation_step(model, cached, 4.0, 0.9)
+        # The first student fills the cache for epochs 0 and 1; the second, timed, only reads it.
+        engine_throughput(build_model('googlenet', 10), data, batch, device, from_cache, cached.start_epoch)
+        results['kd.googlenet.cached_img_s'] = engine_throughput(build_model('googlenet', 10), data, batch, device,
+                                                                 from_cache, cached.start_epoch)
+    results['kd.cache_speedup'] = results['kd.googlenet.cached_img_s'] / results['kd.googlenet.online_img_s']
+
+    images = Loader(data, torch.arange(n), n, [0.5] * 3, [0.25] * 3, device).make_batch(torch.arange(n).to(device))
+    if args.selector:
+        state = torch.load(args.selector, weights_only=True)
+        experts = [e.model for e in load_experts([e['path'] for e in state['experts']], device)]
+        selector = place(build_model('selector', len(experts)), device).eval()
+        selector.load_state_dict(state['model'])
+    else:  # untrained models: the speed is the same, the routing mix is whatever the selector says
+        experts = [place(build_model(a, 10), device).eval() for a in ('densenet121', 'googlenet')]
+        selector = place(build_model('selector', 2), device).eval()
+    costs = normalised_costs([count_macs(e, 32, device) for e in experts])
+    rates = {'teacher': teacher, 'densenet121': experts[0], 'googlenet': experts[1],
+             'both_students': lambda x: [e(x) for e in experts],
+             'routed': lambda x: predict(selector, experts, x, costs)}
+    for name, fn in rates.items():
+        results[f'infer.{name}.img_s'] = inference_rate(fn, images, device)
+    results['infer.routed_share'] = torch.bincount(predict(selector, experts, images, costs)[1], minlength=2).tolist()
+    results['infer.routed_vs_teacher'] = results['infer.routed.img_s'] / results['infer.teacher.img_s']
+    results['infer.routed_vs_both'] = results['infer.routed.img_s'] / results['infer.both_students.img_s']
+
+    width = max(map(len, results))
+    for key, value in results.items():
+        print(f'{key:<{width}}  {value:.3g}' if isinstance(value, float) else f'{key:<{width}}  {value}')
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', f'{platform.node()}.json')
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, 'w') as f:
+        json.dump(results, f, indent=2)
+    print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+    main()
