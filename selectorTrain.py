@@ -9,7 +9,7 @@ from distill.cli import main_guard, resolve_device, training_parser, validate_ar
 from distill.data import Loader, prepare_data
 from distill.engine import fit, predict_logits
 from distill.metrics import count_macs
-from distill.routing import (RoutedAccuracy, expert_correctness, format_report, load_experts, routing_report,
+from distill.routing import (Expert, RoutedAccuracy, expert_correctness, format_report, load_experts, routing_report,
                              selection_step)
 from models import build_model
 
@@ -31,13 +31,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
-    paths = list(args.experts)
-    experts = load_experts(paths, device)
+    experts = load_experts(args.experts, device)
     if args.include_teacher:
         teacher = experts[0].state.get('teacher')
         if not teacher:
-            raise UserError(f"'{paths[0]}' was trained without a teacher; drop --include-teacher")
-        experts = load_experts(paths + [teacher], device)
+            raise UserError(f"'{args.experts[0]}' was trained without a teacher; drop --include-teacher")
+        experts.append(Expert(teacher, device, experts[0].reference()))
     data = prepare_data(args)
     reference = experts[0].state
     if data.split != reference['split'] or data.image_size != reference['image_size']:
@@ -58,7 +57,7 @@ def main(argv=None):
     selector_macs = count_macs(selector, data.image_size)
     extra = {'experts': [{'path': e.path, 'name': e.name, 'arch': e.state['arch'], 'macs': e.macs} for e in experts],
              'selector_macs': selector_macs, 'cost_weight': args.cost_weight}
-    fit(args, 'selector', selector, selection_step(selector, targets), data, train_part='route',
+    fit(args, 'selector', selector, lambda trained: selection_step(trained, targets), data, train_part='route',
         evaluate_fn=routed, num_outputs=len(experts), extra=extra, device=device)
 
     val_loader = Loader(data.train, data.parts['val'], 256, data.mean, data.std, device)

@@ -53,8 +53,10 @@ def main(argv=None):
         raise UserError('--teacher-logits cache needs a teacher; drop it when --alpha is 0')
     torch.manual_seed(args.seed)
     model = build_model(args.arch, len(data.classes))
-    step = distillation_step(model, teacher_logits, args.temperature, args.alpha)
-    fit(args, args.arch, model, step, data, extra=extra, device=device,
+
+    def make_step(trained):
+        return distillation_step(trained, teacher_logits, args.temperature, args.alpha)
+    fit(args, args.arch, model, make_step, data, extra=extra, device=device,
         on_epoch_start=teacher_logits.start_epoch if teacher_logits else None)
 
 

@@ -26,7 +26,7 @@ def main(argv=None):
     data = prepare_data(args)
     torch.manual_seed(args.seed)
     model = build_model(args.arch, len(data.classes))
-    fit(args, args.arch, model, classification_step(model, args.label_smoothing), data)
+    fit(args, args.arch, model, lambda trained: classification_step(trained, args.label_smoothing), data)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 """The arguments every training script shares, and the wrapper that turns user errors into one line."""
 import argparse
 import functools
+import os
 import sys
 
 import torch
@@ -54,6 +55,8 @@ def resolve_device(name: str) -> torch.device:
         raise UserError('--device cuda was asked for but no CUDA device is visible; use --device cpu')
     if name == 'auto':
         name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name == 'cuda' and 'LOCAL_RANK' in os.environ:  # torchrun: one GPU per process
+        return torch.device('cuda', int(os.environ['LOCAL_RANK']))
     return torch.device(name)
 
 

@@ -5,6 +5,7 @@ the idea of timm's tasks without the framework. `fit` owns the rest: optimiser, 
 mixed precision, checkpoints, resume, logs and the final test report.
 """
 import csv
+import functools
 import json
 import math
 import os
@@ -55,7 +56,7 @@ def autocast(device: torch.device, dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def _reduce(*values, device):
+def reduce_sums(*values, device):
     """Sum values over ranks when running under torchrun."""
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -70,7 +71,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, step, *, amp=None, scal
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True)
+    quiet = None if loader.rank == 0 else True  # None: a bar on terminals only
+    bar = tqdm(loader, desc=desc, leave=False, disable=quiet, dynamic_ncols=True)
     for images, labels, indices in bar:
         with autocast(device, amp):
             loss, logits = step(images, labels, indices)
@@ -90,7 +92,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, step, *, amp=None, scal
         if logits.ndim == 2 and logits.shape[1] > 1 and labels.ndim == 1:
             correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-    loss_sum, correct, seen = _reduce(loss_sum.item(), correct.item(), seen, device=device)
+    loss_sum, correct, seen = reduce_sums(loss_sum.item(), correct.item(), seen, device=device)
     return loss_sum / max(seen, 1), correct / max(seen, 1)
 
 
@@ -111,7 +113,7 @@ def evaluate(model, loader, amp=None):
     logits, labels = predict_logits(model, loader, amp)
     loss = F.cross_entropy(logits, labels, reduction='sum').item()
     correct = (logits.argmax(1) == labels).sum().item()
-    loss, correct, seen = _reduce(loss, correct, len(labels), device=loader.device)
+    loss, correct, seen = reduce_sums(loss, correct, len(labels), device=loader.device)
     return loss / max(seen, 1), correct / max(seen, 1)
 
 
@@ -133,17 +135,40 @@ def write_json(path: str, payload: dict):
     os.replace(tmp, path)
 
 
-def fit(args, arch: str, model, step, data: Prepared, *, train_part: str = 'train', evaluate_fn=evaluate,
-        num_outputs: int | None = None, extra: dict | None = None, device=None, on_epoch_start=None):
-    """Train `model` with `step` on data.parts[train_part], keep the best epoch by val accuracy,
-    checkpoint every epoch, then report the best epoch once on the test set.
+def init_distributed(device: torch.device):
+    """(device, rank, world size). Under torchrun: one process per GPU (nccl) or per CPU worker (gloo)."""
+    world = int(os.environ.get('WORLD_SIZE', 1))
+    if world == 1:
+        return device, 0, 1
+    dist = torch.distributed
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)  # resolve_device gave this rank its own GPU
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    return device, dist.get_rank(), world
 
+
+def _barrier(world: int):
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 'train', evaluate_fn=evaluate,
+        num_outputs: int | None = None, extra: dict | None = None, device=None, on_epoch_start=None):
+    """Train `model` on data.parts[train_part], keep the best epoch by val accuracy, checkpoint every
+    epoch, then report the best epoch once on the test set.
+
+    make_step(training_model) -> step: the step is built on the model as trained (compiled, or wrapped
+    in DistributedDataParallel under torchrun), so gradients are synchronised across ranks.
     evaluate_fn(model, loader, amp) -> (loss, accuracy) scores val and test (classification by default).
     extra: plain values stored in every checkpoint (the teacher's path, the selector's experts, ...).
     on_epoch_start(train_loader) runs before each epoch (a logit cache loads that epoch's logits).
-    Returns the summary dict that is also written to OUT/summary.json.
+    Returns the summary dict that is also written to OUT/summary.json (by rank 0).
     """
-    device = device or resolve_device(args.device)
+    device, rank, world = init_distributed(device or resolve_device(args.device))
+    if args.batch_size % world:
+        raise UserError(f'--batch-size {args.batch_size} must divide evenly over {world} processes')
+    log = print if rank == 0 else (lambda *a, **k: None)
     amp = amp_dtype(args.amp, device)
     channels_last = device.type == 'cuda'
     out = args.out
@@ -153,16 +178,16 @@ def fit(args, arch: str, model, step, data: Prepared, *, train_part: str = 'trai
                         f"or --out NEW_DIR")
     num_outputs = num_outputs or len(data.classes)
     model = place(model, device)
-    train_loader = Loader(data.train, data.parts[train_part], args.batch_size, data.mean, data.std, device,
-                          train=True, seed=args.seed, channels_last=channels_last)
-    val_loader = Loader(data.train, data.parts['val'], args.batch_size, data.mean, data.std, device,
-                        channels_last=channels_last)
+    loader = functools.partial(Loader, batch_size=args.batch_size, mean=data.mean, std=data.std, device=device,
+                               channels_last=channels_last, rank=rank, world=world)
+    train_loader = loader(data.train, data.parts[train_part], train=True, seed=args.seed)
+    val_loader = loader(data.train, data.parts['val'])
     optimizer = build_optimizer(model, args.lr, args.weight_decay, args.momentum)
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupCosine(args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch)))
     scaler = torch.amp.GradScaler('cuda') if amp == torch.float16 else None
-    config = {k: v for k, v in vars(args).items()}
+    config = dict(vars(args))
     start_epoch, best_val_acc, history = 0, -1.0, []
 
     if args.resume and os.path.exists(last_path):
@@ -174,11 +199,18 @@ def fit(args, arch: str, model, step, data: Prepared, *, train_part: str = 'trai
         scheduler.load_state_dict(state['scheduler'])
         start_epoch, best_val_acc, history = state['epoch'], state['best_val_acc'], state['history']
         set_rng_state(state['rng'])
-        print(f'resumed {last_path} at epoch {start_epoch}/{args.epochs}')
+        log(f'resumed {last_path} at epoch {start_epoch}/{args.epochs}')
     elif args.resume:
-        print(f'no {last_path} to resume from; starting afresh')
+        log(f'no {last_path} to resume from; starting afresh')
 
-    train_model = torch.compile(model) if args.compile else model
+    train_model = model
+    if world > 1:
+        if device.type == 'cuda':  # BN statistics over the global batch, as in a single-process run
+            train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(train_model)
+        train_model = torch.nn.parallel.DistributedDataParallel(train_model)
+    if args.compile:
+        train_model = torch.compile(train_model)
+    step = make_step(train_model)
     base = {'arch': arch, 'num_classes': num_outputs, 'class_names': data.classes, 'image_size': data.image_size,
             'mean': data.mean, 'std': data.std, 'split': data.split, 'config': config, **(extra or {})}
     for epoch in range(start_epoch, args.epochs):
@@ -193,24 +225,26 @@ def fit(args, arch: str, model, step, data: Prepared, *, train_part: str = 'trai
                'val_loss': round(val_loss, 5), 'val_acc': round(val_acc, 5),
                'lr': round(optimizer.param_groups[0]['lr'], 6), 'seconds': round(time.time() - started, 2)}
         history.append(row)
-        state = {**base, 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                 'scheduler': scheduler.state_dict(), 'epoch': epoch + 1, 'history': history, 'rng': rng_state()}
-        if val_acc > best_val_acc:
-            best_val_acc = val_acc
-            save_checkpoint({**state, 'best_val_acc': best_val_acc}, best_path)
-        save_checkpoint({**state, 'best_val_acc': best_val_acc}, last_path)
-        _write_outputs(out, history, config)
-        print(f"{arch} epoch {epoch + 1}/{args.epochs}  train loss {train_loss:.4f} acc {train_acc:.2%}  "
-              f"val loss {val_loss:.4f} acc {val_acc:.2%}  lr {row['lr']:.4g}  {row['seconds']:.1f}s", flush=True)
+        if rank == 0:
+            state = {**base, 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                     'scheduler': scheduler.state_dict(), 'epoch': epoch + 1, 'history': history, 'rng': rng_state()}
+            if val_acc > best_val_acc:
+                save_checkpoint({**state, 'best_val_acc': val_acc}, best_path)
+            save_checkpoint({**state, 'best_val_acc': max(val_acc, best_val_acc)}, last_path)
+            _write_outputs(out, history, config)
+        best_val_acc = max(val_acc, best_val_acc)
+        log(f"{arch} epoch {epoch + 1}/{args.epochs}  train loss {train_loss:.4f} acc {train_acc:.2%}  "
+            f"val loss {val_loss:.4f} acc {val_acc:.2%}  lr {row['lr']:.4g}  {row['seconds']:.1f}s", flush=True)
 
     # The test set is touched once, with the weights chosen on val.
+    _barrier(world)
     model.load_state_dict(load_checkpoint(best_path, map_location=device)['model'])
-    test_loader = Loader(data.test, torch.arange(len(data.test)), args.batch_size, data.mean, data.std, device,
-                         channels_last=channels_last)
-    test_loss, test_acc = evaluate_fn(model, test_loader, amp)
+    test_loss, test_acc = evaluate_fn(model, loader(data.test, torch.arange(len(data.test))), amp)
     summary = {'arch': arch, 'best_val_acc': best_val_acc, 'test_acc': test_acc, 'test_loss': test_loss,
                'epochs': args.epochs, 'params': count_params(model),
                'macs': count_macs(model, data.image_size, device), 'train_images': len(data.parts[train_part])}
-    write_json(os.path.join(out, 'summary.json'), summary)
-    print(f'{arch}: best val acc {best_val_acc:.2%}, test acc {test_acc:.2%} -> {out}/summary.json', flush=True)
+    if rank == 0:
+        write_json(os.path.join(out, 'summary.json'), summary)
+    log(f'{arch}: best val acc {best_val_acc:.2%}, test acc {test_acc:.2%} -> {out}/summary.json', flush=True)
+    _barrier(world)
     return summary

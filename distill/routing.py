@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from . import UserError
 from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
-from .engine import autocast, place, predict_logits
+from .engine import autocast, place, predict_logits, reduce_sums
 from .metrics import count_macs
 
 
@@ -112,8 +112,10 @@ class RoutedAccuracy:
         correct = expert_correctness(expert_logits, labels)
         scores, _ = predict_logits(selector, loader, amp)
         choice = route(scores, self.costs, self.cost_weight)
-        loss = F.binary_cross_entropy_with_logits(scores, correct).item()
-        return loss, correct.gather(1, choice[:, None]).mean().item()
+        loss = F.binary_cross_entropy_with_logits(scores, correct, reduction='sum').item() / correct.shape[1]
+        right = correct.gather(1, choice[:, None]).sum().item()
+        loss, right, seen = reduce_sums(loss, right, len(labels), device=labels.device)  # over torchrun ranks
+        return loss / max(seen, 1), right / max(seen, 1)
 
 
 def routing_report(expert_logits: list, labels: torch.Tensor, scores: torch.Tensor, macs: list,

@@ -31,7 +31,7 @@ def make_image_folder(root: Path, classes=('cat', 'dog', 'ship'), train_per_clas
 
 @pytest.fixture
 def image_folder(tmp_path):
-    return make_image_folder(tmp_path / 'images')
+    return make_image_folder(tmp_path / 'dataset')
 
 
 def write_cifar(root: Path, name='cifar10', n_train=50, n_test=20, num_classes=10):
@@ -95,6 +95,6 @@ def tiny_runs(tmp_path_factory):
 
     Returns (work dir, data folder). Tests may add runs but must leave these usable."""
     work = tmp_path_factory.mktemp('runs')
-    folder = make_image_folder(work / 'images')
+    folder = make_image_folder(work / 'dataset')
     run_tiny_pipeline(work, folder)
     return work, folder

@@ -58,7 +58,7 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(image_folder, tmp_path, 
 def finished_run(tmp_path_factory):
     """A one-epoch run that the tests below try to damage; each checks that it survives."""
     work = tmp_path_factory.mktemp('run')
-    folder = make_image_folder(work / 'images')
+    folder = make_image_folder(work / 'dataset')
     teacherTrain.main(_tiny_run(folder, work / 'run', '--epochs', '1'))
     return folder, work / 'run'
 

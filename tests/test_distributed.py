@@ -1,0 +1,56 @@
+"""Training under torchrun (gloo on CPU) matches a single process with the same global batch."""
+import os
+import socket
+from types import SimpleNamespace
+
+import torch
+import torch.multiprocessing as mp
+
+from conftest import ROOT, TINY, make_image_folder, run_script
+from distill.data import ImageSet, Prepared, make_split
+from distill.engine import fit
+from distill.losses import classification_step
+
+
+def _data():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (60, 3, 4, 4), dtype=torch.uint8, generator=gen)
+    train = ImageSet(images, torch.arange(60) % 3, ['a', 'b', 'c'])
+    parts, split = make_split(train.labels, 0, 6, 6)
+    return Prepared(train, train.select(torch.arange(12)), parts, split, [0.5] * 3, [0.25] * 3, 4)
+
+
+def _run(rank, out, world=1, port=0):
+    if world > 1:
+        os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                          LOCAL_RANK=str(rank))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))  # no BN: per-rank BN would differ
+    args = SimpleNamespace(device='cpu', amp='off', out=out, resume=False, overwrite=False, batch_size=8, lr=0.1,
+                           weight_decay=5e-4, momentum=0.9, epochs=2, warmup_epochs=1, seed=0, compile=False)
+    fit(args, 'linear', model, classification_step, _data())
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    _run(0, str(tmp_path / 'single'))
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    mp.spawn(_run, args=(str(tmp_path / 'ddp'), 2, port), nprocs=2)
+    single = torch.load(tmp_path / 'single' / 'last.pt', weights_only=True)
+    ddp = torch.load(tmp_path / 'ddp' / 'last.pt', weights_only=True)
+    for key in single['model']:
+        torch.testing.assert_close(ddp['model'][key], single['model'][key], rtol=1e-5, atol=1e-6)
+    for a, b in zip(single['history'], ddp['history']):
+        assert abs(a['train_loss'] - b['train_loss']) < 1e-4 and a['val_acc'] == b['val_acc']
+
+
+def test_torchrun_trains_a_teacher_and_only_rank_zero_writes(tmp_path):
+    folder = make_image_folder(tmp_path / 'dataset')
+    result = run_script('-m', 'torch.distributed.run', '--nproc_per_node=2', ROOT / 'teacherTrain.py', *TINY,
+                        '--arch', 'googlenet', '--data-dir', folder, '--epochs', '2')
+    assert result.stdout.count('googlenet epoch 2/2') == 1
+    assert len((tmp_path / 'checkpoints' / 'teacher' / 'metrics.csv').read_text().splitlines()) == 3
+    assert (tmp_path / 'checkpoints' / 'teacher' / 'summary.json').exists()
