@@ -1,6 +1,6 @@
 """Run everything: teacher -> two students (+ no-KD baselines) -> selector -> evaluate -> infer.
 
-    python pipeline.py --preset quick --data-dir ../shared/data/cifar10-jpeg.tar.gz   # ~20 min on 2 CPU cores
+    python pipeline.py --preset quick --data-dir ../shared/data/cifar10-jpeg.tar.gz   # sized for a CPU
     python pipeline.py --preset full                                                # the real recipe, for a GPU
 A stage whose run directory already holds a finished run with the same settings is skipped; an
 interrupted one resumes; a changed one is retrained. --force retrains everything.

@@ -65,7 +65,9 @@ def reduce_sums(*values, device):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, step, *, amp=None, scaler=None, desc='train'):
-    """One pass over the loader. Returns (mean loss, accuracy); stops on a non-finite loss."""
+    """One pass over the loader. Returns (mean loss, accuracy); stops on a non-finite loss.
+
+    A step that returns no logits (the selector's: its outputs are not class scores) gets accuracy nan."""
     model.train()
     device = loader.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -73,6 +75,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, step, *, amp=None, scal
     seen = 0
     quiet = None if loader.rank == 0 else True  # None: a bar on terminals only
     bar = tqdm(loader, desc=desc, leave=False, disable=quiet, dynamic_ncols=True)
+    logits = None
     for images, labels, indices in bar:
         with autocast(device, amp):
             loss, logits = step(images, labels, indices)
@@ -89,11 +92,11 @@ def train_one_epoch(model, loader, optimizer, scheduler, step, *, amp=None, scal
             optimizer.step()
         scheduler.step()
         loss_sum += loss.detach().double() * len(labels)
-        if logits.ndim == 2 and logits.shape[1] > 1 and labels.ndim == 1:
+        if logits is not None:
             correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
     loss_sum, correct, seen = reduce_sums(loss_sum.item(), correct.item(), seen, device=device)
-    return loss_sum / max(seen, 1), correct / max(seen, 1)
+    return loss_sum / max(seen, 1), (correct / max(seen, 1) if logits is not None else float('nan'))
 
 
 @torch.inference_mode()

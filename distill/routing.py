@@ -85,7 +85,7 @@ def selection_step(selector, targets: torch.Tensor):
     targets is indexed by sample index (rows outside the route split are never read)."""
     def step(images, labels, indices):
         scores = selector(images)
-        return F.binary_cross_entropy_with_logits(scores.float(), targets[indices]), scores
+        return F.binary_cross_entropy_with_logits(scores.float(), targets[indices]), None
     return step
 
 
