@@ -299,7 +299,7 @@ class Loader:
     """
 
     def __init__(self, data: ImageSet, indices: torch.Tensor, batch_size: int, mean, std, device='cpu',
-                 train: bool = False, seed: int = 0, channels_last: bool = False, rank: int = 0, world: int = 1):
+                 train: bool = False, seed: int = 0, channels_last: bool = True, rank: int = 0, world: int = 1):
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.indices = indices
@@ -356,7 +356,7 @@ def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 N x 3 x S x S to the float input a model was trained on (mean/std as stored in its checkpoint)."""
     mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
     std = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255
-    return (images.float() - mean) / std
+    return ((images.float() - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
 # ---------------------------------------------------------------- everything a stage trains and reports on
