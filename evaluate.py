@@ -4,7 +4,6 @@
 Everything is rebuilt from the checkpoints: the selector names its experts, the students their teacher.
 """
 import argparse
-import json
 import os
 
 import torch

@@ -22,9 +22,7 @@ def parse_args(argv=None):
                         help="add the experts' teacher as a costly fallback expert")
     parser.add_argument('--cost-weight', type=float, default=0.0,
                         help='route to argmax(P(correct) - w * MACs / max MACs); 0 is pure accuracy')
-    args = parser.parse_args(argv)
-    validate_args(args)
-    return args
+    return validate_args(parser.parse_args(argv))
 
 
 @main_guard

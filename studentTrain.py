@@ -24,8 +24,7 @@ def parse_args(argv=None):
     parser.add_argument('--teacher-logits', choices=('online', 'cache'), default='online',
                         help='run the teacher on every batch, or compute each epoch\'s logits once into --cache-dir')
     parser.add_argument('--cache-dir', default='checkpoints/logit-cache')
-    args = parser.parse_args(argv)
-    validate_args(args)
+    args = validate_args(parser.parse_args(argv))
     if not 0 <= args.alpha <= 1 or args.temperature <= 0:
         raise UserError(f'--alpha must lie in [0, 1] and --temperature must be positive '
                         f'(got {args.alpha} and {args.temperature})')

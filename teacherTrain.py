@@ -15,9 +15,7 @@ from models import MODELS, build_model
 def parse_args(argv=None):
     parser = training_parser(__doc__.splitlines()[0], out='checkpoints/teacher', epochs=200, lr=0.1)
     parser.add_argument('--arch', default='resnet50', choices=[m for m in MODELS if m != 'selector'])
-    args = parser.parse_args(argv)
-    validate_args(args)
-    return args
+    return validate_args(parser.parse_args(argv))
 
 
 @main_guard

@@ -41,13 +41,14 @@ def training_parser(description: str, *, out: str, epochs: int, lr: float, batch
 
 
 def validate_args(args):
-    """Reject impossible settings up front, in one line each."""
+    """Reject impossible settings up front, in one line each; returns args."""
     for name in ('epochs', 'batch_size', 'image_size', 'subset', 'test_subset'):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
     if args.lr <= 0:
         raise UserError(f'--lr must be positive (got {args.lr})')
+    return args
 
 
 def resolve_device(name: str) -> torch.device:

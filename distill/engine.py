@@ -48,7 +48,7 @@ class WarmupCosine:
 
 def place(model, device: torch.device):
     """Move a model to the device in channels_last: NHWC is what tensor cores want, and oneDNN on
-    CPU trains these models 1.25-1.6x faster in it (measured on 2 cores, torch 2.14)."""
+    CPU trains these models faster in it too (benchmarks/run.py, README "Speed")."""
     return model.to(device, memory_format=torch.channels_last)
 
 

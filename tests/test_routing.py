@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from distill.data import ImageSet, Loader
