@@ -2,6 +2,7 @@
 
     python pipeline.py --preset quick --data-dir ../shared/data/cifar10-jpeg.tar.gz   # sized for a CPU
     python pipeline.py --preset full                                                # the real recipe, for a GPU
+    python pipeline.py --preset full --seeds 0 1 2                                  # mean ± std over three seeds
 A stage whose run directory already holds a finished run with the same settings is skipped; an
 interrupted one resumes; a changed one is retrained. --force retrains everything.
 """
@@ -14,6 +15,7 @@ import infer
 import selectorTrain
 import studentTrain
 import teacherTrain
+from distill import UserError
 from distill.cli import main_guard
 
 # quick: minutes on a CPU, to see every table and figure on real data. Not a recipe for accuracy.
@@ -35,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument('--root', default='checkpoints', help='where the run directories go')
     p.add_argument('--baselines', action=argparse.BooleanOptionalAction, default=True,
                    help='also train each student without a teacher (--alpha 0)')
+    p.add_argument('--seeds', type=int, nargs='+',
+                   help='run every stage once per seed, in ROOT/seed<k>/, and report mean ± std over them')
     p.add_argument('--force', action='store_true', help='retrain every stage')
     p.add_argument('--device', default='auto')
     return p.parse_args(argv)
@@ -64,25 +68,36 @@ def main(argv=None):
     preset = PRESETS[args.preset]
     dataset = args.dataset or ('folder' if args.data_dir.endswith(('.tar.gz', '.tgz')) else 'cifar10')
     common = ['--dataset', dataset, '--data-dir', args.data_dir, '--device', args.device, *preset['common']]
+    seeds = args.seeds or [None]
+    if len(set(seeds)) < len(seeds):
+        raise UserError(f"--seeds repeats a seed ({', '.join(map(str, seeds))}); give each seed once")
+    selectors = [train_system(args, common, preset, seed) for seed in seeds]
+    evaluate.main(['--selector', *selectors, '--name', args.preset, '--device', args.device])
+    sample = os.path.join('results', 'sample-images')
+    export_sample(args, dataset, sample)
+    infer.main([sample, '--selector', selectors[0], '--out',
+                os.path.join('results', f'{args.preset}-predictions.csv'), '--device', args.device])
+
+
+def train_system(args, common: list, preset: dict, seed) -> str:
+    """teacher -> students (+ baselines) -> selector, in ROOT (or ROOT/seed<k>); returns the selector's best.pt."""
+    root = args.root if seed is None else os.path.join(args.root, f'seed{seed}')
+    common = common + ([] if seed is None else ['--seed', str(seed)])
     epochs = ['--epochs', str(preset['epochs'])]
-    teacher = os.path.join(args.root, 'teacher', 'best.pt')
+    teacher = os.path.join(root, 'teacher', 'best.pt')
     run_stage(teacherTrain, common + epochs + ['--out', os.path.dirname(teacher)], args.force)
     experts = []
     for arch in ('densenet121', 'googlenet'):
-        out = os.path.join(args.root, arch)
+        out = os.path.join(root, arch)
         run_stage(studentTrain, common + epochs + ['--arch', arch, '--teacher', teacher, '--out', out], args.force)
         experts.append(os.path.join(out, 'best.pt'))
         if args.baselines:
             run_stage(studentTrain, common + epochs + ['--arch', arch, '--alpha', '0', '--out', f'{out}-nokd'],
                       args.force)
-    selector = os.path.join(args.root, 'selector')
+    selector = os.path.join(root, 'selector')
     run_stage(selectorTrain, common + ['--epochs', str(preset['selector_epochs']), '--experts', *experts,
                                        '--out', selector], args.force)
-    evaluate.main(['--selector', os.path.join(selector, 'best.pt'), '--name', args.preset, '--device', args.device])
-    sample = os.path.join('results', 'sample-images')
-    export_sample(args, dataset, sample)
-    infer.main([sample, '--selector', os.path.join(selector, 'best.pt'), '--out',
-                os.path.join('results', f'{args.preset}-predictions.csv'), '--device', args.device])
+    return os.path.join(selector, 'best.pt')
 
 
 def export_sample(args, dataset, folder, per_class=2):

@@ -76,14 +76,14 @@ TINY = ['--dataset', 'folder', '--image-size', '8', '--val-size', '6', '--route-
 TINY_PRESET = {'common': TINY[2:10] + ['--lr', '0.05'], 'epochs': 1, 'selector_epochs': 2}
 
 
-def run_tiny_pipeline(work: Path, folder: Path):
+def run_tiny_pipeline(work: Path, folder: Path, *flags):
     """pipeline.py in-process with a tiny preset, run from `work` (as a user runs it from the repo)."""
     import pipeline
     saved, cwd = dict(pipeline.PRESETS['quick']), os.getcwd()
     pipeline.PRESETS['quick'] = TINY_PRESET
     os.chdir(work)
     try:
-        pipeline.main(['--data-dir', str(folder), '--dataset', 'folder'])
+        pipeline.main(['--data-dir', str(folder), '--dataset', 'folder', *flags])
     finally:
         pipeline.PRESETS['quick'] = saved
         os.chdir(cwd)

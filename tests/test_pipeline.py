@@ -1,9 +1,14 @@
 """pipeline.py: every stage once (conftest.tiny_runs), then skipped, resumed or retrained as its settings say."""
+import json
 import os
+import statistics
+
+import pytest
+import torch
 
 import pipeline
 import selectorTrain
-from conftest import TINY, run_tiny_pipeline
+from conftest import TINY, make_image_folder, run_tiny_pipeline
 
 STAGES = {'teacher', 'densenet121', 'densenet121-nokd', 'googlenet', 'googlenet-nokd', 'selector'}
 
@@ -44,3 +49,28 @@ def test_an_interrupted_stage_resumes_and_a_changed_one_retrains(tiny_runs, caps
     pipeline.run_stage(selectorTrain, argv(3), force=False)
     assert 'retrain (settings changed) checkpoints/selector' in capsys.readouterr().out
     assert os.path.getmtime('checkpoints/selector/best.pt') > best
+
+
+def test_two_seeds_train_two_systems_and_report_mean_and_std(tmp_path):
+    folder = make_image_folder(tmp_path / 'dataset')
+    run_tiny_pipeline(tmp_path, folder, '--seeds', '0', '1', '--no-baselines')
+    for seed in (0, 1):
+        selector = torch.load(tmp_path / 'checkpoints' / f'seed{seed}' / 'selector' / 'best.pt', weights_only=True)
+        assert selector['config']['seed'] == seed and f'seed{seed}' in selector['experts'][0]['path']
+        assert (tmp_path / 'images' / f'quick-seed{seed}' / 'accuracy_vs_macs.png').exists()
+    per_seed = [json.loads((tmp_path / 'results' / f'quick-seed{s}.json').read_text()) for s in (0, 1)]
+    summary = json.loads((tmp_path / 'results' / 'quick.json').read_text())
+    assert summary['seeds'] == [0, 1] and {'teacher', 'googlenet', 'routed', 'oracle'} <= set(summary['accuracy'])
+    for row, agg in summary['accuracy'].items():
+        accs = [r['accuracy'][row][0] for r in per_seed]
+        assert agg['per_seed'] == accs and abs(agg['mean'] - statistics.mean(accs)) < 1e-12
+        assert abs(agg['std'] - statistics.stdev(accs)) < 1e-12
+    assert '| teacher |' in (tmp_path / 'results' / 'quick.md').read_text() and ' ± ' in (
+        tmp_path / 'results' / 'quick.md').read_text()
+
+
+def test_repeated_seeds_are_refused_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pipeline.main(['--data-dir', str(tmp_path), '--seeds', '1', '1'])
+    assert exit_info.value.code == 2 and not (tmp_path / 'checkpoints').exists()
+    assert capsys.readouterr().err.strip() == 'error: --seeds repeats a seed (1, 1); give each seed once'

@@ -1,0 +1,46 @@
+"""distill/report.py: the cost-weight sweep and the mean ± std over seeds."""
+import pytest
+import torch
+
+from distill import UserError
+from distill.report import aggregate, aggregate_markdown, cost_weight_sweep, seeds_of
+
+CONFIG = {'dataset': 'folder', 'epochs': 3, 'lr': 0.05, 'seed': 0, 'out': 'checkpoints/seed0/selector',
+          'experts': ['checkpoints/seed0/densenet121/best.pt']}
+
+
+def test_seeds_are_read_from_runs_that_differ_only_by_seed():
+    other = {**CONFIG, 'seed': 3, 'out': 'checkpoints/seed3/selector', 'experts': ['checkpoints/seed3/x/best.pt']}
+    assert seeds_of([CONFIG, other]) == [0, 3]
+
+
+@pytest.mark.parametrize('change, message', [({'seed': 0}, 'share a seed'),
+                                             ({'seed': 1, 'epochs': 4}, 'differ in epochs, not only the seed'),
+                                             ({'seed': 1, 'cost_weight': 0.1}, 'differ in cost_weight')])
+def test_runs_that_cannot_be_averaged_are_refused(change, message):
+    with pytest.raises(UserError, match=message):
+        seeds_of([CONFIG, {**CONFIG, **change}])
+
+
+def _result(seed, teacher, routed, extra=None):
+    accuracy = {'teacher': (teacher, 1e9), 'routed': (routed, 4e8 + seed * 1e8), **(extra or {})}
+    return {'name': f'r-seed{seed}', 'seed': seed, 'dataset': 'folder', 'test_images': 10, 'accuracy': accuracy,
+            'share': {'a': 0.25 * (seed + 1), 'b': 1 - 0.25 * (seed + 1)}}
+
+
+def test_aggregate_gives_mean_and_sample_std_of_rows_every_seed_has():
+    summary = aggregate('r', [_result(0, 0.5, 0.6, {'only here': (0.1, 1.0)}), _result(1, 0.7, 0.6)])
+    assert summary['accuracy']['teacher']['mean'] == pytest.approx(0.6)
+    assert summary['accuracy']['teacher']['std'] == pytest.approx(0.1414213, abs=1e-6)  # n - 1 in the denominator
+    assert summary['accuracy']['routed'] == {'mean': 0.6, 'std': 0.0, 'per_seed': [0.6, 0.6], 'macs': 4.5e8}
+    assert summary['share'] == {'a': 0.375, 'b': 0.625} and summary['left_out'] == ['only here']
+    table = aggregate_markdown(summary)
+    assert '| teacher | 60.00 ± 14.14% | 50.00% | 70.00% | 1000.0 |' in table and 'only here' in table
+
+
+def test_sweep_never_costs_more_as_the_weight_grows():
+    torch.manual_seed(0)
+    logits, labels, scores = [torch.randn(50, 3), torch.randn(50, 3)], torch.randint(0, 3, (50,)), torch.randn(50, 2)
+    points = cost_weight_sweep(logits, labels, scores, [900, 400], 10, (0.0, 0.5, 1.0, 10.0))
+    macs = [m for _, _, m in points]
+    assert macs == sorted(macs, reverse=True) and macs[-1] == 410
