@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distill.cli import resolve_device  # noqa: E402
-from distill.data import ImageSet, Loader  # noqa: E402
+from distill.data import ImageSet, Loader, balanced_subset, load_dataset, normalise  # noqa: E402
 from distill.engine import WarmupCosine, build_optimizer, place, train_one_epoch  # noqa: E402
 from distill.losses import classification_step, distillation_step  # noqa: E402
 from distill.metrics import count_macs, synchronize  # noqa: E402
@@ -152,22 +152,27 @@ def main():
                                                                  from_cache, cached.start_epoch)
     results['kd.cache_speedup'] = results['kd.googlenet.cached_img_s'] / results['kd.googlenet.online_img_s']
 
-    images = Loader(data, torch.arange(n), n, [0.5] * 3, [0.25] * 3, device).make_batch(torch.arange(n).to(device))
-    if args.selector:
+    if args.selector:  # real test images of the selector's data set, so that the routing mix is a real one
         state = torch.load(args.selector, weights_only=True)
         experts = [e.model for e in load_experts([e['path'] for e in state['experts']], device)]
         selector = place(build_model('selector', len(experts)), device).eval()
         selector.load_state_dict(state['model'])
-    else:  # untrained models: the speed is the same, the routing mix is whatever the selector says
+        test = load_dataset(state['config']['dataset'], state['config']['data_dir'], False, state['image_size'])
+        images = normalise(test.select(balanced_subset(test.labels, n)).images.to(device), state['mean'], state['std'])
+        cost_weight = state['cost_weight']
+    else:  # untrained models on random pixels: the speed is the same, the routing mix arbitrary
         experts = [place(build_model(a, 10), device).eval() for a in ('densenet121', 'googlenet')]
         selector = place(build_model('selector', 2), device).eval()
+        images = Loader(data, torch.arange(n), n, [0.5] * 3, [0.25] * 3, device).make_batch(torch.arange(n).to(device))
+        cost_weight = 0.0
     costs = normalised_costs([count_macs(e, 32, device) for e in experts])
     rates = {'teacher': teacher, 'densenet121': experts[0], 'googlenet': experts[1],
              'both_students': lambda x: [e(x) for e in experts],
-             'routed': lambda x: predict(selector, experts, x, costs)}
+             'routed': lambda x: predict(selector, experts, x, costs, cost_weight)}
     for name, fn in rates.items():
         results[f'infer.{name}.img_s'] = inference_rate(fn, images, device)
-    results['infer.routed_share'] = torch.bincount(predict(selector, experts, images, costs)[1], minlength=2).tolist()
+    results['infer.routed_share'] = torch.bincount(predict(selector, experts, images, costs, cost_weight)[1],
+                                                  minlength=len(experts)).tolist()
     results['infer.routed_vs_teacher'] = results['infer.routed.img_s'] / results['infer.teacher.img_s']
     results['infer.routed_vs_both'] = results['infer.routed.img_s'] / results['infer.both_students.img_s']
 
