@@ -9,13 +9,13 @@ import os
 
 import torch
 
-from distill.checkpoint import load_checkpoint, model_from_checkpoint
+from distill.checkpoint import load_checkpoint
 from distill.cli import main_guard, resolve_device
 from distill.data import Loader, balanced_subset, load_dataset
-from distill.engine import place, predict_logits
+from distill.engine import inference_model, predict_logits
 from distill.metrics import per_class_accuracy
 from distill.plots import report_figures
-from distill.report import (aggregate, aggregate_markdown, compression_row, cost_weight_sweep, device_name, markdown,
+from distill.report import (aggregate, aggregate_markdown, cost_weight_sweep, device_name, markdown,
                             seeds_of, speed, write_report)
 from distill.routing import Expert, load_experts, normalised_costs, predict, routing_report
 
@@ -64,7 +64,7 @@ def evaluate_system(args, selector_path: str, name: str, device) -> dict:
     loader = Loader(test, torch.arange(len(test)), args.batch_size, state['mean'], state['std'], device)
     logits = {name: predict_logits(m.model, loader)[0] for name, m in models.items()}
     labels = test.labels.to(device)
-    selector = place(model_from_checkpoint(state, selector_path), device).eval()
+    selector = inference_model(state, selector_path, device)
     scores = predict_logits(selector, loader)[0]
 
     macs = [e.macs for e in experts]
@@ -79,9 +79,10 @@ def evaluate_system(args, selector_path: str, name: str, device) -> dict:
 
     sample = next(iter(loader))[0]
     costs = normalised_costs(macs)
-    compression = {name: compression_row(m.model, m.macs, sample) for name, m in models.items()}
+    compression = {name: {'params': m.params, 'macs': m.macs, 'size_mb': m.weights_mb, **speed(m.model, sample)}
+                   for name, m in models.items()}
     routed_fn = lambda x: predict(selector, [e.model for e in experts], x, costs, state['cost_weight'])
-    compression['routed'] = {**compression_row(None, accuracy['routed'][1], sample), **speed(routed_fn, sample)}
+    compression['routed'] = {'params': None, 'macs': accuracy['routed'][1], 'size_mb': None, **speed(routed_fn, sample)}
     sweep = cost_weight_sweep([logits[e.name] for e in experts], labels, scores, macs, state['selector_macs'], SWEEP)
 
     result = {'name': name, 'selector': selector_path, 'seed': config['seed'], 'dataset': config['dataset'],

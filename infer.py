@@ -12,10 +12,10 @@ import torch
 from tqdm import tqdm
 
 from distill import UserError
-from distill.checkpoint import load_checkpoint, model_from_checkpoint
+from distill.checkpoint import load_checkpoint
 from distill.cli import main_guard, resolve_device
 from distill.data import list_image_files, normalise, read_images
-from distill.engine import place
+from distill.engine import inference_model
 from distill.routing import load_experts, normalised_costs, predict
 
 FIELDS = ('path', 'prediction', 'confidence', 'expert', 'error')
@@ -43,7 +43,7 @@ def build_classifier(args, device):
     """A function images -> (logits, expert names), and the checkpoint whose preprocessing it needs."""
     if args.teacher:
         state = load_checkpoint(args.teacher)
-        model = place(model_from_checkpoint(state, args.teacher), device).eval()
+        model = inference_model(state, args.teacher, device)
         name = os.path.basename(os.path.dirname(os.path.abspath(args.teacher)))
         return lambda x: (model(x), [name] * len(x)), state
     state = load_checkpoint(args.selector)
@@ -57,7 +57,7 @@ def build_classifier(args, device):
             raise UserError(f"no expert named '{args.expert}'; the selector's experts are {', '.join(names)}")
         model = matches[0].model
         return lambda x: (model(x), [matches[0].name] * len(x)), matches[0].state
-    selector = place(model_from_checkpoint(state, args.selector), device).eval()
+    selector = inference_model(state, args.selector, device)
     costs = normalised_costs([e.macs for e in experts])
     weight = state['cost_weight'] if args.cost_weight is None else args.cost_weight
 

@@ -6,10 +6,10 @@
 import torch
 
 from distill import UserError
-from distill.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
+from distill.checkpoint import check_compatible, load_checkpoint
 from distill.cli import amp_dtype, main_guard, resolve_device, training_parser, validate_args
 from distill.data import prepare_data
-from distill.engine import fit, place
+from distill.engine import fit, inference_model
 from distill.losses import distillation_step
 from distill.teachers import CachedTeacher, OnlineTeacher
 from models import MODELS, build_model
@@ -43,7 +43,7 @@ def main(argv=None):
         state = load_checkpoint(args.teacher, map_location=device)
         check_compatible(state, args.teacher, num_classes=len(data.classes), split=data.split,
                          image_size=data.image_size)
-        teacher = place(model_from_checkpoint(state, args.teacher), device)
+        teacher = inference_model(state, args.teacher, device)
         amp = amp_dtype(args.amp, device)
         teacher_logits = (OnlineTeacher(teacher, amp) if args.teacher_logits == 'online' else
                           CachedTeacher(teacher, args.teacher, data.split, args.seed, args.cache_dir, amp))

@@ -14,10 +14,12 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental.optimization import fuse
 from tqdm import tqdm
 
 from . import UserError
-from .checkpoint import check_compatible, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (check_compatible, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
+                         set_rng_state)
 from .cli import amp_dtype, resolve_device
 from .data import Loader, Prepared
 from .metrics import count_macs, count_params
@@ -50,6 +52,21 @@ def place(model, device: torch.device):
     """Move a model to the device in channels_last: NHWC is what tensor cores want, and oneDNN on
     CPU trains these models faster in it too (benchmarks/run.py, README "Speed")."""
     return model.to(device, memory_format=torch.channels_last)
+
+
+def fuse_for_inference(model):
+    """An eval-mode copy with each BatchNorm folded into the convolution before it (torch.fx): the same
+    outputs up to float rounding, 3-15% more images/s on CPU (benchmarks/run.py). A model torch.fx
+    cannot trace comes back unfused."""
+    try:
+        return fuse(model.eval())
+    except Exception:  # tracing fails on data-dependent control flow; fusing is only an optimisation
+        return model.eval()
+
+
+def inference_model(state: dict, path: str, device: torch.device):
+    """The model of a loaded checkpoint, on the device, fused and in eval mode."""
+    return fuse_for_inference(place(model_from_checkpoint(state, path), device))
 
 
 def autocast(device: torch.device, dtype):

@@ -5,6 +5,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
+def weights_mb(model: torch.nn.Module) -> float:
+    """Size of the weights and buffers: what a deployment ships (checkpoints also hold optimiser state)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2 ** 20
+
+
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -8,7 +8,7 @@ import torch
 
 from . import UserError
 from .engine import write_json
-from .metrics import count_params, measure_latency
+from .metrics import measure_latency
 from .routing import expert_correctness, normalised_costs, route
 
 
@@ -23,15 +23,6 @@ def speed(fn, images: torch.Tensor) -> dict:
     one = measure_latency(fn, images[:1], warmup=1, repeats=5)
     many = measure_latency(fn, images, warmup=1, repeats=3)
     return {'latency_ms': 1000 * one, 'images_per_s': len(images) / many}
-
-
-def compression_row(model, macs: int, images: torch.Tensor) -> dict:
-    """Params, MACs, weights in MB (what a deployment ships; checkpoints also hold optimiser state) and speed."""
-    if model is None:
-        return {'params': None, 'macs': macs, 'size_mb': None}
-    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    row = {'params': count_params(model), 'macs': macs, 'size_mb': size / 2 ** 20}
-    return {**row, **speed(model, images)}
 
 
 def cost_weight_sweep(expert_logits: list, labels, scores, macs: list, selector_macs: int, weights) -> list:

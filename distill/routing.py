@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from . import UserError
 from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
-from .engine import autocast, place, predict_logits, reduce_sums
-from .metrics import count_macs
+from .engine import autocast, fuse_for_inference, place, predict_logits, reduce_sums
+from .metrics import count_macs, count_params, weights_mb
 
 
 class Expert:
@@ -29,7 +29,9 @@ class Expert:
             if self.state['mean'] != reference['mean'] or self.state['std'] != reference['std']:
                 raise UserError(f"'{path}' normalises images differently from '{reference['path']}'; "
                                 f"train all experts on the same data")
-        self.model = place(model_from_checkpoint(self.state, path), torch.device(device)).eval()
+        model = place(model_from_checkpoint(self.state, path), torch.device(device))
+        self.params, self.weights_mb = count_params(model), weights_mb(model)  # as trained, before fusing
+        self.model = fuse_for_inference(model)
         self.name = os.path.basename(os.path.dirname(os.path.abspath(path))) or self.state['arch']
         self.macs = count_macs(self.model, self.state['image_size'], device)
 

@@ -26,6 +26,19 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert schedule(55) == pytest.approx(0.5) and schedule(100) == pytest.approx(0.0)
 
 
+def test_a_model_fx_cannot_trace_is_run_unfused_in_eval_mode():
+    class DataDependent(torch.nn.Module):  # control flow on tensor values: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x
+    model = DataDependent().train()
+    fused = engine.fuse_for_inference(model)
+    assert fused is model and not model.training
+
+
 def test_resume_after_a_kill_ends_with_the_same_metrics(image_folder, tmp_path, monkeypatch):
     teacherTrain.main(_tiny_run(image_folder, tmp_path / 'straight', '--epochs', '3'))
 

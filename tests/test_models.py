@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from models import MODELS, build_model
+from distill.engine import fuse_for_inference
 from distill.metrics import count_macs, count_params
 
 CLASSIFIERS = [name for name in MODELS if name != 'selector']
@@ -45,3 +46,15 @@ def test_students_are_cheaper_than_the_teacher_and_selector_is_tiny():
 def test_unknown_architecture_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown architecture 'vgg'"):
         build_model('vgg', 10)
+
+
+@pytest.mark.parametrize('name', list(MODELS))
+def test_fusing_for_inference_folds_batchnorm_and_keeps_the_outputs(name):
+    model = build_model(name, 10).train()
+    model(torch.randn(16, 3, 16, 16))  # give BatchNorm running statistics that are not the identity
+    images = torch.randn(3, 3, 16, 16)
+    fused = fuse_for_inference(model)
+    count = lambda m: sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+    assert count(fused) < count(model)  # every BN right after a conv is gone (DenseNet keeps its pre-activation BNs)
+    with torch.no_grad():
+        assert torch.allclose(fused(images), model.eval()(images), rtol=1e-4, atol=1e-4)
