@@ -7,12 +7,14 @@ Prints a table and writes benchmarks/results/<host>.json with a stable key per f
 """
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distill.cli import resolve_device  # noqa: E402
 from distill.data import ImageSet, Loader, balanced_subset, load_dataset, normalise  # noqa: E402
-from distill.engine import WarmupCosine, build_optimizer, place, train_one_epoch  # noqa: E402
+from distill.engine import (WarmupCosine, build_optimizer, fuse_for_inference, inference_model, place,  # noqa: E402
+                            train_one_epoch)
 from distill.losses import classification_step, distillation_step  # noqa: E402
 from distill.metrics import count_macs, synchronize  # noqa: E402
 from distill.report import device_name  # noqa: E402
@@ -43,9 +46,11 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
-def engine_throughput(model, data, batch, device, step_fn=None, on_epoch=None):
-    """img/s of our engine: uint8 data on the device, batched crop/flip, channels_last; one epoch after a warm-up."""
+def engine_throughput(model, data, batch, device, step_fn=None, on_epoch=None, compile_model=False):
+    """img/s of our engine: uint8 data on the device, batched crop/flip, channels_last; one epoch after a warm-up
+    (which also compiles, with compile_model)."""
     model = place(model, device)
+    model = torch.compile(model) if compile_model else model
     loader = Loader(data, torch.arange(len(data)), batch, [0.5] * 3, [0.25] * 3, device, train=True)
     optimizer = build_optimizer(model, 0.01, 5e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(100, 0))
@@ -98,10 +103,20 @@ def matmul_flops(device, n=2048, repeats=5):
     return 2 * n ** 3 * repeats / timed(lambda: [a @ b for _ in range(repeats)], device)
 
 
-def peak_memory_mb(device):
+def train_with_peak_memory(arch, data, batch, device, compile_model=False):
+    """(img/s, peak MB) of our engine training arch. CUDA: max_memory_allocated of this step alone. CPU: the
+    peak RSS of a fresh process that trains only this model (the RSS high-water mark never resets)."""
     if device.type == 'cuda':
-        return torch.cuda.max_memory_allocated() / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        torch.cuda.reset_peak_memory_stats(device)
+        rate = engine_throughput(build_model(arch, 10), data, batch, device, compile_model=compile_model)
+        return rate, torch.cuda.max_memory_allocated(device) / 2 ** 20
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn')) as pool:
+        return pool.submit(_train_in_child, arch, data, batch, compile_model).result()
+
+
+def _train_in_child(arch, data, batch, compile_model):
+    rate = engine_throughput(build_model(arch, 10), data, batch, torch.device('cpu'), compile_model=compile_model)
+    return rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @torch.inference_mode()
@@ -116,6 +131,8 @@ def main():
     p.add_argument('--quick', action='store_true')
     p.add_argument('--device', default='auto')
     p.add_argument('--selector', help='a trained selector checkpoint, for routed inference with a real routing mix')
+    p.add_argument('--compile', action='store_true',
+                   help='also measure torch.compile for training and (with weight freezing) inference; minutes more')
     args = p.parse_args()
     device = resolve_device(args.device)
     torch.manual_seed(0)
@@ -124,9 +141,12 @@ def main():
     results = {'device': device_name(device), 'torch': torch.__version__, 'batch_size': batch, 'images': n}
 
     for arch in ('resnet50', 'densenet121', 'googlenet'):
-        ours = engine_throughput(build_model(arch, 10), data, batch, device)
+        ours, results[f'train.{arch}.peak_mem_mb'] = train_with_peak_memory(arch, data, batch, device)
         results[f'train.{arch}.ours_img_s'] = ours
-        results[f'train.{arch}.peak_mem_mb'] = peak_memory_mb(device)
+        if args.compile:
+            compiled, _ = train_with_peak_memory(arch, data, batch, device, compile_model=True)
+            results[f'train.{arch}.compiled_img_s'] = compiled
+            results[f'train.{arch}.compile_speedup'] = compiled / ours
         reference = reference_throughput(build_model(arch, 10), data, batch, device)
         results[f'train.{arch}.reference_img_s'] = reference
         results[f'train.{arch}.speedup'] = ours / reference
@@ -137,7 +157,7 @@ def main():
     results['matmul_fp32_flop_s'] = matmul_flops(device)
     results['resnet50.fraction_of_matmul'] = results['resnet50.train_flop_s'] / results['matmul_fp32_flop_s']
 
-    teacher = place(build_model('resnet50', 10), device).eval()
+    teacher = fuse_for_inference(place(build_model('resnet50', 10), device))
     kd = lambda model: distillation_step(model, online, 4.0, 0.9)
     online = OnlineTeacher(teacher)
     results['kd.googlenet.online_img_s'] = engine_throughput(build_model('googlenet', 10), data, batch, device, kd)
@@ -155,19 +175,18 @@ def main():
     if args.selector:  # real test images of the selector's data set, so that the routing mix is a real one
         state = torch.load(args.selector, weights_only=True)
         experts = [e.model for e in load_experts([e['path'] for e in state['experts']], device)]
-        selector = place(build_model('selector', len(experts)), device).eval()
-        selector.load_state_dict(state['model'])
+        selector = inference_model(state, args.selector, device)
         test = load_dataset(state['config']['dataset'], state['config']['data_dir'], False, state['image_size'])
         images = normalise(test.select(balanced_subset(test.labels, n)).images.to(device), state['mean'], state['std'])
         cost_weight = state['cost_weight']
     else:  # untrained models on random pixels: the speed is the same, the routing mix arbitrary
-        experts = [place(build_model(a, 10), device).eval() for a in ('densenet121', 'googlenet')]
-        selector = place(build_model('selector', 2), device).eval()
+        experts = [fuse_for_inference(place(build_model(a, 10), device)) for a in ('densenet121', 'googlenet')]
+        selector = fuse_for_inference(place(build_model('selector', 2), device))
         images = Loader(data, torch.arange(n), n, [0.5] * 3, [0.25] * 3, device).make_batch(torch.arange(n).to(device))
         cost_weight = 0.0
     costs = normalised_costs([count_macs(e, 32, device) for e in experts])
-    rates = {'teacher': teacher, 'densenet121': experts[0], 'googlenet': experts[1],
-             'both_students': lambda x: [e(x) for e in experts],
+    single = {'teacher': teacher, 'densenet121': experts[0], 'googlenet': experts[1]}  # as infer.py runs them: fused
+    rates = {**single, 'both_students': lambda x: [e(x) for e in experts],
              'routed': lambda x: predict(selector, experts, x, costs, cost_weight)}
     for name, fn in rates.items():
         results[f'infer.{name}.img_s'] = inference_rate(fn, images, device)
@@ -175,6 +194,16 @@ def main():
                                                   minlength=len(experts)).tolist()
     results['infer.routed_vs_teacher'] = results['infer.routed.img_s'] / results['infer.teacher.img_s']
     results['infer.routed_vs_both'] = results['infer.routed.img_s'] / results['infer.both_students.img_s']
+    for name in single:  # what folding BatchNorm into the convolutions bought
+        unfused = place(build_model(name.replace('teacher', 'resnet50'), 10), device).eval()
+        results[f'infer.{name}.unfused_img_s'] = inference_rate(unfused, images, device)
+        results[f'infer.{name}.fusion_speedup'] = results[f'infer.{name}.img_s'] / results[f'infer.{name}.unfused_img_s']
+        if args.compile:  # inductor with frozen weights: constant-folds BN and pre-packs the convolutions
+            from torch._inductor import config as inductor_config
+            with inductor_config.patch(freezing=True):
+                compiled = torch.compile(single[name])
+                results[f'infer.{name}.compiled_img_s'] = inference_rate(compiled, images, device)
+            results[f'infer.{name}.compile_speedup'] = results[f'infer.{name}.compiled_img_s'] / results[f'infer.{name}.img_s']
 
     width = max(map(len, results))
     for key, value in results.items():
