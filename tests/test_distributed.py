@@ -3,13 +3,15 @@ import os
 import socket
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from conftest import ROOT, TINY, make_image_folder, run_script
 from distill.data import ImageSet, Prepared, make_split
 from distill.engine import fit
-from distill.losses import classification_step
+from distill.losses import classification_step, distillation_step
+from distill.teachers import CachedTeacher, OnlineTeacher
 
 
 def _data():
@@ -20,25 +22,39 @@ def _data():
     return Prepared(train, train.select(torch.arange(12)), parts, split, [0.5] * 3, [0.25] * 3, 4)
 
 
-def _run(rank, out, world=1, port=0):
+def _linear(seed):  # no BN: CPU ranks keep their own BN statistics (SyncBatchNorm is CUDA only)
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
+
+
+def _run(rank, out, teacher_logits='none', teacher_path='', world=1, port=0):
     if world > 1:
         os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                           LOCAL_RANK=str(rank))
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))  # no BN: per-rank BN would differ
+    model, teacher, on_epoch_start = _linear(0), None, None
+    if teacher_logits != 'none':  # a student: the teacher's logits must follow each rank's shard of the batch
+        teacher = _linear(1)
+        teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
+        teacher = (OnlineTeacher(teacher) if teacher_logits == 'online' else
+                   CachedTeacher(teacher, teacher_path, {'digest': 'test'}, 0, f'{out}-cache'))
+        on_epoch_start = teacher.start_epoch
+    step = (lambda m: distillation_step(m, teacher, 4.0, 0.5)) if teacher else classification_step
     args = SimpleNamespace(device='cpu', amp='off', out=out, resume=False, overwrite=False, batch_size=8, lr=0.1,
                            weight_decay=5e-4, momentum=0.9, epochs=2, warmup_epochs=1, seed=0, compile=False)
-    fit(args, 'linear', model, classification_step, _data())
+    fit(args, 'linear', model, step, _data(), on_epoch_start=on_epoch_start)
     if world > 1:
         torch.distributed.destroy_process_group()
 
 
-def test_two_gloo_ranks_match_one_process(tmp_path):
-    _run(0, str(tmp_path / 'single'))
+@pytest.mark.parametrize('teacher_logits', ['none', 'online', 'cache'])
+def test_two_gloo_ranks_match_one_process(tmp_path, teacher_logits):
+    teacher_path = str(tmp_path / 'teacher.pt')
+    torch.save(_linear(1).state_dict(), teacher_path)
+    _run(0, str(tmp_path / 'single'), teacher_logits, teacher_path)
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    mp.spawn(_run, args=(str(tmp_path / 'ddp'), 2, port), nprocs=2)
+    mp.spawn(_run, args=(str(tmp_path / 'ddp'), teacher_logits, teacher_path, 2, port), nprocs=2)
     single = torch.load(tmp_path / 'single' / 'last.pt', weights_only=True)
     ddp = torch.load(tmp_path / 'ddp' / 'last.pt', weights_only=True)
     for key in single['model']:
@@ -47,10 +63,16 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
         assert abs(a['train_loss'] - b['train_loss']) < 1e-4 and a['val_acc'] == b['val_acc']
 
 
-def test_torchrun_trains_a_teacher_and_only_rank_zero_writes(tmp_path):
+def test_torchrun_trains_a_teacher_and_a_student_and_only_rank_zero_writes(tmp_path):
     folder = make_image_folder(tmp_path / 'dataset')
-    result = run_script('-m', 'torch.distributed.run', '--nproc_per_node=2', ROOT / 'teacherTrain.py', *TINY,
-                        '--arch', 'googlenet', '--data-dir', folder, '--epochs', '2')
+    torchrun = ('-m', 'torch.distributed.run', '--nproc_per_node=2')
+    result = run_script(*torchrun, ROOT / 'teacherTrain.py', *TINY, '--arch', 'googlenet', '--data-dir', folder,
+                        '--epochs', '2')
     assert result.stdout.count('googlenet epoch 2/2') == 1
     assert len((tmp_path / 'checkpoints' / 'teacher' / 'metrics.csv').read_text().splitlines()) == 3
     assert (tmp_path / 'checkpoints' / 'teacher' / 'summary.json').exists()
+    result = run_script(*torchrun, ROOT / 'studentTrain.py', *TINY, '--arch', 'googlenet', '--data-dir', folder,
+                        '--teacher-logits', 'cache')
+    assert result.stdout.count('googlenet epoch 1/1') == 1
+    student = torch.load(tmp_path / 'checkpoints' / 'googlenet' / 'best.pt', weights_only=True)
+    assert student['teacher'] == 'checkpoints/teacher/best.pt' and len(student['history']) == 1
