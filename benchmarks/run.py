@@ -2,6 +2,7 @@
 
     python benchmarks/run.py --quick                 # a few minutes on a 2-core CPU
     python benchmarks/run.py --selector checkpoints/selector/best.pt   # routed inference with real routing
+    python benchmarks/run.py --compile                # also torch.compile (minutes of compiling more)
 
 Prints a table and writes benchmarks/results/<host>.json with a stable key per figure.
 """
@@ -131,6 +132,8 @@ def main():
     p.add_argument('--quick', action='store_true')
     p.add_argument('--device', default='auto')
     p.add_argument('--selector', help='a trained selector checkpoint, for routed inference with a real routing mix')
+    p.add_argument('--cost-weights', type=float, nargs='+', default=[],
+                   help="also time routed inference at these cost weights (evaluate.py's sweep gives their accuracy)")
     p.add_argument('--compile', action='store_true',
                    help='also measure torch.compile for training and (with weight freezing) inference; minutes more')
     args = p.parse_args()
@@ -194,6 +197,13 @@ def main():
                                                   minlength=len(experts)).tolist()
     results['infer.routed_vs_teacher'] = results['infer.routed.img_s'] / results['infer.teacher.img_s']
     results['infer.routed_vs_both'] = results['infer.routed.img_s'] / results['infer.both_students.img_s']
+    for weight in args.cost_weights:  # a higher weight sends more images to the cheaper expert
+        key = f'infer.routed_at_{weight:g}'
+        results[f'{key}.img_s'] = inference_rate(lambda x: predict(selector, experts, x, costs, weight), images, device)
+        results[f'{key}.share'] = torch.bincount(predict(selector, experts, images, costs, weight)[1],
+                                                 minlength=len(experts)).tolist()
+        results[f'{key}.vs_teacher'] = results[f'{key}.img_s'] / results['infer.teacher.img_s']
+        results[f'{key}.vs_both'] = results[f'{key}.img_s'] / results['infer.both_students.img_s']
     for name in single:  # what folding BatchNorm into the convolutions bought
         unfused = place(build_model(name.replace('teacher', 'resnet50'), 10), device).eval()
         results[f'infer.{name}.unfused_img_s'] = inference_rate(unfused, images, device)
