@@ -9,7 +9,6 @@ import os
 
 import torch
 
-from distill.checkpoint import load_checkpoint
 from distill.cli import main_guard, resolve_device
 from distill.data import Loader, balanced_subset, load_dataset
 from distill.engine import inference_model, predict_logits
@@ -17,7 +16,7 @@ from distill.metrics import per_class_accuracy
 from distill.plots import report_figures
 from distill.report import (aggregate, aggregate_markdown, cost_weight_sweep, device_name, markdown,
                             seeds_of, speed, write_report)
-from distill.routing import Expert, load_experts, normalised_costs, predict, routing_report
+from distill.routing import Expert, load_experts, load_selector, normalised_costs, predict, routing_report
 
 SWEEP = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 
@@ -55,7 +54,7 @@ def gather_models(args, experts, device) -> dict:
 
 def evaluate_system(args, selector_path: str, name: str, device) -> dict:
     """One selector and its experts on the test split: results/<name>.json and .md, figures in images/<name>/."""
-    state = load_checkpoint(selector_path)
+    state = load_selector(selector_path)
     experts = load_experts([e['path'] for e in state['experts']], device)
     models = gather_models(args, experts, device)
     config, size = state['config'], args.image_size or state['image_size']
@@ -107,7 +106,7 @@ def main(argv=None):
     device = resolve_device(args.device)
     if len(args.selector) == 1:
         return evaluate_system(args, args.selector[0], args.name, device)
-    seeds = seeds_of([load_checkpoint(path)['config'] for path in args.selector])
+    seeds = seeds_of([load_selector(path)['config'] for path in args.selector])
     results = [evaluate_system(args, path, f'{args.name}-seed{seed}', device)
                for seed, path in zip(seeds, args.selector)]
     summary = aggregate(args.name, results)

@@ -16,7 +16,7 @@ from distill.checkpoint import load_checkpoint
 from distill.cli import main_guard, resolve_device
 from distill.data import list_image_files, normalise, read_images
 from distill.engine import inference_model
-from distill.routing import load_experts, normalised_costs, predict
+from distill.routing import load_experts, load_selector, normalised_costs, predict
 
 FIELDS = ('path', 'prediction', 'confidence', 'expert', 'error')
 
@@ -46,9 +46,7 @@ def build_classifier(args, device):
         model = inference_model(state, args.teacher, device)
         name = os.path.basename(os.path.dirname(os.path.abspath(args.teacher)))
         return lambda x: (model(x), [name] * len(x)), state
-    state = load_checkpoint(args.selector)
-    if 'experts' not in state:
-        raise UserError(f"'{args.selector}' is not a selector checkpoint; pass --selector or use --teacher PATH")
+    state = load_selector(args.selector)
     experts = load_experts([e['path'] for e in state['experts']], device)
     names = [e.name for e in experts]
     if args.expert:

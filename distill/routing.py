@@ -39,6 +39,15 @@ class Expert:
         return {'path': self.path, **{k: self.state[k] for k in ('num_classes', 'split', 'image_size', 'mean', 'std')}}
 
 
+def load_selector(path: str) -> dict:
+    """A selector checkpoint (it names its experts); anything else is refused in one line."""
+    state = load_checkpoint(path, map_location='cpu')
+    if 'experts' not in state:
+        raise UserError(f"'{path}' is a {state.get('arch', 'model')} checkpoint, not a selector; pass the "
+                        "best.pt that selectorTrain.py wrote (default checkpoints/selector/best.pt)")
+    return state
+
+
 def load_experts(paths, device) -> list:
     if not paths:
         raise UserError('no experts given; pass --experts CKPT [CKPT ...]')

@@ -1,6 +1,8 @@
 """evaluate.py on the tiny system of conftest.tiny_runs: tables, JSON and every figure."""
 import json
 
+from conftest import ROOT, run_script
+
 
 FIGURES = {'training_curves.png', 'confusion.png', 'per_class_accuracy.png', 'routing_share.png',
            'accuracy_vs_macs.png'}
@@ -21,3 +23,13 @@ def test_evaluate_writes_the_report_and_every_figure(tiny_runs):
     assert all((work / 'images' / 'quick' / f).stat().st_size > 5000 for f in FIGURES)
     assert report['accuracy']['densenet121 (no KD)'] and report['accuracy']['googlenet (no KD)']
 
+
+
+def test_a_checkpoint_that_is_not_a_selector_is_one_clear_line(tiny_runs):
+    work, folder = tiny_runs
+    for script, extra in (('evaluate.py', []), ('infer.py', [folder])):
+        result = run_script(ROOT / script, *extra, '--selector', 'checkpoints/teacher/best.pt', cwd=work, check=False)
+        assert result.returncode == 2 and 'Traceback' not in result.stderr
+        assert result.stderr.strip() == ("error: 'checkpoints/teacher/best.pt' is a resnet50 checkpoint, not a "
+                                         "selector; pass the best.pt that selectorTrain.py wrote (default "
+                                         "checkpoints/selector/best.pt)")
