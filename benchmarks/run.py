@@ -7,6 +7,7 @@
 Prints a table and writes benchmarks/results/<host>.json with a stable key per figure.
 """
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -121,10 +122,16 @@ def _train_in_child(arch, data, batch, compile_model):
 
 
 @torch.inference_mode()
-def inference_rate(fn, images, device, repeats=3):
-    fn(images)
-    seconds = min(timed(lambda: fn(images), device) for _ in range(repeats))
-    return len(images) / seconds
+def inference_rates(fns: dict, images, device, rounds=5) -> dict:
+    """key -> img/s of each fn(images): the best of `rounds`, the fns taking turns within each round so
+    that the drift in this machine's speed hits them all alike."""
+    seconds = dict.fromkeys(fns, float('inf'))
+    for fn in fns.values():
+        fn(images)
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            seconds[key] = min(seconds[key], timed(lambda: fn(images), device))
+    return {key: len(images) / t for key, t in seconds.items()}
 
 
 def main():
@@ -189,31 +196,29 @@ def main():
         cost_weight = 0.0
     costs = normalised_costs([count_macs(e, 32, device) for e in experts])
     single = {'teacher': teacher, 'densenet121': experts[0], 'googlenet': experts[1]}  # as infer.py runs them: fused
-    rates = {**single, 'both_students': lambda x: [e(x) for e in experts],
-             'routed': lambda x: predict(selector, experts, x, costs, cost_weight)}
-    for name, fn in rates.items():
-        results[f'infer.{name}.img_s'] = inference_rate(fn, images, device)
-    results['infer.routed_share'] = torch.bincount(predict(selector, experts, images, costs, cost_weight)[1],
-                                                  minlength=len(experts)).tolist()
-    results['infer.routed_vs_teacher'] = results['infer.routed.img_s'] / results['infer.teacher.img_s']
-    results['infer.routed_vs_both'] = results['infer.routed.img_s'] / results['infer.both_students.img_s']
-    for weight in args.cost_weights:  # a higher weight sends more images to the cheaper expert
-        key = f'infer.routed_at_{weight:g}'
-        results[f'{key}.img_s'] = inference_rate(lambda x: predict(selector, experts, x, costs, weight), images, device)
-        results[f'{key}.share'] = torch.bincount(predict(selector, experts, images, costs, weight)[1],
-                                                 minlength=len(experts)).tolist()
-        results[f'{key}.vs_teacher'] = results[f'{key}.img_s'] / results['infer.teacher.img_s']
-        results[f'{key}.vs_both'] = results[f'{key}.img_s'] / results['infer.both_students.img_s']
+    fns = {**{f'{name}.img_s': model for name, model in single.items()},
+           'both_students.img_s': lambda x: [e(x) for e in experts]}
+    for weight in [cost_weight, *args.cost_weights]:  # a higher weight sends more images to the cheaper expert
+        key = 'routed' if weight == cost_weight else f'routed_at_{weight:g}'
+        fns[f'{key}.img_s'] = functools.partial(predict, selector, experts, costs=costs, cost_weight=weight)
+        results[f'infer.{key}.share'] = torch.bincount(fns[f'{key}.img_s'](images)[1], minlength=len(experts)).tolist()
     for name in single:  # what folding BatchNorm into the convolutions bought
-        unfused = place(build_model(name.replace('teacher', 'resnet50'), 10), device).eval()
-        results[f'infer.{name}.unfused_img_s'] = inference_rate(unfused, images, device)
+        fns[f'{name}.unfused_img_s'] = place(build_model(name.replace('teacher', 'resnet50'), 10), device).eval()
+    if args.compile:  # inductor with frozen weights: constant-folds BN and pre-packs the convolutions
+        from torch._inductor import config as inductor_config
+        with inductor_config.patch(freezing=True), torch.inference_mode():
+            for name, model in single.items():
+                fns[f'{name}.compiled_img_s'] = torch.compile(model)
+                fns[f'{name}.compiled_img_s'](images)  # compile here, under the freezing setting
+    results.update({f'infer.{key}': rate for key, rate in inference_rates(fns, images, device).items()})
+    for key in [k.removesuffix('.img_s') for k in fns if k.startswith('routed')]:
+        results[f'infer.{key}.vs_teacher'] = results[f'infer.{key}.img_s'] / results['infer.teacher.img_s']
+        results[f'infer.{key}.vs_both'] = results[f'infer.{key}.img_s'] / results['infer.both_students.img_s']
+    for name in single:
         results[f'infer.{name}.fusion_speedup'] = results[f'infer.{name}.img_s'] / results[f'infer.{name}.unfused_img_s']
-        if args.compile:  # inductor with frozen weights: constant-folds BN and pre-packs the convolutions
-            from torch._inductor import config as inductor_config
-            with inductor_config.patch(freezing=True):
-                compiled = torch.compile(single[name])
-                results[f'infer.{name}.compiled_img_s'] = inference_rate(compiled, images, device)
-            results[f'infer.{name}.compile_speedup'] = results[f'infer.{name}.compiled_img_s'] / results[f'infer.{name}.img_s']
+        if args.compile:
+            results[f'infer.{name}.compile_speedup'] = (results[f'infer.{name}.compiled_img_s'] /
+                                                        results[f'infer.{name}.img_s'])
 
     width = max(map(len, results))
     for key, value in results.items():
