@@ -56,7 +56,7 @@ def place(model, device: torch.device):
 
 def fuse_for_inference(model):
     """An eval-mode copy with each BatchNorm folded into the convolution before it (torch.fx): the same
-    outputs up to float rounding, 3-15% more images/s on CPU (benchmarks/run.py). A model torch.fx
+    outputs up to float rounding, about 1.1x the images/s on CPU (benchmarks/run.py). A model torch.fx
     cannot trace comes back unfused."""
     try:
         return fuse(model.eval())
