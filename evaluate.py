@@ -93,8 +93,8 @@ def evaluate_system(args, selector_path: str, name: str, device) -> dict:
     write_report(args.results_dir, name, result, markdown(result))
     runs = {name: os.path.join(os.path.dirname(m.path), 'metrics.csv') for name, m in models.items()}
     runs['selector'] = os.path.join(os.path.dirname(selector_path), 'metrics.csv')
-    report_figures(os.path.join(args.images_dir, name), runs, predictions, test.labels, test.classes,
-                   [e.name for e in experts], routing['choice'], sweep,
+    report_figures(os.path.join(args.images_dir, name), runs, predictions, result['per_class'], test.labels,
+                   test.classes, [e.name for e in experts], routing['choice'], sweep,
                    {name: (m.macs, accuracy[name][0]) for name, m in models.items()})
     print(f'wrote {args.results_dir}/{name}.json, .md and figures in {args.images_dir}/{name}/')
     return result

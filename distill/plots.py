@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use('Agg')  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .metrics import confusion_matrix, per_class_accuracy, share_per_class  # noqa: E402
+from .metrics import confusion_matrix, share_per_class  # noqa: E402
 
 
 def _save(fig, path: str) -> str:
@@ -77,10 +77,11 @@ def accuracy_vs_macs(curve: list, points: dict, path: str) -> str:
     return _save(fig, path)
 
 
-def report_figures(folder: str, runs: dict, predictions: dict, labels, classes: list, experts: list, choice,
-                   sweep: list, points: dict) -> list:
+def report_figures(folder: str, runs: dict, predictions: dict, per_class: dict, labels, classes: list, experts: list,
+                   choice, sweep: list, points: dict) -> list:
     """evaluate.py's five figures. predictions: name -> predicted class per test image (the first entry,
-    the experts and 'routed' get confusion matrices); choice: the expert each image was routed to."""
+    the experts and 'routed' get confusion matrices); per_class: name -> accuracy per class; choice:
+    the expert each image was routed to."""
     n = len(classes)
     shown = [*predictions][:1] + [e for e in experts if e != [*predictions][0]] + ['routed']
     shares = dict(zip(experts, share_per_class(choice, labels, len(experts), n)))
@@ -88,8 +89,7 @@ def report_figures(folder: str, runs: dict, predictions: dict, labels, classes: 
         training_curves({k: v for k, v in runs.items() if os.path.exists(v)}, os.path.join(folder, 'training_curves.png')),
         confusion_matrices({name: confusion_matrix(predictions[name], labels, n) for name in shown}, classes,
                            os.path.join(folder, 'confusion.png')),
-        per_class_bars({name: per_class_accuracy(p, labels, n) for name, p in predictions.items()}, classes,
-                       os.path.join(folder, 'per_class_accuracy.png'), 'test accuracy (%)'),
+        per_class_bars(per_class, classes, os.path.join(folder, 'per_class_accuracy.png'), 'test accuracy (%)'),
         per_class_bars(shares, classes, os.path.join(folder, 'routing_share.png'), 'images routed (%)', stacked=True),
         accuracy_vs_macs([(m, a) for _, a, m in sweep], points, os.path.join(folder, 'accuracy_vs_macs.png')),
     ]
