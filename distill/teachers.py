@@ -44,25 +44,47 @@ class CachedTeacher:
         self.computed_epochs = 0
 
     def start_epoch(self, loader):
-        """Load this epoch's logits, computing and saving them first if no earlier run did."""
+        """Load this epoch's logits, computing and saving them first if no earlier run did. Under torchrun
+        each rank computes its share of the images and the shares are all-gathered; rank 0 saves."""
         path = os.path.join(self.dir, f'epoch{loader.epoch}.pt')
         try:
             self.logits = torch.load(path, map_location=loader.device, weights_only=True)
-            return
         except Exception:  # absent or cut short: compute again
-            pass
+            self.logits = None
+        if loader.world > 1:  # all ranks must agree, or the all_gather below would wait forever
+            missing = torch.tensor([float(self.logits is None)], device=loader.device)
+            torch.distributed.all_reduce(missing, op=torch.distributed.ReduceOp.MAX)
+            if missing.item() == 0:
+                return
+        elif self.logits is not None:
+            return
+        self.logits = self._compute(loader)
+        if loader.rank == 0:
+            save_checkpoint(self.logits.cpu(), path)
+        self.computed_epochs += 1
+
+    @torch.inference_mode()
+    def _compute(self, loader) -> torch.Tensor:
         augmentation = loader.epoch_augmentation()
         indices = loader.indices.to(loader.device)
-        logits = None
-        with torch.inference_mode(), autocast(loader.device, self.amp):
-            for chunk in indices.split(self.batch_size):
-                out = self.teacher(loader.make_batch(chunk, augmentation)).half()
-                if logits is None:
-                    logits = torch.zeros(len(loader.labels), out.shape[1], dtype=torch.float16, device=loader.device)
-                logits[chunk] = out
-        save_checkpoint(logits.cpu(), path)
-        self.logits = logits
-        self.computed_epochs += 1
+        shares = [indices[r::loader.world] for r in range(loader.world)]
+        if len(indices) < loader.world:  # too few images to share out: every rank computes all of them
+            shares = [indices] * loader.world
+        with autocast(loader.device, self.amp):
+            mine = [self.teacher(loader.make_batch(chunk, augmentation)).float()
+                    for chunk in shares[loader.rank].split(self.batch_size)]
+        mine = torch.cat(mine)
+        if loader.world > 1:  # all_gather wants equal sizes: pad every share to the largest
+            padded = torch.zeros(len(shares[0]), mine.shape[1], device=loader.device)
+            padded[:len(mine)] = mine
+            gathered = [torch.empty_like(padded) for _ in shares]
+            torch.distributed.all_gather(gathered, padded)
+        else:
+            gathered = [mine]
+        logits = torch.zeros(len(loader.labels), mine.shape[1], dtype=torch.float16, device=loader.device)
+        for share, out in zip(shares, gathered):
+            logits[share] = out[:len(share)].half()
+        return logits
 
     def __call__(self, images, indices):
         return self.logits[indices].float()

@@ -31,10 +31,11 @@ def _run(rank, out, teacher_logits='none', teacher_path='', world=1, port=0):
     if world > 1:
         os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                           LOCAL_RANK=str(rank))
-    model, teacher, on_epoch_start = _linear(0), None, None
+    model, teacher, on_epoch_start, seen = _linear(0), None, None, []
     if teacher_logits != 'none':  # a student: the teacher's logits must follow each rank's shard of the batch
         teacher = _linear(1)
         teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
+        teacher.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
         teacher = (OnlineTeacher(teacher) if teacher_logits == 'online' else
                    CachedTeacher(teacher, teacher_path, {'digest': 'test'}, 0, f'{out}-cache'))
         on_epoch_start = teacher.start_epoch
@@ -42,6 +43,8 @@ def _run(rank, out, teacher_logits='none', teacher_path='', world=1, port=0):
     args = SimpleNamespace(device='cpu', amp='off', out=out, resume=False, overwrite=False, batch_size=8, lr=0.1,
                            weight_decay=5e-4, momentum=0.9, epochs=2, warmup_epochs=1, seed=0, compile=False)
     fit(args, 'linear', model, step, _data(), on_epoch_start=on_epoch_start)
+    with open(f'{out}-rank{rank}-teacher-images', 'w') as f:  # how many images this rank's teacher ran on
+        f.write(str(sum(seen)))
     if world > 1:
         torch.distributed.destroy_process_group()
 
@@ -61,6 +64,10 @@ def test_two_gloo_ranks_match_one_process(tmp_path, teacher_logits):
         torch.testing.assert_close(ddp['model'][key], single['model'][key], rtol=1e-5, atol=1e-6)
     for a, b in zip(single['history'], ddp['history']):
         assert abs(a['train_loss'] - b['train_loss']) < 1e-4 and a['val_acc'] == b['val_acc']
+    teacher_images = [int((tmp_path / name).read_text()) for name in
+                      ('single-rank0-teacher-images', 'ddp-rank0-teacher-images', 'ddp-rank1-teacher-images')]
+    if teacher_logits != 'none':  # each rank runs the teacher on its half of the images only, cached or not
+        assert teacher_images[1] == teacher_images[2] == teacher_images[0] // 2 > 0
 
 
 def test_torchrun_trains_a_teacher_and_a_student_and_only_rank_zero_writes(tmp_path):
