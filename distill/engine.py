@@ -56,8 +56,8 @@ def place(model, device: torch.device):
 
 def fuse_for_inference(model):
     """An eval-mode copy with each BatchNorm folded into the convolution before it (torch.fx): the same
-    outputs up to float rounding, about 1.1x the images/s on CPU (benchmarks/run.py). A model torch.fx
-    cannot trace comes back unfused."""
+    outputs up to float rounding, 0.95-1.16x the images/s on CPU (benchmarks/run.py, README "Speed").
+    A model torch.fx cannot trace comes back unfused."""
     try:
         return fuse(model.eval())
     except Exception:  # tracing fails on data-dependent control flow; fusing is only an optimisation
