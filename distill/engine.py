@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import UserError
 from .checkpoint import (check_compatible, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
                          set_rng_state)
-from .cli import amp_dtype, resolve_device
+from .cli import amp_dtype, precision_name, resolve_device
 from .data import Loader, Prepared
 from .metrics import count_macs, count_params
 
@@ -230,8 +230,10 @@ def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 
     if args.compile:
         train_model = torch.compile(train_model)
     step = make_step(train_model)
+    precision = precision_name(amp)  # what --amp auto resolved to on this machine
     base = {'arch': arch, 'num_classes': num_outputs, 'class_names': data.classes, 'image_size': data.image_size,
-            'mean': data.mean, 'std': data.std, 'split': data.split, 'config': config, **(extra or {})}
+            'mean': data.mean, 'std': data.std, 'split': data.split, 'config': config, 'precision': precision,
+            **(extra or {})}
     for epoch in range(start_epoch, args.epochs):
         started = time.time()
         train_loader.set_epoch(epoch)
@@ -260,7 +262,7 @@ def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 
     model.load_state_dict(load_checkpoint(best_path, map_location=device)['model'])
     test_loss, test_acc = evaluate_fn(model, loader(data.test, torch.arange(len(data.test))), amp)
     summary = {'arch': arch, 'best_val_acc': best_val_acc, 'test_acc': test_acc, 'test_loss': test_loss,
-               'epochs': args.epochs, 'params': count_params(model),
+               'epochs': args.epochs, 'precision': precision, 'params': count_params(model),
                'macs': count_macs(model, data.image_size, device), 'train_images': len(data.parts[train_part])}
     if rank == 0:
         write_json(os.path.join(out, 'summary.json'), summary)

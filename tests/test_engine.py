@@ -103,3 +103,20 @@ def test_resuming_with_another_split_is_refused(finished_run, capsys):
     with pytest.raises(SystemExit):
         teacherTrain.main(_tiny_run(folder, run, '--epochs', '2', '--resume', '--seed', '9'))
     assert "has split=" in capsys.readouterr().err
+
+
+def test_bf16_autocast_on_cpu_runs_the_convolutions_in_bf16_and_keeps_float32_weights():
+    from distill.data import ImageSet, Loader
+    from distill.losses import classification_step
+    data = ImageSet(torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8), torch.arange(16) % 2, ['a', 'b'])
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(144, 2))
+    conv_outputs = []
+    model[0].register_forward_hook(lambda module, inputs, output: conv_outputs.append(output.dtype))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    before = model[0].weight.detach().clone()
+    loader = Loader(data, torch.arange(16), 8, [0.5] * 3, [0.25] * 3, train=True)
+    loss, _ = engine.train_one_epoch(model, loader, optimizer, scheduler, classification_step(model),
+                                     amp=torch.bfloat16)
+    assert conv_outputs == [torch.bfloat16] * 2 and model[0].weight.dtype == torch.float32
+    assert loss == loss and not torch.equal(model[0].weight, before)
