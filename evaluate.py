@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from distill.cli import main_guard, resolve_device
+from distill.cli import add_amp_argument, amp_dtype, main_guard, precision_name, resolve_device
 from distill.data import Loader, balanced_subset, load_dataset
 from distill.engine import inference_model, predict_logits
 from distill.metrics import per_class_accuracy
@@ -32,6 +32,7 @@ def parse_args(argv=None):
     p.add_argument('--image-size', type=int, help='override the training image size')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     p.add_argument('--batch-size', type=int, default=256)
+    add_amp_argument(p)
     p.add_argument('--name', default='report', help='results/<name>.json and .md')
     p.add_argument('--results-dir', default='results')
     p.add_argument('--images-dir', default='images')
@@ -52,7 +53,7 @@ def gather_models(args, experts, device) -> dict:
     return models
 
 
-def evaluate_system(args, selector_path: str, name: str, device) -> dict:
+def evaluate_system(args, selector_path: str, name: str, device, amp=None) -> dict:
     """One selector and its experts on the test split: results/<name>.json and .md, figures in images/<name>/."""
     state = load_selector(selector_path)
     experts = load_experts([e['path'] for e in state['experts']], device)
@@ -61,10 +62,10 @@ def evaluate_system(args, selector_path: str, name: str, device) -> dict:
     test = load_dataset(config['dataset'], args.data_dir or config['data_dir'], False, size)
     test = test.select(balanced_subset(test.labels, args.test_subset or config.get('test_subset')))
     loader = Loader(test, torch.arange(len(test)), args.batch_size, state['mean'], state['std'], device)
-    logits = {name: predict_logits(m.model, loader)[0] for name, m in models.items()}
+    logits = {name: predict_logits(m.model, loader, amp)[0] for name, m in models.items()}
     labels = test.labels.to(device)
     selector = inference_model(state, selector_path, device)
-    scores = predict_logits(selector, loader)[0]
+    scores = predict_logits(selector, loader, amp)[0]
 
     macs = [e.macs for e in experts]
     best_on_val = max(range(len(experts)), key=lambda i: experts[i].state['best_val_acc'])
@@ -78,14 +79,16 @@ def evaluate_system(args, selector_path: str, name: str, device) -> dict:
 
     sample = next(iter(loader))[0]
     costs = normalised_costs(macs)
-    compression = {name: {'params': m.params, 'macs': m.macs, 'size_mb': m.weights_mb, **speed(m.model, sample)}
+    compression = {name: {'params': m.params, 'macs': m.macs, 'size_mb': m.weights_mb, **speed(m.model, sample, amp)}
                    for name, m in models.items()}
     routed_fn = lambda x: predict(selector, [e.model for e in experts], x, costs, state['cost_weight'])
-    compression['routed'] = {'params': None, 'macs': accuracy['routed'][1], 'size_mb': None, **speed(routed_fn, sample)}
+    compression['routed'] = {'params': None, 'macs': accuracy['routed'][1], 'size_mb': None,
+                             **speed(routed_fn, sample, amp)}
     sweep = cost_weight_sweep([logits[e.name] for e in experts], labels, scores, macs, state['selector_macs'], SWEEP)
 
     result = {'name': name, 'selector': selector_path, 'seed': config['seed'], 'dataset': config['dataset'],
               'test_images': len(test), 'device': device_name(device), 'batch_size': len(sample),
+              'precision': precision_name(amp),
               'accuracy': accuracy, 'compression': compression, 'sweep': sweep,
               'share': {e.name: s for e, s in zip(experts, routing['share'])},
               'per_class': {name: per_class_accuracy(p, test.labels, len(test.classes)) for name, p in predictions.items()},
@@ -104,10 +107,11 @@ def evaluate_system(args, selector_path: str, name: str, device) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
+    amp = amp_dtype(args.amp, device)
     if len(args.selector) == 1:
-        return evaluate_system(args, args.selector[0], args.name, device)
+        return evaluate_system(args, args.selector[0], args.name, device, amp)
     seeds = seeds_of([load_selector(path)['config'] for path in args.selector])
-    results = [evaluate_system(args, path, f'{args.name}-seed{seed}', device)
+    results = [evaluate_system(args, path, f'{args.name}-seed{seed}', device, amp)
                for seed, path in zip(seeds, args.selector)]
     summary = aggregate(args.name, results)
     write_report(args.results_dir, args.name, summary, aggregate_markdown(summary))

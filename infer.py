@@ -13,9 +13,9 @@ from tqdm import tqdm
 
 from distill import UserError
 from distill.checkpoint import load_checkpoint
-from distill.cli import main_guard, resolve_device
+from distill.cli import add_amp_argument, amp_dtype, main_guard, resolve_device
 from distill.data import list_image_files, normalise, read_images
-from distill.engine import inference_model
+from distill.engine import autocast, inference_model
 from distill.routing import load_experts, load_selector, normalised_costs, predict
 
 FIELDS = ('path', 'prediction', 'confidence', 'expert', 'error')
@@ -32,6 +32,7 @@ def parse_args(argv=None):
     p.add_argument('--format', choices=('csv', 'json'), help='default: from --out\'s extension')
     p.add_argument('--batch-size', type=int, default=256)
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
+    add_amp_argument(p)
     args = p.parse_args(argv)
     args.format = args.format or ('json' if args.out.endswith('.json') else 'csv')
     if args.batch_size < 1:
@@ -91,11 +92,12 @@ def main(argv=None):
     if not files:
         raise UserError(f"'{args.image_dir}' holds no files; pass a folder of images")
     device = resolve_device(args.device)
+    amp = amp_dtype(args.amp, device)
     classify, state = build_classifier(args, device)
     classes, size, failures = state['class_names'], state['image_size'], []
 
     def rows():
-        with torch.inference_mode(), tqdm(total=len(files), unit='img', disable=None) as bar:
+        with torch.inference_mode(), autocast(device, amp), tqdm(total=len(files), unit='img', disable=None) as bar:
             for start in range(0, len(files), args.batch_size):
                 images, read, failed = read_images(files[start:start + args.batch_size], size)
                 failures.extend(failed)

@@ -7,7 +7,7 @@ import statistics
 import torch
 
 from . import UserError
-from .engine import write_json
+from .engine import autocast, write_json
 from .metrics import measure_latency
 from .routing import expert_correctness, normalised_costs, route
 
@@ -18,10 +18,11 @@ def device_name(device: torch.device) -> str:
     return f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
 
 
-def speed(fn, images: torch.Tensor) -> dict:
-    """ms for one image, and images/s at the batch size given."""
-    one = measure_latency(fn, images[:1], warmup=1, repeats=5)
-    many = measure_latency(fn, images, warmup=1, repeats=3)
+def speed(fn, images: torch.Tensor, amp=None) -> dict:
+    """ms for one image, and images/s at the batch size given (under autocast to amp, if given)."""
+    with autocast(images.device, amp):
+        one = measure_latency(fn, images[:1], warmup=1, repeats=5)
+        many = measure_latency(fn, images, warmup=1, repeats=3)
     return {'latency_ms': 1000 * one, 'images_per_s': len(images) / many}
 
 
@@ -39,7 +40,8 @@ def cost_weight_sweep(expert_logits: list, labels, scores, macs: list, selector_
 def markdown(result: dict) -> str:
     teacher = result['compression'].get('teacher')
     lines = [f"# {result['name']}", '', f"Test split: {result['test_images']} images of `{result['dataset']}`; "
-             f"device for timings: {result['device']}.", '', '## Accuracy', '',
+             f"device for timings: {result['device']}; precision: {result.get('precision', 'float32')}.",
+             '', '## Accuracy', '',
              '| model or routing | test accuracy | MMACs / image |', '|---|---|---|']
     for name, (acc, macs) in result['accuracy'].items():
         lines.append(f"| {name} | {100 * acc:.2f}% | {'—' if macs != macs else f'{macs / 1e6:.1f}'} |")
