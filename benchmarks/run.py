@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from distill.cli import resolve_device  # noqa: E402
+from distill.cli import amp_dtype, precision_name, resolve_device  # noqa: E402
 from distill.data import ImageSet, Loader, balanced_subset, load_dataset, normalise  # noqa: E402
-from distill.engine import (WarmupCosine, build_optimizer, fuse_for_inference, inference_model, place,  # noqa: E402
-                            train_one_epoch)
+from distill.engine import (WarmupCosine, autocast, build_optimizer, fuse_for_inference, inference_model,  # noqa: E402
+                            place, train_one_epoch)
 from distill.losses import classification_step, distillation_step  # noqa: E402
 from distill.metrics import count_macs, synchronize  # noqa: E402
 from distill.report import device_name  # noqa: E402
@@ -48,16 +48,16 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
-def engine_throughput(model, data, batch, device, step_fn=None, on_epoch=None, compile_model=False):
-    """img/s of our engine: uint8 data on the device, batched crop/flip, channels_last; one epoch after a warm-up
-    (which also compiles, with compile_model)."""
+def engine_throughput(model, data, batch, device, step_fn=None, on_epoch=None, compile_model=False, amp='auto'):
+    """img/s of our engine: uint8 data on the device, batched crop/flip, channels_last, --amp `amp`; one epoch
+    after a warm-up (which also compiles, with compile_model)."""
     model = place(model, device)
     model = torch.compile(model) if compile_model else model
     loader = Loader(data, torch.arange(len(data)), batch, [0.5] * 3, [0.25] * 3, device, train=True)
     optimizer = build_optimizer(model, 0.01, 5e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(100, 0))
     step = step_fn(model) if step_fn else classification_step(model)
-    amp = torch.bfloat16 if device.type == 'cuda' else None
+    amp = amp_dtype(amp, device)
 
     def epoch(e):
         loader.set_epoch(e)
@@ -99,39 +99,49 @@ def reference_throughput(model, data, batch, device):
     return len(loader) * batch / timed(epoch, device)
 
 
-def matmul_flops(device, n=2048, repeats=5):
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_flops(device, dtype=torch.float32, n=2048, repeats=5):
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     return 2 * n ** 3 * repeats / timed(lambda: [a @ b for _ in range(repeats)], device)
 
 
-def train_with_peak_memory(arch, data, batch, device, compile_model=False):
+def train_with_peak_memory(arch, data, batch, device, compile_model=False, amp='auto'):
     """(img/s, peak MB) of our engine training arch. CUDA: max_memory_allocated of this step alone. CPU: the
     peak RSS of a fresh process that trains only this model (the RSS high-water mark never resets)."""
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
-        rate = engine_throughput(build_model(arch, 10), data, batch, device, compile_model=compile_model)
+        rate = engine_throughput(build_model(arch, 10), data, batch, device, compile_model=compile_model, amp=amp)
         return rate, torch.cuda.max_memory_allocated(device) / 2 ** 20
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn')) as pool:
-        return pool.submit(_train_in_child, arch, data, batch, compile_model).result()
+        return pool.submit(_train_in_child, arch, data, batch, compile_model, amp).result()
 
 
-def _train_in_child(arch, data, batch, compile_model):
-    rate = engine_throughput(build_model(arch, 10), data, batch, torch.device('cpu'), compile_model=compile_model)
+def _train_in_child(arch, data, batch, compile_model, amp):
+    rate = engine_throughput(build_model(arch, 10), data, batch, torch.device('cpu'), compile_model=compile_model,
+                             amp=amp)
     return rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @torch.inference_mode()
-def inference_rates(fns: dict, images, device, rounds=5) -> dict:
-    """key -> img/s of each fn(images): the best of `rounds`, the fns taking turns within each round so
-    that the drift in this machine's speed hits them all alike."""
+def inference_rates(fns: dict, images, device, amp, rounds=5) -> dict:
+    """key -> img/s of each fn(images) under autocast to amp, as infer.py runs: the best of `rounds`, the fns
+    taking turns within each round so that the drift in this machine's speed hits them all alike."""
     seconds = dict.fromkeys(fns, float('inf'))
-    for fn in fns.values():
-        fn(images)
-    for _ in range(rounds):
-        for key, fn in fns.items():
-            seconds[key] = min(seconds[key], timed(lambda: fn(images), device))
+    with autocast(device, amp):
+        for fn in fns.values():
+            fn(images)
+        for _ in range(rounds):
+            for key, fn in fns.items():
+                seconds[key] = min(seconds[key], timed(lambda: fn(images), device))
     return {key: len(images) / t for key, t in seconds.items()}
+
+
+def in_float32(model, device):
+    """model with autocast switched off: the float32 figure beside the reduced-precision one."""
+    def run(x):
+        with torch.autocast(device.type, enabled=False):
+            return model(x)
+    return run
 
 
 def main():
@@ -148,11 +158,15 @@ def main():
     torch.manual_seed(0)
     n, batch = (64, 32) if args.quick else ((2048, 128) if device.type == 'cuda' else (256, 64))
     data = fake_data(n)
-    results = {'device': device_name(device), 'torch': torch.__version__, 'batch_size': batch, 'images': n}
+    amp = amp_dtype('auto', device)  # what every script runs with by default on this device
+    results = {'device': device_name(device), 'torch': torch.__version__, 'precision': precision_name(amp),
+               'batch_size': batch, 'images': n}
 
     for arch in ('resnet50', 'densenet121', 'googlenet'):
         ours, results[f'train.{arch}.peak_mem_mb'] = train_with_peak_memory(arch, data, batch, device)
         results[f'train.{arch}.ours_img_s'] = ours
+        if amp is not None:  # how much of the gain is the loop and how much the precision
+            results[f'train.{arch}.ours_fp32_img_s'], _ = train_with_peak_memory(arch, data, batch, device, amp='off')
         if args.compile:
             compiled, _ = train_with_peak_memory(arch, data, batch, device, compile_model=True)
             results[f'train.{arch}.compiled_img_s'] = compiled
@@ -160,21 +174,31 @@ def main():
         reference = reference_throughput(build_model(arch, 10), data, batch, device)
         results[f'train.{arch}.reference_img_s'] = reference
         results[f'train.{arch}.speedup'] = ours / reference
+        if amp is not None:
+            results[f'train.{arch}.fp32_speedup'] = results[f'train.{arch}.ours_fp32_img_s'] / reference
 
-    # Achieved FLOP/s of a ResNet50 train step: forward + backward = 3x forward FLOPs.
+    # Achieved FLOP/s of a ResNet50 train step (forward + backward = 3x forward FLOPs) against the fp32 matmul;
+    # in reduced precision also against a matmul in that precision, like for like.
     train_flops = 3 * 2 * count_macs(build_model('resnet50', 10), 32)
     results['resnet50.train_flop_s'] = results['train.resnet50.ours_img_s'] * train_flops
     results['matmul_fp32_flop_s'] = matmul_flops(device)
     results['resnet50.fraction_of_matmul'] = results['resnet50.train_flop_s'] / results['matmul_fp32_flop_s']
+    if amp is not None:
+        name = precision_name(amp)
+        results[f'matmul_{name}_flop_s'] = matmul_flops(device, amp)
+        results[f'resnet50.fraction_of_{name}_matmul'] = (results['resnet50.train_flop_s'] /
+                                                          results[f'matmul_{name}_flop_s'])
+        results['resnet50.fp32_fraction_of_matmul'] = (results['train.resnet50.ours_fp32_img_s'] * train_flops /
+                                                       results['matmul_fp32_flop_s'])
 
     teacher = fuse_for_inference(place(build_model('resnet50', 10), device))
     kd = lambda model: distillation_step(model, online, 4.0, 0.9)
-    online = OnlineTeacher(teacher)
+    online = OnlineTeacher(teacher, amp)
     results['kd.googlenet.online_img_s'] = engine_throughput(build_model('googlenet', 10), data, batch, device, kd)
     with tempfile.TemporaryDirectory() as cache_dir:
         key_file = os.path.join(cache_dir, 'teacher.pt')  # the cache is keyed by the teacher file's bytes
         torch.save(teacher.state_dict(), key_file)
-        cached = CachedTeacher(teacher, key_file, {'digest': 'benchmark'}, 0, cache_dir)
+        cached = CachedTeacher(teacher, key_file, {'digest': 'benchmark'}, 0, cache_dir, amp)
         from_cache = lambda model: distillation_step(model, cached, 4.0, 0.9)
         # The first student fills the cache for epochs 0 and 1; the second, timed, only reads it.
         engine_throughput(build_model('googlenet', 10), data, batch, device, from_cache, cached.start_epoch)
@@ -200,22 +224,27 @@ def main():
            'both_students.img_s': lambda x: [e(x) for e in experts]}
     for weight in [cost_weight, *args.cost_weights]:  # a higher weight sends more images to the cheaper expert
         key = 'routed' if weight == cost_weight else f'routed_at_{weight:g}'
-        fns[f'{key}.img_s'] = functools.partial(predict, selector, experts, costs=costs, cost_weight=weight)
+        fns[f'{key}.img_s'] = functools.partial(predict, selector, experts, costs=costs, cost_weight=weight, amp=amp)
         results[f'infer.{key}.share'] = torch.bincount(fns[f'{key}.img_s'](images)[1], minlength=len(experts)).tolist()
-    for name in single:  # what folding BatchNorm into the convolutions bought
+    for name, model in single.items():  # what folding BatchNorm into the convolutions bought, and the precision
         fns[f'{name}.unfused_img_s'] = place(build_model(name.replace('teacher', 'resnet50'), 10), device).eval()
+        if amp is not None:
+            fns[f'{name}.fp32_img_s'] = in_float32(model, device)
     if args.compile:  # inductor with frozen weights: constant-folds BN and pre-packs the convolutions
         from torch._inductor import config as inductor_config
-        with inductor_config.patch(freezing=True), torch.inference_mode():
+        with inductor_config.patch(freezing=True), torch.inference_mode(), autocast(device, amp):
             for name, model in single.items():
                 fns[f'{name}.compiled_img_s'] = torch.compile(model)
                 fns[f'{name}.compiled_img_s'](images)  # compile here, under the freezing setting
-    results.update({f'infer.{key}': rate for key, rate in inference_rates(fns, images, device).items()})
+    results.update({f'infer.{key}': rate for key, rate in inference_rates(fns, images, device, amp).items()})
     for key in [k.removesuffix('.img_s') for k in fns if k.startswith('routed')]:
         results[f'infer.{key}.vs_teacher'] = results[f'infer.{key}.img_s'] / results['infer.teacher.img_s']
         results[f'infer.{key}.vs_both'] = results[f'infer.{key}.img_s'] / results['infer.both_students.img_s']
     for name in single:
         results[f'infer.{name}.fusion_speedup'] = results[f'infer.{name}.img_s'] / results[f'infer.{name}.unfused_img_s']
+        if amp is not None:
+            results[f'infer.{name}.precision_speedup'] = (results[f'infer.{name}.img_s'] /
+                                                          results[f'infer.{name}.fp32_img_s'])
         if args.compile:
             results[f'infer.{name}.compile_speedup'] = (results[f'infer.{name}.compiled_img_s'] /
                                                         results[f'infer.{name}.img_s'])
