@@ -14,11 +14,9 @@ from distill.data import Loader, balanced_subset, load_dataset
 from distill.engine import inference_model, predict_logits
 from distill.metrics import per_class_accuracy
 from distill.plots import report_figures
-from distill.report import (aggregate, aggregate_markdown, cost_weight_sweep, device_name, markdown,
-                            seeds_of, speed, write_report)
-from distill.routing import Expert, load_experts, load_selector, normalised_costs, predict, routing_report
-
-SWEEP = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+from distill.report import aggregate, aggregate_markdown, device_name, markdown, seeds_of, speed, write_report
+from distill.routing import (COST_WEIGHTS, Expert, cost_weight_sweep, load_experts, load_selector, normalised_costs,
+                            predict, routing_report)
 
 
 def parse_args(argv=None):
@@ -84,7 +82,8 @@ def evaluate_system(args, selector_path: str, name: str, device, amp=None) -> di
     routed_fn = lambda x: predict(selector, [e.model for e in experts], x, costs, state['cost_weight'])
     compression['routed'] = {'params': None, 'macs': accuracy['routed'][1], 'size_mb': None,
                              **speed(routed_fn, sample, amp)}
-    sweep = cost_weight_sweep([logits[e.name] for e in experts], labels, scores, macs, state['selector_macs'], SWEEP)
+    sweep = cost_weight_sweep([logits[e.name] for e in experts], labels, scores, macs, state['selector_macs'],
+                              COST_WEIGHTS)
 
     result = {'name': name, 'selector': selector_path, 'seed': config['seed'], 'dataset': config['dataset'],
               'test_images': len(test), 'device': device_name(device), 'batch_size': len(sample),

@@ -9,8 +9,8 @@ from distill.cli import main_guard, resolve_device, training_parser, validate_ar
 from distill.data import Loader, prepare_data
 from distill.engine import fit, predict_logits
 from distill.metrics import count_macs
-from distill.routing import (Expert, RoutedAccuracy, expert_correctness, format_report, load_experts, routing_report,
-                             selection_step)
+from distill.routing import (COST_WEIGHTS, Expert, RoutedAccuracy, choose_cost_weight, cost_weight_sweep,
+                             expert_correctness, format_report, load_experts, routing_report, selection_step)
 from models import build_model
 
 
@@ -20,9 +20,24 @@ def parse_args(argv=None):
                                                          'checkpoints/googlenet/best.pt'])
     parser.add_argument('--include-teacher', action='store_true',
                         help="add the experts' teacher as a costly fallback expert")
-    parser.add_argument('--cost-weight', type=float, default=0.0,
-                        help='route to argmax(P(correct) - w * MACs / max MACs); 0 is pure accuracy')
-    return validate_args(parser.parse_args(argv))
+    parser.add_argument('--cost-weight', type=cost_weight, default='auto',
+                        help='route to argmax(P(correct) - w * MACs / max MACs); 0 is pure accuracy. auto: the '
+                             'cheapest routing on val within --max-accuracy-drop of the most accurate')
+    parser.add_argument('--max-accuracy-drop', type=float, default=1.0,
+                        help='with --cost-weight auto: val accuracy (percentage points) to give up for compute')
+    args = validate_args(parser.parse_args(argv))
+    if args.max_accuracy_drop < 0:
+        raise UserError(f'--max-accuracy-drop must be at least 0 (got {args.max_accuracy_drop})')
+    return args
+
+
+def cost_weight(text: str):
+    if text == 'auto':
+        return text
+    weight = float(text)  # argparse turns a ValueError into a one-line usage error
+    if weight < 0:
+        raise ValueError(text)
+    return weight
 
 
 @main_guard
@@ -43,7 +58,8 @@ def main(argv=None):
 
     # Targets on the held-out route split, with the experts in eval mode and no augmentation.
     route_loader = Loader(data.train, data.parts['route'], 256, data.mean, data.std, device)
-    routed = RoutedAccuracy(experts, args.cost_weight)
+    # Epochs are chosen on routed val accuracy at the fixed weight, or at 0 (pure accuracy) before auto picks one.
+    routed = RoutedAccuracy(experts, 0.0 if args.cost_weight == 'auto' else args.cost_weight)
     expert_logits, labels = routed.expert_outputs(route_loader)
     targets = torch.zeros(len(data.train), len(experts), device=device)
     targets[data.parts['route'].to(device)] = expert_correctness(expert_logits, labels)
@@ -54,15 +70,26 @@ def main(argv=None):
     selector = build_model('selector', len(experts))
     selector_macs = count_macs(selector, data.image_size)
     extra = {'experts': [{'path': e.path, 'name': e.name, 'arch': e.state['arch'], 'macs': e.macs} for e in experts],
-             'selector_macs': selector_macs, 'cost_weight': args.cost_weight}
-    fit(args, 'selector', selector, lambda trained: selection_step(trained, targets), data, train_part='route',
-        evaluate_fn=routed, num_outputs=len(experts), extra=extra, device=device)
-
+             'selector_macs': selector_macs, 'cost_weight': routed.cost_weight}
+    macs = [e.macs for e in experts]
     val_loader = Loader(data.train, data.parts['val'], 256, data.mean, data.std, device)
+
+    def choose_weight(best_selector):  # on val, before fit touches the test set
+        if args.cost_weight != 'auto':
+            return {}
+        val_logits, val_labels = routed.expert_outputs(val_loader)
+        sweep = cost_weight_sweep(val_logits, val_labels, predict_logits(best_selector, val_loader)[0], macs,
+                                  selector_macs, COST_WEIGHTS)
+        routed.cost_weight = choose_cost_weight(sweep, args.max_accuracy_drop / 100)
+        print('val sweep (cost weight: accuracy, MMACs/img): ' + ', '.join(
+            f'{w:g}: {a:.2%}, {m / 1e6:.0f}' for w, a, m in sweep) + f' -> cost weight {routed.cost_weight:g}')
+        return {'cost_weight': routed.cost_weight}
+    fit(args, 'selector', selector, lambda trained: selection_step(trained, targets), data, train_part='route',
+        evaluate_fn=routed, num_outputs=len(experts), extra=extra, device=device, calibrate=choose_weight)
+
     val_logits, val_labels = routed.expert_outputs(val_loader)
     scores, _ = predict_logits(selector, val_loader)
-    report = routing_report(val_logits, val_labels, scores, [e.macs for e in experts], selector_macs,
-                            args.cost_weight, args.seed)
+    report = routing_report(val_logits, val_labels, scores, macs, selector_macs, routed.cost_weight, args.seed)
     print(format_report(report, [e.name for e in experts], 'val split, best epoch:'))
 
 

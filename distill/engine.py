@@ -174,7 +174,7 @@ def _barrier(world: int):
 
 
 def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 'train', evaluate_fn=evaluate,
-        num_outputs: int | None = None, extra: dict | None = None, device=None, on_epoch_start=None):
+        num_outputs: int | None = None, extra: dict | None = None, device=None, on_epoch_start=None, calibrate=None):
     """Train `model` on data.parts[train_part], keep the best epoch by val accuracy, checkpoint every
     epoch, then report the best epoch once on the test set.
 
@@ -183,6 +183,8 @@ def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 
     evaluate_fn(model, loader, amp) -> (loss, accuracy) scores val and test (classification by default).
     extra: plain values stored in every checkpoint (the teacher's path, the selector's experts, ...).
     on_epoch_start(train_loader) runs before each epoch (a logit cache loads that epoch's logits).
+    calibrate(model) -> dict runs on the best epoch's weights before the test set is touched, to tune settings on
+    val (the selector's cost weight); its dict is stored in best.pt and the summary.
     Returns the summary dict that is also written to OUT/summary.json (by rank 0).
     """
     device, rank, world = init_distributed(device or resolve_device(args.device))
@@ -259,11 +261,16 @@ def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 
 
     # The test set is touched once, with the weights chosen on val.
     _barrier(world)
-    model.load_state_dict(load_checkpoint(best_path, map_location=device)['model'])
+    best = load_checkpoint(best_path, map_location=device)
+    model.load_state_dict(best['model'])
+    tuned = calibrate(model) if calibrate else {}
+    if rank == 0 and any(best.get(key) != value for key, value in tuned.items()):
+        save_checkpoint({**best, **tuned}, best_path)
     test_loss, test_acc = evaluate_fn(model, loader(data.test, torch.arange(len(data.test))), amp)
     summary = {'arch': arch, 'best_val_acc': best_val_acc, 'test_acc': test_acc, 'test_loss': test_loss,
                'epochs': args.epochs, 'precision': precision, 'params': count_params(model),
-               'macs': count_macs(model, data.image_size, device), 'train_images': len(data.parts[train_part])}
+               'macs': count_macs(model, data.image_size, device), 'train_images': len(data.parts[train_part]),
+               **tuned}
     if rank == 0:
         write_json(os.path.join(out, 'summary.json'), summary)
     log(f'{arch}: best val acc {best_val_acc:.2%}, test acc {test_acc:.2%} -> {out}/summary.json', flush=True)

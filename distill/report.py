@@ -1,5 +1,4 @@
-"""The test-set report evaluate.py writes: accuracy, compression, the cost-weight sweep, markdown,
-and the mean ± std over runs that differ only by --seed."""
+"""The test-set report evaluate.py writes: accuracy, compression, markdown, and the mean ± std over runs that differ only by --seed."""
 import os
 import platform
 import statistics
@@ -9,7 +8,6 @@ import torch
 from . import UserError
 from .engine import autocast, write_json
 from .metrics import measure_latency
-from .routing import expert_correctness, normalised_costs, route
 
 
 def device_name(device: torch.device) -> str:
@@ -24,17 +22,6 @@ def speed(fn, images: torch.Tensor, amp=None) -> dict:
         one = measure_latency(fn, images[:1], warmup=1, repeats=5)
         many = measure_latency(fn, images, warmup=1, repeats=3)
     return {'latency_ms': 1000 * one, 'images_per_s': len(images) / many}
-
-
-def cost_weight_sweep(expert_logits: list, labels, scores, macs: list, selector_macs: int, weights) -> list:
-    """(cost weight, accuracy, mean MACs per image) of routing at each weight, from precomputed outputs."""
-    correct = expert_correctness(expert_logits, labels).cpu()
-    costs, macs_t = normalised_costs(macs), torch.tensor(macs, dtype=torch.float64)
-    points = []
-    for w in weights:
-        choice = route(scores.cpu(), costs, w)
-        points.append((w, correct.gather(1, choice[:, None]).mean().item(), selector_macs + macs_t[choice].mean().item()))
-    return points
 
 
 def markdown(result: dict) -> str:

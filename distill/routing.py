@@ -16,6 +16,8 @@ from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
 from .engine import autocast, fuse_for_inference, place, predict_logits, reduce_sums
 from .metrics import count_macs, count_params, weights_mb
 
+COST_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)  # the sweep: selectorTrain's choice, evaluate's table
+
 
 class Expert:
     """A classifier rebuilt from its checkpoint, with its cost in MACs per image."""
@@ -88,6 +90,25 @@ def predict(selector, experts: list, images: torch.Tensor, costs: torch.Tensor, 
                 logits = torch.empty(len(images), out.shape[1], device=images.device)
             logits[mine] = out
     return logits, choice
+
+
+def cost_weight_sweep(expert_logits: list, labels, scores, macs: list, selector_macs: int, weights) -> list:
+    """(cost weight, accuracy, mean MACs per image) of routing at each weight, from precomputed outputs."""
+    correct = expert_correctness(expert_logits, labels).cpu()
+    costs, macs_t = normalised_costs(macs), torch.tensor(macs, dtype=torch.float64)
+    points = []
+    for w in weights:
+        choice = route(scores.cpu(), costs, w)
+        points.append((w, correct.gather(1, choice[:, None]).mean().item(), selector_macs + macs_t[choice].mean().item()))
+    return points
+
+
+def choose_cost_weight(sweep: list, max_drop: float) -> float:
+    """The weight of the cheapest point of a sweep [(weight, accuracy, MACs)] whose accuracy is within max_drop
+    (a fraction) of the most accurate point's; among equally cheap ones, the most accurate. selectorTrain.py calls
+    it on val, so the operating point is never picked on test."""
+    best = max(accuracy for _, accuracy, _ in sweep)
+    return min((p for p in sweep if p[1] >= best - max_drop), key=lambda p: (p[2], -p[1]))[0]
 
 
 def selection_step(selector, targets: torch.Tensor):

@@ -69,3 +69,24 @@ def test_bad_input_is_one_clear_line(args, message):
 def test_student_with_a_missing_teacher_is_one_clear_line(image_folder):
     result = run_script(ROOT / 'studentTrain.py', *TINY, '--data-dir', image_folder, '--teacher', 'no.pt', check=False)
     assert result.returncode == 2 and "checkpoint 'no.pt' does not exist" in result.stderr
+
+
+def test_auto_cost_weight_is_chosen_on_val_and_stored_with_the_selector(tiny_runs, monkeypatch):
+    import selectorTrain
+    from distill.routing import COST_WEIGHTS, cost_weight_sweep
+    work, folder = tiny_runs
+    experts = [str(work / 'checkpoints' / name / 'best.pt') for name in ('densenet121', 'googlenet')]
+    swept, chosen = [], []
+    monkeypatch.setattr(selectorTrain, 'cost_weight_sweep',
+                        lambda logits, labels, *rest: swept.append(len(labels)) or cost_weight_sweep(logits, labels, *rest))
+    monkeypatch.setattr(selectorTrain, 'choose_cost_weight', lambda sweep, drop: chosen.append((sweep, drop)) or 0.5)
+    selectorTrain.main([*TINY, '--data-dir', str(folder), '--experts', *experts, '--max-accuracy-drop', '2',
+                        '--out', 'auto'])
+    assert swept == [6]  # the 6 val images (TINY's --val-size), never the test set
+    (sweep, drop), = chosen
+    assert drop == 0.02 and [w for w, _, _ in sweep] == list(COST_WEIGHTS)
+    assert torch.load('auto/best.pt', weights_only=True)['cost_weight'] == 0.5
+    assert json.loads(open('auto/summary.json').read())['cost_weight'] == 0.5
+
+    selectorTrain.main([*TINY, '--data-dir', str(folder), '--experts', *experts, '--cost-weight', '0.3', '--out', 'fixed'])
+    assert swept == [6] and torch.load('fixed/best.pt', weights_only=True)['cost_weight'] == 0.3

@@ -1,9 +1,9 @@
-"""distill/report.py: the cost-weight sweep and the mean ± std over seeds."""
+"""distill/report.py: the mean ± std over seeds."""
 import pytest
 import torch
 
 from distill import UserError
-from distill.report import aggregate, aggregate_markdown, cost_weight_sweep, seeds_of
+from distill.report import aggregate, aggregate_markdown, seeds_of
 
 CONFIG = {'dataset': 'folder', 'epochs': 3, 'lr': 0.05, 'seed': 0, 'out': 'checkpoints/seed0/selector',
           'experts': ['checkpoints/seed0/densenet121/best.pt']}
@@ -36,11 +36,3 @@ def test_aggregate_gives_mean_and_sample_std_of_rows_every_seed_has():
     assert summary['share'] == {'a': 0.375, 'b': 0.625} and summary['left_out'] == ['only here']
     table = aggregate_markdown(summary)
     assert '| teacher | 60.00 ± 14.14% | 50.00% | 70.00% | 1000.0 |' in table and 'only here' in table
-
-
-def test_sweep_never_costs_more_as_the_weight_grows():
-    torch.manual_seed(0)
-    logits, labels, scores = [torch.randn(50, 3), torch.randn(50, 3)], torch.randint(0, 3, (50,)), torch.randn(50, 2)
-    points = cost_weight_sweep(logits, labels, scores, [900, 400], 10, (0.0, 0.5, 1.0, 10.0))
-    macs = [m for _, _, m in points]
-    assert macs == sorted(macs, reverse=True) and macs[-1] == 410

@@ -2,8 +2,8 @@ import torch
 
 from distill.data import ImageSet, Loader
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch
-from distill.routing import (RoutedAccuracy, expert_correctness, normalised_costs, predict, route, routing_report,
-                             selection_step)
+from distill.routing import (RoutedAccuracy, choose_cost_weight, cost_weight_sweep, expert_correctness, normalised_costs,
+                             predict, route, routing_report, selection_step)
 from models import build_model
 
 
@@ -112,3 +112,19 @@ def test_routed_accuracy_runs_experts_once_per_loader():
     metric(BrightnessSelector(), loader)
     assert len(experts[0].model.seen) == 3  # 3 batches, one pass
     assert 0 <= acc <= 1 and loss > 0
+
+
+def test_sweep_never_costs_more_as_the_weight_grows():
+    torch.manual_seed(0)
+    logits, labels, scores = [torch.randn(50, 3), torch.randn(50, 3)], torch.randint(0, 3, (50,)), torch.randn(50, 2)
+    points = cost_weight_sweep(logits, labels, scores, [900, 400], 10, (0.0, 0.5, 1.0, 10.0))
+    macs = [m for _, _, m in points]
+    assert macs == sorted(macs, reverse=True) and macs[-1] == 410
+
+
+def test_the_chosen_cost_weight_is_the_cheapest_within_the_allowed_accuracy_drop():
+    sweep = [(0.0, 0.80, 900), (0.1, 0.81, 800), (0.2, 0.795, 600), (0.5, 0.78, 400), (1.0, 0.60, 400)]
+    assert choose_cost_weight(sweep, 0.0) == 0.1  # the most accurate point
+    assert choose_cost_weight(sweep, 0.02) == 0.2
+    assert choose_cost_weight(sweep, 0.04) == 0.5
+    assert choose_cost_weight(sweep, 1.0) == 0.5  # as cheap as 1.0 and more accurate
