@@ -5,7 +5,7 @@
 import torch
 
 from distill import UserError
-from distill.cli import main_guard, resolve_device, training_parser, validate_args
+from distill.cli import amp_dtype, main_guard, resolve_device, training_parser, validate_args
 from distill.data import Loader, prepare_data
 from distill.engine import fit, predict_logits
 from distill.metrics import count_macs
@@ -44,6 +44,7 @@ def cost_weight(text: str):
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
+    amp = amp_dtype(args.amp, device)  # the experts are scored at the precision the selector is trained at
     experts = load_experts(args.experts, device)
     if args.include_teacher:
         teacher = experts[0].state.get('teacher')
@@ -60,7 +61,7 @@ def main(argv=None):
     route_loader = Loader(data.train, data.parts['route'], 256, data.mean, data.std, device)
     # Epochs are chosen on routed val accuracy at the fixed weight, or at 0 (pure accuracy) before auto picks one.
     routed = RoutedAccuracy(experts, 0.0 if args.cost_weight == 'auto' else args.cost_weight)
-    expert_logits, labels = routed.expert_outputs(route_loader)
+    expert_logits, labels = routed.expert_outputs(route_loader, amp)
     targets = torch.zeros(len(data.train), len(experts), device=device)
     targets[data.parts['route'].to(device)] = expert_correctness(expert_logits, labels)
     print('route split: expert accuracy ' + ', '.join(
@@ -77,8 +78,8 @@ def main(argv=None):
     def choose_weight(best_selector):  # on val, before fit touches the test set
         if args.cost_weight != 'auto':
             return {}
-        val_logits, val_labels = routed.expert_outputs(val_loader)
-        sweep = cost_weight_sweep(val_logits, val_labels, predict_logits(best_selector, val_loader)[0], macs,
+        val_logits, val_labels = routed.expert_outputs(val_loader, amp)
+        sweep = cost_weight_sweep(val_logits, val_labels, predict_logits(best_selector, val_loader, amp)[0], macs,
                                   selector_macs, COST_WEIGHTS)
         routed.cost_weight = choose_cost_weight(sweep, args.max_accuracy_drop / 100)
         print('val sweep (cost weight: accuracy, MMACs/img): ' + ', '.join(
@@ -87,8 +88,8 @@ def main(argv=None):
     fit(args, 'selector', selector, lambda trained: selection_step(trained, targets), data, train_part='route',
         evaluate_fn=routed, num_outputs=len(experts), extra=extra, device=device, calibrate=choose_weight)
 
-    val_logits, val_labels = routed.expert_outputs(val_loader)
-    scores, _ = predict_logits(selector, val_loader)
+    val_logits, val_labels = routed.expert_outputs(val_loader, amp)
+    scores, _ = predict_logits(selector, val_loader, amp)
     report = routing_report(val_logits, val_labels, scores, macs, selector_macs, routed.cost_weight, args.seed)
     print(format_report(report, [e.name for e in experts], 'val split, best epoch:'))
 

@@ -1,4 +1,5 @@
-"""The test-set report evaluate.py writes: accuracy, compression, markdown, and the mean ± std over runs that differ only by --seed."""
+"""The test-set report evaluate.py writes: accuracy, compression, markdown, and the mean ± std over runs
+that differ only by --seed."""
 import os
 import platform
 import statistics
