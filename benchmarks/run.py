@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from distill.cli import amp_dtype, precision_name, resolve_device  # noqa: E402
+from distill.cli import amp_dtype, main_guard, precision_name, resolve_device  # noqa: E402
 from distill.data import ImageSet, Loader, balanced_subset, load_dataset, normalise  # noqa: E402
 from distill.engine import (WarmupCosine, autocast, build_optimizer, fuse_for_inference, inference_model,  # noqa: E402
                             place, train_one_epoch)
 from distill.losses import classification_step, distillation_step  # noqa: E402
 from distill.metrics import count_macs, synchronize  # noqa: E402
 from distill.report import device_name  # noqa: E402
-from distill.routing import load_experts, normalised_costs, predict  # noqa: E402
+from distill.routing import load_experts, load_selector, normalised_costs, predict  # noqa: E402
 from distill.teachers import CachedTeacher, OnlineTeacher  # noqa: E402
 from models import build_model  # noqa: E402
 
@@ -144,6 +144,7 @@ def in_float32(model, device):
     return run
 
 
+@main_guard
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--quick', action='store_true')
@@ -161,6 +162,20 @@ def main():
     amp = amp_dtype('auto', device)  # what every script runs with by default on this device
     results = {'device': device_name(device), 'torch': torch.__version__, 'precision': precision_name(amp),
                'batch_size': batch, 'images': n}
+
+    # The routed models first, so that a bad --selector fails before the minutes of training figures.
+    if args.selector:  # real test images of the selector's data set, so that the routing mix is a real one
+        state = load_selector(args.selector)
+        experts = [e.model for e in load_experts([e['path'] for e in state['experts']], device)]
+        selector = inference_model(state, args.selector, device)
+        test = load_dataset(state['config']['dataset'], state['config']['data_dir'], False, state['image_size'])
+        images = normalise(test.select(balanced_subset(test.labels, n)).images.to(device), state['mean'], state['std'])
+        cost_weight = state['cost_weight']
+    else:  # untrained models on random pixels: the speed is the same, the routing mix arbitrary
+        experts = [fuse_for_inference(place(build_model(a, 10), device)) for a in ('densenet121', 'googlenet')]
+        selector = fuse_for_inference(place(build_model('selector', 2), device))
+        images = Loader(data, torch.arange(n), n, [0.5] * 3, [0.25] * 3, device).make_batch(torch.arange(n).to(device))
+        cost_weight = 0.0
 
     for arch in ('resnet50', 'densenet121', 'googlenet'):
         ours, results[f'train.{arch}.peak_mem_mb'] = train_with_peak_memory(arch, data, batch, device)
@@ -206,23 +221,12 @@ def main():
                                                                  from_cache, cached.start_epoch)
     results['kd.cache_speedup'] = results['kd.googlenet.cached_img_s'] / results['kd.googlenet.online_img_s']
 
-    if args.selector:  # real test images of the selector's data set, so that the routing mix is a real one
-        state = torch.load(args.selector, weights_only=True)
-        experts = [e.model for e in load_experts([e['path'] for e in state['experts']], device)]
-        selector = inference_model(state, args.selector, device)
-        test = load_dataset(state['config']['dataset'], state['config']['data_dir'], False, state['image_size'])
-        images = normalise(test.select(balanced_subset(test.labels, n)).images.to(device), state['mean'], state['std'])
-        cost_weight = state['cost_weight']
-    else:  # untrained models on random pixels: the speed is the same, the routing mix arbitrary
-        experts = [fuse_for_inference(place(build_model(a, 10), device)) for a in ('densenet121', 'googlenet')]
-        selector = fuse_for_inference(place(build_model('selector', 2), device))
-        images = Loader(data, torch.arange(n), n, [0.5] * 3, [0.25] * 3, device).make_batch(torch.arange(n).to(device))
-        cost_weight = 0.0
     costs = normalised_costs([count_macs(e, 32, device) for e in experts])
     single = {'teacher': teacher, 'densenet121': experts[0], 'googlenet': experts[1]}  # as infer.py runs them: fused
     fns = {**{f'{name}.img_s': model for name, model in single.items()},
            'both_students.img_s': lambda x: [e(x) for e in experts]}
-    for weight in [cost_weight, *args.cost_weights]:  # a higher weight sends more images to the cheaper expert
+    results['infer.routed.cost_weight'] = cost_weight  # the selector's own, as infer.py routes
+    for weight in dict.fromkeys([cost_weight, *args.cost_weights]):  # a higher weight: more to the cheaper expert
         key = 'routed' if weight == cost_weight else f'routed_at_{weight:g}'
         fns[f'{key}.img_s'] = functools.partial(predict, selector, experts, costs=costs, cost_weight=weight, amp=amp)
         results[f'infer.{key}.share'] = torch.bincount(fns[f'{key}.img_s'](images)[1], minlength=len(experts)).tolist()
