@@ -4,7 +4,8 @@
     python benchmarks/run.py --selector checkpoints/selector/best.pt   # routed inference with real routing
     python benchmarks/run.py --compile                # also torch.compile (minutes of compiling more)
 
-Prints a table and writes benchmarks/results/<host>.json with a stable key per figure.
+Prints a table and writes benchmarks/results/<host>.json (<host>-quick.json with --quick) with a stable key
+per figure.
 """
 import argparse
 import functools
@@ -97,6 +98,32 @@ def reference_throughput(model, data, batch, device):
             optimizer.step()
     epoch()
     return len(loader) * batch / timed(epoch, device)
+
+
+def thread_scaling(arch, batch, amp, rounds=3) -> dict:
+    """CPU only: threads -> img/s of one train step on a fixed batch at 1, half and all of torch's intra-op
+    threads, the counts taking turns within each round."""
+    cpu = torch.device('cpu')
+    model = place(build_model(arch, 10), cpu).train()
+    images = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch,))
+    optimizer, step = build_optimizer(model, 0.01, 5e-4), classification_step(model)
+
+    def train_step():
+        with autocast(cpu, amp):
+            loss, _ = step(images, labels, None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    default, rates = torch.get_num_threads(), {}
+    counts = sorted({1, max(default // 2, 1), default})
+    for _ in range(rounds):
+        for threads in counts:
+            torch.set_num_threads(threads)
+            train_step()  # warm-up: oneDNN builds kernels per thread count
+            rates[threads] = max(rates.get(threads, 0), 2 * batch / timed(lambda: (train_step(), train_step()), cpu))
+    torch.set_num_threads(default)
+    return rates
 
 
 def matmul_flops(device, dtype=torch.float32, n=2048, repeats=5):
@@ -192,6 +219,10 @@ def main():
         if amp is not None:
             results[f'train.{arch}.fp32_speedup'] = results[f'train.{arch}.ours_fp32_img_s'] / reference
 
+    if device.type == 'cpu':  # is torch's default thread count the fastest?
+        for threads, rate in thread_scaling('resnet50', batch, amp).items():
+            results[f'train.resnet50.threads_{threads}_img_s'] = rate
+
     # Achieved FLOP/s of a ResNet50 train step (forward + backward = 3x forward FLOPs) against the fp32 matmul;
     # in reduced precision also against a matmul in that precision, like for like.
     train_flops = 3 * 2 * count_macs(build_model('resnet50', 10), 32)
@@ -256,7 +287,8 @@ def main():
     width = max(map(len, results))
     for key, value in results.items():
         print(f'{key:<{width}}  {value:.3g}' if isinstance(value, float) else f'{key:<{width}}  {value}')
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', f'{platform.node()}.json')
+    name = f"{platform.node()}{'-quick' if args.quick else ''}.json"  # a quick run never replaces a full one
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', name)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, 'w') as f:
         json.dump(results, f, indent=2)
