@@ -42,7 +42,7 @@ def training_parser(description: str, *, out: str, epochs: int, lr: float, batch
 def add_amp_argument(parser):
     parser.add_argument('--amp', choices=('auto', 'bf16', 'fp16', 'off'), default='auto',
                         help='mixed precision. auto: on CUDA bf16 where supported, else fp16; on CPU bf16 where the '
-                             'CPU has it natively (AVX512-BF16 or AMX; about 2x fp32), else off (float32)')
+                             'CPU has it natively (AVX512-BF16 or AMX; 1.6-2x fp32), else off (float32)')
 
 
 def validate_args(args):
@@ -68,7 +68,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: oneDNN then trains these models about 2x faster in bf16 than in fp32
+    """AVX512-BF16 or AMX: oneDNN then trains these models 1.6-2x faster in bf16 than in fp32
     (benchmarks/run.py); elsewhere bf16 is emulated and slower than fp32."""
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in ('_is_avx512_bf16_supported',
                                                                           '_is_amx_tile_supported'))
