@@ -2,7 +2,7 @@
 
 Both give the logits of exactly the augmented images the student sees, because augmentation
 is a function of (seed, epoch, sample index). The cache pays the teacher's forward passes once
-per (teacher, split, seed, epoch) and lets a second student or a sweep over T and alpha reuse them.
+per (teacher, split, seed, precision, epoch) and lets a second student or a sweep over T and alpha reuse them.
 """
 import hashlib
 import os
@@ -38,7 +38,7 @@ class CachedTeacher:
         with open(teacher_path, 'rb') as f:
             for chunk in iter(lambda: f.read(1 << 20), b''):
                 digest.update(chunk)
-        digest.update(f"{split['digest']}|{seed}".encode())
+        digest.update(f"{split['digest']}|{seed}|{amp}".encode())  # bf16 and fp32 logits differ: never mix them
         self.dir = os.path.join(cache_dir, digest.hexdigest()[:16])
         self.logits = None
         self.computed_epochs = 0

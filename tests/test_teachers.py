@@ -40,4 +40,6 @@ def test_teacher_logits_belong_to_the_augmented_images_the_student_sees(tmp_path
     again.start_epoch(loader)
     assert again.computed_epochs == 0  # a second student pays no teacher passes
     other_seed = CachedTeacher(teacher, str(checkpoint), {'digest': 'd'}, 12, str(tmp_path / 'cache'))
-    assert other_seed.dir != again.dir
+    other_precision = CachedTeacher(teacher, str(checkpoint), {'digest': 'd'}, 11, str(tmp_path / 'cache'),
+                                    amp=torch.bfloat16)
+    assert len({other_seed.dir, other_precision.dir, again.dir}) == 3
