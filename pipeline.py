@@ -1,6 +1,7 @@
 """Run everything: teacher -> two students (+ no-KD baselines) -> selector -> evaluate -> infer.
 
-    python pipeline.py --preset quick --data-dir ../shared/data/cifar10-jpeg.tar.gz   # sized for a CPU
+    python pipeline.py --preset quick --data-dir ../shared/data/cifar10-jpeg.tar.gz   # minutes on a CPU
+    python pipeline.py --preset medium --data-dir ../shared/data/cifar10-jpeg.tar.gz  # about 1.5 hours on 2 CPU cores
     python pipeline.py --preset full                                                # the real recipe, for a GPU
     python pipeline.py --preset full --seeds 0 1 2                                  # mean ± std over three seeds
 A stage whose run directory already holds a finished run with the same settings is skipped; an
@@ -19,11 +20,15 @@ from distill import UserError
 from distill.cli import main_guard
 
 # quick: minutes on a CPU, to see every table and figure on real data. Not a recipe for accuracy.
+# medium: the most a 2-core CPU trains in about an hour and a half; every model gets far enough
+# past chance for KD and routing to have something to show, and is tested on all test images.
 # full: the usual CIFAR recipe (SGD 0.1, Nesterov, wd 5e-4, cosine, batch 128, 200 epochs), as in
 # kuangliu/pytorch-cifar and the RepDistiller baselines, so that numbers compare with published ones.
 PRESETS = {
     'quick': {'common': ['--subset', '1200', '--test-subset', '1000', '--batch-size', '64', '--lr', '0.05'],
               'epochs': 3, 'selector_epochs': 10},
+    'medium': {'common': ['--subset', '5000', '--batch-size', '64', '--lr', '0.05'],
+               'epochs': 10, 'selector_epochs': 15},
     'full': {'common': [], 'epochs': 200, 'selector_epochs': 30},
 }
 IGNORED = {'out', 'resume', 'overwrite'}
@@ -89,7 +94,10 @@ def train_system(args, common: list, preset: dict, seed) -> str:
     experts = []
     for arch in ('densenet121', 'googlenet'):
         out = os.path.join(root, arch)
-        run_stage(studentTrain, common + epochs + ['--arch', arch, '--teacher', teacher, '--out', out], args.force)
+        # Both students read one logit cache, so the teacher runs once per epoch, not once per student.
+        run_stage(studentTrain, common + epochs + ['--arch', arch, '--teacher', teacher, '--teacher-logits', 'cache',
+                                                   '--cache-dir', os.path.join(root, 'logit-cache'), '--out', out],
+                  args.force)
         experts.append(os.path.join(out, 'best.pt'))
         if args.baselines:
             run_stage(studentTrain, common + epochs + ['--arch', arch, '--alpha', '0', '--out', f'{out}-nokd'],

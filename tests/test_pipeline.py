@@ -22,6 +22,10 @@ def test_pipeline_runs_every_stage(tiny_runs):
     assert all((work / 'checkpoints' / d / 'summary.json').exists() for d in STAGES)
     assert (work / 'results' / 'quick.md').exists() and (work / 'images' / 'quick' / 'accuracy_vs_macs.png').exists()
     assert len((work / 'results' / 'quick-predictions.csv').read_text().splitlines()) == 1 + 2 * 3
+    # both students read one cache: the teacher's logits exist once per epoch, not once per student
+    assert [p.name for p in (work / 'checkpoints' / 'logit-cache').glob('*/*.pt')] == ['epoch0.pt']
+    assert all(json.loads((work / 'checkpoints' / d / 'config.json').read_text())['teacher_logits'] == 'cache'
+               for d in ('densenet121', 'googlenet'))
 
 
 def test_a_second_run_trains_nothing(tiny_runs, capsys):
