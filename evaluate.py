@@ -9,7 +9,8 @@ import os
 
 import torch
 
-from distill.cli import add_amp_argument, amp_dtype, main_guard, precision_name, resolve_device
+from distill.checkpoint import linked_path
+from distill.cli import add_amp_argument, amp_dtype, check_writable, main_guard, precision_name, resolve_device
 from distill.data import Loader, balanced_subset, load_dataset
 from distill.engine import inference_model, predict_logits
 from distill.metrics import per_class_accuracy
@@ -40,7 +41,8 @@ def parse_args(argv=None):
 def gather_models(args, experts, device) -> dict:
     """name -> Expert: the teacher, the experts, and each student's no-KD baseline where it exists."""
     models = {}
-    teacher = args.teacher or experts[0].state.get('teacher')
+    teacher = args.teacher or (experts[0].state.get('teacher') and
+                               linked_path(experts[0].state['teacher'], experts[0].path, experts[0].state))
     if teacher and os.path.exists(teacher):
         models['teacher'] = Expert(teacher, device, experts[0].reference())
     for e in experts:
@@ -107,6 +109,8 @@ def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
     amp = amp_dtype(args.amp, device)
+    for folder in (args.results_dir, args.images_dir):
+        check_writable(os.path.join(folder, 'report'))  # before minutes of evaluation, not after
     if len(args.selector) == 1:
         return evaluate_system(args, args.selector[0], args.name, device, amp)
     seeds = seeds_of([load_selector(path)['config'] for path in args.selector])

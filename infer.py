@@ -12,8 +12,8 @@ import torch
 from tqdm import tqdm
 
 from distill import UserError
-from distill.checkpoint import load_checkpoint
-from distill.cli import add_amp_argument, amp_dtype, main_guard, resolve_device
+from distill.checkpoint import atomic_write, load_checkpoint
+from distill.cli import add_amp_argument, amp_dtype, check_writable, main_guard, resolve_device
 from distill.data import list_image_files, normalise, read_images
 from distill.engine import autocast, inference_model
 from distill.routing import load_experts, load_selector, normalised_costs, predict
@@ -23,7 +23,7 @@ FIELDS = ('path', 'prediction', 'confidence', 'expert', 'error')
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('image_dir')
+    p.add_argument('image_dir', help='a folder, searched recursively, or one image file')
     p.add_argument('--selector', default='checkpoints/selector/best.pt')
     p.add_argument('--expert', help='skip the selector and use this expert alone (its name or arch)')
     p.add_argument('--teacher', help='skip the selector and use this checkpoint (e.g. the teacher) alone')
@@ -67,9 +67,8 @@ def build_classifier(args, device):
 
 
 def write_rows(path: str, fmt: str, rows):
-    """Stream rows to a temporary file, then rename: a crash never leaves half a predictions file."""
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w', newline='') as f:
+    """Stream rows into a file that replaces path only when complete."""
+    with atomic_write(path) as f:
         if fmt == 'csv':
             writer = csv.DictWriter(f, fieldnames=FIELDS)
             writer.writeheader()
@@ -80,15 +79,15 @@ def write_rows(path: str, fmt: str, rows):
             for i, row in enumerate(rows):
                 f.write((',\n ' if i else '\n ') + json.dumps(row))
             f.write('\n]\n')
-    os.replace(tmp, path)
 
 
 @main_guard
 def main(argv=None):
     args = parse_args(argv)
-    if not os.path.isdir(args.image_dir):
+    if not os.path.exists(args.image_dir):
         raise UserError(f"image folder '{args.image_dir}' does not exist; pass a folder of images")
-    files = list_image_files(args.image_dir)
+    files = list_image_files(args.image_dir) if os.path.isdir(args.image_dir) else [args.image_dir]
+    check_writable(args.out)
     if not files:
         raise UserError(f"'{args.image_dir}' holds no files; pass a folder of images")
     device = resolve_device(args.device)

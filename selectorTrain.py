@@ -5,6 +5,7 @@
 import torch
 
 from distill import UserError
+from distill.checkpoint import linked_path
 from distill.cli import amp_dtype, main_guard, resolve_device, training_parser, validate_args
 from distill.data import Loader, prepare_data
 from distill.engine import fit, predict_logits
@@ -50,7 +51,7 @@ def main(argv=None):
         teacher = experts[0].state.get('teacher')
         if not teacher:
             raise UserError(f"'{args.experts[0]}' was trained without a teacher; drop --include-teacher")
-        experts.append(Expert(teacher, device, experts[0].reference()))
+        experts.append(Expert(linked_path(teacher, args.experts[0], experts[0].state) or teacher, device, experts[0].reference()))
     data = prepare_data(args)
     reference = experts[0].state
     if data.split != reference['split'] or data.image_size != reference['image_size']:

@@ -3,6 +3,7 @@
 A checkpoint is a dict of plain types and tensors (see GUIDE.md), so it loads with
 torch.load(weights_only=True) and can be rebuilt into its model without extra flags.
 """
+import contextlib
 import os
 
 import torch
@@ -12,19 +13,26 @@ from models import build_model
 from . import UserError
 
 
-def save_checkpoint(state: dict, path: str):
-    """Write to a temporary file, fsync, then rename: a crash never leaves a half-written checkpoint."""
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = 'w'):
+    """A file opened beside path that replaces path only once the block finishes, fsynced: a crash or
+    Ctrl-C leaves the old file whole and no temporary behind."""
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = f'{path}.tmp{os.getpid()}'
     try:
-        with open(tmp, 'wb') as f:
-            torch.save(state, f)
+        with open(tmp, mode, **({} if 'b' in mode else {'newline': ''})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_checkpoint(state: dict, path: str):
+    with atomic_write(path, 'wb') as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str, map_location='cpu') -> dict:
@@ -38,6 +46,21 @@ def load_checkpoint(path: str, map_location='cpu') -> dict:
     if not isinstance(state, dict) or 'arch' not in state or 'model' not in state:
         raise UserError(f"'{path}' is not a checkpoint of this project (no arch/model); pass a best.pt or last.pt")
     return state
+
+
+def linked_path(path: str, owner: str, owner_state: dict) -> str | None:
+    """Where a checkpoint that the checkpoint `owner` names (a selector's expert, a student's teacher) is
+    now, or None if it is gone.
+
+    Both paths were stored as given in the same working directory, so their relative position is
+    known: the link still holds from another working directory or after the runs were moved together."""
+    out = owner_state.get('config', {}).get('out')
+    candidates = [path]
+    if out and os.path.isabs(out) == os.path.isabs(path):
+        candidates.insert(0, os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(owner)),
+                                                             os.path.relpath(path, out))))
+    found = next((c for c in candidates if os.path.isfile(c)), None)
+    return found and (found if os.path.isabs(path) else os.path.relpath(found))
 
 
 def model_from_checkpoint(state: dict, path: str = 'checkpoint') -> torch.nn.Module:

@@ -57,6 +57,19 @@ def validate_args(args):
     return args
 
 
+def check_writable(path: str):
+    """Refuse an output file that cannot be written before any model runs, not after."""
+    folder = os.path.dirname(path) or '.'
+    if os.path.isdir(path):
+        raise UserError(f"'{path}' is a folder, not a file name; choose another output path")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the folder '{folder}' for '{path}' ({err.strerror}); choose another path") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write to '{folder}' (for '{path}'); choose another path")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == 'cuda' and not torch.cuda.is_available():
         raise UserError('--device cuda was asked for but no CUDA device is visible; use --device cpu')
@@ -99,7 +112,7 @@ def main_guard(main):
         try:
             return main(*args, **kwargs)
         except UserError as err:
-            print(f'error: {err}', file=sys.stderr)
+            print('error: ' + ' '.join(str(err).split()), file=sys.stderr)  # one line, even when err quotes a library's
             sys.exit(2)
         except KeyboardInterrupt:
             print('interrupted; the last finished epoch is in last.pt (continue with --resume)', file=sys.stderr)

@@ -150,7 +150,8 @@ def _iter_folder_files(path: str):
                     data = archive.extractfile(member).read()
                     yield (*entry, f'{path}:{member.name}', lambda data=data: io.BytesIO(data))
     except (tarfile.TarError, EOFError, OSError, UnicodeError) as err:
-        raise UserError(f"'{path}' is not a readable .tar.gz ({err}); re-create or re-download the archive") from None
+        raise UserError(f"'{path}' is not a readable .tar.gz ({str(err).splitlines()[0].rstrip(':')}); "
+                        f"re-create or re-download the archive") from None
 
 
 def _load_folder(path: str, size: int, cache_dir: str) -> dict:

@@ -18,7 +18,7 @@ from torch.fx.experimental.optimization import fuse
 from tqdm import tqdm
 
 from . import UserError
-from .checkpoint import (check_compatible, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
+from .checkpoint import (atomic_write, check_compatible, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
                          set_rng_state)
 from .cli import amp_dtype, precision_name, resolve_device
 from .data import Loader, Prepared
@@ -138,21 +138,16 @@ def evaluate(model, loader, amp=None):
 
 
 def _write_outputs(out: str, history: list, config: dict):
-    os.makedirs(out, exist_ok=True)
-    tmp = os.path.join(out, 'metrics.csv.tmp')
-    with open(tmp, 'w', newline='') as f:
+    with atomic_write(os.path.join(out, 'metrics.csv')) as f:
         writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, os.path.join(out, 'metrics.csv'))
     write_json(os.path.join(out, 'config.json'), config)
 
 
 def write_json(path: str, payload: dict):
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
+    with atomic_write(path) as f:
         json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 def init_distributed(device: torch.device):

@@ -7,6 +7,7 @@ import statistics
 import torch
 
 from . import UserError
+from .checkpoint import atomic_write
 from .engine import autocast, write_json
 from .metrics import measure_latency
 
@@ -101,8 +102,7 @@ def aggregate_markdown(summary: dict) -> str:
 
 def write_report(folder: str, name: str, result: dict, table: str):
     """results/<name>.json and .md, and the table on stdout."""
-    os.makedirs(folder, exist_ok=True)
     write_json(os.path.join(folder, f'{name}.json'), result)
-    with open(os.path.join(folder, f'{name}.md'), 'w') as f:
+    with atomic_write(os.path.join(folder, f'{name}.md')) as f:
         f.write(table)
     print(table)

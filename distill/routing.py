@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import UserError
-from .checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
+from .checkpoint import check_compatible, linked_path, load_checkpoint, model_from_checkpoint
 from .engine import autocast, fuse_for_inference, place, predict_logits, reduce_sums
 from .metrics import count_macs, count_params, weights_mb
 
@@ -42,11 +42,18 @@ class Expert:
 
 
 def load_selector(path: str) -> dict:
-    """A selector checkpoint (it names its experts); anything else is refused in one line."""
+    """A selector checkpoint, with its experts' paths found from where it lies now; anything else is
+    refused in one line."""
     state = load_checkpoint(path, map_location='cpu')
     if 'experts' not in state:
         raise UserError(f"'{path}' is a {state.get('arch', 'model')} checkpoint, not a selector; pass the "
                         "best.pt that selectorTrain.py wrote (default checkpoints/selector/best.pt)")
+    for expert in state['experts']:
+        found = linked_path(expert['path'], path, state)
+        if found is None:
+            raise UserError(f"selector '{path}' routes to '{expert['path']}', which is neither where it "
+                            f"lay beside the selector nor here; move run directories together, or retrain the selector")
+        expert['path'] = found
     return state
 
 

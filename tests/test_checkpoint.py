@@ -1,8 +1,10 @@
+import os
+
 import pytest
 import torch
 
 from distill import UserError
-from distill.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint, save_checkpoint
+from distill.checkpoint import check_compatible, linked_path, load_checkpoint, model_from_checkpoint, save_checkpoint
 from models import build_model
 
 
@@ -69,3 +71,19 @@ def test_weights_of_another_architecture_are_refused():
     _, state = _state()
     with pytest.raises(UserError, match='cannot rebuild the model'):
         model_from_checkpoint({**state, 'arch': 'densenet121'})
+
+
+def test_a_linked_checkpoint_is_found_beside_its_owner_first_then_as_given(tmp_path, monkeypatch):
+    """A selector trained with --out runs/selector stored its expert as runs/densenet121/best.pt."""
+    def touch(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b'')
+        return path
+    owner, state = touch(tmp_path / 'moved' / 'runs' / 'selector' / 'best.pt'), {'config': {'out': 'runs/selector'}}
+    beside = touch(tmp_path / 'moved' / 'runs' / 'densenet121' / 'best.pt')
+    touch(tmp_path / 'runs' / 'densenet121' / 'best.pt')  # a same-named run where the user stands: not it
+    monkeypatch.chdir(tmp_path)
+    assert os.path.samefile(linked_path('runs/densenet121/best.pt', str(owner), state), beside)
+    assert linked_path('runs/googlenet/best.pt', str(owner), state) is None
+    touch(tmp_path / 'runs' / 'googlenet' / 'best.pt')  # the stored path, still valid from here
+    assert linked_path('runs/googlenet/best.pt', str(owner), state) == os.path.join('runs', 'googlenet', 'best.pt')

@@ -21,3 +21,13 @@ def test_fp16_on_cpu_is_refused_in_one_line():
     result = run_script(ROOT / 'teacherTrain.py', '--amp', 'fp16', '--device', 'cpu', check=False)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         'error: --amp fp16 needs CUDA; on CPU use --amp bf16 or --amp off']
+
+
+def test_a_multi_line_error_is_printed_as_one_line(capsys):
+    @cli.main_guard
+    def main():
+        raise UserError("'x.tar.gz' is not readable (could not open:\n- method gz: bad\n- method xz: bad)")
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: 'x.tar.gz' is not readable (could not open: - method gz: bad - method xz: bad)\n"

@@ -2,6 +2,7 @@
 import csv
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -61,9 +62,35 @@ def test_single_expert_teacher_and_json_output(tiny_runs, messy_folder):
     assert {r['expert'] for r in json.loads(out.read_text()) if not r['error']} == {'teacher'}
 
 
+def test_runs_moved_together_infer_from_any_directory(tiny_runs, messy_folder, tmp_path):
+    """A selector names its experts by the paths it was trained with; a copied tree must still find its own."""
+    work, _ = tiny_runs
+    run_script(ROOT / 'infer.py', messy_folder, '--out', tmp_path / 'here.csv', cwd=work)
+    shutil.copytree(work / 'checkpoints', tmp_path / 'copy' / 'runs')
+    shutil.move(work / 'checkpoints', tmp_path / 'hidden')  # so nothing can be found by the stored paths as given
+    try:
+        run_script(ROOT / 'infer.py', messy_folder, '--selector', tmp_path / 'copy' / 'runs' / 'selector' / 'best.pt',
+                   '--out', tmp_path / 'moved.csv', cwd=messy_folder)
+        assert _rows(tmp_path / 'moved.csv') == _rows(tmp_path / 'here.csv')
+        shutil.rmtree(tmp_path / 'copy' / 'runs' / 'googlenet')
+        result = run_script(ROOT / 'infer.py', messy_folder, '--selector', tmp_path / 'copy' / 'runs' / 'selector' /
+                            'best.pt', cwd=messy_folder, check=False)
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+        assert "routes to 'checkpoints/googlenet/best.pt'" in result.stderr
+    finally:
+        shutil.move(tmp_path / 'hidden', work / 'checkpoints')
+
+
+def test_one_image_file_instead_of_a_folder(tiny_runs, messy_folder, tmp_path):
+    work, _ = tiny_runs
+    run_script(ROOT / 'infer.py', messy_folder / 'gray.png', '--out', tmp_path / 'one' / 'p.csv', cwd=work)
+    assert list(_rows(tmp_path / 'one' / 'p.csv')) == ['gray.png']  # --out's folder is created
+
+
 @pytest.mark.parametrize('case, message', [
     ('missing_dir', 'does not exist'), ('empty_dir', 'holds no files'),
-    ('missing_selector', 'does not exist'), ('unknown_expert', "no expert named 'vgg'")])
+    ('missing_selector', 'does not exist'), ('unknown_expert', "no expert named 'vgg'"),
+    ('out_is_a_folder', 'is a folder, not a file name')])
 def test_infer_bad_input_is_one_clear_line(tiny_runs, tmp_path, case, message):
     work, _ = tiny_runs
     folder = tmp_path / 'imgs'
@@ -71,7 +98,9 @@ def test_infer_bad_input_is_one_clear_line(tiny_runs, tmp_path, case, message):
     if case != 'empty_dir':
         Image.new('RGB', (8, 8)).save(folder / 'a.png')
     args = {'missing_dir': [tmp_path / 'nope'], 'empty_dir': [folder],
-            'missing_selector': [folder, '--selector', 'gone.pt'], 'unknown_expert': [folder, '--expert', 'vgg']}[case]
-    result = run_script(ROOT / 'infer.py', *args, '--out', tmp_path / 'p.csv', cwd=work, check=False)
-    assert result.returncode == 2 and message in result.stderr and 'Traceback' not in result.stderr
-    assert not (tmp_path / 'p.csv').exists()
+            'missing_selector': [folder, '--selector', 'gone.pt'], 'unknown_expert': [folder, '--expert', 'vgg'],
+            'out_is_a_folder': [folder]}[case]
+    out = folder if case == 'out_is_a_folder' else tmp_path / 'p.csv'
+    result = run_script(ROOT / 'infer.py', *args, '--out', out, cwd=work, check=False)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / 'p.csv').exists() and not list(tmp_path.rglob('*.tmp*'))
