@@ -168,6 +168,21 @@ def _barrier(world: int):
         torch.distributed.barrier()
 
 
+# What may differ on --resume: where things are and how fast they run, not what is trained.
+RESUME_MAY_CHANGE = {'resume', 'overwrite', 'out', 'device', 'amp', 'compile', 'data_dir', 'cache_dir', 'teacher',
+                     'teacher_logits', 'experts'}
+
+
+def check_same_run(saved: dict, asked: dict, path: str):
+    """Refuse to resume with other settings: the restored schedule would silently keep the old ones (a
+    longer --epochs would train its extra epochs at lr 0)."""
+    changed = [k for k in asked if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != asked[k]]
+    if changed:
+        was = ', '.join(f"--{k.replace('_', '-')} {saved[k]} (now {asked[k]})" for k in changed)
+        raise UserError(f"'{path}' was trained with {was}; resume with its settings, or start afresh with "
+                        f"--overwrite or another --out")
+
+
 def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 'train', evaluate_fn=evaluate,
         num_outputs: int | None = None, extra: dict | None = None, device=None, on_epoch_start=None, calibrate=None):
     """Train `model` on data.parts[train_part], keep the best epoch by val accuracy, checkpoint every
@@ -210,6 +225,7 @@ def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 
         state = load_checkpoint(last_path, map_location=device)
         check_compatible(state, last_path, arch=arch, num_classes=num_outputs, split=data.split,
                          image_size=data.image_size)
+        check_same_run(state['config'], config, last_path)
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])

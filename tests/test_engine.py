@@ -82,7 +82,7 @@ def test_a_nan_loss_stops_with_a_clear_line_and_keeps_last_pt(finished_run, monk
     monkeypatch.setattr(teacherTrain, 'classification_step',
                         lambda model, smoothing: lambda x, y, i: (model(x).sum() * float('nan'), model(x)))
     with pytest.raises(SystemExit) as exit_info:
-        teacherTrain.main(_tiny_run(folder, run, '--epochs', '2', '--resume'))
+        teacherTrain.main(_tiny_run(folder, run, '--epochs', '1', '--overwrite'))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'the loss became nan' in err[0] and 'lower --lr' in err[0]
@@ -103,6 +103,18 @@ def test_resuming_with_another_split_is_refused(finished_run, capsys):
     with pytest.raises(SystemExit):
         teacherTrain.main(_tiny_run(folder, run, '--epochs', '2', '--resume', '--seed', '9'))
     assert "has split=" in capsys.readouterr().err
+
+
+def test_resuming_with_other_settings_is_refused_in_one_line(finished_run, capsys):
+    folder, run = finished_run
+    last = (run / 'last.pt').read_bytes()
+    with pytest.raises(SystemExit) as exit_info:  # the restored cosine schedule would end at epoch 1: lr 0 after
+        teacherTrain.main(_tiny_run(folder, run, '--epochs', '3', '--resume', '--lr', '0.1'))
+    assert exit_info.value.code == 2 and (run / 'last.pt').read_bytes() == last
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and '--epochs 1 (now 3), --lr 0.05 (now 0.1)' in err[0] and '--overwrite' in err[0]
+    teacherTrain.main(_tiny_run(folder, run, '--epochs', '1', '--resume', '--amp', 'off'))  # precision may change
+    assert 'resumed' in capsys.readouterr().out
 
 
 def test_bf16_autocast_on_cpu_runs_the_convolutions_in_bf16_and_keeps_float32_weights():
