@@ -250,7 +250,10 @@ def make_split(labels: torch.Tensor, seed: int, val_size: int | None = None, rou
     default = min(n // 10, 5000)
     val_size = default if val_size is None else val_size
     route_size = default if route_size is None else route_size
-    if val_size < 1 or route_size < 0 or val_size + route_size >= n:
+    if val_size < 1:
+        raise UserError(f'--val-size is {val_size} with {n} training images, but every stage picks its best epoch on '
+                        f'val; pass --val-size 1 or more, or a larger --subset')
+    if route_size < 0 or val_size + route_size >= n:
         raise UserError(f'--val-size {val_size} and --route-size {route_size} leave no training images out of {n}; '
                         f'use a larger --subset or smaller sizes')
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

@@ -122,9 +122,11 @@ def test_split_is_disjoint_balanced_and_fixed_by_seed():
     assert make_split(torch.arange(100_000) % 10, 0)[1]['val'] == 5000  # capped at 5,000
 
 
-def test_split_sizes_that_leave_nothing_to_train_are_refused():
+def test_split_sizes_that_leave_nothing_to_train_or_validate_on_are_refused():
     with pytest.raises(UserError, match='leave no training images'):
         make_split(torch.arange(20) % 2, 0, val_size=10, route_size=10)
+    with pytest.raises(UserError, match='--val-size is 0 with 8 training images'):  # 10% of 8 rounds to 0
+        make_split(torch.arange(8) % 2, 0)
 
 
 def test_crop_flip_matches_per_image_reference():
