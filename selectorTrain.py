@@ -55,8 +55,11 @@ def main(argv=None):
     data = prepare_data(args)
     reference = experts[0].state
     if data.split != reference['split'] or data.image_size != reference['image_size']:
-        raise UserError(f"the experts were trained on split {reference['split']} at {reference['image_size']} px; "
-                        f"pass the same --dataset, --data-dir, --subset, --seed and --image-size")
+        raise UserError(f"the experts were trained on split {reference['split']} at {reference['image_size']} px; pass "
+                        f"the same --dataset, --data-dir, --subset, --val-size, --route-size, --seed and --image-size")
+    if len(data.parts['route']) == 0:
+        raise UserError('the experts were trained with --route-size 0: no image was held out for the selector; '
+                        'retrain them with a route split (default 10%)')
 
     # Targets on the held-out route split, with the experts in eval mode and no augmentation.
     route_loader = Loader(data.train, data.parts['route'], 256, data.mean, data.std, device)

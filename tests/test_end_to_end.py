@@ -90,3 +90,16 @@ def test_auto_cost_weight_is_chosen_on_val_and_stored_with_the_selector(tiny_run
 
     selectorTrain.main([*TINY, '--data-dir', str(folder), '--experts', *experts, '--cost-weight', '0.3', '--out', 'fixed'])
     assert swept == [6] and torch.load('fixed/best.pt', weights_only=True)['cost_weight'] == 0.3
+
+
+def test_a_selector_for_experts_without_a_route_split_is_one_clear_line(image_folder, capsys):
+    import selectorTrain
+    import teacherTrain
+    tiny = [*TINY, '--data-dir', str(image_folder), '--route-size', '0']
+    teacherTrain.main([*tiny, '--arch', 'googlenet', '--out', 'expert'])
+    with pytest.raises(SystemExit) as exit_info:
+        selectorTrain.main([*tiny, '--experts', 'expert/best.pt', 'expert/best.pt'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err == [
+        'error: the experts were trained with --route-size 0: no image was held out for the selector; retrain them '
+        'with a route split (default 10%)']
