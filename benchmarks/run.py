@@ -4,12 +4,13 @@
     python benchmarks/run.py --selector checkpoints/selector/best.pt   # routed inference with real routing
     python benchmarks/run.py --compile                # also torch.compile (minutes of compiling more)
 
-Prints a table and writes benchmarks/results/<host>.json (<host>-quick.json with --quick) with a stable key
-per figure.
+    python benchmarks/run.py --parts infer --selector checkpoints/selector/best.pt   # inference figures only
+
+Prints a table and writes benchmarks/results/<host>.json (<host>-quick.json with --quick, <host>-infer.json
+with --parts infer, ...) with a stable key per figure.
 """
 import argparse
 import functools
-import json
 import multiprocessing
 import os
 import platform
@@ -26,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distill.cli import amp_dtype, main_guard, precision_name, resolve_device  # noqa: E402
 from distill.data import ImageSet, Loader, balanced_subset, load_dataset, normalise  # noqa: E402
 from distill.engine import (WarmupCosine, autocast, build_optimizer, fuse_for_inference, inference_model,  # noqa: E402
-                            place, train_one_epoch)
+                            place, train_one_epoch, write_json)
 from distill.losses import classification_step, distillation_step  # noqa: E402
 from distill.metrics import count_macs, synchronize  # noqa: E402
 from distill.report import device_name  # noqa: E402
@@ -171,45 +172,17 @@ def in_float32(model, device):
     return run
 
 
-@main_guard
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--quick', action='store_true')
-    p.add_argument('--device', default='auto')
-    p.add_argument('--selector', help='a trained selector checkpoint, for routed inference with a real routing mix')
-    p.add_argument('--cost-weights', type=float, nargs='+', default=[],
-                   help="also time routed inference at these cost weights (evaluate.py's sweep gives their accuracy)")
-    p.add_argument('--compile', action='store_true',
-                   help='also measure torch.compile for training and (with weight freezing) inference; minutes more')
-    args = p.parse_args()
-    device = resolve_device(args.device)
-    torch.manual_seed(0)
-    n, batch = (64, 32) if args.quick else ((2048, 128) if device.type == 'cuda' else (256, 64))
-    data = fake_data(n)
-    amp = amp_dtype('auto', device)  # what every script runs with by default on this device
-    results = {'device': device_name(device), 'torch': torch.__version__, 'precision': precision_name(amp),
-               'batch_size': batch, 'images': n}
+PARTS = ('train', 'kd', 'infer')
 
-    # The routed models first, so that a bad --selector fails before the minutes of training figures.
-    if args.selector:  # real test images of the selector's data set, so that the routing mix is a real one
-        state = load_selector(args.selector)
-        experts = [e.model for e in load_experts([e['path'] for e in state['experts']], device)]
-        selector = inference_model(state, args.selector, device)
-        test = load_dataset(state['config']['dataset'], state['config']['data_dir'], False, state['image_size'])
-        images = normalise(test.select(balanced_subset(test.labels, n)).images.to(device), state['mean'], state['std'])
-        cost_weight = state['cost_weight']
-    else:  # untrained models on random pixels: the speed is the same, the routing mix arbitrary
-        experts = [fuse_for_inference(place(build_model(a, 10), device)) for a in ('densenet121', 'googlenet')]
-        selector = fuse_for_inference(place(build_model('selector', 2), device))
-        images = Loader(data, torch.arange(n), n, [0.5] * 3, [0.25] * 3, device).make_batch(torch.arange(n).to(device))
-        cost_weight = 0.0
 
+def training_figures(results, data, batch, device, amp, compile_model):
+    """Our engine against the reference loop, fp32 beside the default precision, threads, FLOP fraction."""
     for arch in ('resnet50', 'densenet121', 'googlenet'):
         ours, results[f'train.{arch}.peak_mem_mb'] = train_with_peak_memory(arch, data, batch, device)
         results[f'train.{arch}.ours_img_s'] = ours
         if amp is not None:  # how much of the gain is the loop and how much the precision
             results[f'train.{arch}.ours_fp32_img_s'], _ = train_with_peak_memory(arch, data, batch, device, amp='off')
-        if args.compile:
+        if compile_model:
             compiled, _ = train_with_peak_memory(arch, data, batch, device, compile_model=True)
             results[f'train.{arch}.compiled_img_s'] = compiled
             results[f'train.{arch}.compile_speedup'] = compiled / ours
@@ -237,9 +210,12 @@ def main():
         results['resnet50.fp32_fraction_of_matmul'] = (results['train.resnet50.ours_fp32_img_s'] * train_flops /
                                                        results['matmul_fp32_flop_s'])
 
+
+def kd_figures(results, data, batch, device, amp):
+    """A student's img/s with the teacher run online against reading the logit cache."""
     teacher = fuse_for_inference(place(build_model('resnet50', 10), device))
-    kd = lambda model: distillation_step(model, online, 4.0, 0.9)
     online = OnlineTeacher(teacher, amp)
+    kd = lambda model: distillation_step(model, online, 4.0, 0.9)
     results['kd.googlenet.online_img_s'] = engine_throughput(build_model('googlenet', 10), data, batch, device, kd)
     with tempfile.TemporaryDirectory() as cache_dir:
         key_file = os.path.join(cache_dir, 'teacher.pt')  # the cache is keyed by the teacher file's bytes
@@ -252,12 +228,17 @@ def main():
                                                                  from_cache, cached.start_epoch)
     results['kd.cache_speedup'] = results['kd.googlenet.cached_img_s'] / results['kd.googlenet.online_img_s']
 
+
+def inference_figures(results, routing, device, amp, cost_weights, compile_model):
+    """Teacher, each student, both students (the original idea) and routed predict(), side by side."""
+    selector, experts, images, cost_weight = routing
+    teacher = fuse_for_inference(place(build_model('resnet50', 10), device))
     costs = normalised_costs([count_macs(e, 32, device) for e in experts])
     single = {'teacher': teacher, 'densenet121': experts[0], 'googlenet': experts[1]}  # as infer.py runs them: fused
     fns = {**{f'{name}.img_s': model for name, model in single.items()},
            'both_students.img_s': lambda x: [e(x) for e in experts]}
     results['infer.routed.cost_weight'] = cost_weight  # the selector's own, as infer.py routes
-    for weight in dict.fromkeys([cost_weight, *args.cost_weights]):  # a higher weight: more to the cheaper expert
+    for weight in dict.fromkeys([cost_weight, *cost_weights]):  # a higher weight: more to the cheaper expert
         key = 'routed' if weight == cost_weight else f'routed_at_{weight:g}'
         fns[f'{key}.img_s'] = functools.partial(predict, selector, experts, costs=costs, cost_weight=weight, amp=amp)
         results[f'infer.{key}.share'] = torch.bincount(fns[f'{key}.img_s'](images)[1], minlength=len(experts)).tolist()
@@ -265,7 +246,7 @@ def main():
         fns[f'{name}.unfused_img_s'] = place(build_model(name.replace('teacher', 'resnet50'), 10), device).eval()
         if amp is not None:
             fns[f'{name}.fp32_img_s'] = in_float32(model, device)
-    if args.compile:  # inductor with frozen weights: constant-folds BN and pre-packs the convolutions
+    if compile_model:  # inductor with frozen weights: constant-folds BN and pre-packs the convolutions
         from torch._inductor import config as inductor_config
         with inductor_config.patch(freezing=True), torch.inference_mode(), autocast(device, amp):
             for name, model in single.items():
@@ -280,18 +261,62 @@ def main():
         if amp is not None:
             results[f'infer.{name}.precision_speedup'] = (results[f'infer.{name}.img_s'] /
                                                           results[f'infer.{name}.fp32_img_s'])
-        if args.compile:
+        if compile_model:
             results[f'infer.{name}.compile_speedup'] = (results[f'infer.{name}.compiled_img_s'] /
                                                         results[f'infer.{name}.img_s'])
+
+
+def routing_models(selector_path, data, n, device):
+    """(selector, experts, images, cost weight): a trained selector on its own test images, so that the routing
+    mix is a real one; without one, untrained models on random pixels (same speed, arbitrary mix)."""
+    if selector_path:
+        state = load_selector(selector_path)
+        experts = [e.model for e in load_experts([e['path'] for e in state['experts']], device)]
+        selector = inference_model(state, selector_path, device)
+        test = load_dataset(state['config']['dataset'], state['config']['data_dir'], False, state['image_size'])
+        images = normalise(test.select(balanced_subset(test.labels, n)).images.to(device), state['mean'], state['std'])
+        return selector, experts, images, state['cost_weight']
+    experts = [fuse_for_inference(place(build_model(a, 10), device)) for a in ('densenet121', 'googlenet')]
+    selector = fuse_for_inference(place(build_model('selector', 2), device))
+    images = Loader(data, torch.arange(n), n, [0.5] * 3, [0.25] * 3, device).make_batch(torch.arange(n).to(device))
+    return selector, experts, images, 0.0
+
+
+@main_guard
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--quick', action='store_true')
+    p.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS),
+                   help='which figures: training (engine vs reference, FLOP/s, threads), KD cost, inference')
+    p.add_argument('--device', default='auto')
+    p.add_argument('--selector', help='a trained selector checkpoint, for routed inference with a real routing mix')
+    p.add_argument('--cost-weights', type=float, nargs='+', default=[],
+                   help="also time routed inference at these cost weights (evaluate.py's sweep gives their accuracy)")
+    p.add_argument('--compile', action='store_true',
+                   help='also measure torch.compile for training and (with weight freezing) inference; minutes more')
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    n, batch = (64, 32) if args.quick else ((2048, 128) if device.type == 'cuda' else (256, 64))
+    data = fake_data(n)
+    amp = amp_dtype('auto', device)  # what every script runs with by default on this device
+    results = {'device': device_name(device), 'torch': torch.__version__, 'precision': precision_name(amp),
+               'batch_size': batch, 'images': n, 'parts': args.parts}
+    routing = routing_models(args.selector, data, n, device)  # first: a bad --selector fails before minutes of training
+    if 'train' in args.parts:
+        training_figures(results, data, batch, device, amp, args.compile)
+    if 'kd' in args.parts:
+        kd_figures(results, data, batch, device, amp)
+    if 'infer' in args.parts:
+        inference_figures(results, routing, device, amp, args.cost_weights, args.compile)
 
     width = max(map(len, results))
     for key, value in results.items():
         print(f'{key:<{width}}  {value:.3g}' if isinstance(value, float) else f'{key:<{width}}  {value}')
-    name = f"{platform.node()}{'-quick' if args.quick else ''}.json"  # a quick run never replaces a full one
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', name)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, 'w') as f:
-        json.dump(results, f, indent=2)
+    # A quick or partial run never replaces the full run's JSON.
+    suffix = ('-quick' if args.quick else '') + ('' if set(args.parts) == set(PARTS) else '-' + '-'.join(args.parts))
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', f'{platform.node()}{suffix}.json')
+    write_json(out, results)
     print(f'wrote {out}')
 
 
