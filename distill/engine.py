@@ -267,7 +267,8 @@ def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 
             save_checkpoint({**state, 'best_val_acc': max(val_acc, best_val_acc)}, last_path)
             _write_outputs(out, history, config)
         best_val_acc = max(val_acc, best_val_acc)
-        log(f"{arch} epoch {epoch + 1}/{args.epochs}  train loss {train_loss:.4f} acc {train_acc:.2%}  "
+        shown_acc = '' if math.isnan(train_acc) else f' acc {train_acc:.2%}'  # the selector's step has no accuracy
+        log(f"{arch} epoch {epoch + 1}/{args.epochs}  train loss {train_loss:.4f}{shown_acc}  "
             f"val loss {val_loss:.4f} acc {val_acc:.2%}  lr {row['lr']:.4g}  {row['seconds']:.1f}s", flush=True)
 
     # The test set is touched once, with the weights chosen on val.
