@@ -20,7 +20,7 @@ from distill import UserError
 from distill.cli import main_guard
 
 # quick: minutes on a CPU, to see every table and figure on real data. Not a recipe for accuracy.
-# medium: the most a 2-core CPU trains in about an hour and a half; every model gets far enough
+# medium: about 1.5 hours on a 2-core CPU (README "Results so far"); every model gets far enough
 # past chance for KD and routing to have something to show, and is tested on all test images.
 # full: the usual CIFAR recipe (SGD 0.1, Nesterov, wd 5e-4, cosine, batch 128, 200 epochs), as in
 # kuangliu/pytorch-cifar and the RepDistiller baselines, so that numbers compare with published ones.
