@@ -6,6 +6,7 @@ images, so targets built there would say nothing). route() trades predicted corr
 cost; predict() runs the selector once and then each expert only on the images routed to it.
 selectorTrain.py, infer.py and evaluate.py all use these functions.
 """
+import math
 import os
 
 import torch
@@ -188,6 +189,7 @@ def format_report(report: dict, names: list, title: str) -> str:
     lines = [title, f"  {'routing':<22}{'accuracy':>9}{'MMACs/img':>11}"]
     for key, (acc, macs) in report['rows'].items():
         label = names[int(key.split(':')[1])] if key.startswith('expert:') else key
-        lines.append(f'  {label:<22}{acc:>9.2%}{macs / 1e6:>11.1f}')
+        shown_macs = '—' if math.isnan(macs) else f'{macs / 1e6:.1f}'  # the oracle has no cost of its own
+        lines.append(f'  {label:<22}{acc:>9.2%}{shown_macs:>11}')
     lines.append('  share routed: ' + ', '.join(f'{n} {s:.0%}' for n, s in zip(names, report['share'])))
     return '\n'.join(lines)
