@@ -51,7 +51,8 @@ def main(argv=None):
         teacher = experts[0].state.get('teacher')
         if not teacher:
             raise UserError(f"'{args.experts[0]}' was trained without a teacher; drop --include-teacher")
-        experts.append(Expert(linked_path(teacher, args.experts[0], experts[0].state) or teacher, device, experts[0].reference()))
+        teacher = linked_path(teacher, args.experts[0], experts[0].state) or teacher
+        experts.append(Expert(teacher, device, experts[0].reference()))
     data = prepare_data(args)
     reference = experts[0].state
     if data.split != reference['split'] or data.image_size != reference['image_size']:

@@ -65,7 +65,8 @@ def check_writable(path: str):
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
-        raise UserError(f"cannot create the folder '{folder}' for '{path}' ({err.strerror}); choose another path") from None
+        raise UserError(f"cannot create the folder '{folder}' for '{path}' ({err.strerror}); "
+                        f"choose another path") from None
     if not os.access(folder, os.W_OK):
         raise UserError(f"cannot write to '{folder}' (for '{path}'); choose another path")
 
@@ -115,6 +116,7 @@ def main_guard(main):
             print('error: ' + ' '.join(str(err).split()), file=sys.stderr)  # one line, even when err quotes a library's
             sys.exit(2)
         except KeyboardInterrupt:
-            print('interrupted; the last finished epoch is in last.pt (continue with --resume)', file=sys.stderr)
+            print('interrupted; no output was left half-written (a training run continues from its last finished '
+                  'epoch with --resume)', file=sys.stderr)
             sys.exit(130)
     return wrapped

@@ -18,8 +18,8 @@ from torch.fx.experimental.optimization import fuse
 from tqdm import tqdm
 
 from . import UserError
-from .checkpoint import (atomic_write, check_compatible, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import (atomic_write, check_compatible, load_checkpoint, model_from_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state)
 from .cli import amp_dtype, precision_name, resolve_device
 from .data import Loader, Prepared
 from .metrics import count_macs, count_params
@@ -168,9 +168,9 @@ def _barrier(world: int):
         torch.distributed.barrier()
 
 
-# What may differ on --resume: where things are and how fast they run, not what is trained.
+# What may differ on --resume: where things are, how fast they run and what is tested, not what is trained.
 RESUME_MAY_CHANGE = {'resume', 'overwrite', 'out', 'device', 'amp', 'compile', 'data_dir', 'cache_dir', 'teacher',
-                     'teacher_logits', 'experts'}
+                     'teacher_logits', 'experts', 'test_subset'}
 
 
 def check_same_run(saved: dict, asked: dict, path: str):
