@@ -1,7 +1,7 @@
 """Run everything: teacher -> two students (+ no-KD baselines) -> selector -> evaluate -> infer.
 
     python pipeline.py --preset quick --data-dir ../shared/data/cifar10-jpeg.tar.gz   # minutes on a CPU
-    python pipeline.py --preset medium --data-dir ../shared/data/cifar10-jpeg.tar.gz  # about 1.5 hours on 2 CPU cores
+    python pipeline.py --preset medium --data-dir ../shared/data/cifar10-jpeg.tar.gz  # 1 h 41 min on 2 CPU cores
     python pipeline.py --preset full                                                # the real recipe, for a GPU
     python pipeline.py --preset full --seeds 0 1 2                                  # mean ± std over three seeds
 A stage whose run directory already holds a finished run with the same settings is skipped; an
@@ -20,7 +20,7 @@ from distill import UserError
 from distill.cli import main_guard
 
 # quick: minutes on a CPU, to see every table and figure on real data. Not a recipe for accuracy.
-# medium: about 1.5 hours on a 2-core CPU (README "Results so far"); every model gets far enough
+# medium: 1 h 41 min on a 2-core CPU (README "Results so far"); every model gets far enough
 # past chance for KD and routing to have something to show, and is tested on all test images.
 # full: the usual CIFAR recipe (SGD 0.1, Nesterov, wd 5e-4, cosine, batch 128, 200 epochs), as in
 # kuangliu/pytorch-cifar and the RepDistiller baselines, so that numbers compare with published ones.

@@ -30,4 +30,5 @@ def test_a_multi_line_error_is_printed_as_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "error: 'x.tar.gz' is not readable (could not open: - method gz: bad - method xz: bad)\n"
+    assert capsys.readouterr().err == ("error: 'x.tar.gz' is not readable "
+                                       "(could not open: - method gz: bad - method xz: bad)\n")
