@@ -4,13 +4,33 @@ A checkpoint is a dict of plain types and tensors (see GUIDE.md), so it loads wi
 torch.load(weights_only=True) and can be rebuilt into its model without extra flags.
 """
 import contextlib
+import json
 import os
+import signal
+import threading
 
 import torch
 
 from models import build_model
 
 from . import UserError
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C until the block ends, then raise it: a save interrupted inside torch's C++ writer ends in
+    a RuntimeError traceback instead of the one-line message (and main_guard never sees a KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -30,8 +50,13 @@ def atomic_write(path: str, mode: str = 'w'):
             os.remove(tmp)
 
 
+def write_json(path: str, payload):
+    with atomic_write(path) as f:
+        json.dump(payload, f, indent=2)
+
+
 def save_checkpoint(state: dict, path: str):
-    with atomic_write(path, 'wb') as f:
+    with interrupts_deferred(), atomic_write(path, 'wb') as f:
         torch.save(state, f)
 
 
@@ -63,10 +88,27 @@ def linked_path(path: str, owner: str, owner_state: dict) -> str | None:
     return found and (found if os.path.isabs(path) else os.path.relpath(found))
 
 
+# Where things are, how fast they run and what is reported: settings that do not change what a run trains.
+# --resume may change them, pipeline.py does not retrain for them, and seeds differ in them and in --seed.
+INCIDENTAL_SETTINGS = frozenset({'resume', 'overwrite', 'out', 'device', 'amp', 'compile', 'data_dir', 'data_cache',
+                                 'cache_dir', 'teacher', 'teacher_logits', 'experts', 'test_subset'})
+
+
+def changed_settings(saved: dict, asked: dict, also_incidental=()) -> list:
+    """The settings that identify a run and differ between a saved config and the asked one (None: not asked)."""
+    ignored = INCIDENTAL_SETTINGS | set(also_incidental)
+    return [k for k, v in asked.items() if k not in ignored and v is not None and saved.get(k) != v]
+
+
+def run_dir(root: str, arch: str, distilled: bool = True) -> str:
+    """Where a student's run goes: ROOT/<arch>, or ROOT/<arch>-nokd for its twin trained without a teacher."""
+    return os.path.join(root, arch if distilled else f'{arch}-nokd')
+
+
 def model_from_checkpoint(state: dict, path: str = 'checkpoint') -> torch.nn.Module:
     """Rebuild the model a checkpoint describes and load its weights."""
     try:
-        model = build_model(state['arch'], state['num_classes'])
+        model = build_model(state['arch'], state['num_classes'], **state.get('model_args', {}))
         model.load_state_dict(state['model'])
     except (ValueError, RuntimeError, KeyError) as err:
         raise UserError(f"cannot rebuild the model in '{path}' ({str(err).splitlines()[0]})") from None

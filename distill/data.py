@@ -11,7 +11,7 @@ import os
 import sys
 import tarfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -19,12 +19,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import UserError
+from .checkpoint import atomic_write
 
 DATASETS = ('cifar10', 'cifar100', 'folder')
 NATIVE_SIZE = 32  # CIFAR's size, and the default for folders
 SPLITS_IN_FOLDER = ('train', 'test')
-# PIL warns on palette images with transparency and on large images; both are handled below.
-warnings.filterwarnings('ignore', module='PIL')
 # What Pillow raises for corrupt, truncated, empty or non-image files.
 READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -40,6 +39,9 @@ class ImageSet:
 
     def select(self, indices: torch.Tensor) -> 'ImageSet':
         return ImageSet(self.images[indices], self.labels[indices], self.classes)
+
+    def to(self, device) -> 'ImageSet':
+        return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
 
 
 # ---------------------------------------------------------------- reading images
@@ -60,7 +62,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def read_image(source, size: int) -> torch.Tensor:
     """Decode a path or file object to a 3 x size x size uint8 tensor (the whole image, resized)."""
-    with Image.open(source) as image:
+    with Image.open(source) as image, warnings.catch_warnings():
+        # A palette image with transparency warns on convert; to_rgb composites it on white on purpose.
+        warnings.filterwarnings('ignore', message='Palette images with Transparency', category=UserWarning)
         image = to_rgb(image)
         if image.size != (size, size):
             image = image.resize((size, size), Image.BILINEAR, reducing_gap=None)
@@ -96,9 +100,15 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- datasets
 
+def default_cache_dir() -> str:
+    """Where decoded image folders are kept: $DISTILL_CACHE, else data/cache under the working directory."""
+    return os.environ.get('DISTILL_CACHE') or os.path.join('data', 'cache')
+
+
 def load_dataset(name: str, data_dir: str, train: bool, image_size: int | None = None,
-                 cache_dir: str = os.path.join('data', 'cache')) -> ImageSet:
+                 cache_dir: str | None = None) -> ImageSet:
     """The training or test set of `name`, as uint8 tensors of image_size (default 32)."""
+    cache_dir = cache_dir or default_cache_dir()
     size = image_size or NATIVE_SIZE
     if name in ('cifar10', 'cifar100'):
         return _load_cifar(name, data_dir, train, size)
@@ -201,11 +211,12 @@ def _fingerprint(path: str, size: int) -> str:
 
 
 def _write_cache(cache_file: str, splits: dict):
-    os.makedirs(os.path.dirname(cache_file) or '.', exist_ok=True)
     payload = {split: {'images': s.images, 'labels': s.labels, 'classes': s.classes} for split, s in splits.items()}
-    tmp = f'{cache_file}.tmp{os.getpid()}'
-    torch.save(payload, tmp)
-    os.replace(tmp, cache_file)
+    try:
+        with atomic_write(cache_file, 'wb') as f:
+            torch.save(payload, f)
+    except OSError as err:  # a read-only or full disk only costs decoding again next time
+        print(f"warning: could not cache the decoded images in '{cache_file}' ({err.strerror})", file=sys.stderr)
 
 
 def _read_cache(cache_file: str) -> dict | None:
@@ -324,11 +335,13 @@ class Loader:
         return -(-n // self.batch_size)
 
     def batch_indices(self):
-        """The global sample indices of each batch of this epoch, in order."""
+        """The global sample indices of each batch of this epoch, in order, on the device: one copy an epoch,
+        not one per batch, so that no step waits on a host-to-device transfer."""
         indices = self.indices
         if self.train:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_919)
             indices = indices[torch.randperm(len(indices), generator=gen)]
+        indices = indices.to(self.device, non_blocking=True)
         for i in range(len(self)):
             yield indices[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world]
 
@@ -348,12 +361,37 @@ class Loader:
     def __iter__(self):
         augmentation = self.epoch_augmentation() if self.train else None
         for idx in self.batch_indices():
-            idx = idx.to(self.device)
             yield self.make_batch(idx, augmentation), self.labels[idx], idx
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         images = images.contiguous(memory_format=self.memory_format)
         return (images.float() - self.mean) / self.std
+
+
+class TensorLoader:
+    """Batches (inputs, labels, positions) of tensors already on the device, shuffled per epoch when train=True:
+    what the engine trains the selector on (the cheap expert's outputs, computed once)."""
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, train: bool = False, seed: int = 0):
+        self.inputs, self.labels, self.batch_size, self.train, self.seed = inputs, labels, batch_size, train, seed
+        self.indices = torch.arange(len(labels))
+        self.device, self.rank, self.world, self.epoch = inputs.device, 0, 1, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self):
+        n = len(self.indices)
+        return n // self.batch_size if self.train and n >= self.batch_size else -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = self.indices
+        if self.train:
+            order = order[torch.randperm(len(order), generator=torch.Generator().manual_seed(self.seed + self.epoch))]
+        order = order.to(self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.inputs[idx], self.labels[idx], idx
 
 
 def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
@@ -379,11 +417,16 @@ class Prepared:
     def classes(self):
         return self.train.classes
 
+    def to(self, device) -> 'Prepared':
+        """The same data with its images on the device once, for every loader built on it to share."""
+        return replace(self, train=self.train.to(device), test=self.test.to(device))
+
 
 def prepare_data(args) -> Prepared:
     """Load, subset and split the data set the shared flags describe."""
-    train = load_dataset(args.dataset, args.data_dir, True, args.image_size)
-    test = load_dataset(args.dataset, args.data_dir, False, args.image_size)
+    cache = getattr(args, 'data_cache', None)
+    train = load_dataset(args.dataset, args.data_dir, True, args.image_size, cache)
+    test = load_dataset(args.dataset, args.data_dir, False, args.image_size, cache)
     train = train.select(balanced_subset(train.labels, args.subset))
     test = test.select(balanced_subset(test.labels, args.test_subset))
     parts, split = make_split(train.labels, args.seed, args.val_size, args.route_size, args.dataset, args.subset)

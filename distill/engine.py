@@ -1,30 +1,28 @@
 """One training loop for the teacher, the students and the selector.
 
-Each stage hands `fit` a step function step(images, labels, indices) -> (loss, logits),
-the idea of timm's tasks without the framework. `fit` owns the rest: optimiser, schedule,
-mixed precision, checkpoints, resume, logs and the final test report.
+Each stage hands `fit` a step function step(inputs, labels, indices) -> (loss, logits), the idea of
+timm's tasks without the framework. `fit` owns the rest: optimiser, schedule, checkpoints, resume,
+logs and the one final test report. Devices and precision live in runtime.py.
 """
 import csv
-import functools
-import json
 import math
 import os
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from torch.fx.experimental.optimization import fuse
 from tqdm import tqdm
 
 from . import UserError
-from .checkpoint import (atomic_write, check_compatible, load_checkpoint, model_from_checkpoint, rng_state,
-                         save_checkpoint, set_rng_state)
-from .cli import amp_dtype, precision_name, resolve_device
+from .checkpoint import (atomic_write, changed_settings, check_compatible, load_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state, write_json)
 from .data import Loader, Prepared
 from .metrics import count_macs, count_params
+from .runtime import (amp_dtype, autocast, barrier, configure, init_distributed, place, precision_name, reduce_sums,
+                      resolve_device)
 
 METRIC_FIELDS = ('epoch', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr', 'seconds')
+FINITE_CHECK_EVERY = 50  # steps between host checks of the loss: one sync per check, not per step
 
 
 def build_optimizer(model, lr: float, weight_decay: float, momentum: float = 0.9):
@@ -48,57 +46,30 @@ class WarmupCosine:
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def place(model, device: torch.device):
-    """Move a model to the device in channels_last: NHWC is what tensor cores want, and oneDNN on
-    CPU trains these models faster in it too (benchmarks/run.py, README "Speed")."""
-    return model.to(device, memory_format=torch.channels_last)
-
-
-def fuse_for_inference(model):
-    """An eval-mode copy with each BatchNorm folded into the convolution before it (torch.fx): the same
-    outputs up to float rounding, 0.95-1.16x the images/s on CPU (benchmarks/run.py, README "Speed").
-    A model torch.fx cannot trace comes back unfused."""
-    try:
-        return fuse(model.eval())
-    except Exception:  # tracing fails on data-dependent control flow; fusing is only an optimisation
-        return model.eval()
-
-
-def inference_model(state: dict, path: str, device: torch.device):
-    """The model of a loaded checkpoint, on the device, fused and in eval mode."""
-    return fuse_for_inference(place(model_from_checkpoint(state, path), device))
-
-
-def autocast(device: torch.device, dtype):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
-def reduce_sums(*values, device):
-    """Sum values over ranks when running under torchrun."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(tensor)
-    return tensor.tolist()
+def _stop_if_not_finite(non_finite: torch.Tensor, desc: str, batch: int):
+    if non_finite.item():
+        raise UserError(f'the loss became non-finite (nan or inf) by batch {batch} ({desc}); lower --lr or use '
+                        f'--amp off. last.pt still holds the last finished epoch')
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, step, *, amp=None, scaler=None, desc='train'):
-    """One pass over the loader. Returns (mean loss, accuracy); stops on a non-finite loss.
+    """One pass over the loader. Returns (mean loss, accuracy).
 
+    Nothing in the step waits for the device: losses and hits are summed on it, and a non-finite loss is
+    checked every FINITE_CHECK_EVERY steps and at the end, so it stops the run within that many steps.
     A step that returns no logits (the selector's: its outputs are not class scores) gets accuracy nan."""
     model.train()
     device = loader.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
+    non_finite = torch.zeros((), dtype=torch.bool, device=device)
+    seen, logits, batch = 0, None, 0
     quiet = None if loader.rank == 0 else True  # None: a bar on terminals only
-    bar = tqdm(loader, desc=desc, leave=False, disable=quiet, dynamic_ncols=True)
-    logits = None
-    for images, labels, indices in bar:
+    for batch, (inputs, labels, indices) in enumerate(tqdm(loader, desc=desc, leave=False, disable=quiet,
+                                                           dynamic_ncols=True), 1):
         with autocast(device, amp):
-            loss, logits = step(images, labels, indices)
-        if not torch.isfinite(loss):
-            raise UserError(f'the loss became {loss.item()} ({desc}, batch {bar.n}); lower --lr or use --amp off. '
-                            f'last.pt still holds the last finished epoch')
+            loss, logits = step(inputs, labels, indices)
+        non_finite |= ~torch.isfinite(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -110,20 +81,23 @@ def train_one_epoch(model, loader, optimizer, scheduler, step, *, amp=None, scal
         scheduler.step()
         loss_sum += loss.detach().double() * len(labels)
         if logits is not None:
-            correct += (logits.argmax(1) == labels).sum()
+            correct += (logits.detach().argmax(1) == labels).sum()
         seen += len(labels)
+        if batch % FINITE_CHECK_EVERY == 0:
+            _stop_if_not_finite(non_finite, desc, batch)
+    _stop_if_not_finite(non_finite, desc, batch)
     loss_sum, correct, seen = reduce_sums(loss_sum.item(), correct.item(), seen, device=device)
     return loss_sum / max(seen, 1), (correct / max(seen, 1) if logits is not None else float('nan'))
 
 
 @torch.inference_mode()
 def predict_logits(model, loader, amp=None):
-    """Logits and labels for the whole loader, in order, as float32 on the loader's device."""
+    """Outputs and labels for the whole loader, in order, as float32 on the loader's device."""
     model.eval()
     outputs, labels = [], []
-    for images, batch_labels, _ in loader:
+    for inputs, batch_labels, _ in loader:
         with autocast(loader.device, amp):
-            outputs.append(model(images).float())
+            outputs.append(model(inputs).float())
         labels.append(batch_labels)
     return torch.cat(outputs), torch.cat(labels)
 
@@ -137,103 +111,110 @@ def evaluate(model, loader, amp=None):
     return loss / max(seen, 1), correct / max(seen, 1)
 
 
-def _write_outputs(out: str, history: list, config: dict):
-    with atomic_write(os.path.join(out, 'metrics.csv')) as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        writer.writeheader()
-        writer.writerows(history)
-    write_json(os.path.join(out, 'config.json'), config)
-
-
-def write_json(path: str, payload: dict):
-    with atomic_write(path) as f:
-        json.dump(payload, f, indent=2)
-
-
-def init_distributed(device: torch.device):
-    """(device, rank, world size). Under torchrun: one process per GPU (nccl) or per CPU worker (gloo)."""
-    world = int(os.environ.get('WORLD_SIZE', 1))
-    if world == 1:
-        return device, 0, 1
-    dist = torch.distributed
-    if device.type == 'cuda':
-        torch.cuda.set_device(device)  # resolve_device gave this rank its own GPU
-    if not dist.is_initialized():
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    return device, dist.get_rank(), world
-
-
-def _barrier(world: int):
-    if world > 1:
-        torch.distributed.barrier()
-
-
-# What may differ on --resume: where things are, how fast they run and what is tested, not what is trained.
-RESUME_MAY_CHANGE = {'resume', 'overwrite', 'out', 'device', 'amp', 'compile', 'data_dir', 'cache_dir', 'teacher',
-                     'teacher_logits', 'experts', 'test_subset'}
-
-
 def check_same_run(saved: dict, asked: dict, path: str):
     """Refuse to resume with other settings: the restored schedule would silently keep the old ones (a
     longer --epochs would train its extra epochs at lr 0)."""
-    changed = [k for k in asked if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != asked[k]]
+    changed = [k for k in changed_settings(saved, asked) if k in saved]
     if changed:
         was = ', '.join(f"--{k.replace('_', '-')} {saved[k]} (now {asked[k]})" for k in changed)
         raise UserError(f"'{path}' was trained with {was}; resume with its settings, or start afresh with "
                         f"--overwrite or another --out")
 
 
-def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 'train', evaluate_fn=evaluate,
-        num_outputs: int | None = None, extra: dict | None = None, device=None, on_epoch_start=None, calibrate=None):
+class Run:
+    """The files of one training run: OUT/last.pt (everything, for --resume), OUT/best.pt (weights and
+    metadata only: what inference and later stages need), metrics.csv, config.json and summary.json."""
+
+    def __init__(self, out: str, config: dict, base: dict):
+        self.out, self.config, self.base = out, config, base
+        self.last, self.best = os.path.join(out, 'last.pt'), os.path.join(out, 'best.pt')
+
+    def check_free(self, resume: bool, overwrite: bool):
+        if os.path.exists(self.last) and not (resume or overwrite):
+            raise UserError(f"'{self.out}' already holds a run; pass --resume to continue it, --overwrite to "
+                            f"replace it, or --out NEW_DIR")
+
+    def restore(self, model, optimizer, scheduler, scaler, map_location):
+        """(start epoch, best val accuracy, history) from last.pt, after checking it is the same run."""
+        state = load_checkpoint(self.last, map_location=map_location)
+        check_compatible(state, self.last, arch=self.base['arch'], num_classes=self.base['num_classes'],
+                         split=self.base['split'], image_size=self.base['image_size'])
+        check_same_run(state['config'], self.config, self.last)
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        scheduler.load_state_dict(state['scheduler'])
+        if scaler is not None and state.get('scaler'):
+            scaler.load_state_dict(state['scaler'])
+        set_rng_state(state['rng'])
+        return state['epoch'], state['best_val_acc'], state['history']
+
+    def save_epoch(self, model, optimizer, scheduler, scaler, epoch, val_acc, best_val_acc, history):
+        weights = {**self.base, 'model': model.state_dict(), 'epoch': epoch}
+        if val_acc > best_val_acc:
+            save_checkpoint({**weights, 'best_val_acc': val_acc}, self.best)
+        save_checkpoint({**weights, 'best_val_acc': max(val_acc, best_val_acc), 'optimizer': optimizer.state_dict(),
+                         'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict() if scaler else None,
+                         'history': history, 'rng': rng_state()}, self.last)
+        with atomic_write(os.path.join(self.out, 'metrics.csv')) as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(history)
+        write_json(os.path.join(self.out, 'config.json'), self.config)
+
+
+def default_loaders(data: Prepared, train_part: str, batch_size: int, seed: int, device, rank: int, world: int):
+    """Image loaders over the split: augmented training batches, plain val and test batches."""
+    def make(images, indices, train=False):
+        return Loader(images, indices, batch_size, data.mean, data.std, device, train=train, seed=seed,
+                      rank=rank, world=world)
+    return {'train': make(data.train, data.parts[train_part], train=True), 'val': make(data.train, data.parts['val']),
+            'test': make(data.test, torch.arange(len(data.test)))}
+
+
+def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 'train', loaders=None,
+        evaluate_fn=evaluate, num_outputs: int | None = None, extra: dict | None = None, device=None,
+        on_epoch_start=None, calibrate=None):
     """Train `model` on data.parts[train_part], keep the best epoch by val accuracy, checkpoint every
     epoch, then report the best epoch once on the test set.
 
     make_step(training_model) -> step: the step is built on the model as trained (compiled, or wrapped
     in DistributedDataParallel under torchrun), so gradients are synchronised across ranks.
+    loaders: {'train', 'val', 'test'} to train on something other than the split's images (the selector).
     evaluate_fn(model, loader, amp) -> (loss, accuracy) scores val and test (classification by default).
     extra: plain values stored in every checkpoint (the teacher's path, the selector's experts, ...).
     on_epoch_start(train_loader) runs before each epoch (a logit cache loads that epoch's logits).
-    calibrate(model) -> dict runs on the best epoch's weights before the test set is touched, to tune settings on
-    val (the selector's cost weight); its dict is stored in best.pt and the summary.
+    calibrate(model) -> dict runs on the best weights before the test set is touched, to tune settings on
+    val (the selector's routing); its dict is stored in best.pt and the summary.
     Returns the summary dict that is also written to OUT/summary.json (by rank 0).
     """
     device, rank, world = init_distributed(device or resolve_device(args.device))
+    configure(device)
     if args.batch_size % world:
         raise UserError(f'--batch-size {args.batch_size} must divide evenly over {world} processes')
     log = print if rank == 0 else (lambda *a, **k: None)
     amp = amp_dtype(args.amp, device)
-    out = args.out
-    last_path, best_path = os.path.join(out, 'last.pt'), os.path.join(out, 'best.pt')
-    if os.path.exists(last_path) and not (args.resume or args.overwrite):
-        raise UserError(f"'{out}' already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                        f"or --out NEW_DIR")
+    precision = precision_name(amp)  # what --amp auto resolved to on this machine
     num_outputs = num_outputs or len(data.classes)
+    run = Run(args.out, dict(vars(args)),
+              {'arch': arch, 'num_classes': num_outputs, 'class_names': data.classes, 'image_size': data.image_size,
+               'mean': data.mean, 'std': data.std, 'split': data.split, 'config': dict(vars(args)),
+               'precision': precision, **(extra or {})})
+    run.check_free(args.resume, args.overwrite)
     model = place(model, device)
-    loader = functools.partial(Loader, batch_size=args.batch_size, mean=data.mean, std=data.std, device=device,
-                               rank=rank, world=world)
-    train_loader = loader(data.train, data.parts[train_part], train=True, seed=args.seed)
-    val_loader = loader(data.train, data.parts['val'])
+    if loaders is None:
+        loaders = default_loaders(data.to(device), train_part, args.batch_size, args.seed, device, rank, world)
+    train_loader = loaders['train']
     optimizer = build_optimizer(model, args.lr, args.weight_decay, args.momentum)
-    steps_per_epoch = len(train_loader)
+    steps = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupCosine(args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch)))
+        optimizer, WarmupCosine(args.epochs * steps, round(args.warmup_epochs * steps)))
     scaler = torch.amp.GradScaler('cuda') if amp == torch.float16 else None
-    config = dict(vars(args))
     start_epoch, best_val_acc, history = 0, -1.0, []
-
-    if args.resume and os.path.exists(last_path):
-        state = load_checkpoint(last_path, map_location=device)
-        check_compatible(state, last_path, arch=arch, num_classes=num_outputs, split=data.split,
-                         image_size=data.image_size)
-        check_same_run(state['config'], config, last_path)
-        model.load_state_dict(state['model'])
-        optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
-        start_epoch, best_val_acc, history = state['epoch'], state['best_val_acc'], state['history']
-        set_rng_state(state['rng'])
-        log(f'resumed {last_path} at epoch {start_epoch}/{args.epochs}')
+    if args.resume and os.path.exists(run.last):
+        start_epoch, best_val_acc, history = run.restore(model, optimizer, scheduler, scaler, device)
+        log(f'resumed {run.last} at epoch {start_epoch}/{args.epochs}')
     elif args.resume:
-        log(f'no {last_path} to resume from; starting afresh')
+        log(f'no {run.last} to resume from; starting afresh')
 
     train_model = model
     if world > 1:
@@ -243,10 +224,6 @@ def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 
     if args.compile:
         train_model = torch.compile(train_model)
     step = make_step(train_model)
-    precision = precision_name(amp)  # what --amp auto resolved to on this machine
-    base = {'arch': arch, 'num_classes': num_outputs, 'class_names': data.classes, 'image_size': data.image_size,
-            'mean': data.mean, 'std': data.std, 'split': data.split, 'config': config, 'precision': precision,
-            **(extra or {})}
     for epoch in range(start_epoch, args.epochs):
         started = time.time()
         train_loader.set_epoch(epoch)
@@ -254,37 +231,41 @@ def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 
             on_epoch_start(train_loader)
         train_loss, train_acc = train_one_epoch(train_model, train_loader, optimizer, scheduler, step, amp=amp,
                                                 scaler=scaler, desc=f'{arch} epoch {epoch + 1}/{args.epochs}')
-        val_loss, val_acc = evaluate_fn(model, val_loader, amp)
-        row = {'epoch': epoch + 1, 'train_loss': round(train_loss, 5), 'train_acc': round(train_acc, 5),
-               'val_loss': round(val_loss, 5), 'val_acc': round(val_acc, 5),
-               'lr': round(optimizer.param_groups[0]['lr'], 6), 'seconds': round(time.time() - started, 2)}
-        history.append(row)
+        val_loss, val_acc = evaluate_fn(model, loaders['val'], amp)
+        history.append({'epoch': epoch + 1, 'train_loss': round(train_loss, 5), 'train_acc': round(train_acc, 5),
+                        'val_loss': round(val_loss, 5), 'val_acc': round(val_acc, 5),
+                        'lr': round(optimizer.param_groups[0]['lr'], 6), 'seconds': round(time.time() - started, 2)})
         if rank == 0:
-            state = {**base, 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                     'scheduler': scheduler.state_dict(), 'epoch': epoch + 1, 'history': history, 'rng': rng_state()}
-            if val_acc > best_val_acc:
-                save_checkpoint({**state, 'best_val_acc': val_acc}, best_path)
-            save_checkpoint({**state, 'best_val_acc': max(val_acc, best_val_acc)}, last_path)
-            _write_outputs(out, history, config)
+            run.save_epoch(model, optimizer, scheduler, scaler, epoch + 1, val_acc, best_val_acc, history)
         best_val_acc = max(val_acc, best_val_acc)
-        shown_acc = '' if math.isnan(train_acc) else f' acc {train_acc:.2%}'  # the selector's step has no accuracy
-        log(f"{arch} epoch {epoch + 1}/{args.epochs}  train loss {train_loss:.4f}{shown_acc}  "
-            f"val loss {val_loss:.4f} acc {val_acc:.2%}  lr {row['lr']:.4g}  {row['seconds']:.1f}s", flush=True)
+        log(_epoch_line(arch, args.epochs, history[-1]), flush=True)
+    return _test_best(run, model, loaders, evaluate_fn, calibrate, amp, device, world, log,
+                      {'epochs': args.epochs, 'precision': precision, 'best_val_acc': best_val_acc,
+                       'train_images': len(train_loader.indices)})
 
-    # The test set is touched once, with the weights chosen on val.
-    _barrier(world)
-    best = load_checkpoint(best_path, map_location=device)
+
+def _epoch_line(arch: str, epochs: int, row: dict) -> str:
+    shown_acc = '' if math.isnan(row['train_acc']) else f" acc {row['train_acc']:.2%}"  # the selector has none
+    return (f"{arch} epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}{shown_acc}  "
+            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}  lr {row['lr']:.4g}  {row['seconds']:.1f}s")
+
+
+def _test_best(run: Run, model, loaders, evaluate_fn, calibrate, amp, device, world, log, facts: dict) -> dict:
+    """The test set is touched once, with the weights chosen on val (and settings calibrated on val)."""
+    barrier(world)
+    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    best = load_checkpoint(run.best, map_location=device)
     model.load_state_dict(best['model'])
     tuned = calibrate(model) if calibrate else {}
-    if rank == 0 and any(best.get(key) != value for key, value in tuned.items()):
-        save_checkpoint({**best, **tuned}, best_path)
-    test_loss, test_acc = evaluate_fn(model, loader(data.test, torch.arange(len(data.test))), amp)
-    summary = {'arch': arch, 'best_val_acc': best_val_acc, 'test_acc': test_acc, 'test_loss': test_loss,
-               'epochs': args.epochs, 'precision': precision, 'params': count_params(model),
-               'macs': count_macs(model, data.image_size, device), 'train_images': len(data.parts[train_part]),
-               **tuned}
-    if rank == 0:
-        write_json(os.path.join(out, 'summary.json'), summary)
-    log(f'{arch}: best val acc {best_val_acc:.2%}, test acc {test_acc:.2%} -> {out}/summary.json', flush=True)
-    _barrier(world)
+    if rank0 and any(best.get(key) != value for key, value in tuned.items()):
+        save_checkpoint({**best, **tuned}, run.best)
+    test_loss, test_acc = evaluate_fn(model, loaders['test'], amp)
+    example = next(iter(loaders['val']))[0][:1]
+    summary = {'arch': best['arch'], 'test_acc': test_acc, 'test_loss': test_loss, **facts,
+               'params': count_params(model), 'macs': count_macs(model, example), **tuned}
+    if rank0:
+        write_json(os.path.join(run.out, 'summary.json'), summary)
+    log(f"{best['arch']}: best val acc {facts['best_val_acc']:.2%}, test acc {test_acc:.2%} -> "
+        f"{run.out}/summary.json", flush=True)
+    barrier(world)
     return summary

@@ -4,6 +4,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .runtime import autocast, synchronize
+
 
 def weights_mb(model: torch.nn.Module) -> float:
     """Size of the weights and buffers: what a deployment ships (checkpoints also hold optimiser state)."""
@@ -15,12 +17,16 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 @torch.no_grad()
-def count_macs(model: torch.nn.Module, image_size: int, device='cpu') -> int:
-    """Multiply-accumulates of one forward pass on one image (flop_counter counts 2 FLOPs per MAC)."""
+def count_macs(model: torch.nn.Module, example, device='cpu') -> int:
+    """Multiply-accumulates of one forward pass on one input (flop_counter counts 2 FLOPs per MAC).
+
+    example: one input (a batch of 1), or an image size S for a 3 x S x S image."""
     was_training = model.training
     model.eval()
+    if isinstance(example, int):
+        example = torch.zeros(1, 3, example, example, device=device)
     with FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, image_size, image_size, device=device))
+        model(example)
     model.train(was_training)
     return counter.get_total_flops() // 2
 
@@ -46,21 +52,32 @@ def share_per_class(choice: torch.Tensor, labels: torch.Tensor, num_choices: int
     return (counts / counts.sum(1, keepdim=True).clamp(min=1)).T.tolist()
 
 
-def synchronize(device):
-    if torch.device(device).type == 'cuda':
-        torch.cuda.synchronize()
-
-
 @torch.inference_mode()
-def measure_latency(fn, inputs: torch.Tensor, warmup: int = 2, repeats: int = 5) -> float:
-    """Median seconds per call of fn(inputs)."""
-    for _ in range(warmup):
-        fn(inputs)
-    times = []
-    for _ in range(repeats):
-        synchronize(inputs.device)
-        start = time.perf_counter()
-        fn(inputs)
-        synchronize(inputs.device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+def time_model(fn, images: torch.Tensor, amp=None, rounds: int = 5) -> dict:
+    """Best of `rounds` after two warm-up calls: seconds per image at the batch given, images/s, and
+    milliseconds for one image alone."""
+    def best(x):
+        times = []
+        with autocast(x.device, amp):
+            for i in range(rounds + 2):  # warm-up: cuDNN autotuning, the allocator, oneDNN's primitives
+                synchronize(x.device)
+                start = time.perf_counter()
+                fn(x)
+                synchronize(x.device)
+                if i >= 2:
+                    times.append(time.perf_counter() - start)
+        return min(times)
+    many = best(images)
+    return {'seconds_per_image': many / len(images), 'images_per_s': len(images) / many,
+            'latency_ms': 1000 * best(images[:1]), 'batch_size': len(images)}
+
+
+def time_in_turns(fns: dict, images: torch.Tensor, amp=None, turns: int = 2, rounds: int = 5) -> dict:
+    """time_model for each function, taking turns so that drift in the machine's speed hits all alike; the
+    best figures of all turns."""
+    runs = {name: [] for name in fns}
+    for _ in range(turns):
+        for name, fn in fns.items():
+            runs[name].append(time_model(fn, images, amp, rounds))
+    return {name: {**max(r, key=lambda t: t['images_per_s']), 'latency_ms': min(t['latency_ms'] for t in r)}
+            for name, r in runs.items()}

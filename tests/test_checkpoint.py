@@ -87,3 +87,42 @@ def test_a_linked_checkpoint_is_found_beside_its_owner_first_then_as_given(tmp_p
     assert linked_path('runs/googlenet/best.pt', str(owner), state) is None
     touch(tmp_path / 'runs' / 'googlenet' / 'best.pt')  # the stored path, still valid from here
     assert linked_path('runs/googlenet/best.pt', str(owner), state) == os.path.join('runs', 'googlenet', 'best.pt')
+
+
+def test_ctrl_c_during_a_save_finishes_the_file_then_stops(tmp_path, monkeypatch):
+    import signal
+    _, state = _state()
+    path = tmp_path / 'last.pt'
+    real_save = torch.save
+
+    def interrupted(obj, f):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of writing
+        real_save(obj, f)
+    monkeypatch.setattr(torch, 'save', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(state, str(path))
+    assert load_checkpoint(str(path))['epoch'] == 1  # written whole before the interrupt was let through
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_in_a_real_training_run_is_one_line_and_resume_continues(image_folder, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    argv = [sys.executable, str(ROOT / 'teacherTrain.py'), '--dataset', 'folder', '--data-dir', str(image_folder),
+            '--image-size', '8', '--val-size', '6', '--route-size', '6', '--batch-size', '8', '--arch', 'googlenet',
+            '--epochs', '30', '--out', str(tmp_path / 'run')]
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '2'}
+    process = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 300
+    while not (tmp_path / 'run' / 'last.pt').exists() and time.time() < deadline:  # interrupt mid-run, saves included
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    err = process.communicate(timeout=300)[1]
+    assert process.returncode == 130 and err.strip().splitlines()[-1].startswith('interrupted;')
+    assert 'Traceback' not in err
+    resumed = subprocess.run(argv[:-4] + ['--epochs', '30', '--out', str(tmp_path / 'run'), '--resume'], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and 'resumed' in resumed.stdout

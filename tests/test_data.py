@@ -160,3 +160,12 @@ def test_loader_augmentation_is_a_function_of_seed_epoch_and_index():
 def test_shared_cifar10_jpeg_archive(tmp_path):
     test = load_dataset('folder', str(SHARED_ARCHIVE), train=False, cache_dir=str(tmp_path))
     assert test.images.shape == (10000, 3, 32, 32) and torch.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_the_decoded_folder_cache_goes_where_data_cache_says(image_folder, tmp_path):
+    from types import SimpleNamespace
+    from distill.data import prepare_data
+    args = SimpleNamespace(dataset='folder', data_dir=str(image_folder), image_size=8, subset=None, test_subset=None,
+                           seed=0, val_size=3, route_size=3, data_cache=str(tmp_path / 'elsewhere'))
+    prepare_data(args)
+    assert len(list((tmp_path / 'elsewhere').glob('folder-*.pt'))) == 1 and not (tmp_path / 'data').exists()

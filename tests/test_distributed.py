@@ -81,5 +81,5 @@ def test_torchrun_trains_a_teacher_and_a_student_and_only_rank_zero_writes(tmp_p
     result = run_script(*torchrun, ROOT / 'studentTrain.py', *TINY, '--arch', 'googlenet', '--data-dir', folder,
                         '--teacher-logits', 'cache')
     assert result.stdout.count('googlenet epoch 1/1') == 1
-    student = torch.load(tmp_path / 'checkpoints' / 'googlenet' / 'best.pt', weights_only=True)
+    student = torch.load(tmp_path / 'checkpoints' / 'googlenet' / 'last.pt', weights_only=True)
     assert student['teacher'] == 'checkpoints/teacher/best.pt' and len(student['history']) == 1

@@ -7,6 +7,7 @@ import torch
 import distill.engine as engine
 import teacherTrain
 from distill.engine import WarmupCosine
+from distill.runtime import fuse_for_inference
 from conftest import make_image_folder
 
 
@@ -35,7 +36,7 @@ def test_a_model_fx_cannot_trace_is_run_unfused_in_eval_mode():
         def forward(self, x):
             return self.bn(self.conv(x)) if x.sum() > 0 else x
     model = DataDependent().train()
-    fused = engine.fuse_for_inference(model)
+    fused = fuse_for_inference(model)
     assert fused is model and not model.training
 
 
@@ -85,8 +86,29 @@ def test_a_nan_loss_stops_with_a_clear_line_and_keeps_last_pt(finished_run, monk
         teacherTrain.main(_tiny_run(folder, run, '--epochs', '1', '--overwrite'))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and 'the loss became nan' in err[0] and 'lower --lr' in err[0]
+    assert len(err) == 1 and 'the loss became non-finite' in err[0] and 'lower --lr' in err[0]
     assert (run / 'last.pt').read_bytes() == last
+
+
+def test_a_nan_loss_stops_the_epoch_within_the_check_interval_without_a_sync_per_step(monkeypatch):
+    from distill.data import ImageSet, Loader
+    data = ImageSet(torch.randint(0, 256, (40, 3, 4, 4), dtype=torch.uint8), torch.arange(40) % 2, ['a', 'b'])
+    loader = Loader(data, torch.arange(40), 2, [0.5] * 3, [0.25] * 3, train=True)  # 20 steps
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    monkeypatch.setattr(engine, 'FINITE_CHECK_EVERY', 4)
+    steps, host_reads = [], []
+    real_item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, 'item', lambda self: host_reads.append(len(steps)) or real_item(self))
+
+    def step(x, y, i):
+        steps.append(1)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        return (loss * float('nan') if len(steps) == 6 else loss), None
+    with pytest.raises(engine.UserError, match='non-finite .* by batch 8'):
+        engine.train_one_epoch(model, loader, optimizer, scheduler, step)
+    assert len(steps) == 8 and host_reads == [4, 8]  # one look every 4 steps, and the run stops at the next
 
 
 def test_an_existing_run_is_never_overwritten_by_accident(finished_run, capsys):

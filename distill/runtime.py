@@ -1,0 +1,132 @@
+"""Where and how models run: device, precision, placement, inference copies and torchrun helpers.
+
+The training loop (engine.py) and every script import these; none of them knows about flags.
+"""
+import os
+import platform
+from contextlib import nullcontext
+
+import torch
+from torch.fx.experimental.optimization import fuse
+
+from . import UserError
+from .checkpoint import model_from_checkpoint
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto', 'cpu', 'cuda' or any torch device string ('cuda:1'); under torchrun each rank gets its own GPU."""
+    try:
+        device = torch.device('cuda' if name == 'auto' and torch.cuda.is_available() else
+                              'cpu' if name == 'auto' else name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown --device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} was asked for but no CUDA device is visible; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f'--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible')
+        if device.index is None and 'LOCAL_RANK' in os.environ:  # torchrun: one GPU per process
+            return torch.device('cuda', int(os.environ['LOCAL_RANK']))
+    elif device.type != 'cpu':
+        raise UserError(f"--device {name} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    """What a timing was measured on: the GPU's name, or the CPU and its thread count."""
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: oneDNN then runs these models faster in bf16 than in fp32; elsewhere bf16 is
+    emulated and slower (benchmarks/run.py measures both)."""
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ('_is_avx512_bf16_supported',
+                                                                          '_is_amx_tile_supported'))
+
+
+def amp_dtype(name: str, device: torch.device):
+    """The autocast dtype for --amp on this device, or None for full precision."""
+    if name == 'off':
+        return None
+    if device.type != 'cuda':
+        if name == 'fp16':
+            raise UserError('--amp fp16 needs CUDA; on CPU use --amp bf16 or --amp off')
+        return torch.bfloat16 if name == 'bf16' or cpu_has_native_bf16() else None
+    if name == 'fp16' or (name == 'auto' and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def precision_name(amp) -> str:
+    """'bfloat16', 'float16' or 'float32': what an --amp setting resolved to, for summaries and reports."""
+    return str(amp or torch.float32).removeprefix('torch.')
+
+
+def autocast(device: torch.device, dtype):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def configure(device: torch.device):
+    """Per-process settings for speed: cuDNN picks the fastest convolution for each fixed input shape."""
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def place(model, device: torch.device):
+    """Move a model to the device in channels_last: NHWC is what tensor cores and oneDNN's fast kernels want."""
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def fuse_for_inference(model, device: torch.device | None = None):
+    """An eval-mode model, with each BatchNorm folded into the convolution before it (torch.fx) on the CPU.
+
+    Folding is exact up to rounding; it is applied only where benchmarks/run.py measured a gain: oneDNN on
+    the CPU, not cuDNN, whose fused kernels already absorb BatchNorm. A model fx cannot trace stays unfused."""
+    model.eval()
+    on_cpu = device is None or torch.device(device).type == 'cpu'
+    if not on_cpu:
+        return model
+    try:
+        return fuse(model)
+    except Exception:  # tracing fails on data-dependent control flow; folding is only an optimisation
+        return model
+
+
+def inference_model(state: dict, path: str, device: torch.device):
+    """The model of a loaded checkpoint, on the device, in eval mode (folded where that helps)."""
+    return fuse_for_inference(place(model_from_checkpoint(state, path), device), device)
+
+
+def synchronize(device):
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def init_distributed(device: torch.device):
+    """(device, rank, world size). Under torchrun: one process per GPU (nccl) or per CPU worker (gloo)."""
+    world = int(os.environ.get('WORLD_SIZE', 1))
+    if world == 1:
+        return device, 0, 1
+    dist = torch.distributed
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)  # resolve_device gave this rank its own GPU
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    return device, dist.get_rank(), world
+
+
+def barrier(world: int):
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def reduce_sums(*values, device):
+    """Sum values over ranks when running under torchrun."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
