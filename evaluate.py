@@ -1,106 +1,115 @@
-"""Test-set report of a trained system: accuracy, routing, compression and figures.
+"""Test-set report of a trained system: accuracy, both routing modes, measured speed, compression, figures.
 
-    python evaluate.py --selector checkpoints/selector/best.pt
-    python evaluate.py --selector checkpoints/seed*/selector/best.pt   # mean ± std over seeds
+    python evaluate.py --selector checkpoints/selector
+    python evaluate.py --selector checkpoints/seed*/selector   # mean ± std over seeds
 Everything is rebuilt from the checkpoints: the selector names its experts, the students their teacher.
+Every model and both routing modes are timed here, in turns, on this device.
 """
-import argparse
 import os
 
 import torch
 
-from distill.checkpoint import linked_path
-from distill.cli import add_amp_argument, amp_dtype, check_writable, main_guard, precision_name, resolve_device
+from distill.checkpoint import run_dir
+from distill.cli import Parser, add_device_arguments, check_writable, checkpoint_path, main_guard
 from distill.data import Loader, balanced_subset, load_dataset
-from distill.engine import inference_model, predict_logits
-from distill.metrics import per_class_accuracy
+from distill.engine import predict_logits
+from distill.metrics import per_class_accuracy, time_in_turns
 from distill.plots import report_figures
-from distill.report import aggregate, aggregate_markdown, device_name, markdown, seeds_of, speed, write_report
-from distill.routing import (COST_WEIGHTS, Expert, cost_weight_sweep, load_experts, load_selector, normalised_costs,
-                            predict, routing_report)
+from distill.report import aggregate, aggregate_markdown, markdown, seeds_of, write_report
+from distill.routing import (MODES, Expert, cascade_sweep, confidences, cost_vector, expert_correctness,
+                             expert_outputs, load_experts, load_selector, router_for, routing_report, selector_sweep,
+                             teacher_of)
+from distill.runtime import amp_dtype, device_name, inference_model, precision_name, resolve_device
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument('--selector', nargs='+', default=['checkpoints/selector/best.pt'],
-                   help='several selectors (runs that differ only by --seed): each is evaluated, '
-                        'then every accuracy is reported as mean ± std over them')
-    p.add_argument('--teacher', help="default: the teacher named in the first expert's checkpoint")
-    p.add_argument('--data-dir', help='override the data location stored in the checkpoints')
-    p.add_argument('--test-subset', type=int, help='override: the first N test images, class-balanced')
-    p.add_argument('--image-size', type=int, help='override the training image size')
-    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
-    p.add_argument('--batch-size', type=int, default=256)
-    add_amp_argument(p)
-    p.add_argument('--name', default='report', help='results/<name>.json and .md')
-    p.add_argument('--results-dir', default='results')
-    p.add_argument('--images-dir', default='images')
-    return p.parse_args(argv)
+                   help='selector checkpoint(s) or run directories; several (runs that differ only by --seed) '
+                        'are each evaluated, then every accuracy is reported as mean ± std over them')
+    p.add_argument('--teacher', help="the teacher to compare with (default: the one the experts name)")
+    p.add_argument('--data-dir', help='where the data is now (default: as stored in the checkpoints)')
+    p.add_argument('--test-subset', type=int, help='the first N test images, class-balanced (default: as the '
+                                                   'selector was tested)')
+    p.add_argument('--batch-size', type=int, default=256, help='batch for scoring and for timing')
+    add_device_arguments(p)
+    p.add_argument('--name', default='report', help='the report is written as RESULTS_DIR/<name>.json and .md')
+    p.add_argument('--results-dir', default='results', help='where the report goes')
+    p.add_argument('--images-dir', help='where the figures go (default: RESULTS_DIR/<name>/)')
+    args = p.parse_args(argv)
+    args.selector = [checkpoint_path(s) for s in args.selector]
+    return args
 
 
 def gather_models(args, experts, device) -> dict:
-    """name -> Expert: the teacher, the experts, and each student's no-KD baseline where it exists."""
+    """name -> Expert: the teacher, the experts, and each student's no-KD twin where it exists."""
     models = {}
-    teacher = args.teacher or (experts[0].state.get('teacher') and
-                               linked_path(experts[0].state['teacher'], experts[0].path, experts[0].state))
-    if teacher and os.path.exists(teacher):
-        models['teacher'] = Expert(teacher, device, experts[0].reference())
+    teacher = args.teacher or (all(e.state.get('teacher') for e in experts) and teacher_of(experts))
+    if teacher:
+        models['teacher'] = Expert(checkpoint_path(teacher), device, experts[0].reference())
     for e in experts:
         models[e.name] = e
-        baseline = os.path.join(os.path.dirname(os.path.dirname(e.path)), f"{e.state['arch']}-nokd", 'best.pt')
-        if e.state.get('alpha') and os.path.exists(baseline):
-            models[f'{e.name} (no KD)'] = Expert(baseline, device, experts[0].reference())
+        twin = os.path.join(run_dir(os.path.dirname(os.path.dirname(e.path)), e.state['arch'], False), 'best.pt')
+        if e.state.get('alpha') and os.path.exists(twin):
+            models[f'{e.name} (no KD)'] = Expert(twin, device, experts[0].reference())
     return models
 
 
 def evaluate_system(args, selector_path: str, name: str, device, amp=None) -> dict:
-    """One selector and its experts on the test split: results/<name>.json and .md, figures in images/<name>/."""
+    """One selector and its experts on the test split: RESULTS_DIR/<name>.json and .md, and the figures."""
     state = load_selector(selector_path)
     experts = load_experts([e['path'] for e in state['experts']], device)
     models = gather_models(args, experts, device)
-    config, size = state['config'], args.image_size or state['image_size']
-    test = load_dataset(config['dataset'], args.data_dir or config['data_dir'], False, size)
-    test = test.select(balanced_subset(test.labels, args.test_subset or config.get('test_subset')))
+    config, routing = state['config'], state['routing']
+    test = load_dataset(config['dataset'], args.data_dir or config['data_dir'], False, state['image_size'],
+                        config.get('data_cache'))
+    test = test.select(balanced_subset(test.labels, args.test_subset or config.get('test_subset'))).to(device)
     loader = Loader(test, torch.arange(len(test)), args.batch_size, state['mean'], state['std'], device)
-    logits = {name: predict_logits(m.model, loader, amp)[0] for name, m in models.items()}
-    labels = test.labels.to(device)
+    expert_logits, inputs, labels = expert_outputs(experts, loader, amp)
+    logits = {e.name: out for e, out in zip(experts, expert_logits)}
+    logits.update({n: predict_logits(m.model, loader, amp)[0] for n, m in models.items() if n not in logits})
     selector = inference_model(state, selector_path, device)
-    scores = predict_logits(selector, loader, amp)[0]
-
-    macs = [e.macs for e in experts]
-    best_on_val = max(range(len(experts)), key=lambda i: experts[i].state['best_val_acc'])
-    routing = routing_report([logits[e.name] for e in experts], labels, scores, macs, state['selector_macs'],
-                             state['cost_weight'], best=best_on_val)
-    accuracy = {name: (float((logits[name].argmax(1) == labels).float().mean()), m.macs) for name, m in models.items()}
-    accuracy.update({k: v for k, v in routing['rows'].items() if not k.startswith('expert:')})
-    predictions = {name: out.argmax(1).cpu() for name, out in logits.items()}
-    predictions['routed'] = torch.stack([predictions[e.name] for e in experts], 1).gather(
-        1, routing['choice'][:, None]).squeeze(1)
+    with torch.inference_mode():
+        scores = selector(inputs).float()
 
     sample = next(iter(loader))[0]
-    costs = normalised_costs(macs)
-    compression = {name: {'params': m.params, 'macs': m.macs, 'size_mb': m.weights_mb, **speed(m.model, sample, amp)}
-                   for name, m in models.items()}
-    routed_fn = lambda x: predict(selector, [e.model for e in experts], x, costs, state['cost_weight'])
-    compression['routed'] = {'params': None, 'macs': accuracy['routed'][1], 'size_mb': None,
-                             **speed(routed_fn, sample, amp)}
-    sweep = cost_weight_sweep([logits[e.name] for e in experts], labels, scores, macs, state['selector_macs'],
-                              COST_WEIGHTS)
+    cost = 'stored' if routing['cost'] == 'macs' else 'measure'  # timed here, whatever selectorTrain ran on
+    routers = {f'routed ({mode})': router_for(state, experts, selector, mode=mode, cost='stored' if mode == 'cascade'
+                                              else cost, amp=amp) for mode in MODES}
+    speed = time_in_turns({**{n: m for n, m in models.items()}, **routers}, sample, amp)
+    for e in experts:  # this device's timings, not the stored ones
+        e.cost = {'macs': e.macs, **speed[e.name]}
+    costs = {kind: cost_vector([e.cost for e in experts], kind) for kind in ('time', 'macs')}
+    selector_cost = {'time': 0.0, 'macs': state['selector_macs']}
+    best_on_val = max(range(len(experts)), key=lambda i: experts[i].state['best_val_acc'])
+    report = routing_report(expert_logits, labels, scores, costs, selector_cost, routing, config['seed'], best_on_val)
+    correct = expert_correctness(expert_logits, labels).cpu()
+    sweeps = {'cascade': cascade_sweep(confidences(expert_logits).cpu(), correct, costs['time']),
+              'selector': selector_sweep(scores.cpu(), correct, costs['time'])}
 
+    rows = {n: {'accuracy': float((out.argmax(1) == labels).float().mean()), 'time': speed[n]['seconds_per_image'],
+                'macs': models[n].macs} for n, out in logits.items()}
+    rows.update({k: v for k, v in report['rows'].items() if not k.startswith('expert:')})
+    predictions = {n: out.argmax(1).cpu() for n, out in logits.items()}
+    predictions['routed'] = torch.stack([predictions[e.name] for e in experts], 1).gather(
+        1, report['choice'][:, None]).squeeze(1)
     result = {'name': name, 'selector': selector_path, 'seed': config['seed'], 'dataset': config['dataset'],
               'test_images': len(test), 'device': device_name(device), 'batch_size': len(sample),
-              'precision': precision_name(amp),
-              'accuracy': accuracy, 'compression': compression, 'sweep': sweep,
-              'share': {e.name: s for e, s in zip(experts, routing['share'])},
-              'per_class': {name: per_class_accuracy(p, test.labels, len(test.classes)) for name, p in predictions.items()},
-              'classes': test.classes}
+              'precision': precision_name(amp), 'mode': routing['mode'], 'routing': routing, 'rows': rows,
+              'accuracy': {n: (r['accuracy'], r['macs']) for n, r in rows.items()},
+              'speed': speed, 'compression': {n: {'params': m.params, 'size_mb': m.weights_mb, 'macs': m.macs}
+                                              for n, m in models.items()},
+              'share': {mode: dict(zip([e.name for e in experts], s)) for mode, s in report['share'].items()},
+              'sweeps': sweeps, 'classes': test.classes, 'gap_closed': report['gap_closed'],
+              'per_class': {n: per_class_accuracy(p, test.labels.cpu(), len(test.classes))
+                            for n, p in predictions.items()}}
     write_report(args.results_dir, name, result, markdown(result))
-    runs = {name: os.path.join(os.path.dirname(m.path), 'metrics.csv') for name, m in models.items()}
+    images_dir = os.path.join(args.images_dir or args.results_dir, name)
+    runs = {n: os.path.join(os.path.dirname(m.path), 'metrics.csv') for n, m in models.items()}
     runs['selector'] = os.path.join(os.path.dirname(selector_path), 'metrics.csv')
-    report_figures(os.path.join(args.images_dir, name), runs, predictions, result['per_class'], test.labels,
-                   test.classes, [e.name for e in experts], routing['choice'], sweep,
-                   {name: (m.macs, accuracy[name][0]) for name, m in models.items()})
-    print(f'wrote {args.results_dir}/{name}.json, .md and figures in {args.images_dir}/{name}/')
+    report_figures(images_dir, runs, predictions, result['per_class'], test.labels.cpu(), test.classes,
+                   [e.name for e in experts], report['choice'], sweeps, rows)
+    print(f'wrote {args.results_dir}/{name}.json, .md and figures in {images_dir}/')
     return result
 
 
@@ -109,7 +118,7 @@ def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
     amp = amp_dtype(args.amp, device)
-    for folder in (args.results_dir, args.images_dir):
+    for folder in (args.results_dir, args.images_dir or args.results_dir):
         check_writable(os.path.join(folder, 'report'))  # before minutes of evaluation, not after
     if len(args.selector) == 1:
         return evaluate_system(args, args.selector[0], args.name, device, amp)

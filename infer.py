@@ -1,8 +1,9 @@
-"""Classify every image in a folder through the selector and the one student it picks.
+"""Classify every image in a folder through the routing and the one student it picks per image.
 
-    python infer.py my_pictures/ --selector checkpoints/selector/best.pt --out predictions.csv
+    python infer.py my_pictures/ --selector checkpoints/selector --out predictions.csv
+    python infer.py photo.jpg --out -                         # one file, the table on standard output
+Routing is the mode selectorTrain.py chose on val (cascade or selector) unless --route says otherwise.
 """
-import argparse
 import csv
 import json
 import os
@@ -13,39 +14,56 @@ from tqdm import tqdm
 
 from distill import UserError
 from distill.checkpoint import atomic_write, load_checkpoint
-from distill.cli import add_amp_argument, amp_dtype, check_writable, main_guard, resolve_device
+from distill.cli import Parser, add_device_arguments, check_range, check_writable, checkpoint_path, main_guard
 from distill.data import list_image_files, normalise, read_images
-from distill.engine import autocast, inference_model
-from distill.routing import load_experts, load_selector, normalised_costs, predict
+from distill.routing import MODES, load_experts, load_selector, router_for
+from distill.runtime import amp_dtype, autocast, inference_model, resolve_device
 
 FIELDS = ('path', 'prediction', 'confidence', 'expert', 'error')
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument('image_dir', help='a folder, searched recursively, or one image file')
-    p.add_argument('--selector', default='checkpoints/selector/best.pt')
-    p.add_argument('--expert', help='skip the selector and use this expert alone (its name or arch)')
-    p.add_argument('--teacher', help='skip the selector and use this checkpoint (e.g. the teacher) alone')
-    p.add_argument('--cost-weight', type=float, help='override the cost weight stored with the selector')
-    p.add_argument('--out', default='predictions.csv')
-    p.add_argument('--format', choices=('csv', 'json'), help='default: from --out\'s extension')
-    p.add_argument('--batch-size', type=int, default=256)
-    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
-    add_amp_argument(p)
+    p.add_argument('--selector', default='checkpoints/selector/best.pt', help='selector checkpoint or run directory')
+    p.add_argument('--route', choices=MODES, help="routing mode (default: the one selectorTrain.py chose on val)")
+    p.add_argument('--threshold', type=float, nargs='+', help='cascade: top-probability each expert but the last '
+                   'must reach to answer (default: as chosen on val)')
+    p.add_argument('--cost-weight', type=float, help='selector: weight of the extra cost (default: as chosen on val)')
+    p.add_argument('--cost', choices=('stored', 'measure', 'macs'), default='stored',
+                   help="selector: the experts' costs as timed by selectorTrain.py, timed again here, or MACs")
+    p.add_argument('--expert', help='skip routing and use this expert alone (its name or arch)')
+    p.add_argument('--teacher', help='skip routing and use this checkpoint (e.g. the teacher) alone')
+    p.add_argument('--out', default=os.path.join('results', 'predictions.csv'),
+                   help="where the table goes; '-' for standard output")
+    p.add_argument('--format', choices=('csv', 'json'), help="default: json if --out ends in .json, else csv")
+    p.add_argument('--batch-size', type=int, default=256, help='images read and classified at a time')
+    add_device_arguments(p)
     args = p.parse_args(argv)
     args.format = args.format or ('json' if args.out.endswith('.json') else 'csv')
-    if args.batch_size < 1:
-        p.error('--batch-size must be at least 1')
+    check_range('batch_size', args.batch_size, low=1)
+    routing_flags = [f for f, v in (('--route', args.route), ('--threshold', args.threshold),
+                                    ('--cost-weight', args.cost_weight), ('--cost', args.cost != 'stored' or None))
+                     if v is not None]
+    alone = '--teacher' if args.teacher else '--expert' if args.expert else None
+    if alone and routing_flags:
+        raise UserError(f"{alone} runs one model on every image, so {', '.join(routing_flags)} would do nothing; "
+                        f"drop one or the other")
+    if args.teacher and args.expert:
+        raise UserError('--teacher and --expert each pick the one model to run; pass only one')
+    for t in args.threshold or []:
+        check_range('threshold', t, 0, 1)
+    args.selector = checkpoint_path(args.selector)
     return args
 
 
-def build_classifier(args, device):
+def build_classifier(args, device, amp):
     """A function images -> (logits, expert names), and the checkpoint whose preprocessing it needs."""
     if args.teacher:
-        state = load_checkpoint(args.teacher)
-        model = inference_model(state, args.teacher, device)
-        name = os.path.basename(os.path.dirname(os.path.abspath(args.teacher)))
+        path = checkpoint_path(args.teacher)
+        state = load_checkpoint(path)
+        model = inference_model(state, path, device)
+        name = os.path.basename(os.path.dirname(os.path.abspath(path)))
         return lambda x: (model(x), [name] * len(x)), state
     state = load_selector(args.selector)
     experts = load_experts([e['path'] for e in state['experts']], device)
@@ -54,31 +72,33 @@ def build_classifier(args, device):
         matches = [e for e in experts if args.expert in (e.name, e.state['arch'])]
         if not matches:
             raise UserError(f"no expert named '{args.expert}'; the selector's experts are {', '.join(names)}")
-        model = matches[0].model
-        return lambda x: (model(x), [matches[0].name] * len(x)), matches[0].state
-    selector = inference_model(state, args.selector, device)
-    costs = normalised_costs([e.macs for e in experts])
-    weight = state['cost_weight'] if args.cost_weight is None else args.cost_weight
+        return lambda x: (matches[0](x), [matches[0].name] * len(x)), matches[0].state
+    router = router_for(state, experts, inference_model(state, args.selector, device), mode=args.route,
+                        thresholds=args.threshold, cost_weight=args.cost_weight, cost=args.cost, amp=amp,
+                        where=args.selector)
 
     def classify(x):
-        logits, choice = predict(selector, [e.model for e in experts], x, costs, weight)
+        logits, choice = router(x)
         return logits, [names[i] for i in choice.tolist()]
     return classify, experts[0].state
 
 
 def write_rows(path: str, fmt: str, rows):
-    """Stream rows into a file that replaces path only when complete."""
-    with atomic_write(path) as f:
+    """Stream rows to standard output, or into a file that replaces path only when complete."""
+    def write(f):
         if fmt == 'csv':
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer = csv.DictWriter(f, fieldnames=FIELDS, lineterminator='\n')
             writer.writeheader()
-            for row in rows:
-                writer.writerow(row)
+            writer.writerows(rows)
         else:
             f.write('[')
             for i, row in enumerate(rows):
                 f.write((',\n ' if i else '\n ') + json.dumps(row))
             f.write('\n]\n')
+    if path == '-':
+        return write(sys.stdout)
+    with atomic_write(path) as f:
+        write(f)
 
 
 @main_guard
@@ -87,16 +107,18 @@ def main(argv=None):
     if not os.path.exists(args.image_dir):
         raise UserError(f"image folder '{args.image_dir}' does not exist; pass a folder of images")
     files = list_image_files(args.image_dir) if os.path.isdir(args.image_dir) else [args.image_dir]
-    check_writable(args.out)
+    if args.out != '-':
+        check_writable(args.out)
     if not files:
         raise UserError(f"'{args.image_dir}' holds no files; pass a folder of images")
     device = resolve_device(args.device)
     amp = amp_dtype(args.amp, device)
-    classify, state = build_classifier(args, device)
+    classify, state = build_classifier(args, device, amp)
     classes, size, failures = state['class_names'], state['image_size'], []
 
     def rows():
-        with torch.inference_mode(), autocast(device, amp), tqdm(total=len(files), unit='img', disable=None) as bar:
+        with torch.inference_mode(), autocast(device, amp), tqdm(total=len(files), unit='img', disable=None,
+                                                                   file=sys.stderr) as bar:
             for start in range(0, len(files), args.batch_size):
                 images, read, failed = read_images(files[start:start + args.batch_size], size)
                 failures.extend(failed)
@@ -107,12 +129,14 @@ def main(argv=None):
                         yield {'path': path, 'prediction': classes[c], 'confidence': round(p, 4), 'expert': e,
                                'error': ''}
                 for path, why in failed:
-                    yield {'path': path, 'prediction': '', 'confidence': '', 'expert': '', 'error': why}
+                    yield {'path': path, 'prediction': '', 'confidence': None, 'expert': '', 'error': why}
                 bar.update(len(read) + len(failed))
     write_rows(args.out, args.format, rows())
     for path, why in failures:
         print(f'skipped {path}: {why}', file=sys.stderr)
-    print(f'{len(files) - len(failures)} images classified, {len(failures)} unreadable -> {args.out}')
+    done = len(files) - len(failures)
+    print(f"{done} image{'s' * (done != 1)} classified, {len(failures)} unreadable"
+          + ('' if args.out == '-' else f' -> {args.out}'), file=sys.stderr if args.out == '-' else sys.stdout)
 
 
 if __name__ == '__main__':

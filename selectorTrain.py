@@ -1,102 +1,109 @@
-"""Train the selector: a small CNN that predicts, per image, which expert (student) will be right.
+"""Train the selector and tune both routing modes on val: which student answers each image.
 
-    python selectorTrain.py --experts checkpoints/densenet121/best.pt checkpoints/googlenet/best.pt
+    python selectorTrain.py --experts checkpoints/densenet121 checkpoints/googlenet
+    python selectorTrain.py --experts checkpoints/densenet121 checkpoints/googlenet --include-teacher
+The experts are timed on this device and ordered cheapest first. The selector reads the cheapest expert's
+features and logits and learns, on the held-out route split, which expert will be right; the cascade
+needs no training. Both are tuned on val to reach the best single expert's accuracy as cheaply as they
+can, and the one that pays more becomes the default of infer.py and evaluate.py.
 """
 import torch
 
 from distill import UserError
-from distill.checkpoint import linked_path
-from distill.cli import amp_dtype, main_guard, resolve_device, training_parser, validate_args
-from distill.data import Loader, prepare_data
+from distill.cli import (check_range, checkpoint_path, inherit_data_settings, main_guard, training_parser,
+                         validate_args)
+from distill.data import Loader, TensorLoader, prepare_data
 from distill.engine import fit, predict_logits
-from distill.metrics import count_macs
-from distill.routing import (COST_WEIGHTS, Expert, RoutedAccuracy, choose_cost_weight, cost_weight_sweep,
-                             expert_correctness, format_report, load_experts, routing_report, selection_step)
+from distill.routing import (COST_KINDS, Expert, SelectorScore, choose_routing, confidences, cost_vector,
+                             expert_correctness, expert_outputs, extra_costs, format_report, load_experts,
+                             measure_costs, routing_report, selection_step, teacher_of)
+from distill.metrics import count_macs, time_model
+from distill.runtime import amp_dtype, resolve_device
 from models import build_model
 
 
 def parse_args(argv=None):
-    parser = training_parser(__doc__.splitlines()[0], out='checkpoints/selector', epochs=30, lr=0.05)
-    parser.add_argument('--experts', nargs='+', default=['checkpoints/densenet121/best.pt',
-                                                         'checkpoints/googlenet/best.pt'])
+    parser = training_parser(__doc__.splitlines()[0], out='checkpoints/selector', epochs=30, lr=0.05,
+                             batch_size=256, label_smoothing=False, inherits='the first expert')
+    parser.add_argument('--experts', nargs='+', default=['checkpoints/densenet121', 'checkpoints/googlenet'],
+                        help='student checkpoints or run directories')
     parser.add_argument('--include-teacher', action='store_true',
-                        help="add the experts' teacher as a costly fallback expert")
-    parser.add_argument('--cost-weight', type=cost_weight, default='auto',
-                        help='route to argmax(P(correct) - w * MACs / max MACs); 0 is pure accuracy. auto: the '
-                             'cheapest routing on val within --max-accuracy-drop of the most accurate')
-    parser.add_argument('--max-accuracy-drop', type=float, default=1.0,
-                        help='with --cost-weight auto: val accuracy (percentage points) to give up for compute')
+                        help="add the experts' teacher as the costliest, last-resort expert")
+    parser.add_argument('--cost', choices=COST_KINDS, default='time',
+                        help='what an expert costs: its time per image measured on this device, or its MACs')
+    parser.add_argument('--max-accuracy-drop', type=float, default=0.0,
+                        help="val accuracy (percentage points) below the best single expert's that routing may "
+                             "give up for speed")
+    parser.add_argument('--disagreement-weight', type=float, default=1.0,
+                        help='weight, in the loss, of route images on which the experts disagree')
     args = validate_args(parser.parse_args(argv))
-    if args.max_accuracy_drop < 0:
-        raise UserError(f'--max-accuracy-drop must be at least 0 (got {args.max_accuracy_drop})')
+    check_range('max_accuracy_drop', args.max_accuracy_drop, 0, 100)
+    check_range('disagreement_weight', args.disagreement_weight, low=0)
+    args.experts = [checkpoint_path(p) for p in args.experts]
     return args
-
-
-def cost_weight(text: str):
-    if text == 'auto':
-        return text
-    weight = float(text)  # argparse turns a ValueError into a one-line usage error
-    if weight < 0:
-        raise ValueError(text)
-    return weight
 
 
 @main_guard
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
-    amp = amp_dtype(args.amp, device)  # the experts are scored at the precision the selector is trained at
+    amp = amp_dtype(args.amp, device)  # the experts are scored and timed at the precision they will run at
     experts = load_experts(args.experts, device)
     if args.include_teacher:
-        teacher = experts[0].state.get('teacher')
-        if not teacher:
-            raise UserError(f"'{args.experts[0]}' was trained without a teacher; drop --include-teacher")
-        teacher = linked_path(teacher, args.experts[0], experts[0].state) or teacher
-        experts.append(Expert(teacher, device, experts[0].reference()))
-    data = prepare_data(args)
-    reference = experts[0].state
-    if data.split != reference['split'] or data.image_size != reference['image_size']:
-        raise UserError(f"the experts were trained on split {reference['split']} at {reference['image_size']} px; pass "
-                        f"the same --dataset, --data-dir, --subset, --val-size, --route-size, --seed and --image-size")
+        experts.append(Expert(teacher_of(experts), device, experts[0].reference()))
+    inherit_data_settings(args, argv, experts[0].state['config'], args.experts[0])
+    data = prepare_data(args).to(device)
+    if data.split != experts[0].state['split']:
+        raise UserError(f"the data at '{args.data_dir}' no longer gives the split the experts were trained on; "
+                        f"pass the data they were trained with")
     if len(data.parts['route']) == 0:
         raise UserError('the experts were trained with --route-size 0: no image was held out for the selector; '
                         'retrain them with a route split (default 10%)')
 
-    # Targets on the held-out route split, with the experts in eval mode and no augmentation.
-    route_loader = Loader(data.train, data.parts['route'], 256, data.mean, data.std, device)
-    # Epochs are chosen on routed val accuracy at the fixed weight, or at 0 (pure accuracy) before auto picks one.
-    routed = RoutedAccuracy(experts, 0.0 if args.cost_weight == 'auto' else args.cost_weight)
-    expert_logits, labels = routed.expert_outputs(route_loader, amp)
-    targets = torch.zeros(len(data.train), len(experts), device=device)
-    targets[data.parts['route'].to(device)] = expert_correctness(expert_logits, labels)
+    def images(part):
+        subset, indices = (data.test, torch.arange(len(data.test))) if part == 'test' else (data.train, data.parts[part])
+        return Loader(subset, indices, args.batch_size, data.mean, data.std, device)
+    loaders = {part: images(part) for part in ('route', 'val', 'test')}
+    measure_costs(experts, next(iter(loaders['val']))[0], amp)
+    experts.sort(key=lambda e: e.cost['seconds_per_image' if args.cost == 'time' else 'macs'])
+    print('experts, cheapest first: ' + ', '.join(
+        f"{e.name} {1e3 * e.cost['seconds_per_image']:.3f} ms/img, {e.macs / 1e6:.0f} MMACs" for e in experts)
+        + f" ({experts[0].cost['device']}, batch {experts[0].cost['batch_size']})")
+
+    # The experts run once on each split; the selector then trains on the cheapest one's outputs.
+    outputs = {part: expert_outputs(experts, loader, amp) for part, loader in loaders.items()}
+    correct = {part: expert_correctness(logits, labels) for part, (logits, _, labels) in outputs.items()}
     print('route split: expert accuracy ' + ', '.join(
-        f'{e.name} {acc:.2%}' for e, acc in zip(experts, targets[data.parts['route']].mean(0).tolist())))
-
+        f'{e.name} {acc:.2%}' for e, acc in zip(experts, correct['route'].mean(0).tolist())))
+    inputs = {part: inputs for part, (_, inputs, _) in outputs.items()}
+    selector_loaders = {'train': TensorLoader(inputs['route'], correct['route'], args.batch_size, train=True,
+                                              seed=args.seed),
+                        'val': TensorLoader(inputs['val'], correct['val'], args.batch_size),
+                        'test': TensorLoader(inputs['test'], correct['test'], args.batch_size)}
     torch.manual_seed(args.seed)
-    selector = build_model('selector', len(experts))
-    selector_macs = count_macs(selector, data.image_size)
-    extra = {'experts': [{'path': e.path, 'name': e.name, 'arch': e.state['arch'], 'macs': e.macs} for e in experts],
-             'selector_macs': selector_macs, 'cost_weight': routed.cost_weight}
-    macs = [e.macs for e in experts]
-    val_loader = Loader(data.train, data.parts['val'], 256, data.mean, data.std, device)
+    model_args = {'in_features': inputs['route'].shape[1]}
+    selector = build_model('selector', len(experts), **model_args)
+    selector_macs = count_macs(selector, inputs['val'][:1])
+    costs = {kind: cost_vector([e.cost for e in experts], kind) for kind in COST_KINDS}
+    score = SelectorScore()
 
-    def choose_weight(best_selector):  # on val, before fit touches the test set
-        if args.cost_weight != 'auto':
-            return {}
-        val_logits, val_labels = routed.expert_outputs(val_loader, amp)
-        sweep = cost_weight_sweep(val_logits, val_labels, predict_logits(best_selector, val_loader, amp)[0], macs,
-                                  selector_macs, COST_WEIGHTS)
-        routed.cost_weight = choose_cost_weight(sweep, args.max_accuracy_drop / 100)
-        print('val sweep (cost weight: accuracy, MMACs/img): ' + ', '.join(
-            f'{w:g}: {a:.2%}, {m / 1e6:.0f}' for w, a, m in sweep) + f' -> cost weight {routed.cost_weight:g}')
-        return {'cost_weight': routed.cost_weight}
-    fit(args, 'selector', selector, lambda trained: selection_step(trained, targets), data, train_part='route',
-        evaluate_fn=routed, num_outputs=len(experts), extra=extra, device=device, calibrate=choose_weight)
-
-    val_logits, val_labels = routed.expert_outputs(val_loader, amp)
-    scores, _ = predict_logits(selector, val_loader, amp)
-    report = routing_report(val_logits, val_labels, scores, macs, selector_macs, routed.cost_weight, args.seed)
-    print(format_report(report, [e.name for e in experts], 'val split, best epoch:'))
+    def tune_routing(best_selector):  # on val, before fit touches the test set
+        scores = predict_logits(best_selector, selector_loaders['val'], amp)[0]
+        selector_time = time_model(best_selector.eval(), inputs['val'][:args.batch_size], amp)['seconds_per_image']
+        selector_costs = {'macs': selector_macs, 'time': selector_time}
+        routing = choose_routing(confidences(outputs['val'][0]).cpu(), scores.cpu(), correct['val'].cpu(),
+                                 costs[args.cost], selector_costs[args.cost], args.max_accuracy_drop / 100)
+        routing['cost'] = args.cost
+        score.extra, score.cost_weight = extra_costs(costs[args.cost]), routing['cost_weight']
+        report = routing_report(outputs['val'][0], outputs['val'][2], scores, costs, selector_costs, routing)
+        print(format_report(report, [e.name for e in experts], 'val split, best epoch:'))
+        print(f"default mode on val: {routing['mode']} (cascade thresholds {routing['thresholds']}, selector cost "
+              f"weight {routing['cost_weight']:g}, target accuracy {routing['target_accuracy']:.2%})")
+        return {'routing': routing, 'selector_cost': selector_costs}
+    extra = {'experts': [e.describe() for e in experts], 'selector_macs': selector_macs, 'model_args': model_args}
+    fit(args, 'selector', selector, lambda trained: selection_step(trained, args.disagreement_weight), data,
+        train_part='route', loaders=selector_loaders, evaluate_fn=score, num_outputs=len(experts),
+        extra=extra, device=device, calibrate=tune_routing)
 
 
 if __name__ == '__main__':

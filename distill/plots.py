@@ -1,5 +1,6 @@
 """Figures for the README, drawn with matplotlib from real runs (evaluate.py calls these)."""
 import csv
+import itertools
 import os
 
 import matplotlib
@@ -10,9 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .metrics import confusion_matrix, share_per_class  # noqa: E402
 
 
-def _save(fig, path: str) -> str:
+def _save(fig, path: str, tight: bool = True) -> str:
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -25,28 +27,38 @@ def training_curves(runs: dict, path: str) -> str:
         with open(metrics_csv) as f:
             rows = list(csv.DictReader(f))
         epochs = [int(r['epoch']) for r in rows]
-        line, = ax_loss.plot(epochs, [float(r['train_loss']) for r in rows], label=f'{name} train')
-        ax_loss.plot(epochs, [float(r['val_loss']) for r in rows], '--', color=line.get_color())
-        ax_acc.plot(epochs, [100 * float(r['val_acc']) for r in rows], label=name, color=line.get_color())
+        line, = ax_loss.plot(epochs, [float(r['train_loss']) for r in rows], 'o-', ms=3, label=name)
+        ax_loss.plot(epochs, [float(r['val_loss']) for r in rows], 'o--', ms=3, color=line.get_color())
+        ax_acc.plot(epochs, [100 * float(r['val_acc']) for r in rows], 'o-', ms=3, label=name, color=line.get_color())
     ax_loss.set(xlabel='epoch', ylabel='loss (solid train, dashed val)', title='loss')
     ax_acc.set(xlabel='epoch', ylabel='val accuracy (%)', title='validation accuracy')
-    ax_acc.legend(fontsize=8)
+    ax_loss.legend(fontsize=7)
+    ax_acc.legend(fontsize=7)
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.get_major_locator().set_params(integer=True)
     return _save(fig, path)
 
 
 def confusion_matrices(matrices: dict, classes: list, path: str) -> str:
     """matrices: name -> C x C counts (rows true, columns predicted), shown row-normalised."""
-    fig, axes = plt.subplots(1, len(matrices), figsize=(4 * len(matrices), 4), squeeze=False)
-    for ax, (name, m) in zip(axes[0], matrices.items()):
-        m = m.float() / m.sum(1, keepdim=True).clamp(min=1)
-        ax.imshow(m.numpy(), cmap='Blues', vmin=0, vmax=1)
-        ax.set_title(name)
-        ticks = range(len(classes)) if len(classes) <= 20 else []
-        ax.set_xticks(list(ticks), [classes[i] for i in ticks], rotation=90, fontsize=7)
-        ax.set_yticks(list(ticks), [classes[i] for i in ticks], fontsize=7)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.6 * len(matrices), 5), squeeze=False, layout='constrained')
+    for ax, (name, counts) in zip(axes[0], matrices.items()):
+        m = counts.float() / counts.sum(1, keepdim=True).clamp(min=1)
+        image = ax.imshow(m.numpy(), cmap='Blues', vmin=0, vmax=1)
+        ax.set_title(name, fontsize=10)
+        small = len(classes) <= 20
+        ticks = list(range(len(classes))) if small else []
+        ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=90, fontsize=7)
+        ax.set_yticks(ticks, [classes[i] for i in ticks], fontsize=7)
         ax.set_xlabel('predicted')
+        if small:  # counts in the cells, readable on either shade
+            for (i, j), n in zip(itertools.product(range(len(classes)), repeat=2), counts.flatten().tolist()):
+                if n:
+                    ax.text(j, i, str(n), ha='center', va='center', fontsize=6,
+                            color='white' if m[i, j] > 0.5 else 'black')
     axes[0][0].set_ylabel('true')
-    return _save(fig, path)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label='fraction of the true class')
+    return _save(fig, path, tight=False)
 
 
 def per_class_bars(values: dict, classes: list, path: str, ylabel: str, stacked: bool = False) -> str:
@@ -65,31 +77,42 @@ def per_class_bars(values: dict, classes: list, path: str, ylabel: str, stacked:
     return _save(fig, path)
 
 
-def accuracy_vs_macs(curve: list, points: dict, path: str) -> str:
-    """curve: [(MACs, accuracy)] of routing over the cost-weight sweep; points: name -> (MACs, accuracy)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([m / 1e6 for m, _ in curve], [100 * a for _, a in curve], 'o-', label='routed (cost-weight sweep)')
-    for name, (macs, acc) in points.items():
-        ax.scatter([macs / 1e6], [100 * acc], marker='s', zorder=3)
-        ax.annotate(name, (macs / 1e6, 100 * acc), textcoords='offset points', xytext=(4, 4), fontsize=8)
-    ax.set(xlabel='MMACs per image', ylabel='test accuracy (%)', title='accuracy versus compute')
-    ax.legend(fontsize=8)
+def accuracy_vs_time(curves: dict, points: dict, path: str) -> str:
+    """curves: mode -> [(setting, accuracy, seconds per image)] (the val-tuned sweeps, on test);
+    points: name -> (seconds per image, accuracy) of each model and routing. Every line and point is named."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode, sweep in curves.items():
+        if len(sweep) <= 40:
+            front = sorted((c, a) for _, a, c in sweep)
+            ax.plot([1000 * c for c, _ in front], [100 * a for _, a in front], '.-', alpha=0.6,
+                    label=f'{mode}, every setting')
+        else:  # a many-stage cascade: its settings as a cloud
+            ax.scatter([1000 * c for _, _, c in sweep], [100 * a for _, a, _ in sweep], s=4, alpha=0.3,
+                       label=f'{mode}, every setting')
+    markers = itertools.cycle('sD^vP*Xh')
+    for name, (seconds, acc) in points.items():
+        ax.scatter([1000 * seconds], [100 * acc], marker=next(markers), s=50, zorder=3, label=name)
+    ax.set(xlabel='ms per image (measured on this device)', ylabel='test accuracy (%)',
+           title='accuracy versus measured time')
+    ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
 
 
 def report_figures(folder: str, runs: dict, predictions: dict, per_class: dict, labels, classes: list, experts: list,
-                   choice, sweep: list, points: dict) -> list:
+                   choice, sweeps: dict, rows: dict) -> list:
     """evaluate.py's five figures. predictions: name -> predicted class per test image (the first entry,
     the experts and 'routed' get confusion matrices); per_class: name -> accuracy per class; choice:
-    the expert each image was routed to."""
+    the expert each image was routed to; rows: evaluate's accuracy and time per model and routing."""
     n = len(classes)
     shown = [*predictions][:1] + [e for e in experts if e != [*predictions][0]] + ['routed']
     shares = dict(zip(experts, share_per_class(choice, labels, len(experts), n)))
+    points = {name: (row['time'], row['accuracy']) for name, row in rows.items()
+              if name not in ('oracle', 'random', 'routed') and row.get('time') == row.get('time')}
     return [
         training_curves({k: v for k, v in runs.items() if os.path.exists(v)}, os.path.join(folder, 'training_curves.png')),
         confusion_matrices({name: confusion_matrix(predictions[name], labels, n) for name in shown}, classes,
                            os.path.join(folder, 'confusion.png')),
         per_class_bars(per_class, classes, os.path.join(folder, 'per_class_accuracy.png'), 'test accuracy (%)'),
         per_class_bars(shares, classes, os.path.join(folder, 'routing_share.png'), 'images routed (%)', stacked=True),
-        accuracy_vs_macs([(m, a) for _, a, m in sweep], points, os.path.join(folder, 'accuracy_vs_macs.png')),
+        accuracy_vs_time(sweeps, points, os.path.join(folder, 'accuracy_vs_time.png')),
     ]

@@ -1,56 +1,56 @@
 """The test-set report evaluate.py writes: accuracy, compression, markdown, and the mean ± std over runs
 that differ only by --seed."""
 import os
-import platform
 import statistics
 
-import torch
-
 from . import UserError
-from .checkpoint import atomic_write
-from .engine import autocast, write_json
-from .metrics import measure_latency
+from .checkpoint import atomic_write, changed_settings, write_json
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    return f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
-
-
-def speed(fn, images: torch.Tensor, amp=None) -> dict:
-    """ms for one image, and images/s at the batch size given (under autocast to amp, if given)."""
-    with autocast(images.device, amp):
-        one = measure_latency(fn, images[:1], warmup=1, repeats=5)
-        many = measure_latency(fn, images, warmup=1, repeats=3)
-    return {'latency_ms': 1000 * one, 'images_per_s': len(images) / many}
+def _measured_time(result: dict, name: str):
+    """Seconds per image as timed, for a model or a routing mode; else the mix's expected time."""
+    row = result['rows'][name]
+    mode = row.get('mode') or (name if name in ('cascade', 'selector') else None)
+    timed = result['speed'].get(f'routed ({mode})' if mode else name)
+    return timed['seconds_per_image'] if timed else row.get('time', float('nan'))
 
 
 def markdown(result: dict) -> str:
-    teacher = result['compression'].get('teacher')
-    lines = [f"# {result['name']}", '', f"Test split: {result['test_images']} images of `{result['dataset']}`; "
-             f"device for timings: {result['device']}; precision: {result.get('precision', 'float32')}.",
-             '', '## Accuracy', '',
-             '| model or routing | test accuracy | MMACs / image |', '|---|---|---|']
-    for name, (acc, macs) in result['accuracy'].items():
-        lines.append(f"| {name} | {100 * acc:.2f}% | {'—' if macs != macs else f'{macs / 1e6:.1f}'} |")
-    lines += ['', 'Share of images routed: ' + ', '.join(f'{n} {100 * s:.1f}%' for n, s in result['share'].items()),
-              '', '## Compression', '',
-              '| model | params (M) | MMACs / image | weights (MB) | latency, batch 1 (ms) | images/s, batch '
-              f"{result['batch_size']} | MACs vs teacher |", '|---|---|---|---|---|---|---|']
+    rows = result['rows']
+    teacher = _measured_time(result, 'teacher') if 'teacher' in rows else None
+    best = _measured_time(result, 'best single')
+    lines = [f"# {result['name']}", '',
+             f"Test split: {result['test_images']} images of `{result['dataset']}`. Timed on {result['device']}, "
+             f"batch {result['batch_size']}, {result.get('precision', 'float32')}; every model and routing mode "
+             f"in turns, best of 5 rounds. Default routing mode (chosen on val): {result['mode']}.", '',
+             '| model or routing | test accuracy | ms / image | time vs teacher | time vs best single | MMACs / image |',
+             '|---|---|---|---|---|---|']
+    for name, row in rows.items():
+        t = _measured_time(result, name)
+        label = f"routed ({row['mode']}, default)" if name == 'routed' else name
+        ratio = (lambda ref: '—' if ref is None or t != t else f'{t / ref:.2f}x')
+        macs = row.get('macs', float('nan'))
+        lines.append(f"| {label} | {100 * row['accuracy']:.2f}% | {'—' if t != t else f'{1000 * t:.3f}'} | "
+                     f"{ratio(teacher)} | {ratio(best)} | {'—' if macs != macs else f'{macs / 1e6:.1f}'} |")
+    lines += ['', 'Of the gap between the best single expert (chosen on val) and the oracle, closed on test: ' + ', '.join(
+        f'{mode} {100 * closed:.0f}%' for mode, closed in result['gap_closed'].items()) + '.']
+    lines += ['', 'Share of images each mode sends to each expert: ' + '; '.join(
+        f"{mode}: " + ', '.join(f'{n} {100 * s:.1f}%' for n, s in share.items())
+        for mode, share in result['share'].items()), '', '## Compression', '',
+        '| model | params (M) | weights (MB) | MMACs / image | latency, batch 1 (ms) | images/s |', '|---|---|---|---|---|---|']
     for name, row in result['compression'].items():
-        ratio = f"{row['macs'] / teacher['macs']:.2f}x" if teacher else '—'
-        params = f"{row['params'] / 1e6:.2f}" if row['params'] else '—'
-        size = f"{row['size_mb']:.1f}" if row['size_mb'] else '—'
-        lines.append(f"| {name} | {params} | {row['macs'] / 1e6:.1f} | {size} | {row['latency_ms']:.1f} | "
-                     f"{row['images_per_s']:.0f} | {ratio} |")
-    lines += ['', '## Cost-weight sweep', '', '| cost weight | accuracy | MMACs / image |', '|---|---|---|']
-    lines += [f'| {w:g} | {100 * a:.2f}% | {m / 1e6:.1f} |' for w, a, m in result['sweep']]
+        speed = result['speed'][name]
+        lines.append(f"| {name} | {row['params'] / 1e6:.2f} | {row['size_mb']:.1f} | {row['macs'] / 1e6:.1f} | "
+                     f"{speed['latency_ms']:.2f} | {speed['images_per_s']:.0f} |")
+    routing = result['routing']
+    lines += ['', '## Operating points on test (chosen on val)', '',
+              f"Cascade thresholds {routing['thresholds']}; selector cost weight {routing['cost_weight']:g} "
+              f"(cost: {routing['cost']}).", '', '| mode | setting | accuracy | ms / image (from the mix) |',
+              '|---|---|---|---|']
+    for mode, points in result['sweeps'].items():
+        lines += [f'| {mode} | {setting} | {100 * a:.2f}% | {1000 * c:.3f} |' for setting, a, c in points
+                  if len(points) <= 20]
     return '\n'.join(lines) + '\n'
-
-
-# Settings that may differ between the runs one mean ± std is taken over (paths name a seed's own runs).
-PER_SEED = {'seed', 'out', 'experts', 'teacher', 'resume', 'overwrite'}
 
 
 def seeds_of(configs: list) -> list:
@@ -58,8 +58,7 @@ def seeds_of(configs: list) -> list:
     seeds = [c['seed'] for c in configs]
     if len(set(seeds)) < len(seeds):
         raise UserError(f'the selectors share a seed ({seeds}); pass one selector per --seed')
-    differ = sorted(k for c in configs[1:] for k in c.keys() | configs[0].keys()
-                    if k not in PER_SEED and c.get(k) != configs[0].get(k))
+    differ = sorted(k for c in configs[1:] for k in changed_settings(configs[0], c, also_incidental={'seed'}))
     if differ:
         raise UserError(f"the selectors differ in {', '.join(dict.fromkeys(differ))}, not only the seed; "
                         'mean ± std is taken over runs that differ only by --seed')
@@ -78,7 +77,8 @@ def aggregate(name: str, results: list) -> dict:
     return {'name': name, 'dataset': results[0]['dataset'], 'test_images': results[0]['test_images'],
             'seeds': [r['seed'] for r in results], 'reports': [r['name'] for r in results], 'accuracy': accuracy,
             'left_out': sorted({k for r in results for k in r['accuracy']} - set(rows)),
-            'share': {e: statistics.mean(r['share'][e] for r in results) for e in results[0]['share']}}
+            'share': {e: statistics.mean(r['share'][r['mode']][e] for r in results)
+                      for e in results[0]['share'][results[0]['mode']]}}
 
 
 def aggregate_markdown(summary: dict) -> str:

@@ -1,11 +1,18 @@
-"""Routing: per-image targets, the routing decision, and conditional-compute prediction.
+"""Routing: which expert answers each image, and running each expert only on the images that need it.
 
-The selector has one output per expert, trained as a multi-label "is expert i right on this
-image" classifier on the held-out `route` split (experts are near-perfect on their own training
-images, so targets built there would say nothing). route() trades predicted correctness against
-cost; predict() runs the selector once and then each expert only on the images routed to it.
-selectorTrain.py, infer.py and evaluate.py all use these functions.
+Experts are ordered cheapest first by their cost, timed on the device that runs them (or MACs). Two
+modes, both tuned on val and reported side by side:
+- cascade (Wang et al., "Wisdom of Committees", ICLR 2022, https://arxiv.org/abs/2012.01988): expert k
+  answers where its top softmax probability reaches threshold k; the other images go on to expert k+1,
+  and the last expert answers whatever is left.
+- selector: the cheapest expert runs on every image; the trained selector reads its features and
+  logits, predicts for each expert the chance that it is right, and sends the image to
+  argmax P(right) - w x extra cost. An image kept by the cheapest expert costs nothing more; any other
+  runs on exactly one costlier expert.
+selectorTrain.py, infer.py, evaluate.py and benchmarks/run.py all use these functions. To add a routing
+baseline, add its decision here and a row in routing_report.
 """
+import itertools
 import math
 import os
 
@@ -14,17 +21,31 @@ import torch.nn.functional as F
 
 from . import UserError
 from .checkpoint import check_compatible, linked_path, load_checkpoint, model_from_checkpoint
-from .engine import autocast, fuse_for_inference, place, predict_logits, reduce_sums
-from .metrics import count_macs, count_params, weights_mb
+from .engine import predict_logits
+from .metrics import count_macs, count_params, time_in_turns, weights_mb
+from .runtime import autocast, device_name, fuse_for_inference, place
 
-COST_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)  # the sweep: selectorTrain's choice, evaluate's table
+MODES = ('cascade', 'selector')
+COST_KINDS = ('time', 'macs')
+# The selector's sweep. Below 0 the weight favours costlier experts when they are about as likely right.
+COST_WEIGHTS = (-0.3, -0.2, -0.1, -0.05, -0.02, 0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+# The cascade's thresholds on the top softmax probability; 1 passes every image on.
+THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.0)
+
+
+def _final_linear_name(model: torch.nn.Module) -> str:
+    names = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    if not names:
+        raise UserError(f'{model.__class__.__name__} has no final Linear layer to read features from')
+    return names[-1]
 
 
 class Expert:
-    """A classifier rebuilt from its checkpoint, with its cost in MACs per image."""
+    """A classifier rebuilt from its checkpoint: its model (on the device, ready to infer), its size and
+    MACs, and, once measured, its time per image on this device."""
 
     def __init__(self, path: str, device, reference: dict | None = None):
-        self.path = path
+        self.path, self.device = path, torch.device(device)
         self.state = load_checkpoint(path, map_location='cpu')
         if reference is not None:  # every expert must see the same data, split and pixels
             check_compatible(self.state, path, num_classes=reference['num_classes'], split=reference['split'],
@@ -32,30 +53,34 @@ class Expert:
             if self.state['mean'] != reference['mean'] or self.state['std'] != reference['std']:
                 raise UserError(f"'{path}' normalises images differently from '{reference['path']}'; "
                                 f"train all experts on the same data")
-        model = place(model_from_checkpoint(self.state, path), torch.device(device))
-        self.params, self.weights_mb = count_params(model), weights_mb(model)  # as trained, before fusing
-        self.model = fuse_for_inference(model)
+        model = place(model_from_checkpoint(self.state, path), self.device)
+        self.params, self.weights_mb = count_params(model), weights_mb(model)  # as trained, before folding
+        self.feature_layer = _final_linear_name(model)
+        self.model = fuse_for_inference(model, self.device)
         self.name = os.path.basename(os.path.dirname(os.path.abspath(path))) or self.state['arch']
-        self.macs = count_macs(self.model, self.state['image_size'], device)
+        self.macs = count_macs(self.model, self.state['image_size'], self.device)
+        self.cost = {'macs': self.macs}
+        self._features = None
+        self.model.get_submodule(self.feature_layer).register_forward_hook(self._keep_features)
+
+    def _keep_features(self, module, inputs, output):
+        self._features = inputs[0]
+
+    def __call__(self, images):
+        return self.model(images)
+
+    def with_features(self, images):
+        """(logits, the input of the final Linear layer): what the selector reads."""
+        logits = self.model(images)
+        features, self._features = self._features, None
+        return logits, features
 
     def reference(self) -> dict:
         return {'path': self.path, **{k: self.state[k] for k in ('num_classes', 'split', 'image_size', 'mean', 'std')}}
 
-
-def load_selector(path: str) -> dict:
-    """A selector checkpoint, with its experts' paths found from where it lies now; anything else is
-    refused in one line."""
-    state = load_checkpoint(path, map_location='cpu')
-    if 'experts' not in state:
-        raise UserError(f"'{path}' is a {state.get('arch', 'model')} checkpoint, not a selector; pass the "
-                        "best.pt that selectorTrain.py wrote (default checkpoints/selector/best.pt)")
-    for expert in state['experts']:
-        found = linked_path(expert['path'], path, state)
-        if found is None:
-            raise UserError(f"selector '{path}' routes to '{expert['path']}', which is neither where it "
-                            f"lay beside the selector nor here; move run directories together, or retrain the selector")
-        expert['path'] = found
-    return state
+    def describe(self) -> dict:
+        """What a selector checkpoint stores of this expert."""
+        return {'path': self.path, 'name': self.name, 'arch': self.state['arch'], **self.cost}
 
 
 def load_experts(paths, device) -> list:
@@ -65,131 +90,345 @@ def load_experts(paths, device) -> list:
     return [first] + [Expert(p, device, first.reference()) for p in paths[1:]]
 
 
+def teacher_of(experts: list) -> str:
+    """The teacher every expert was distilled from (found from where the experts lie now)."""
+    named = {e.state.get('teacher') and os.path.abspath(linked_path(e.state['teacher'], e.path, e.state)
+                                                          or e.state['teacher']) for e in experts}
+    if None in named or '' in named:
+        no_teacher = next(e.path for e in experts if not e.state.get('teacher'))
+        raise UserError(f"'{no_teacher}' was trained without a teacher, so there is no teacher to fall back to; "
+                        f"drop --include-teacher or pass distilled students")
+    if len(named) > 1:
+        raise UserError(f"the experts were distilled from different teachers ({', '.join(sorted(named))}); "
+                        f"drop --include-teacher or pass students of one teacher")
+    return os.path.relpath(named.pop())
+
+
+def load_selector(path: str) -> dict:
+    """A selector checkpoint, with its experts' paths found from where it lies now; anything else is
+    refused in one line."""
+    state = load_checkpoint(path, map_location='cpu')
+    if 'experts' not in state:
+        raise UserError(f"'{path}' is a {state.get('arch', 'model')} checkpoint, not a selector; pass the "
+                        "best.pt that selectorTrain.py wrote (default checkpoints/selector/best.pt)")
+    if 'routing' not in state:
+        raise UserError(f"'{path}' was written by an older version of selectorTrain.py; retrain the selector")
+    for expert in state['experts']:
+        found = linked_path(expert['path'], path, state)
+        if found is None:
+            raise UserError(f"selector '{path}' routes to '{expert['path']}', which is neither where it "
+                            f"lay beside the selector nor here; move run directories together, or retrain the selector")
+        expert['path'] = found
+    return state
+
+
+# ---------------------------------------------------------------- costs
+
+def measure_costs(experts: list, images: torch.Tensor, amp=None):
+    """Time every expert on this device at this batch, stored with the device's name so that a cost is never
+    reused on another device without saying so."""
+    timings = time_in_turns({e: e for e in experts}, images, amp)
+    for expert in experts:
+        expert.cost = {'macs': expert.macs, **timings[expert], 'device': device_name(images.device)}
+
+
+def cost_vector(experts_meta: list, kind: str) -> torch.Tensor:
+    """Per-image cost of each expert: seconds on the measured device ('time') or MACs."""
+    if kind not in COST_KINDS:
+        raise UserError(f"unknown cost '{kind}'; choose one of {', '.join(COST_KINDS)}")
+    key = 'seconds_per_image' if kind == 'time' else 'macs'
+    return torch.tensor([float(e[key]) for e in experts_meta], dtype=torch.float64)
+
+
+def check_cost_device(experts_meta: list, kind: str, device: torch.device, where: str):
+    """A timed cost is only valid on the device it was timed on."""
+    if kind != 'time':
+        return
+    here = device_name(device)
+    measured = {e.get('device') for e in experts_meta}
+    if measured != {here}:
+        raise UserError(f"the experts' costs in '{where}' were timed on {', '.join(sorted(map(str, measured)))}, "
+                        f"not on this device ({here}); pass --cost measure to time them here, or --cost macs")
+
+
+# ---------------------------------------------------------------- decisions, from precomputed outputs
+
 def expert_correctness(expert_logits: list, labels: torch.Tensor) -> torch.Tensor:
     """N x E float tensor: 1 where expert e classifies image n correctly."""
     return torch.stack([(logits.argmax(1) == labels).float() for logits in expert_logits], 1)
 
 
-def normalised_costs(macs) -> torch.Tensor:
-    costs = torch.tensor(macs, dtype=torch.float32)
-    return costs / costs.max()
+def confidences(expert_logits: list) -> torch.Tensor:
+    """N x E: each expert's top softmax probability."""
+    return torch.stack([F.softmax(logits.float(), 1).max(1).values for logits in expert_logits], 1)
 
 
-def route(scores: torch.Tensor, costs: torch.Tensor, cost_weight: float = 0.0) -> torch.Tensor:
-    """Index of the expert with the best predicted correctness minus cost_weight x normalised cost."""
-    return (torch.sigmoid(scores.float()) - cost_weight * costs.to(scores.device)).argmax(1)
+def check_thresholds(thresholds, num_experts: int):
+    if len(thresholds) != num_experts - 1:
+        raise UserError(f'a cascade of {num_experts} experts takes {num_experts - 1} threshold(s), got {len(thresholds)}')
+    for t in thresholds:
+        if not 0 <= t <= 1:
+            raise UserError(f'cascade threshold {t} is outside [0, 1]; pass a top-probability between 0 and 1')
 
 
-@torch.inference_mode()
-def predict(selector, experts: list, images: torch.Tensor, costs: torch.Tensor, cost_weight: float = 0.0, amp=None):
-    """Route a batch and run each expert only on its own images.
-
-    Returns (logits N x C, choice N): logits are in input order, from the expert each image went to.
-    """
-    with autocast(images.device, amp):
-        choice = route(selector(images), costs, cost_weight)
-        logits = None
-        for e, expert in enumerate(experts):
-            mine = (choice == e).nonzero().squeeze(1)
-            if len(mine) == 0:
-                continue
-            out = expert(images.index_select(0, mine)).float()
-            if logits is None:
-                logits = torch.empty(len(images), out.shape[1], device=images.device)
-            logits[mine] = out
-    return logits, choice
+def cascade_choice(conf: torch.Tensor, thresholds) -> torch.Tensor:
+    """The expert that answers each image: the first k whose confidence reaches thresholds[k] (1 never does)."""
+    n, e = conf.shape
+    choice = torch.full((n,), e - 1, dtype=torch.long, device=conf.device)
+    undecided = torch.ones(n, dtype=torch.bool, device=conf.device)
+    for k, t in enumerate(thresholds):
+        keep = undecided & (conf[:, k] >= t) if t < 1 else torch.zeros_like(undecided)
+        choice[keep] = k
+        undecided &= ~keep
+    return choice
 
 
-def cost_weight_sweep(expert_logits: list, labels, scores, macs: list, selector_macs: int, weights) -> list:
-    """(cost weight, accuracy, mean MACs per image) of routing at each weight, from precomputed outputs."""
-    correct = expert_correctness(expert_logits, labels).cpu()
-    costs, macs_t = normalised_costs(macs), torch.tensor(macs, dtype=torch.float64)
+def cascade_cost(choice: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
+    """Per-image cost of a cascade: every expert up to the one that answered ran."""
+    return costs.cumsum(0).to(choice.device)[choice]
+
+
+def extra_costs(costs: torch.Tensor) -> torch.Tensor:
+    """What choosing each expert adds once the cheapest has run, as a fraction of the largest: the
+    selector's cost term."""
+    extra = costs.double().clone()
+    extra[0] = 0
+    return (extra / costs.max()).float()
+
+
+def selector_choice(scores: torch.Tensor, extra: torch.Tensor, weight: float) -> torch.Tensor:
+    return (torch.sigmoid(scores.float()) - weight * extra.to(scores.device)).argmax(1)
+
+
+def selector_cost(choice: torch.Tensor, costs: torch.Tensor, selector_cost_: float = 0.0) -> torch.Tensor:
+    """Per-image cost of selector routing: the cheapest expert and the selector always, plus the chosen one."""
+    costs = costs.to(choice.device)
+    return costs[0] + selector_cost_ + torch.where(choice > 0, costs[choice], torch.zeros_like(costs[choice]))
+
+
+def outcome(choice, correct, per_image_cost) -> tuple:
+    """(accuracy, mean cost per image) of a routing."""
+    return correct.gather(1, choice[:, None].to(correct.device)).mean().item(), per_image_cost.double().mean().item()
+
+
+def cascade_sweep(conf, correct, costs, grid=THRESHOLDS) -> list:
+    """[(thresholds, accuracy, cost)] over every combination of per-stage thresholds in the grid."""
     points = []
-    for w in weights:
-        choice = route(scores.cpu(), costs, w)
-        points.append((w, correct.gather(1, choice[:, None]).mean().item(), selector_macs + macs_t[choice].mean().item()))
+    for thresholds in itertools.product(grid, repeat=conf.shape[1] - 1):
+        choice = cascade_choice(conf, thresholds)
+        points.append((list(thresholds), *outcome(choice, correct, cascade_cost(choice, costs))))
     return points
 
 
-def choose_cost_weight(sweep: list, max_drop: float) -> float:
-    """The weight of the cheapest point of a sweep [(weight, accuracy, MACs)] whose accuracy is within max_drop
-    (a fraction) of the most accurate point's; among equally cheap ones, the most accurate. selectorTrain.py calls
-    it on val, so the operating point is never picked on test."""
-    best = max(accuracy for _, accuracy, _ in sweep)
-    return min((p for p in sweep if p[1] >= best - max_drop), key=lambda p: (p[2], -p[1]))[0]
+def selector_sweep(scores, correct, costs, selector_cost_=0.0, weights=COST_WEIGHTS) -> list:
+    """[(cost weight, accuracy, cost)] of selector routing at each weight."""
+    extra = extra_costs(costs)
+    return [(w, *outcome(choice, correct, selector_cost(choice, costs, selector_cost_)))
+            for w in weights for choice in [selector_choice(scores, extra, w)]]
 
 
-def selection_step(selector, targets: torch.Tensor):
-    """The selector's training step: binary cross-entropy on 'is expert e right', per expert.
+def choose_point(points: list, target: float):
+    """The cheapest point whose accuracy reaches target; if none does, the most accurate (then cheapest).
+    selectorTrain.py calls it on val, so an operating point is never picked on test."""
+    reaching = [p for p in points if p[1] >= target - 1e-12]
+    if reaching:
+        return min(reaching, key=lambda p: (p[2], -p[1]))
+    return max(points, key=lambda p: (p[1], -p[2]))
 
-    targets is indexed by sample index (rows outside the route split are never read)."""
-    def step(images, labels, indices):
-        scores = selector(images)
-        return F.binary_cross_entropy_with_logits(scores.float(), targets[indices]), None
+
+def choose_routing(conf, scores, correct, costs, selector_cost_: float, max_drop: float) -> dict:
+    """Both modes tuned on val to reach the best single expert's accuracy (less max_drop) as cheaply as they
+    can; the default mode is the one that pays more: cheaper if both reach it, else more accurate."""
+    target = correct.mean(0).max().item() - max_drop
+    cascade = choose_point(cascade_sweep(conf, correct, costs), target)
+    selector = choose_point(selector_sweep(scores, correct, costs, selector_cost_), target)
+
+    def merit(point):
+        return (point[1] >= target - 1e-12, -point[2] if point[1] >= target - 1e-12 else point[1])
+    mode = 'cascade' if merit(cascade) >= merit(selector) else 'selector'
+    return {'mode': mode, 'thresholds': cascade[0], 'cost_weight': selector[0], 'target_accuracy': target,
+            'val': {'cascade': cascade[1:], 'selector': selector[1:]}}
+
+
+def selector_inputs(logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """What the selector reads of the cheapest expert: its penultimate features and log-probabilities."""
+    return torch.cat([features.float().flatten(1), F.log_softmax(logits.float(), 1)], 1)
+
+
+@torch.inference_mode()
+def expert_outputs(experts: list, loader, amp=None):
+    """([each expert's logits], the selector's inputs from the first (cheapest) expert, labels) over a loader,
+    in order, as float32 on its device."""
+    logits, inputs, labels = [[] for _ in experts], [], []
+    for images, batch_labels, _ in loader:
+        with autocast(loader.device, amp):
+            first, features = experts[0].with_features(images)
+            inputs.append(selector_inputs(first, features))
+            logits[0].append(first.float())
+            for k, expert in enumerate(experts[1:], 1):
+                logits[k].append(expert(images).float())
+        labels.append(batch_labels)
+    return [torch.cat(out) for out in logits], torch.cat(inputs), torch.cat(labels)
+
+
+def selection_step(selector, disagreement_weight: float = 1.0):
+    """The selector's training step: binary cross-entropy on 'is expert e right', per expert, with the
+    images on which the experts disagree (where the choice matters) weighted by disagreement_weight."""
+    def step(inputs, correct, indices):
+        scores = selector(inputs).float()
+        disagree = (correct.max(1).values != correct.min(1).values).float()
+        weight = 1 + (disagreement_weight - 1) * disagree
+        loss = F.binary_cross_entropy_with_logits(scores, correct, reduction='none').mean(1)
+        return (loss * weight).sum() / weight.sum(), None
     return step
 
 
-class RoutedAccuracy:
-    """evaluate_fn for the engine: (selector BCE, routed accuracy) on a loader.
+class SelectorScore:
+    """evaluate_fn for the engine on a TensorLoader of (selector inputs, expert correctness):
+    (mean BCE, accuracy of selector routing at cost_weight; 0, pure predicted accuracy, until tuned)."""
 
-    Each expert's predictions on a loader are computed once and kept, so choosing the best epoch
-    costs one selector pass per epoch."""
-
-    def __init__(self, experts: list, cost_weight: float = 0.0):
-        self.experts, self.cost_weight = experts, cost_weight
-        self.costs = normalised_costs([e.macs for e in experts])
-        self.cached = {}
-
-    def expert_outputs(self, loader, amp=None):
-        if id(loader) not in self.cached:
-            outputs = [predict_logits(e.model, loader, amp) for e in self.experts]
-            labels = outputs[0][1]
-            self.cached[id(loader)] = ([logits for logits, _ in outputs], labels)
-        return self.cached[id(loader)]
+    def __init__(self):
+        self.extra, self.cost_weight = None, 0.0
 
     def __call__(self, selector, loader, amp=None):
-        expert_logits, labels = self.expert_outputs(loader, amp)
-        correct = expert_correctness(expert_logits, labels)
-        scores, _ = predict_logits(selector, loader, amp)
-        choice = route(scores, self.costs, self.cost_weight)
-        loss = F.binary_cross_entropy_with_logits(scores, correct, reduction='sum').item() / correct.shape[1]
-        right = correct.gather(1, choice[:, None]).sum().item()
-        loss, right, seen = reduce_sums(loss, right, len(labels), device=labels.device)  # over torchrun ranks
-        return loss / max(seen, 1), right / max(seen, 1)
+        scores, correct = predict_logits(selector, loader, amp)
+        loss = F.binary_cross_entropy_with_logits(scores, correct).item()
+        extra = self.extra if self.extra is not None else torch.zeros(correct.shape[1])
+        choice = selector_choice(scores, extra, self.cost_weight)
+        return loss, correct.gather(1, choice[:, None]).mean().item()
 
 
-def routing_report(expert_logits: list, labels: torch.Tensor, scores: torch.Tensor, macs: list,
-                   selector_macs: int, cost_weight: float = 0.0, seed: int = 0, best: int | None = None) -> dict:
-    """Accuracy and mean MACs per image of routing against its references, from precomputed outputs.
+# ---------------------------------------------------------------- conditional compute
 
-    Keys: each expert alone, routed, oracle (any expert right), random routing, best single expert
-    (pass `best` chosen on val when reporting on test) and max-confidence routing (runs every expert).
-    Also the share of images each expert received."""
-    correct = expert_correctness(expert_logits, labels)
+class Router:
+    """images -> (logits, choice): each image answered by one expert, each expert run only where needed.
+
+    Host synchronisation: one per cascade stage (which images go on), one per batch for the selector
+    (how many images each expert gets)."""
+
+    def __init__(self, experts: list, mode: str, thresholds=None, selector=None, extra=None, cost_weight=0.0):
+        if mode not in MODES:
+            raise UserError(f"unknown routing mode '{mode}'; choose one of {', '.join(MODES)}")
+        if mode == 'cascade':
+            check_thresholds(thresholds, len(experts))
+        self.experts, self.mode, self.thresholds = experts, mode, thresholds
+        self.selector, self.extra, self.cost_weight = selector, extra, cost_weight
+
+    @torch.inference_mode()
+    def __call__(self, images):
+        return self._cascade(images) if self.mode == 'cascade' else self._selected(images)
+
+    def _cascade(self, images):
+        n = len(images)
+        choice = torch.full((n,), len(self.experts) - 1, dtype=torch.long, device=images.device)
+        logits, pending = None, torch.arange(n, device=images.device)
+        for k, expert in enumerate(self.experts):
+            out = expert(images if k == 0 else images.index_select(0, pending)).float()
+            if logits is None:
+                logits = torch.empty(n, out.shape[1], device=images.device)
+            if k == len(self.experts) - 1:
+                logits[pending] = out
+                break
+            t = self.thresholds[k]
+            keep = F.softmax(out, 1).max(1).values >= t if t < 1 else torch.zeros(len(out), dtype=torch.bool,
+                                                                                    device=out.device)
+            kept = pending[keep]
+            logits[kept], choice[kept] = out[keep], k
+            pending = pending[~keep]
+            if len(pending) == 0:  # the one wait per stage: how many images go on
+                break
+        return logits, choice
+
+    def _selected(self, images):
+        first, features = self.experts[0].with_features(images)
+        logits = first.float()
+        scores = self.selector(selector_inputs(logits, features))
+        choice = selector_choice(scores, self.extra, self.cost_weight)
+        order = torch.argsort(choice, stable=True)
+        counts = torch.bincount(choice, minlength=len(self.experts)).tolist()  # the one wait per batch
+        start = counts[0]
+        for expert, count in zip(self.experts[1:], counts[1:]):
+            if count:
+                mine = order[start:start + count]
+                logits[mine] = expert(images.index_select(0, mine)).float()
+                start += count
+        return logits, choice
+
+
+def router_for(state: dict, experts: list, selector, *, mode=None, thresholds=None, cost_weight=None, cost='stored',
+               amp=None, where: str = 'selector'):
+    """The Router a selector checkpoint describes, with any of its val-chosen settings overridden.
+
+    cost: 'stored' (the experts' times as selectorTrain.py measured them: refused on another device),
+    'measure' (timed again here) or 'macs'. Settings that do not belong to the mode are refused."""
+    routing = state['routing']
+    mode = mode or routing['mode']
+    if mode == 'cascade':
+        if cost_weight is not None or cost != 'stored':
+            raise UserError('--cost-weight and --cost tune the selector mode; the cascade uses --threshold')
+        return Router(experts, 'cascade', thresholds=thresholds or routing['thresholds'])
+    if thresholds:
+        raise UserError('--threshold tunes the cascade; the selector mode uses --cost-weight')
+    kind, metas = ('macs' if cost == 'macs' else routing['cost']), state['experts']
+    if cost == 'measure' and kind == 'time':
+        size = state['image_size']
+        device = next(selector.parameters()).device
+        measure_costs(experts, torch.zeros(256, 3, size, size, device=device).contiguous(
+            memory_format=torch.channels_last), amp)
+        metas = [e.cost for e in experts]
+    check_cost_device(metas, kind, next(selector.parameters()).device, where)
+    return Router(experts, 'selector', selector=selector, extra=extra_costs(cost_vector(metas, kind)),
+                  cost_weight=routing['cost_weight'] if cost_weight is None else cost_weight)
+
+
+# ---------------------------------------------------------------- reports
+
+def routing_report(expert_logits: list, labels, scores, costs_by_kind: dict, selector_costs: dict, routing: dict,
+                   seed: int = 0, best: int | None = None) -> dict:
+    """Accuracy and cost per image (time and MACs) of both routing modes against their references, from
+    precomputed outputs. Rows: each expert alone, cascade, selector, the default mode, oracle (any expert
+    right), random routing, best single expert (pass `best`, chosen on val, when reporting on test) and
+    max confidence (runs every expert). Also the share of images each mode sends to each expert."""
+    correct = expert_correctness(expert_logits, labels).cpu()
+    conf = confidences(expert_logits).cpu()
     n, e = correct.shape
-    choice = route(scores, normalised_costs(macs), cost_weight).cpu()
-    correct = correct.cpu()
+    choices = {'cascade': cascade_choice(conf, routing['thresholds']),
+               'selector': selector_choice(scores.cpu(), extra_costs(costs_by_kind[routing['cost']]),
+                                           routing['cost_weight'])}
     rows = {}
+
+    def add(name, choice, cost_fn):
+        rows[name] = {'accuracy': outcome(choice, correct, torch.zeros(n))[0],
+                      **{kind: cost_fn(choice, kind).double().mean().item() for kind in costs_by_kind}}
     for i in range(e):
-        rows[f'expert:{i}'] = (correct[:, i].mean().item(), macs[i])
+        add(f'expert:{i}', torch.full((n,), i), lambda c, kind: costs_by_kind[kind][c])
+    add('cascade', choices['cascade'], lambda c, kind: cascade_cost(c, costs_by_kind[kind]))
+    add('selector', choices['selector'], lambda c, kind: selector_cost(c, costs_by_kind[kind], selector_costs[kind]))
+    rows['routed'] = {**rows[routing['mode']], 'mode': routing['mode']}
+    rows['oracle'] = {'accuracy': correct.max(1).values.mean().item(), **{k: math.nan for k in costs_by_kind}}
     random_choice = torch.randint(0, e, (n,), generator=torch.Generator().manual_seed(seed))
-    share = torch.bincount(choice, minlength=e).float() / n
-    rows['routed'] = (correct.gather(1, choice[:, None]).mean().item(),
-                      selector_macs + float((share * torch.tensor(macs, dtype=torch.float32)).sum()))
-    rows['oracle'] = (correct.max(1).values.mean().item(), float('nan'))
-    rows['random'] = (correct.gather(1, random_choice[:, None]).mean().item(), sum(macs) / e)
+    add('random', random_choice, lambda c, kind: costs_by_kind[kind][c])
     best = int(correct.mean(0).argmax()) if best is None else best
-    rows['best single'] = (correct[:, best].mean().item(), macs[best])
-    confidence = torch.stack([F.softmax(l.float(), 1).max(1).values.cpu() for l in expert_logits], 1)
-    rows['max confidence'] = (correct.gather(1, confidence.argmax(1)[:, None]).mean().item(), sum(macs))
-    return {'rows': rows, 'share': share.tolist(), 'choice': choice}
+    add('best single', torch.full((n,), best), lambda c, kind: costs_by_kind[kind][c])
+    add('max confidence', conf.argmax(1), lambda c, kind: costs_by_kind[kind].sum().expand(n))
+    share = {mode: (torch.bincount(c, minlength=e).float() / n).tolist() for mode, c in choices.items()}
+    headroom = rows['oracle']['accuracy'] - rows['best single']['accuracy']
+    gap_closed = {mode: (rows[mode]['accuracy'] - rows['best single']['accuracy']) / headroom if headroom > 0
+                  else math.nan for mode in choices}
+    return {'rows': rows, 'share': share, 'choice': choices[routing['mode']], 'gap_closed': gap_closed}
 
 
 def format_report(report: dict, names: list, title: str) -> str:
-    lines = [title, f"  {'routing':<22}{'accuracy':>9}{'MMACs/img':>11}"]
-    for key, (acc, macs) in report['rows'].items():
+    lines = [title, f"  {'routing':<22}{'accuracy':>9}{'ms/img':>9}{'MMACs/img':>11}"]
+    for key, row in report['rows'].items():
         label = names[int(key.split(':')[1])] if key.startswith('expert:') else key
-        shown_macs = '—' if math.isnan(macs) else f'{macs / 1e6:.1f}'  # the oracle has no cost of its own
-        lines.append(f'  {label:<22}{acc:>9.2%}{shown_macs:>11}')
-    lines.append('  share routed: ' + ', '.join(f'{n} {s:.0%}' for n, s in zip(names, report['share'])))
+        if key == 'routed':
+            label = f"routed ({row['mode']})"
+        ms = '—' if math.isnan(row.get('time', math.nan)) else f"{1000 * row['time']:.3f}"
+        macs = '—' if math.isnan(row.get('macs', math.nan)) else f"{row['macs'] / 1e6:.1f}"
+        lines.append(f"  {label:<22}{row['accuracy']:>9.2%}{ms:>9}{macs:>11}")
+    for mode, share in report['share'].items():
+        lines.append(f'  share, {mode}: ' + ', '.join(f'{n} {s:.0%}' for n, s in zip(names, share)))
+    lines.append('  of the gap between the best single expert and the oracle, closed: ' + ', '.join(
+        f'{mode} {closed:.0%}' for mode, closed in report['gap_closed'].items()))
     return '\n'.join(lines)

@@ -5,15 +5,20 @@ from .cifar import densenet121, googlenet, resnet50
 from .selector import Selector
 
 # name -> constructor(num_outputs). For the selector, num_outputs is the number of experts.
+# To add a student: write its constructor in cifar.py and add one line here.
 MODELS = {
     'resnet50': resnet50,
     'densenet121': densenet121,
     'googlenet': googlenet,
     'selector': Selector,
 }
+# The students studentTrain.py and pipeline.py distil, cheapest last; any classifier above can be one.
+STUDENTS = ('densenet121', 'googlenet')
+TEACHER = 'resnet50'
 
 
-def build_model(name: str, num_classes: int) -> nn.Module:
+def build_model(name: str, num_classes: int, **model_args) -> nn.Module:
+    """model_args: what else the constructor needs (the selector's in_features); checkpoints store them."""
     if name not in MODELS:
         raise ValueError(f"unknown architecture '{name}'; choose one of {', '.join(MODELS)}")
-    return MODELS[name](num_classes)
+    return MODELS[name](num_classes, **model_args)

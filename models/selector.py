@@ -1,30 +1,24 @@
-"""The selector: a small CNN that scores, per image, how likely each expert is right.
+"""The selector: a small network that reads the cheapest expert's outputs and scores, for each expert,
+how likely it is to classify the image correctly.
 
-It has one output per expert (a logit of "this expert classifies the image
-correctly"), so it serves any number of experts. At 32 px it costs about
-13 MMACs, a few percent of the cheapest student, so routing saves compute.
-Design in the spirit of the gating networks of Shazeer et al., "Outrageously
-Large Neural Networks: The Sparsely-Gated Mixture-of-Experts Layer", 2017.
-https://arxiv.org/abs/1701.06538
+The cheapest expert runs on every image anyway, so its penultimate features and its logits cost nothing
+more to read, and they say far more about an image's difficulty than its raw pixels do: a pixel-level
+CNN of a few MMACs learned almost nothing on CIFAR-10 (docs/routing.md). With one output per expert it
+serves any number of experts. In the spirit of learned deferral in cascades (Wang et al., "Wisdom of
+Committees", ICLR 2022, https://arxiv.org/abs/2012.01988) and of mixture-of-experts gates.
 """
+import torch
 from torch import nn
 
 
-def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
 class Selector(nn.Module):
-    def __init__(self, num_experts: int, width: int = 32):
+    def __init__(self, num_experts: int, in_features: int, hidden: int = 256, dropout: float = 0.2):
         super().__init__()
-        self.features = nn.Sequential(
-            _conv_bn_relu(3, width), nn.MaxPool2d(2),
-            _conv_bn_relu(width, 2 * width), nn.MaxPool2d(2),
-            _conv_bn_relu(2 * width, 4 * width), nn.MaxPool2d(2),
-            _conv_bn_relu(4 * width, 4 * width),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
-        self.head = nn.Linear(4 * width, num_experts)
+        self.net = nn.Sequential(
+            nn.BatchNorm1d(in_features),  # features and log-probabilities come on very different scales
+            nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, num_experts))
 
-    def forward(self, x):
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.float())

@@ -27,8 +27,12 @@ def test_students_record_their_teacher_and_the_selector_its_experts(tiny_runs):
     baseline = torch.load(work / 'checkpoints' / 'googlenet-nokd' / 'best.pt', weights_only=True)
     assert baseline['teacher'] is None and baseline['alpha'] == 0
     selector = torch.load(work / 'checkpoints' / 'selector' / 'best.pt', weights_only=True)
-    assert [e['name'] for e in selector['experts']] == ['densenet121', 'googlenet']
-    assert selector['experts'][0]['macs'] > selector['experts'][1]['macs'] > selector['selector_macs']
+    experts = selector['experts']
+    assert {e['name'] for e in experts} == {'densenet121', 'googlenet'}
+    times = [e['seconds_per_image'] for e in experts]
+    assert times == sorted(times) and all(e['device'].startswith('CPU') and e['batch_size'] > 0 for e in experts)
+    assert min(e['macs'] for e in experts) > selector['selector_macs']
+    assert selector['routing']['mode'] in ('cascade', 'selector') and selector['routing']['cost'] == 'time'
 
 
 def test_student_from_the_logit_cache(tiny_runs):
@@ -46,14 +50,15 @@ def test_selector_with_the_teacher_as_fallback(tiny_runs):
     assert 'max confidence' in result.stdout and 'teacher' in result.stdout
     assert 'selector epoch 1/1  train loss' in result.stdout and 'nan' not in result.stdout  # no 'acc nan%' in the log
     state = torch.load(work / 'checkpoints' / 'selector3' / 'best.pt', weights_only=True)
-    assert [e['name'] for e in state['experts']] == ['densenet121', 'googlenet', 'teacher']
+    assert {e['name'] for e in state['experts']} == {'densenet121', 'googlenet', 'teacher'}
 
 
 def test_teacher_of_another_split_is_refused(tiny_runs):
     work, folder = tiny_runs
     result = run_script(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--seed', '1', '--out', 'x',
                         cwd=work, check=False)
-    assert result.returncode == 2 and 'has split=' in result.stderr and 'Traceback' not in result.stderr
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert "--seed 1 differs from --seed 0 that 'checkpoints/teacher/best.pt' was trained with" in result.stderr
     assert not (work / 'x' / 'last.pt').exists()
 
 
@@ -72,25 +77,42 @@ def test_student_with_a_missing_teacher_is_one_clear_line(image_folder):
     assert result.returncode == 2 and "checkpoint 'no.pt' does not exist" in result.stderr
 
 
-def test_auto_cost_weight_is_chosen_on_val_and_stored_with_the_selector(tiny_runs, monkeypatch):
+def test_routing_is_chosen_on_val_and_stored_with_the_selector(tiny_runs, monkeypatch):
     import selectorTrain
-    from distill.routing import COST_WEIGHTS, cost_weight_sweep
+    from distill.routing import choose_routing
     work, folder = tiny_runs
-    experts = [str(work / 'checkpoints' / name / 'best.pt') for name in ('densenet121', 'googlenet')]
-    swept, chosen = [], []
-    monkeypatch.setattr(selectorTrain, 'cost_weight_sweep',
-                        lambda logits, labels, *rest: swept.append(len(labels)) or cost_weight_sweep(logits, labels, *rest))
-    monkeypatch.setattr(selectorTrain, 'choose_cost_weight', lambda sweep, drop: chosen.append((sweep, drop)) or 0.5)
-    selectorTrain.main([*TINY, '--data-dir', str(folder), '--experts', *experts, '--max-accuracy-drop', '2',
-                        '--out', 'auto'])
-    assert swept == [6]  # the 6 val images (TINY's --val-size), never the test set
-    (sweep, drop), = chosen
-    assert drop == 0.02 and [w for w, _, _ in sweep] == list(COST_WEIGHTS)
-    assert torch.load('auto/best.pt', weights_only=True)['cost_weight'] == 0.5
-    assert json.loads(open('auto/summary.json').read())['cost_weight'] == 0.5
+    experts = [str(work / 'checkpoints' / name) for name in ('densenet121', 'googlenet')]  # run directories
+    seen = []
+    monkeypatch.setattr(selectorTrain, 'choose_routing',
+                        lambda conf, *rest, **kw: seen.append(len(conf)) or {**choose_routing(conf, *rest, **kw),
+                                                                             'mode': 'selector', 'cost_weight': 0.5})
+    selectorTrain.main(['--experts', *experts, '--epochs', '2', '--max-accuracy-drop', '2', '--out', 'auto'])
+    assert seen == [6]  # the 6 val images (TINY's --val-size), never the test set; data settings inherited
+    state = torch.load('auto/best.pt', weights_only=True)
+    assert state['routing']['mode'] == 'selector' and state['routing']['cost_weight'] == 0.5
+    assert json.loads(open('auto/summary.json').read())['routing']['cost_weight'] == 0.5
+    assert state['split'] == torch.load(experts[0] + '/best.pt', weights_only=True)['split']
+    assert 'optimizer' not in state and 'rng' not in state  # best.pt: what inference needs
 
-    selectorTrain.main([*TINY, '--data-dir', str(folder), '--experts', *experts, '--cost-weight', '0.3', '--out', 'fixed'])
-    assert swept == [6] and torch.load('fixed/best.pt', weights_only=True)['cost_weight'] == 0.3
+
+def test_a_teacher_fallback_needs_experts_that_name_a_teacher(tiny_runs, capsys):
+    import selectorTrain
+    work, _ = tiny_runs
+    with pytest.raises(SystemExit) as exit_info:
+        selectorTrain.main(['--experts', str(work / 'checkpoints' / 'googlenet-nokd'), str(work / 'checkpoints' /
+                            'googlenet'), '--include-teacher', '--out', 'x'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and 'trained without a teacher' in err[0]
+
+
+def test_a_selector_with_the_teacher_as_last_resort(tiny_runs):
+    import selectorTrain
+    work, _ = tiny_runs
+    experts = [str(work / 'checkpoints' / name) for name in ('densenet121', 'googlenet')]
+    selectorTrain.main(['--experts', *experts, '--include-teacher', '--epochs', '1', '--cost', 'macs', '--out', 'fb'])
+    state = torch.load('fb/best.pt', weights_only=True)
+    assert [e['arch'] for e in state['experts']][-1] == 'resnet50'  # ordered by MACs: the teacher last
+    assert len(state['routing']['thresholds']) == 2 and state['model_args']['in_features'] > 3
 
 
 def test_a_selector_for_experts_without_a_route_split_is_one_clear_line(image_folder, capsys):

@@ -5,22 +5,25 @@ from conftest import ROOT, run_script
 
 
 FIGURES = {'training_curves.png', 'confusion.png', 'per_class_accuracy.png', 'routing_share.png',
-           'accuracy_vs_macs.png'}
+           'accuracy_vs_time.png'}
 
 
 def test_evaluate_writes_the_report_and_every_figure(tiny_runs):
     work, _ = tiny_runs  # the pipeline ran evaluate.py as `--name quick`
     report = json.loads((work / 'results' / 'quick.json').read_text())
-    assert {'teacher', 'densenet121', 'googlenet', 'routed', 'oracle', 'random', 'best single',
-            'max confidence'} <= set(report['accuracy'])
+    assert {'teacher', 'densenet121', 'googlenet', 'cascade', 'selector', 'routed', 'oracle', 'random',
+            'best single', 'max confidence'} <= set(report['accuracy'])
     oracle = report['accuracy']['oracle'][0]
     assert all(report['accuracy'][name][0] <= oracle + 1e-9 for name in ('densenet121', 'googlenet', 'routed'))
     assert report['compression']['teacher']['macs'] > report['compression']['googlenet']['macs']
-    assert abs(sum(report['share'].values()) - 1) < 1e-6 and report['sweep'][0][0] == 0.0
-    assert report['sweep'][-1][2] <= report['sweep'][0][2]  # a higher cost weight never costs more
-    assert '| routed |' in (work / 'results' / 'quick.md').read_text()
-    assert {p.name for p in (work / 'images' / 'quick').iterdir()} == FIGURES
-    assert all((work / 'images' / 'quick' / f).stat().st_size > 5000 for f in FIGURES)
+    assert all(abs(sum(share.values()) - 1) < 1e-6 for share in report['share'].values())
+    assert {'routed (cascade)', 'routed (selector)', 'teacher'} <= set(report['speed'])  # both modes timed here
+    weights = report['sweeps']['selector']
+    assert weights[-1][2] <= weights[0][2]  # a higher cost weight never costs more
+    assert '| routed (' in (work / 'results' / 'quick.md').read_text()
+    figures = work / 'results' / 'quick'  # beside the report, not in the tracked images/ folder
+    assert {p.name for p in figures.iterdir()} == FIGURES
+    assert all((figures / f).stat().st_size > 5000 for f in FIGURES)
     assert report['accuracy']['densenet121 (no KD)'] and report['accuracy']['googlenet (no KD)']
 
 

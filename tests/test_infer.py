@@ -104,3 +104,49 @@ def test_infer_bad_input_is_one_clear_line(tiny_runs, tmp_path, case, message):
     result = run_script(ROOT / 'infer.py', *args, '--out', out, cwd=work, check=False)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / 'p.csv').exists() and not list(tmp_path.rglob('*.tmp*'))
+
+
+def test_standard_output_json_types_and_each_routing_mode(tiny_runs, messy_folder):
+    work, _ = tiny_runs
+    result = run_script(ROOT / 'infer.py', messy_folder, '--out', '-', '--format', 'json', cwd=work)
+    rows = json.loads(result.stdout)
+    assert len(rows) == 9 and not (work / '-').exists()
+    assert all(r['confidence'] is None for r in rows if r['error'])  # null, not ""
+    assert all(isinstance(r['confidence'], float) for r in rows if not r['error'])
+    assert '6 images classified' in result.stderr
+    for mode in ('cascade', 'selector'):
+        out = run_script(ROOT / 'infer.py', messy_folder / 'gray.png', '--route', mode, '--out', '-', cwd=work)
+        assert out.stdout.startswith('path,prediction') and '1 image classified' in out.stderr
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--route', 'mixture'], "invalid choice: 'mixture'"),
+    (['--route', 'cascade', '--threshold', '1.5'], '--threshold must be between 0 and 1 (got 1.5)'),
+    (['--route', 'cascade', '--cost-weight', '0.2'], 'the cascade uses --threshold'),
+    (['--teacher', 'checkpoints/teacher', '--cost-weight', '5'], '--teacher runs one model on every image'),
+    (['--route', 'selector', '--cost', 'measure', '--expert', 'googlenet'], '--expert runs one model'),
+])
+def test_routing_flags_that_would_do_nothing_or_are_out_of_range_are_one_line(tiny_runs, messy_folder, args, message):
+    work, _ = tiny_runs
+    result = run_script(ROOT / 'infer.py', messy_folder, *args, '--out', '-', cwd=work, check=False)
+    assert result.returncode == 2 and message in result.stderr and 'Traceback' not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_cost_timed_on_another_device_is_refused_until_measured_here(tiny_runs, messy_folder, tmp_path):
+    import torch
+    work, _ = tiny_runs
+    state = torch.load(work / 'checkpoints' / 'selector' / 'best.pt', weights_only=True)
+    for expert in state['experts']:
+        expert['device'] = 'NVIDIA H100 80GB HBM3'
+    moved = work / 'checkpoints' / 'selector-gpu'
+    moved.mkdir(exist_ok=True)
+    torch.save({**state, 'config': {**state['config'], 'out': 'checkpoints/selector-gpu'}}, moved / 'best.pt')
+    result = run_script(ROOT / 'infer.py', messy_folder, '--selector', moved, '--route', 'selector', '--out', '-',
+                        cwd=work, check=False)
+    assert result.returncode == 2 and 'timed on NVIDIA H100 80GB HBM3, not on this device' in result.stderr
+    assert '--cost measure' in result.stderr
+    for cost in ('measure', 'macs'):
+        run_script(ROOT / 'infer.py', messy_folder, '--selector', moved, '--route', 'selector', '--cost', cost,
+                   '--out', tmp_path / f'{cost}.csv', cwd=work)
+    run_script(ROOT / 'infer.py', messy_folder, '--selector', moved, '--route', 'cascade', '--out', '-', cwd=work)

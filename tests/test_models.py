@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from models import MODELS, build_model
-from distill.engine import fuse_for_inference
+from models import MODELS, STUDENTS, TEACHER, build_model
+from distill.runtime import fuse_for_inference
 from distill.metrics import count_macs, count_params
 
 CLASSIFIERS = [name for name in MODELS if name != 'selector']
 
 
-@pytest.mark.parametrize('name', list(MODELS))
+@pytest.mark.parametrize('name', CLASSIFIERS)
 def test_forward_backward_shapes(name):
     model = build_model(name, 7)
     images = torch.randn(4, 3, 16, 16, requires_grad=True)
@@ -19,7 +19,7 @@ def test_forward_backward_shapes(name):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize('name', list(MODELS))
+@pytest.mark.parametrize('name', CLASSIFIERS)
 def test_outputs_are_logits_not_probabilities(name):
     # The original ended its students with a softmax, which breaks the KD loss.
     model = build_model(name, 5).train()
@@ -37,10 +37,18 @@ def test_cifar_models_match_the_guide(name, params_m, macs_g):
     assert count_macs(model, 32) / 1e9 == pytest.approx(macs_g, abs=0.01)
 
 
-def test_students_are_cheaper_than_the_teacher_and_selector_is_tiny():
-    macs = {name: count_macs(build_model(name, 10 if name != 'selector' else 2), 32) for name in MODELS}
-    assert macs['densenet121'] < macs['resnet50'] and macs['googlenet'] < macs['resnet50']
-    assert macs['selector'] < 0.1e9 and macs['selector'] < 0.05 * macs['googlenet']
+def test_the_selector_reads_features_and_scores_each_expert():
+    selector = build_model('selector', 3, in_features=20)
+    inputs = torch.randn(5, 20, requires_grad=True)
+    selector(inputs).sum().backward()  # trained end to end: no detached part
+    assert selector(inputs).shape == (5, 3) and inputs.grad is not None
+
+
+@pytest.mark.parametrize('student', STUDENTS)
+def test_students_are_cheaper_than_the_teacher_and_the_selector_is_tiny(student):
+    macs = count_macs(build_model(student, 10), 32)
+    assert macs < count_macs(build_model(TEACHER, 10), 32)
+    assert count_macs(build_model('selector', 2, in_features=1034), torch.zeros(1, 1034)) < 0.01 * macs
 
 
 def test_unknown_architecture_is_a_clear_error():
@@ -48,7 +56,7 @@ def test_unknown_architecture_is_a_clear_error():
         build_model('vgg', 10)
 
 
-@pytest.mark.parametrize('name', list(MODELS))
+@pytest.mark.parametrize('name', CLASSIFIERS)
 def test_fusing_for_inference_folds_batchnorm_and_keeps_the_outputs(name):
     model = build_model(name, 10).train()
     model(torch.randn(16, 3, 16, 16))  # give BatchNorm running statistics that are not the identity
@@ -58,3 +66,8 @@ def test_fusing_for_inference_folds_batchnorm_and_keeps_the_outputs(name):
     assert count(fused) < count(model)  # every BN right after a conv is gone (DenseNet keeps its pre-activation BNs)
     with torch.no_grad():
         assert torch.allclose(fused(images), model.eval()(images), rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_is_folded_on_the_cpu_only():
+    model = build_model('googlenet', 10)
+    assert fuse_for_inference(model, torch.device('cuda')) is model and not model.training

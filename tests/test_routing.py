@@ -1,9 +1,14 @@
+"""distill/routing.py: decisions, both routing modes, conditional compute, the choice on val, bad input."""
+import pytest
 import torch
 
-from distill.data import ImageSet, Loader
+from distill import UserError
+from distill.data import TensorLoader
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch
-from distill.routing import (RoutedAccuracy, choose_cost_weight, cost_weight_sweep, expert_correctness, normalised_costs,
-                             predict, route, routing_report, selection_step)
+from distill.routing import (Router, SelectorScore, cascade_choice, cascade_cost, check_cost_device, choose_point,
+                             choose_routing, confidences, expert_correctness, extra_costs, routing_report,
+                             selection_step, selector_choice, selector_cost, teacher_of)
+from distill.runtime import device_name
 from models import build_model
 
 
@@ -14,117 +19,151 @@ def test_targets_say_which_experts_are_right():
     assert expert_correctness([a, b], labels).tolist() == [[1, 0], [0, 1], [1, 1]]
 
 
-def test_route_trades_accuracy_against_cost():
-    scores = torch.tensor([[2.0, 1.0], [-1.0, 0.5], [3.0, 2.9]])  # logits of P(expert right)
-    costs = normalised_costs([900e6, 450e6])
-    assert route(scores, costs, 0.0).tolist() == [0, 1, 0]
-    assert route(scores, costs, 10.0).tolist() == [1, 1, 1]  # a large weight always picks the cheapest
-    assert route(scores, costs, 0.05).tolist() == [0, 1, 1]  # small gaps go to the cheaper expert
+def test_a_cascade_keeps_an_answer_where_its_confidence_reaches_the_threshold():
+    conf = torch.tensor([[0.95, 0.5, 1.0], [0.6, 0.9, 1.0], [0.6, 0.7, 1.0]])
+    assert cascade_choice(conf, [0.9, 0.8]).tolist() == [0, 1, 2]
+    assert cascade_choice(conf, [0.0, 0.8]).tolist() == [0, 0, 0]  # threshold 0: the first expert answers all
+    assert cascade_choice(conf, [1.0, 1.0]).tolist() == [2, 2, 2]  # threshold 1: every image goes on
+    costs = torch.tensor([1.0, 2.0, 4.0])
+    assert cascade_cost(torch.tensor([0, 1, 2]), costs).tolist() == [1.0, 3.0, 7.0]  # all the experts that ran
+
+
+def test_the_selector_trades_predicted_correctness_against_the_extra_cost():
+    scores = torch.tensor([[2.0, 1.0], [-1.0, 0.5], [1.0, 1.2]])  # logits of P(expert right)
+    extra = extra_costs(torch.tensor([1.0, 4.0]))
+    assert extra.tolist() == [0.0, 1.0]  # the cheapest expert has already run
+    assert selector_choice(scores, extra, 0.0).tolist() == [0, 1, 1]
+    assert selector_choice(scores, extra, 0.05).tolist() == [0, 1, 0]  # a small gain is not worth the cost
+    assert selector_choice(scores, extra, 10.0).tolist() == [0, 0, 0]
+    assert selector_cost(torch.tensor([0, 1]), torch.tensor([1.0, 4.0]), 0.5).tolist() == [1.5, 5.5]
 
 
 class Counting(torch.nn.Module):
-    """An expert that predicts class `c` and records every image it is shown."""
+    """An expert that predicts class `c` with a given confidence and records every image it is shown."""
 
-    def __init__(self, c, classes=4):
+    def __init__(self, c, classes=4, sure=True):
         super().__init__()
-        self.c, self.classes, self.seen = c, classes, []
+        self.c, self.classes, self.sure, self.seen = c, classes, sure, []
 
     def forward(self, x):
         self.seen.append(x.clone())
         out = torch.zeros(len(x), self.classes)
-        out[:, self.c] = 1.0
+        out[:, self.c] = torch.where(x.mean((1, 2, 3)) > 0, 10.0, 0.1) if self.sure else 0.1
         return out
 
-
-class BrightnessSelector(torch.nn.Module):
-    def forward(self, x):
-        bright = x.mean((1, 2, 3))
-        return torch.stack([bright, -bright], 1)  # bright images -> expert 0, dark -> expert 1
+    def with_features(self, x):
+        return self(x), x.mean((1, 2, 3)).unsqueeze(1)
 
 
-def test_predict_runs_each_expert_only_on_its_own_images():
+def test_a_cascade_runs_a_later_expert_only_on_the_images_passed_on():
     images = torch.randn(10, 3, 4, 4)
     experts = [Counting(0), Counting(1)]
-    logits, choice = predict(BrightnessSelector(), experts, images, normalised_costs([1, 1]))
-    expected = (images.mean((1, 2, 3)) < 0).long()
-    assert torch.equal(choice, expected)
-    assert torch.equal(logits.argmax(1), expected)  # reassembled in input order
-    for e, expert in enumerate(experts):
-        assert len(expert.seen) == 1 and torch.equal(expert.seen[0], images[expected == e])
-    assert sum(len(x) for expert in experts for x in expert.seen) == len(images)  # no image runs twice
+    logits, choice = Router(experts, 'cascade', thresholds=[0.9])(images)
+    unsure = images.mean((1, 2, 3)) <= 0  # the first expert's confidence is low on dark images
+    assert torch.equal(choice, unsure.long()) and torch.equal(logits.argmax(1), unsure.long())
+    assert torch.equal(experts[0].seen[0], images) and torch.equal(experts[1].seen[0], images[unsure])
 
 
-def test_predict_skips_an_expert_nobody_is_routed_to():
-    images = torch.ones(5, 3, 4, 4)
-    experts = [Counting(0), Counting(1)]
-    predict(BrightnessSelector(), experts, images, normalised_costs([1, 1]))
-    assert experts[1].seen == []
+class Brightness(torch.nn.Module):
+    """A selector that reads the first expert's features: bright images -> expert 0, dark -> expert 1."""
+
+    def forward(self, inputs):
+        bright = inputs[:, 0]
+        return torch.stack([10 * bright, -10 * bright, -10 * bright.abs()], 1)
 
 
-def test_report_compares_routing_with_its_references():
+def test_the_selector_runs_every_other_expert_only_on_its_own_images():
+    images = torch.randn(10, 3, 4, 4)
+    experts = [Counting(0), Counting(1), Counting(2)]
+    logits, choice = Router(experts, 'selector', selector=Brightness(), extra=extra_costs(torch.tensor([1., 2, 3])))(
+        images)
+    dark = images.mean((1, 2, 3)) < 0
+    assert torch.equal(choice, dark.long()) and torch.equal(logits.argmax(1), dark.long())  # in input order
+    assert torch.equal(experts[1].seen[0], images[dark]) and experts[2].seen == []  # nobody went to expert 2
+
+
+def test_the_cheapest_point_that_reaches_the_target_is_chosen():
+    points = [('a', 0.80, 9.0), ('b', 0.81, 8.0), ('c', 0.795, 6.0), ('d', 0.78, 4.0)]
+    assert choose_point(points, 0.80)[0] == 'b'
+    assert choose_point(points, 0.79)[0] == 'c'
+    assert choose_point(points, 0.90)[0] == 'b'  # nothing reaches it: the most accurate
+
+
+def test_the_default_mode_is_the_one_that_reaches_the_best_single_expert_more_cheaply():
+    # Expert 1 (costlier) is right everywhere, expert 0 only where it is confident: the cascade can match
+    # expert 1 at the cost of expert 0 plus a quarter of expert 1; the selector here knows nothing.
+    correct = torch.tensor([[1., 1]] * 3 + [[0., 1]])
+    conf = torch.tensor([[0.99, 0.9]] * 3 + [[0.4, 0.9]])
+    routing = choose_routing(conf, torch.zeros(4, 2), correct, torch.tensor([1.0, 4.0]), 0.0, max_drop=0.0)
+    assert routing['mode'] == 'cascade' and routing['val']['cascade'] == (1.0, 2.0)
+    assert routing['target_accuracy'] == 1.0
+
+
+def test_the_report_compares_both_modes_with_their_references():
     labels = torch.tensor([0, 0, 1, 1])
-    a = torch.tensor([[1.0, 0], [1.0, 0], [1.0, 0], [1.0, 0]])  # right on the first half, 90% confident
+    a = torch.tensor([[5.0, 0], [5.0, 0], [0.1, 0], [0.1, 0]])  # right and sure on the first half only
     b = torch.tensor([[0.0, 1], [0.0, 1], [0.0, 1], [0.0, 1]])  # right on the second half
-    perfect = torch.tensor([[1.0, -1], [1.0, -1], [-1, 1.0], [-1, 1.0]])
-    report = routing_report([a, b], labels, perfect, [400, 100], selector_macs=10)
+    scores = torch.tensor([[5.0, -5], [5.0, -5], [-5.0, 5], [-5.0, 5]])
+    costs = {'time': torch.tensor([1.0, 3.0]), 'macs': torch.tensor([10.0, 30.0])}
+    routing = {'mode': 'selector', 'thresholds': [0.9], 'cost_weight': 0.0, 'cost': 'time'}
+    report = routing_report([a, b], labels, scores, costs, {'time': 0.5, 'macs': 1.0}, routing)
     rows = report['rows']
-    assert rows['routed'] == (1.0, 10 + 0.5 * 400 + 0.5 * 100)
-    assert rows['oracle'][0] == 1.0 and rows['best single'][0] == 0.5 and rows['expert:1'] == (0.5, 100)
-    assert rows['max confidence'][1] == 500 and report['share'] == [0.5, 0.5]
+    assert rows['selector'] == {'accuracy': 1.0, 'time': 1.5 + 0.5 * 3, 'macs': 11 + 0.5 * 30}
+    assert rows['cascade']['accuracy'] == 1.0 and rows['cascade']['time'] == 1 + 0.5 * 3
+    assert rows['routed']['mode'] == 'selector' and rows['oracle']['accuracy'] == 1.0
+    assert rows['best single']['accuracy'] == 0.5 and rows['max confidence']['time'] == 4.0
+    assert report['share'] == {'cascade': [0.5, 0.5], 'selector': [0.5, 0.5]}
+    assert report['gap_closed'] == {'cascade': 1.0, 'selector': 1.0}  # best single 50%, oracle and both modes 100%
 
 
-def test_selector_learns_a_synthetic_rule_well_above_chance():
-    # Expert 0 is right on bright images, expert 1 on dark ones: the selector must learn brightness.
+def test_the_selector_learns_from_the_cheap_experts_features_and_its_val_score_rises():
+    # Expert 1 is right where feature 0 is negative, expert 0 where it is positive.
     gen = torch.Generator().manual_seed(0)
-    n = 512
-    bright = torch.rand(n, generator=gen) < 0.5
-    base = torch.where(bright, 170, 60).view(n, 1, 1, 1)
-    images = (base + torch.randint(-40, 40, (n, 3, 8, 8), generator=gen)).clamp(0, 255).to(torch.uint8)
-    data = ImageSet(images, torch.zeros(n, dtype=torch.long), ['x'])
-    targets = torch.stack([bright, ~bright], 1).float()
+    inputs = torch.randn(600, 8, generator=gen)
+    correct = torch.stack([inputs[:, 0] > 0, inputs[:, 0] <= 0], 1).float()
     torch.manual_seed(0)
-    selector = build_model('selector', 2)
-    train, val = torch.arange(384), torch.arange(384, n)
-    loader = Loader(data, train, 32, [0.45] * 3, [0.25] * 3, train=True)
+    selector = build_model('selector', 2, in_features=8)
+    train = TensorLoader(inputs[:500], correct[:500], 50, train=True)
+    val = TensorLoader(inputs[500:], correct[500:], 50)
     optimizer = build_optimizer(selector, 0.05, 5e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(3 * len(loader), len(loader)))
-    for epoch in range(3):
-        loader.set_epoch(epoch)
-        train_one_epoch(selector, loader, optimizer, scheduler, selection_step(selector, targets))
-    val_loader = Loader(data, val, 64, [0.45] * 3, [0.25] * 3)
-    selector.eval()
-    with torch.no_grad():
-        chosen = torch.cat([route(selector(x), normalised_costs([1, 1])) for x, _, _ in val_loader])
-    accuracy = (chosen == (~bright[val]).long()).float().mean().item()
-    assert accuracy > 0.9, accuracy
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(5 * len(train), len(train)))
+    score = SelectorScore()
+    before = score(selector, val)[1]
+    for epoch in range(5):
+        train.set_epoch(epoch)
+        train_one_epoch(selector, train, optimizer, scheduler, selection_step(selector, 2.0))
+    after = score(selector, val)[1]
+    assert after > 0.9 and after > before + 0.2, (before, after)
 
 
-def test_routed_accuracy_runs_experts_once_per_loader():
-    data = ImageSet(torch.randint(0, 256, (12, 3, 4, 4), dtype=torch.uint8), torch.arange(12) % 2, ['a', 'b'])
-    loader = Loader(data, torch.arange(12), 5, [0.5] * 3, [0.2] * 3)
+@pytest.mark.parametrize('make, message', [
+    (lambda: Router([Counting(0), Counting(1)], 'mixture'), "unknown routing mode 'mixture'"),
+    (lambda: Router([Counting(0), Counting(1)], 'cascade', thresholds=[1.5]), 'outside [0, 1]'),
+    (lambda: Router([Counting(0), Counting(1)], 'cascade', thresholds=[0.5, 0.5]), 'takes 1 threshold'),
+    (lambda: check_cost_device([{'device': 'NVIDIA H100 80GB HBM3'}], 'time', torch.device('cpu'), 'sel.pt'),
+     'timed on NVIDIA H100 80GB HBM3, not on this device'),
+])
+def test_bad_routing_input_is_one_clear_error(make, message):
+    with pytest.raises(UserError, match=message.replace('[', r'\[').replace(']', r'\]')):
+        make()
 
+
+def test_a_cost_timed_here_is_accepted_and_macs_never_need_a_device():
+    check_cost_device([{'device': device_name(torch.device('cpu'))}], 'time', torch.device('cpu'), 'sel.pt')
+    check_cost_device([{'device': 'another machine'}], 'macs', torch.device('cpu'), 'sel.pt')
+
+
+def test_a_teacher_fallback_needs_a_teacher_the_experts_name():
     class E:
-        def __init__(self, model):
-            self.model, self.macs = model, 1
-    experts = [E(Counting(0, 2)), E(Counting(1, 2))]
-    metric = RoutedAccuracy(experts)
-    loss, acc = metric(BrightnessSelector(), loader)
-    metric(BrightnessSelector(), loader)
-    assert len(experts[0].model.seen) == 3  # 3 batches, one pass
-    assert 0 <= acc <= 1 and loss > 0
+        def __init__(self, teacher, path):
+            self.state, self.path = {'teacher': teacher, 'config': {}}, path
+    with pytest.raises(UserError, match='trained without a teacher'):
+        teacher_of([E('t/best.pt', 'a/best.pt'), E(None, 'b/best.pt')])
+    with pytest.raises(UserError, match='different teachers'):
+        teacher_of([E('t/best.pt', 'a/best.pt'), E('u/best.pt', 'b/best.pt')])
+    assert teacher_of([E('t/best.pt', 'a/best.pt'), E('t/best.pt', 'b/best.pt')]) == 't/best.pt'
 
 
-def test_sweep_never_costs_more_as_the_weight_grows():
-    torch.manual_seed(0)
-    logits, labels, scores = [torch.randn(50, 3), torch.randn(50, 3)], torch.randint(0, 3, (50,)), torch.randn(50, 2)
-    points = cost_weight_sweep(logits, labels, scores, [900, 400], 10, (0.0, 0.5, 1.0, 10.0))
-    macs = [m for _, _, m in points]
-    assert macs == sorted(macs, reverse=True) and macs[-1] == 410
-
-
-def test_the_chosen_cost_weight_is_the_cheapest_within_the_allowed_accuracy_drop():
-    sweep = [(0.0, 0.80, 900), (0.1, 0.81, 800), (0.2, 0.795, 600), (0.5, 0.78, 400), (1.0, 0.60, 400)]
-    assert choose_cost_weight(sweep, 0.0) == 0.1  # the most accurate point
-    assert choose_cost_weight(sweep, 0.02) == 0.2
-    assert choose_cost_weight(sweep, 0.04) == 0.5
-    assert choose_cost_weight(sweep, 1.0) == 0.5  # as cheap as 1.0 and more accurate
+def test_confidences_are_each_experts_top_probability():
+    conf = confidences([torch.tensor([[0.0, 0.0]]), torch.tensor([[10.0, 0.0]])])
+    assert conf[0, 0] == pytest.approx(0.5) and conf[0, 1] > 0.99
