@@ -1,6 +1,6 @@
 """Train the teacher (ResNet50 by default) on CIFAR-10, CIFAR-100 or an image folder.
 
-    python teacherTrain.py                                  # CIFAR-10, the full recipe
+    python teacherTrain.py                                  # CIFAR-10, the full recipe (200 epochs)
     python teacherTrain.py --dataset folder --data-dir ../shared/data/cifar10-jpeg.tar.gz --subset 2000 --epochs 3
 """
 import torch
@@ -9,12 +9,13 @@ from distill.cli import main_guard, training_parser, validate_args
 from distill.data import prepare_data
 from distill.engine import fit
 from distill.losses import classification_step
-from models import MODELS, build_model
+from models import MODELS, TEACHER, build_model
 
 
 def parse_args(argv=None):
     parser = training_parser(__doc__.splitlines()[0], out='checkpoints/teacher', epochs=200, lr=0.1)
-    parser.add_argument('--arch', default='resnet50', choices=[m for m in MODELS if m != 'selector'])
+    parser.add_argument('--arch', default=TEACHER, choices=[m for m in MODELS if m != 'selector'],
+                        help='the teacher architecture')
     return validate_args(parser.parse_args(argv))
 
 

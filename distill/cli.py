@@ -1,58 +1,128 @@
-"""The arguments every training script shares, and the wrapper that turns user errors into one line."""
+"""The arguments every training script shares, settings a stage inherits from the checkpoints it builds on,
+and the wrapper that turns user errors into one line."""
 import argparse
 import functools
 import os
 import sys
 
-import torch
-
 from . import UserError
-from .data import DATASETS
+from .data import DATASETS, default_cache_dir
+from .runtime import amp_dtype, resolve_device
+
+# The data settings a later stage takes from the checkpoint it builds on, unless given explicitly.
+DATA_SETTINGS = ('dataset', 'data_dir', 'subset', 'test_subset', 'image_size', 'val_size', 'route_size', 'seed')
+# Of those, the ones that change which images train and validate: an explicit different value is a conflict.
+SPLIT_SETTINGS = ('dataset', 'subset', 'image_size', 'val_size', 'route_size', 'seed')
 
 
-def training_parser(description: str, *, out: str, epochs: int, lr: float, batch_size: int = 128) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data = p.add_argument_group('data')
-    data.add_argument('--dataset', choices=DATASETS, default='cifar10')
-    data.add_argument('--data-dir', default='data', help='download folder for CIFAR; for folder: a directory or '
-                      '.tar.gz holding train/<class>/* and test/<class>/*')
-    data.add_argument('--subset', type=int, help='use the first N training images, class-balanced')
-    data.add_argument('--test-subset', type=int, help='use the first N test images, class-balanced')
-    data.add_argument('--image-size', type=int, help='resize images to S x S (default: 32, CIFAR\'s own size)')
-    data.add_argument('--val-size', type=int, help='held-out images for picking the best epoch (default 10%%, <= 5000)')
-    data.add_argument('--route-size', type=int, help='held-out images for the selector (default 10%%, <= 5000)')
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every real default, and none for flags whose default is 'not given'."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or '%(default)' in (action.help or ''):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with every real default in --help and its errors as one line (no usage block)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f'error: {message}; see {self.prog} --help\n')
+
+
+def training_parser(description: str, *, out: str, epochs: int, lr: float, batch_size: int = 128,
+                    label_smoothing: bool = True, inherits: str | None = None,
+                    out_help: str = 'run directory for checkpoints and logs') -> argparse.ArgumentParser:
+    """inherits: which checkpoint's data settings a data flag left out is taken from (for the help text)."""
+    p = Parser(description=description)
+    note = f' (default: as {inherits} was trained)' if inherits else ''
+    data = p.add_argument_group('data' + (f': left out, each is taken from {inherits}' if inherits else ''))
+    data.add_argument('--dataset', choices=DATASETS, default=None if inherits else 'cifar10',
+                      help='cifar10 and cifar100 download with torchvision; folder reads --data-dir' + note)
+    data.add_argument('--data-dir', default=None if inherits else 'data',
+                      help='download folder for CIFAR; for folder: a directory or .tar.gz holding train/<class>/* '
+                           'and test/<class>/*' + note)
+    data.add_argument('--data-cache', default=default_cache_dir(),
+                      help='where a decoded image folder or archive is kept for the next run ($DISTILL_CACHE)')
+    data.add_argument('--subset', type=int, help='use the first N training images, class-balanced (default: all)'
+                      + note)
+    data.add_argument('--test-subset', type=int, help='use the first N test images, class-balanced (default: all)'
+                      + note)
+    data.add_argument('--image-size', type=int, help="resize images to S x S (default: the data's own size, 32 "
+                      "for CIFAR)" + note)
+    data.add_argument('--val-size', type=int, help='held-out images for picking the best epoch (default: 10%% of '
+                      'the training images, at most 5000)' + note)
+    data.add_argument('--route-size', type=int, help='held-out images for the selector (default: 10%% of the '
+                      'training images, at most 5000)' + note)
     run = p.add_argument_group('run')
-    run.add_argument('--epochs', type=int, default=epochs)
+    run.add_argument('--epochs', type=int, default=epochs, help='passes over the training images')
     run.add_argument('--batch-size', type=int, default=batch_size, help='global batch size, split across ranks')
     run.add_argument('--lr', type=float, default=lr, help='peak learning rate (SGD, Nesterov momentum)')
-    run.add_argument('--weight-decay', type=float, default=5e-4)
-    run.add_argument('--momentum', type=float, default=0.9)
+    run.add_argument('--weight-decay', type=float, default=5e-4, help='L2 on weights (not on biases or norms)')
+    run.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
     run.add_argument('--warmup-epochs', type=float, default=1.0, help='linear warm-up before the cosine decay')
-    run.add_argument('--label-smoothing', type=float, default=0.0)
-    run.add_argument('--seed', type=int, default=0, help='fixes the split, the initialisation and the augmentation')
-    run.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
-    add_amp_argument(run)
+    if label_smoothing:
+        run.add_argument('--label-smoothing', type=float, default=0.0,
+                         help='smooth the cross-entropy targets by this much (0 to 1)')
+    run.add_argument('--seed', type=int, default=None if inherits else 0,
+                     help='fixes the split, the initialisation and the augmentation' + (note or ' (default: 0)'))
+    add_device_arguments(run)
     run.add_argument('--compile', action='store_true', help='torch.compile the model')
-    run.add_argument('--out', default=out, help='run directory for checkpoints and logs')
+    run.add_argument('--out', default=out, help=out_help)
     run.add_argument('--resume', action='store_true', help='continue from OUT/last.pt')
     run.add_argument('--overwrite', action='store_true', help='start afresh even if OUT already holds a run')
     return p
 
 
-def add_amp_argument(parser):
+def add_device_arguments(parser):
+    parser.add_argument('--device', default='auto', help='auto (a GPU if there is one), cpu, cuda or cuda:N')
     parser.add_argument('--amp', choices=('auto', 'bf16', 'fp16', 'off'), default='auto',
-                        help='mixed precision. auto: on CUDA bf16 where supported, else fp16; on CPU bf16 where the '
-                             'CPU has it natively (AVX512-BF16 or AMX; 1.6-2x fp32), else off (float32)')
+                        help='mixed precision. auto: on CUDA bf16 where supported, else fp16; on a CPU bf16 where '
+                             'it has native bf16 (AVX512-BF16 or AMX), else off (float32)')
+
+
+def given_flags(argv) -> set:
+    """The settings named on the command line (dest names), to tell an explicit value from a default."""
+    argv = sys.argv[1:] if argv is None else argv
+    return {a[2:].split('=')[0].replace('-', '_') for a in map(str, argv) if a.startswith('--')}
+
+
+def inherit_data_settings(args, argv, config: dict, source: str):
+    """Take each data setting left out from `config` (the checkpoint this stage builds on); an explicit
+    value that would change the split is refused in one line naming it."""
+    given = given_flags(argv)
+    for key in DATA_SETTINGS:
+        if key in given:
+            if key in SPLIT_SETTINGS and key in config and config[key] != getattr(args, key):
+                flag = '--' + key.replace('_', '-')
+                raise UserError(f"{flag} {getattr(args, key)} differs from {flag} {config[key]} that '{source}' was "
+                                f"trained with; leave {flag} out to inherit it, or retrain that stage")
+        elif key in config:
+            setattr(args, key, config[key])
+    for key, default in (('dataset', 'cifar10'), ('data_dir', 'data'), ('seed', 0)):
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+    return args
+
+
+def check_range(name: str, value, low=None, high=None):
+    if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+        bounds = f'between {low} and {high}' if low is not None and high is not None else \
+                 f'at least {low}' if low is not None else f'at most {high}'
+        raise UserError(f"--{name.replace('_', '-')} must be {bounds} (got {value})")
 
 
 def validate_args(args):
     """Reject impossible settings up front, in one line each; returns args."""
     for name in ('epochs', 'batch_size', 'image_size', 'subset', 'test_subset'):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        check_range(name, getattr(args, name, None), low=1)
     if args.lr <= 0:
         raise UserError(f'--lr must be positive (got {args.lr})')
+    check_range('label_smoothing', getattr(args, 'label_smoothing', None), 0, 1)
     amp_dtype(args.amp, resolve_device(args.device))  # a device or precision this machine lacks, before any data
     return args
 
@@ -71,39 +141,9 @@ def check_writable(path: str):
         raise UserError(f"cannot write to '{folder}' (for '{path}'); choose another path")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == 'cuda' and not torch.cuda.is_available():
-        raise UserError('--device cuda was asked for but no CUDA device is visible; use --device cpu')
-    if name == 'auto':
-        name = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if name == 'cuda' and 'LOCAL_RANK' in os.environ:  # torchrun: one GPU per process
-        return torch.device('cuda', int(os.environ['LOCAL_RANK']))
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: oneDNN then trains these models 1.6-2x faster in bf16 than in fp32
-    (benchmarks/run.py); elsewhere bf16 is emulated and slower than fp32."""
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ('_is_avx512_bf16_supported',
-                                                                          '_is_amx_tile_supported'))
-
-
-def amp_dtype(name: str, device: torch.device):
-    """The autocast dtype for --amp on this device, or None for full precision."""
-    if name == 'off':
-        return None
-    if device.type != 'cuda':
-        if name == 'fp16':
-            raise UserError('--amp fp16 needs CUDA; on CPU use --amp bf16 or --amp off')
-        return torch.bfloat16 if name == 'bf16' or cpu_has_native_bf16() else None
-    if name == 'fp16' or (name == 'auto' and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
-
-
-def precision_name(amp) -> str:
-    """'bfloat16', 'float16' or 'float32': what an --amp setting resolved to, for summaries and reports."""
-    return str(amp or torch.float32).removeprefix('torch.')
+def checkpoint_path(path: str) -> str:
+    """A run directory stands for its best.pt."""
+    return os.path.join(path, 'best.pt') if os.path.isdir(path) else path
 
 
 def main_guard(main):

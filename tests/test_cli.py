@@ -1,23 +1,14 @@
 import pytest
 import torch
 
+import argparse
+
 import distill.cli as cli
 from distill import UserError
 from conftest import ROOT, run_script
 
-CPU = torch.device('cpu')
-
-
-@pytest.mark.parametrize('native', [True, False])
-def test_auto_precision_on_cpu_is_bf16_only_where_the_cpu_has_it_natively(monkeypatch, native):
-    monkeypatch.setattr(cli, 'cpu_has_native_bf16', lambda: native)
-    assert cli.amp_dtype('auto', CPU) == (torch.bfloat16 if native else None)
-    assert cli.amp_dtype('bf16', CPU) == torch.bfloat16 and cli.amp_dtype('off', CPU) is None
-
 
 def test_fp16_on_cpu_is_refused_in_one_line():
-    with pytest.raises(UserError, match='--amp fp16 needs CUDA'):
-        cli.amp_dtype('fp16', CPU)
     result = run_script(ROOT / 'teacherTrain.py', '--amp', 'fp16', '--device', 'cpu', check=False)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         'error: --amp fp16 needs CUDA; on CPU use --amp bf16 or --amp off']
@@ -32,3 +23,52 @@ def test_a_multi_line_error_is_printed_as_one_line(capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == ("error: 'x.tar.gz' is not readable "
                                        "(could not open: - method gz: bad - method xz: bad)\n")
+
+
+def test_data_settings_left_out_are_inherited_and_a_conflict_names_the_setting():
+    parser = cli.training_parser('x', out='o', epochs=1, lr=0.1, inherits='the teacher')
+    config = {'dataset': 'folder', 'data_dir': 'd.tar.gz', 'subset': 300, 'seed': 2, 'image_size': 16,
+              'val_size': None, 'route_size': None, 'test_subset': None}
+    args = cli.inherit_data_settings(parser.parse_args([]), [], config, 't.pt')
+    assert (args.dataset, args.data_dir, args.subset, args.seed, args.image_size) == ('folder', 'd.tar.gz', 300, 2, 16)
+    argv = ['--data-dir', 'moved.tar.gz']  # where the data is may change
+    assert cli.inherit_data_settings(parser.parse_args(argv), argv, config, 't.pt').data_dir == 'moved.tar.gz'
+    argv = ['--subset', '400']
+    with pytest.raises(UserError, match="--subset 400 differs from --subset 300 that 't.pt' was trained with"):
+        cli.inherit_data_settings(parser.parse_args(argv), argv, config, 't.pt')
+
+
+@pytest.mark.parametrize('script', ['teacherTrain', 'studentTrain', 'selectorTrain', 'infer', 'evaluate', 'pipeline'])
+def test_every_flag_has_help_that_shows_its_real_default(script, capsys):
+    module = __import__(script)
+    with pytest.raises(SystemExit):
+        module.parse_args(['--help'] if script != 'infer' else ['x', '--help'])
+    text = capsys.readouterr().out
+    assert '(default: None)' not in text and text.count('(default:') >= 2
+    parser_actions = [a for a in _parser_of(module)._actions if a.option_strings and a.dest != 'help']
+    assert all(a.help for a in parser_actions), [a.dest for a in parser_actions if not a.help]
+
+
+def _parser_of(module):
+    """The parser a script builds, caught as it parses."""
+    caught = {}
+    real = argparse.ArgumentParser.parse_args
+
+    def catch(self, *args, **kwargs):
+        caught['parser'] = self
+        raise SystemExit(0)
+    argparse.ArgumentParser.parse_args = catch
+    try:
+        module.parse_args(['x'] if module.__name__ == 'infer' else [])
+    except SystemExit:
+        pass
+    finally:
+        argparse.ArgumentParser.parse_args = real
+    return caught['parser']
+
+
+def test_label_smoothing_reaches_the_student_loss_and_is_not_offered_to_the_selector():
+    import selectorTrain
+    with pytest.raises(SystemExit):
+        selectorTrain.parse_args(['--label-smoothing', '0.1'])
+    assert cli.training_parser('x', out='o', epochs=1, lr=0.1).parse_args(['--label-smoothing', '0.1']).label_smoothing
