@@ -1,8 +1,8 @@
-"""Run everything: teacher -> two students (+ no-KD baselines) -> selector -> evaluate -> infer.
+"""Run everything: teacher -> students (+ no-KD twins) -> selector -> evaluate -> infer.
 
     python pipeline.py --preset quick --data-dir ../shared/data/cifar10-jpeg.tar.gz   # minutes on a CPU
-    python pipeline.py --preset medium --data-dir ../shared/data/cifar10-jpeg.tar.gz  # 1 h 41 min on 2 CPU cores
-    python pipeline.py --preset full                                                # the real recipe, for a GPU
+    python pipeline.py --preset fast --data-dir ../shared/data/cifar10-jpeg.tar.gz    # one GPU, sized for 8 minutes
+    python pipeline.py --preset full                                                # the classic 200-epoch recipe
     python pipeline.py --preset full --seeds 0 1 2                                  # mean ± std over three seeds
 A stage whose run directory already holds a finished run with the same settings is skipped; an
 interrupted one resumes; a changed one is retrained. --force retrains everything.
@@ -17,35 +17,48 @@ import selectorTrain
 import studentTrain
 import teacherTrain
 from distill import UserError
-from distill.cli import main_guard
+from distill.checkpoint import changed_settings, run_dir
+from distill.cli import Parser, main_guard
+from distill.runtime import resolve_device
+from models import STUDENTS
 
-# quick: minutes on a CPU, to see every table and figure on real data. Not a recipe for accuracy.
-# medium: 1 h 41 min on a 2-core CPU (README "Results so far"); every model gets far enough
-# past chance for KD and routing to have something to show, and is tested on all test images.
+# Each preset: flags for every stage, the teacher's, the students' and the selector's epochs, and stage flags.
+# The teacher gets more epochs than the students: a teacher weaker than the students' own labels makes
+# KD cost accuracy (docs/results.md).
+# smoke: a minute or two on a CPU; only checks that every step runs (gpu_check.sh --dry-run).
+# quick: minutes on a 2-core CPU, to see every table and figure on real data. Not a recipe for accuracy.
+# medium: about two hours on a 2-core CPU.
+# fast: one GPU (docs/gpu.md): batch 512, lr 0.4, label smoothing on the teacher, all 45,000 images.
 # full: the usual CIFAR recipe (SGD 0.1, Nesterov, wd 5e-4, cosine, batch 128, 200 epochs), as in
 # kuangliu/pytorch-cifar and the RepDistiller baselines, so that numbers compare with published ones.
 PRESETS = {
-    'quick': {'common': ['--subset', '1200', '--test-subset', '1000', '--batch-size', '64', '--lr', '0.05'],
-              'epochs': 3, 'selector_epochs': 10},
-    'medium': {'common': ['--subset', '5000', '--batch-size', '64', '--lr', '0.05'],
-               'epochs': 10, 'selector_epochs': 15},
-    'full': {'common': [], 'epochs': 200, 'selector_epochs': 30},
+    'smoke': {'data': ['--subset', '600', '--test-subset', '200', '--image-size', '16'],
+              'train': ['--batch-size', '64', '--lr', '0.05'], 'teacher_epochs': 2, 'epochs': 1, 'selector_epochs': 2},
+    'quick': {'data': ['--subset', '1200', '--test-subset', '1000'], 'train': ['--batch-size', '64', '--lr', '0.05'],
+              'teacher_epochs': 4, 'epochs': 3, 'selector_epochs': 10},
+    'medium': {'data': ['--subset', '5000'], 'train': ['--batch-size', '64', '--lr', '0.05'],
+               'teacher_epochs': 14, 'epochs': 10, 'selector_epochs': 15},
+    'fast': {'data': [], 'train': ['--batch-size', '512', '--lr', '0.4'], 'teacher': ['--label-smoothing', '0.1'],
+             'teacher_epochs': 30, 'epochs': 18, 'selector_epochs': 30},
+    'full': {'data': [], 'train': [], 'teacher_epochs': 200, 'epochs': 200, 'selector_epochs': 30},
 }
-IGNORED = {'out', 'resume', 'overwrite'}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--preset', choices=PRESETS, default='quick')
-    p.add_argument('--dataset', default=None, help='default: folder when --data-dir is a .tar.gz, else cifar10')
-    p.add_argument('--data-dir', default='data')
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument('--preset', choices=PRESETS, default='quick', help='how long to train (see the table above)')
+    p.add_argument('--dataset', help='cifar10, cifar100 or folder (default: folder when --data-dir is a .tar.gz, '
+                                     'else cifar10)')
+    p.add_argument('--data-dir', default='data', help='download folder for CIFAR, or an image folder or .tar.gz')
     p.add_argument('--root', default='checkpoints', help='where the run directories go')
+    p.add_argument('--results', default='results', help='where the reports, figures and predictions go')
+    p.add_argument('--students', nargs='+', default=list(STUDENTS), help='the students to distil')
     p.add_argument('--baselines', action=argparse.BooleanOptionalAction, default=True,
                    help='also train each student without a teacher (--alpha 0)')
     p.add_argument('--seeds', type=int, nargs='+',
                    help='run every stage once per seed, in ROOT/seed<k>/, and report mean ± std over them')
     p.add_argument('--force', action='store_true', help='retrain every stage')
-    p.add_argument('--device', default='auto')
+    p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     return p.parse_args(argv)
 
 
@@ -55,8 +68,7 @@ def run_stage(script, argv: list, force: bool):
     summary, config_path = os.path.join(args.out, 'summary.json'), os.path.join(args.out, 'config.json')
     if os.path.exists(config_path) and not force:
         with open(config_path) as f:
-            same = {k: v for k, v in json.load(f).items() if k not in IGNORED} == \
-                   {k: v for k, v in vars(args).items() if k not in IGNORED}
+            same = not changed_settings(json.load(f), vars(args))
         if same and os.path.exists(summary):
             print(f'skip {args.out}: finished with these settings')
             return
@@ -70,38 +82,44 @@ def run_stage(script, argv: list, force: bool):
 @main_guard
 def main(argv=None):
     args = parse_args(argv)
+    resolve_device(args.device)  # a bad --device is one line now, not after the first stage
+    unknown = sorted(set(args.students) - set(STUDENTS))
+    if unknown:
+        raise UserError(f"unknown student(s) {', '.join(unknown)}; choose from {', '.join(STUDENTS)}")
     preset = PRESETS[args.preset]
     dataset = args.dataset or ('folder' if args.data_dir.endswith(('.tar.gz', '.tgz')) else 'cifar10')
-    common = ['--dataset', dataset, '--data-dir', args.data_dir, '--device', args.device, *preset['common']]
+    common = ['--dataset', dataset, '--data-dir', args.data_dir, '--device', args.device, *preset['data']]
     seeds = args.seeds or [None]
     if len(set(seeds)) < len(seeds):
         raise UserError(f"--seeds repeats a seed ({', '.join(map(str, seeds))}); give each seed once")
     selectors = [train_system(args, common, preset, seed) for seed in seeds]
-    evaluate.main(['--selector', *selectors, '--name', args.preset, '--device', args.device])
-    sample = os.path.join('results', 'sample-images')
+    evaluate.main(['--selector', *selectors, '--name', args.preset, '--device', args.device,
+                   '--results-dir', args.results])
+    sample = os.path.join(args.results, 'sample-images')
     export_sample(args, dataset, sample)
-    infer.main([sample, '--selector', selectors[0], '--out',
-                os.path.join('results', f'{args.preset}-predictions.csv'), '--device', args.device])
+    infer.main([sample, '--selector', selectors[0], '--device', args.device,
+                '--out', os.path.join(args.results, f'{args.preset}-predictions.csv')])
 
 
 def train_system(args, common: list, preset: dict, seed) -> str:
-    """teacher -> students (+ baselines) -> selector, in ROOT (or ROOT/seed<k>); returns the selector's best.pt."""
+    """teacher -> students (+ twins) -> selector, in ROOT (or ROOT/seed<k>); returns the selector's best.pt."""
     root = args.root if seed is None else os.path.join(args.root, f'seed{seed}')
     common = common + ([] if seed is None else ['--seed', str(seed)])
-    epochs = ['--epochs', str(preset['epochs'])]
+    epochs = preset['train'] + ['--epochs', str(preset['epochs'])]
     teacher = os.path.join(root, 'teacher', 'best.pt')
-    run_stage(teacherTrain, common + epochs + ['--out', os.path.dirname(teacher)], args.force)
+    run_stage(teacherTrain, common + preset['train'] + preset.get('teacher', []) +
+              ['--epochs', str(preset['teacher_epochs']), '--out', os.path.dirname(teacher)], args.force)
     experts = []
-    for arch in ('densenet121', 'googlenet'):
-        out = os.path.join(root, arch)
-        # Both students read one logit cache, so the teacher runs once per epoch, not once per student.
+    for arch in args.students:
+        out = run_dir(root, arch)
+        # Every student reads one logit cache, so the teacher runs once per epoch, not once per student.
         run_stage(studentTrain, common + epochs + ['--arch', arch, '--teacher', teacher, '--teacher-logits', 'cache',
                                                    '--cache-dir', os.path.join(root, 'logit-cache'), '--out', out],
                   args.force)
         experts.append(os.path.join(out, 'best.pt'))
         if args.baselines:
-            run_stage(studentTrain, common + epochs + ['--arch', arch, '--alpha', '0', '--out', f'{out}-nokd'],
-                      args.force)
+            run_stage(studentTrain, common + epochs + ['--arch', arch, '--alpha', '0',
+                                                       '--out', run_dir(root, arch, distilled=False)], args.force)
     selector = os.path.join(root, 'selector')
     run_stage(selectorTrain, common + ['--epochs', str(preset['selector_epochs']), '--experts', *experts,
                                        '--out', selector], args.force)

@@ -9,8 +9,7 @@
 Prints a table and writes benchmarks/results/<host>.json (<host>-quick.json with --quick, <host>-infer.json
 with --parts infer, ...) with a stable key per figure.
 """
-import argparse
-import functools
+import copy
 import multiprocessing
 import os
 import platform
@@ -24,16 +23,19 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from distill.cli import amp_dtype, main_guard, precision_name, resolve_device  # noqa: E402
+from torch.fx.experimental.optimization import fuse  # noqa: E402
+
+from distill.checkpoint import model_from_checkpoint, write_json  # noqa: E402
+from distill.cli import Parser, checkpoint_path, main_guard  # noqa: E402
 from distill.data import ImageSet, Loader, balanced_subset, load_dataset, normalise  # noqa: E402
-from distill.engine import (WarmupCosine, autocast, build_optimizer, fuse_for_inference, inference_model,  # noqa: E402
-                            place, train_one_epoch, write_json)
+from distill.engine import WarmupCosine, build_optimizer, train_one_epoch  # noqa: E402
 from distill.losses import classification_step, distillation_step  # noqa: E402
-from distill.metrics import count_macs, synchronize  # noqa: E402
-from distill.report import device_name  # noqa: E402
-from distill.routing import load_experts, load_selector, normalised_costs, predict  # noqa: E402
+from distill.metrics import count_macs  # noqa: E402
+from distill.routing import MODES, Expert, load_experts, load_selector, router_for, teacher_of  # noqa: E402
+from distill.runtime import (amp_dtype, autocast, configure, device_name, fuse_for_inference, inference_model,  # noqa: E402
+                             place, precision_name, resolve_device, synchronize)
 from distill.teachers import CachedTeacher, OnlineTeacher  # noqa: E402
-from models import build_model  # noqa: E402
+from models import STUDENTS, TEACHER, build_model  # noqa: E402
 
 
 def fake_data(n, size=32, classes=10):
@@ -213,7 +215,7 @@ def training_figures(results, data, batch, device, amp, compile_model):
 
 def kd_figures(results, data, batch, device, amp):
     """A student's img/s with the teacher run online against reading the logit cache."""
-    teacher = fuse_for_inference(place(build_model('resnet50', 10), device))
+    teacher = fuse_for_inference(place(build_model(TEACHER, 10), device), device)
     online = OnlineTeacher(teacher, amp)
     kd = lambda model: distillation_step(model, online, 4.0, 0.9)
     results['kd.googlenet.online_img_s'] = engine_throughput(build_model('googlenet', 10), data, batch, device, kd)
@@ -229,35 +231,37 @@ def kd_figures(results, data, batch, device, amp):
     results['kd.cache_speedup'] = results['kd.googlenet.cached_img_s'] / results['kd.googlenet.online_img_s']
 
 
-def inference_figures(results, routing, device, amp, cost_weights, compile_model):
-    """Teacher, each student, both students (the original idea) and routed predict(), side by side."""
-    selector, experts, images, cost_weight = routing
-    teacher = fuse_for_inference(place(build_model('resnet50', 10), device))
-    costs = normalised_costs([count_macs(e, 32, device) for e in experts])
-    single = {'teacher': teacher, 'densenet121': experts[0], 'googlenet': experts[1]}  # as infer.py runs them: fused
+def inference_figures(results, routing, device, amp, compile_model):
+    """Teacher, each student, both students (the original idea) and every routing mode, side by side.
+
+    With a trained selector: its own experts, teacher and routing on its test images (a real mix); without
+    one, untrained models on random pixels, and no routed figures (a mix of untrained models means nothing)."""
+    teacher, experts, routers, images, raw = routing
+    single = {'teacher': teacher, **{e.name: e for e in experts}}  # as infer.py runs them
     fns = {**{f'{name}.img_s': model for name, model in single.items()},
-           'both_students.img_s': lambda x: [e(x) for e in experts]}
-    results['infer.routed.cost_weight'] = cost_weight  # the selector's own, as infer.py routes
-    for weight in dict.fromkeys([cost_weight, *cost_weights]):  # a higher weight: more to the cheaper expert
-        key = 'routed' if weight == cost_weight else f'routed_at_{weight:g}'
-        fns[f'{key}.img_s'] = functools.partial(predict, selector, experts, costs=costs, cost_weight=weight, amp=amp)
-        results[f'infer.{key}.share'] = torch.bincount(fns[f'{key}.img_s'](images)[1], minlength=len(experts)).tolist()
-    for name, model in single.items():  # what folding BatchNorm into the convolutions bought, and the precision
-        fns[f'{name}.unfused_img_s'] = place(build_model(name.replace('teacher', 'resnet50'), 10), device).eval()
+           'all_students.img_s': lambda x: [e(x) for e in experts]}
+    for mode, router in routers.items():
+        fns[f'routed_{mode}.img_s'] = router
+        results[f'infer.routed_{mode}.share'] = torch.bincount(router(images)[1], minlength=len(experts)).tolist()
+    for name, model in single.items():  # BatchNorm folded or not, whatever infer.py does here; and the precision
+        fns[f'{name}.folded_img_s'] = fuse(copy.deepcopy(raw[name]))
+        fns[f'{name}.unfolded_img_s'] = raw[name]
         if amp is not None:
             fns[f'{name}.fp32_img_s'] = in_float32(model, device)
     if compile_model:  # inductor with frozen weights: constant-folds BN and pre-packs the convolutions
         from torch._inductor import config as inductor_config
         with inductor_config.patch(freezing=True), torch.inference_mode(), autocast(device, amp):
             for name, model in single.items():
-                fns[f'{name}.compiled_img_s'] = torch.compile(model)
+                fns[f'{name}.compiled_img_s'] = torch.compile(getattr(model, 'model', model))
                 fns[f'{name}.compiled_img_s'](images)  # compile here, under the freezing setting
     results.update({f'infer.{key}': rate for key, rate in inference_rates(fns, images, device, amp).items()})
-    for key in [k.removesuffix('.img_s') for k in fns if k.startswith('routed')]:
-        results[f'infer.{key}.vs_teacher'] = results[f'infer.{key}.img_s'] / results['infer.teacher.img_s']
-        results[f'infer.{key}.vs_both'] = results[f'infer.{key}.img_s'] / results['infer.both_students.img_s']
+    for mode in routers:
+        for ref, key in [('teacher', 'teacher'), ('all_students', 'all_students'), *[(e.name, e.name) for e in experts]]:
+            results[f'infer.routed_{mode}.vs_{key}'] = (results[f'infer.routed_{mode}.img_s'] /
+                                                       results[f'infer.{ref}.img_s'])
     for name in single:
-        results[f'infer.{name}.fusion_speedup'] = results[f'infer.{name}.img_s'] / results[f'infer.{name}.unfused_img_s']
+        results[f'infer.{name}.folding_speedup'] = (results[f'infer.{name}.folded_img_s'] /
+                                                    results[f'infer.{name}.unfolded_img_s'])
         if amp is not None:
             results[f'infer.{name}.precision_speedup'] = (results[f'infer.{name}.img_s'] /
                                                           results[f'infer.{name}.fp32_img_s'])
@@ -266,56 +270,78 @@ def inference_figures(results, routing, device, amp, cost_weights, compile_model
                                                         results[f'infer.{name}.img_s'])
 
 
-def routing_models(selector_path, data, n, device):
-    """(selector, experts, images, cost weight): a trained selector on its own test images, so that the routing
-    mix is a real one; without one, untrained models on random pixels (same speed, arbitrary mix)."""
-    if selector_path:
-        state = load_selector(selector_path)
-        experts = [e.model for e in load_experts([e['path'] for e in state['experts']], device)]
-        selector = inference_model(state, selector_path, device)
-        test = load_dataset(state['config']['dataset'], state['config']['data_dir'], False, state['image_size'])
-        images = normalise(test.select(balanced_subset(test.labels, n)).images.to(device), state['mean'], state['std'])
-        return selector, experts, images, state['cost_weight']
-    experts = [fuse_for_inference(place(build_model(a, 10), device)) for a in ('densenet121', 'googlenet')]
-    selector = fuse_for_inference(place(build_model('selector', 2), device))
-    images = Loader(data, torch.arange(n), n, [0.5] * 3, [0.25] * 3, device).make_batch(torch.arange(n).to(device))
-    return selector, experts, images, 0.0
+def routing_models(selector_path, data, n, device, amp):
+    """(teacher, experts, routers, images, {name: model as trained, BatchNorm unfolded}): a trained selector's
+    system on its own test images, so that the routing mix is a real one; without one, untrained models of
+    the model table on random pixels."""
+    if not selector_path:
+        images = Loader(data, torch.arange(n), n, [0.5] * 3, [0.25] * 3, device).make_batch(torch.arange(n).to(device))
+        models = {'teacher': Untrained(TEACHER, device), **{arch: Untrained(arch, device) for arch in STUDENTS}}
+        return models['teacher'], list(models.values())[1:], {}, images, {k: m.raw for k, m in models.items()}
+    selector_path = checkpoint_path(selector_path)
+    state = load_selector(selector_path)
+    experts = load_experts([e['path'] for e in state['experts']], device)
+    students = [e for e in experts if e.state.get('teacher')]
+    teacher = Expert(teacher_of(students), device, experts[0].reference())
+    selector = inference_model(state, selector_path, device)
+    routers = {mode: router_for(state, experts, selector, mode=mode, amp=amp, where=selector_path,
+                                cost='stored' if mode == 'cascade' or state['routing']['cost'] == 'macs' else 'measure')
+               for mode in MODES}
+    test = load_dataset(state['config']['dataset'], state['config']['data_dir'], False, state['image_size'])
+    images = normalise(test.select(balanced_subset(test.labels, n)).images.to(device), state['mean'], state['std'])
+    students = [e for e in experts if e.path != teacher.path]
+    raw = {name: place(model_from_checkpoint(m.state, m.path), device).eval()
+           for name, m in {'teacher': teacher, **{e.name: e for e in students}}.items()}
+    return teacher, students, routers, images, raw
+
+
+class Untrained:
+    """A model of the table with random weights, run as infer.py runs a trained one."""
+
+    def __init__(self, arch, device):
+        self.name = arch
+        self.raw = place(build_model(arch, 10), device).eval()
+        self.model = fuse_for_inference(copy.deepcopy(self.raw), device)
+
+    def __call__(self, x):
+        return self.model(x)
 
 
 @main_guard
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument('--quick', action='store_true')
     p.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS),
                    help='which figures: training (engine vs reference, FLOP/s, threads), KD cost, inference')
     p.add_argument('--device', default='auto')
     p.add_argument('--selector', help='a trained selector checkpoint, for routed inference with a real routing mix')
-    p.add_argument('--cost-weights', type=float, nargs='+', default=[],
-                   help="also time routed inference at these cost weights (evaluate.py's sweep gives their accuracy)")
     p.add_argument('--compile', action='store_true',
                    help='also measure torch.compile for training and (with weight freezing) inference; minutes more')
+    p.add_argument('--out', help='where the JSON goes (default: benchmarks/results/<host>[-quick][-parts].json)')
     args = p.parse_args()
     device = resolve_device(args.device)
+    configure(device)
     torch.manual_seed(0)
-    n, batch = (64, 32) if args.quick else ((2048, 128) if device.type == 'cuda' else (256, 64))
+    n, batch = (64, 32) if args.quick else ((8192, 512) if device.type == 'cuda' else (256, 64))
     data = fake_data(n)
     amp = amp_dtype('auto', device)  # what every script runs with by default on this device
     results = {'device': device_name(device), 'torch': torch.__version__, 'precision': precision_name(amp),
                'batch_size': batch, 'images': n, 'parts': args.parts}
-    routing = routing_models(args.selector, data, n, device)  # first: a bad --selector fails before minutes of training
+    routing = routing_models(args.selector, data, n, device, amp)  # first: a bad --selector fails before training
     if 'train' in args.parts:
         training_figures(results, data, batch, device, amp, args.compile)
     if 'kd' in args.parts:
         kd_figures(results, data, batch, device, amp)
     if 'infer' in args.parts:
-        inference_figures(results, routing, device, amp, args.cost_weights, args.compile)
+        inference_figures(results, routing, device, amp, args.compile)
 
     width = max(map(len, results))
     for key, value in results.items():
         print(f'{key:<{width}}  {value:.3g}' if isinstance(value, float) else f'{key:<{width}}  {value}')
     # A quick or partial run never replaces the full run's JSON.
     suffix = ('-quick' if args.quick else '') + ('' if set(args.parts) == set(PARTS) else '-' + '-'.join(args.parts))
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', f'{platform.node()}{suffix}.json')
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results',
+                                   f'{platform.node()}{suffix}.json')
     write_json(out, results)
     print(f'wrote {out}')
 

@@ -73,7 +73,8 @@ def _work_in_tmp(tmp_path, monkeypatch):
 
 TINY = ['--dataset', 'folder', '--image-size', '8', '--val-size', '6', '--route-size', '9', '--batch-size', '8',
         '--epochs', '1', '--lr', '0.05']
-TINY_PRESET = {'common': TINY[2:10] + ['--lr', '0.05'], 'epochs': 1, 'selector_epochs': 2}
+TINY_PRESET = {'data': TINY[2:8], 'train': TINY[8:10] + ['--lr', '0.05'], 'teacher_epochs': 1, 'epochs': 1,
+               'selector_epochs': 2}
 
 
 def run_tiny_pipeline(work: Path, folder: Path, *flags):

@@ -8,6 +8,7 @@ import torch
 
 import pipeline
 import selectorTrain
+import teacherTrain
 from conftest import TINY, make_image_folder, run_tiny_pipeline
 
 STAGES = {'teacher', 'densenet121', 'densenet121-nokd', 'googlenet', 'googlenet-nokd', 'selector'}
@@ -20,7 +21,7 @@ def _mtimes(root):
 def test_pipeline_runs_every_stage(tiny_runs):
     work, _ = tiny_runs
     assert all((work / 'checkpoints' / d / 'summary.json').exists() for d in STAGES)
-    assert (work / 'results' / 'quick.md').exists() and (work / 'images' / 'quick' / 'accuracy_vs_macs.png').exists()
+    assert (work / 'results' / 'quick.md').exists() and (work / 'results' / 'quick' / 'accuracy_vs_time.png').exists()
     assert len((work / 'results' / 'quick-predictions.csv').read_text().splitlines()) == 1 + 2 * 3
     # both students read one cache: the teacher's logits exist once per epoch, not once per student
     assert [p.name for p in (work / 'checkpoints' / 'logit-cache').glob('*/*.pt')] == ['epoch0.pt']
@@ -41,9 +42,9 @@ def test_an_interrupted_stage_resumes_and_a_changed_one_retrains(tiny_runs, caps
     work, folder = tiny_runs
     monkeypatch.chdir(work)
     def argv(epochs):  # what the pipeline passes the selector stage
-        return TINY[:-4] + ['--data-dir', str(folder), '--lr', '0.05', '--epochs', str(epochs), '--out',
-                            'checkpoints/selector', '--experts', 'checkpoints/densenet121/best.pt',
-                            'checkpoints/googlenet/best.pt']
+        return TINY[:8] + ['--data-dir', str(folder), '--epochs', str(epochs), '--experts',
+                           'checkpoints/densenet121/best.pt', 'checkpoints/googlenet/best.pt', '--out',
+                           'checkpoints/selector']
     os.remove('checkpoints/selector/summary.json')  # as if killed after its last epoch
     best = os.path.getmtime('checkpoints/selector/best.pt')
     pipeline.run_stage(selectorTrain, argv(2), force=False)
@@ -61,7 +62,7 @@ def test_two_seeds_train_two_systems_and_report_mean_and_std(tmp_path):
     for seed in (0, 1):
         selector = torch.load(tmp_path / 'checkpoints' / f'seed{seed}' / 'selector' / 'best.pt', weights_only=True)
         assert selector['config']['seed'] == seed and f'seed{seed}' in selector['experts'][0]['path']
-        assert (tmp_path / 'images' / f'quick-seed{seed}' / 'accuracy_vs_macs.png').exists()
+        assert (tmp_path / 'results' / f'quick-seed{seed}' / 'accuracy_vs_time.png').exists()
     per_seed = [json.loads((tmp_path / 'results' / f'quick-seed{s}.json').read_text()) for s in (0, 1)]
     summary = json.loads((tmp_path / 'results' / 'quick.json').read_text())
     assert summary['seeds'] == [0, 1] and {'teacher', 'googlenet', 'routed', 'oracle'} <= set(summary['accuracy'])
@@ -78,3 +79,20 @@ def test_repeated_seeds_are_refused_before_training(tmp_path, capsys):
         pipeline.main(['--data-dir', str(tmp_path), '--seeds', '1', '1'])
     assert exit_info.value.code == 2 and not (tmp_path / 'checkpoints').exists()
     assert capsys.readouterr().err.strip() == 'error: --seeds repeats a seed (1, 1); give each seed once'
+
+
+@pytest.mark.parametrize('name', list(pipeline.PRESETS))
+def test_every_preset_trains_the_teacher_longer_than_its_students(name):
+    preset = pipeline.PRESETS[name]
+    assert preset['teacher_epochs'] >= preset['epochs'] and (name == 'full' or preset['teacher_epochs'] > preset['epochs'])
+    for stage in (preset['data'], preset['train'], preset.get('teacher', [])):
+        pipeline.parse_args([])  # the preset's flags are real flags of the stages they go to
+        teacherTrain.parse_args(stage + ['--dataset', 'folder'])
+
+
+def test_a_bad_device_or_student_is_refused_before_any_training(tmp_path, capsys):
+    for argv, message in ((['--device', 'gpu0'], "unknown --device 'gpu0'"),
+                          (['--students', 'vgg'], 'unknown student(s) vgg')):
+        with pytest.raises(SystemExit):
+            pipeline.main(['--data-dir', str(tmp_path), *argv])
+        assert message in capsys.readouterr().err and not (tmp_path / 'checkpoints').exists()

@@ -1,0 +1,60 @@
+"""Export a trained system's outputs so that routing work can go on on a CPU with GPU-trained experts.
+
+    python benchmarks/export_logits.py --selector checkpoints/selector --out results/logits
+For the teacher and every expert: OUT/<name>-logits.pt, its fp16 logits on the route, val and test images
+with their labels and the split, and OUT/<name>-bf16.pt, its checkpoint with bf16 weights (half the size;
+it loads like any checkpoint). Each file stays well under 16 MiB for the CIFAR models but DenseNet121's
+and ResNet50's weights; those are skipped above --max-mb.
+"""
+import os
+import sys
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from distill.checkpoint import save_checkpoint  # noqa: E402
+from distill.cli import Parser, checkpoint_path, main_guard  # noqa: E402
+from distill.data import Loader, prepare_data  # noqa: E402
+from distill.engine import predict_logits  # noqa: E402
+from distill.routing import Expert, load_experts, load_selector, teacher_of  # noqa: E402
+from distill.runtime import amp_dtype, resolve_device  # noqa: E402
+
+
+@main_guard
+def main():
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument('--selector', default='checkpoints/selector', help='selector checkpoint or run directory')
+    p.add_argument('--out', default='results/logits', help='folder for the files')
+    p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    p.add_argument('--max-mb', type=float, default=16.0, help='largest weights file to write')
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    amp = amp_dtype('auto', device)
+    state = load_selector(checkpoint_path(args.selector))
+    experts = load_experts([e['path'] for e in state['experts']], device)
+    students = [e for e in experts if e.state.get('teacher')]
+    models = {e.name: e for e in experts}
+    if students and not any(e.state['arch'] == 'resnet50' for e in experts):
+        models['teacher'] = Expert(teacher_of(students), device, experts[0].reference())
+    data = prepare_data(SimpleNamespace(**state['config'])).to(device)
+    parts = {'route': (data.train, data.parts['route']), 'val': (data.train, data.parts['val']),
+             'test': (data.test, torch.arange(len(data.test)))}
+    loaders = {k: Loader(images, idx, 512, data.mean, data.std, device) for k, (images, idx) in parts.items()}
+    os.makedirs(args.out, exist_ok=True)
+    for name, model in models.items():
+        outputs = {part: predict_logits(model.model, loader, amp) for part, loader in loaders.items()}
+        save_checkpoint({'arch': model.state['arch'], 'model': {}, 'split': data.split, 'class_names': data.classes,
+                         **{part: logits.half().cpu() for part, (logits, _) in outputs.items()},
+                         'labels': {part: labels.cpu() for part, (_, labels) in outputs.items()}},
+                        os.path.join(args.out, f'{name}-logits.pt'))
+        weights = {k: v.bfloat16() if v.is_floating_point() else v for k, v in model.state['model'].items()}
+        size_mb = sum(v.numel() * v.element_size() for v in weights.values()) / 2 ** 20
+        if size_mb <= args.max_mb:
+            save_checkpoint({**model.state, 'model': weights}, os.path.join(args.out, f'{name}-bf16.pt'))
+        print(f"{name}: logits on {', '.join(f'{k} {len(v[1])}' for k, v in outputs.items())}"
+              + ('' if size_mb <= args.max_mb else f'; weights {size_mb:.0f} MB > --max-mb, not written'))
+
+
+if __name__ == '__main__':
+    main()
