@@ -25,7 +25,8 @@ def test_runs_that_cannot_be_averaged_are_refused(change, message):
 def _result(seed, teacher, routed, extra=None):
     accuracy = {'teacher': (teacher, 1e9), 'routed': (routed, 4e8 + seed * 1e8), **(extra or {})}
     return {'name': f'r-seed{seed}', 'seed': seed, 'dataset': 'folder', 'test_images': 10, 'accuracy': accuracy,
-            'share': {'a': 0.25 * (seed + 1), 'b': 1 - 0.25 * (seed + 1)}}
+            'mode': 'cascade', 'share': {'cascade': {'a': 0.25 * (seed + 1), 'b': 1 - 0.25 * (seed + 1)},
+                                         'selector': {'a': 1.0, 'b': 0.0}}}
 
 
 def test_aggregate_gives_mean_and_sample_std_of_rows_every_seed_has():
