@@ -25,6 +25,8 @@ def count_macs(model: torch.nn.Module, example, device='cpu') -> int:
     model.eval()
     if isinstance(example, int):
         example = torch.zeros(1, 3, example, example, device=device)
+    weight = next(model.parameters(), None)
+    example = example if weight is None else example.to(weight.device)  # count where the model is
     with FlopCounterMode(display=False) as counter:
         model(example)
     model.train(was_training)

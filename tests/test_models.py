@@ -71,3 +71,9 @@ def test_fusing_for_inference_folds_batchnorm_and_keeps_the_outputs(name):
 def test_batchnorm_is_folded_on_the_cpu_only():
     model = build_model('googlenet', 10)
     assert fuse_for_inference(model, torch.device('cuda')) is model and not model.training
+
+
+def test_macs_are_counted_where_the_model_is():
+    """selectorTrain.py counts a CPU selector's MACs on inputs that live on the GPU (the meta device stands in)."""
+    on_cpu = count_macs(build_model('selector', 2, in_features=20), torch.zeros(1, 20))
+    assert count_macs(build_model('selector', 2, in_features=20).to('meta'), torch.zeros(1, 20)) == on_cpu > 0
