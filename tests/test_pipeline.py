@@ -10,6 +10,7 @@ import pipeline
 import selectorTrain
 import teacherTrain
 from conftest import TINY, make_image_folder, run_tiny_pipeline
+from distill.stages import run_stages
 
 STAGES = {'teacher', 'densenet121', 'densenet121-nokd', 'googlenet', 'googlenet-nokd', 'selector'}
 
@@ -48,12 +49,12 @@ def test_an_interrupted_stage_resumes_and_a_changed_one_retrains(tiny_runs, caps
     os.remove('checkpoints/selector/summary.json')  # as if killed after its last epoch
     best = os.path.getmtime('checkpoints/selector/best.pt')
     weights = torch.load('checkpoints/selector/best.pt', weights_only=True)['model']
-    pipeline.run_stage(selectorTrain, argv(2), force=False)
+    run_stages([(selectorTrain, argv(2))], force=False)
     out = capsys.readouterr().out
     assert 'resume checkpoints/selector' in out and 'resumed' in out and 'epoch 1/2' not in out
     resumed = torch.load('checkpoints/selector/best.pt', weights_only=True)['model']  # routing is re-timed, not retrained
     assert all(torch.equal(weights[k], resumed[k]) for k in weights) and os.path.exists('checkpoints/selector/summary.json')
-    pipeline.run_stage(selectorTrain, argv(3), force=False)
+    run_stages([(selectorTrain, argv(3))], force=False)
     assert 'retrain (settings changed) checkpoints/selector' in capsys.readouterr().out
     assert os.path.getmtime('checkpoints/selector/best.pt') > best
 

@@ -1,0 +1,61 @@
+"""The pipeline's stages: skip a finished one, resume an interrupted one, retrain a changed one, and run
+independent ones side by side.
+
+Side by side pays where one model alone leaves the GPU idle between its kernels (DenseNet121's many
+small layers): a second process fills those gaps. Where one model already keeps the GPU busy, processes
+only share it (docs/gpu.md).
+"""
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from . import UserError
+from .checkpoint import changed_settings
+
+
+def stage_argv(script, argv: list, force: bool) -> list | None:
+    """The argv to run script with, or None when its OUT holds a finished run made with the same settings."""
+    args = script.parse_args(argv)
+    summary, config_path = os.path.join(args.out, 'summary.json'), os.path.join(args.out, 'config.json')
+    if os.path.exists(config_path) and not force:
+        with open(config_path) as f:
+            same = not changed_settings(json.load(f), vars(args))
+        if same and os.path.exists(summary):
+            print(f'skip {args.out}: finished with these settings')
+            return None
+        print(f"{'resume' if same else 'retrain (settings changed)'} {args.out}")
+        return argv + (['--resume'] if same else ['--overwrite'])
+    if os.path.exists(os.path.join(args.out, 'last.pt')):
+        return argv + ['--overwrite']
+    return argv
+
+
+def run_stages(stages: list, force: bool, jobs: int = 1, log_dir: str = 'logs'):
+    """stages: [(script module, argv)], independent of each other. jobs=1 runs them here, one after another;
+    jobs>1 runs them as that many processes at once, each writing its output to LOG_DIR/<run>.log."""
+    planned = [(script, argv) for script, argv in ((s, stage_argv(s, a, force)) for s, a in stages) if argv]
+    if jobs <= 1 or len(planned) <= 1:
+        for script, argv in planned:
+            script.main(argv)
+        return
+    os.makedirs(log_dir, exist_ok=True)
+
+    def run(stage):
+        script, argv = stage
+        out = script.parse_args(argv).out
+        log = os.path.join(log_dir, os.path.basename(os.path.normpath(out)) + '.log')
+        print(f'start {out} (output in {log})', flush=True)
+        with open(log, 'w') as f:
+            code = subprocess.run([sys.executable, script.__file__, *argv], stdout=f, stderr=subprocess.STDOUT,
+                                  env={**os.environ, 'PYTHONUNBUFFERED': '1'}).returncode
+        with open(log) as f:
+            last = ([line.strip() for line in f if line.strip()] or [''])[-1]
+        print(f'{out}: {last}', flush=True)
+        return code, out, log, last
+    with ThreadPoolExecutor(jobs) as pool:
+        failed = [(out, log, last) for code, out, log, last in pool.map(run, planned) if code]
+    if failed:
+        out, log, last = failed[0]
+        raise UserError(f"stage '{out}' failed: {last.removeprefix('error: ')} (whole output in {log})")
