@@ -21,7 +21,7 @@ from .metrics import count_macs, count_params
 from .runtime import (amp_dtype, autocast, barrier, configure, init_distributed, place, precision_name, reduce_sums,
                       resolve_device)
 
-METRIC_FIELDS = ('epoch', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr', 'seconds')
+METRIC_FIELDS = ('epoch', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr', 'seconds', 'train_img_per_s')
 FINITE_CHECK_EVERY = 50  # steps between host checks of the loss: one sync per check, not per step
 
 
@@ -229,12 +229,15 @@ def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 
         train_loader.set_epoch(epoch)
         if on_epoch_start:
             on_epoch_start(train_loader)
+        train_started = time.time()
         train_loss, train_acc = train_one_epoch(train_model, train_loader, optimizer, scheduler, step, amp=amp,
                                                 scaler=scaler, desc=f'{arch} epoch {epoch + 1}/{args.epochs}')
+        train_seconds = time.time() - train_started  # train_one_epoch ends by reading its sums: the device is done
         val_loss, val_acc = evaluate_fn(model, loaders['val'], amp)
         history.append({'epoch': epoch + 1, 'train_loss': round(train_loss, 5), 'train_acc': round(train_acc, 5),
                         'val_loss': round(val_loss, 5), 'val_acc': round(val_acc, 5),
-                        'lr': round(optimizer.param_groups[0]['lr'], 6), 'seconds': round(time.time() - started, 2)})
+                        'lr': round(optimizer.param_groups[0]['lr'], 6), 'seconds': round(time.time() - started, 2),
+                        'train_img_per_s': round(len(train_loader) * args.batch_size / train_seconds)})
         if rank == 0:
             run.save_epoch(model, optimizer, scheduler, scaler, epoch + 1, val_acc, best_val_acc, history)
         best_val_acc = max(val_acc, best_val_acc)
