@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The one GPU check: the fast preset end to end, then the GPU benchmark, every result written to files.
+# The one GPU check: the fast preset end to end, routing with and without the teacher as fallback, the
+# experts' logits for routing work on a CPU, then the training benchmark; every result written to files.
 #
-#   bash benchmarks/gpu_check.sh ARCHIVE [OUT]            # on one GPU: sized for 10 minutes on an H100
-#   bash benchmarks/gpu_check.sh --dry-run ARCHIVE [OUT]  # the same steps at tiny size on a CPU, a few minutes
+#   bash benchmarks/gpu_check.sh ARCHIVE [OUT] [BUDGET_S]            # one GPU: sized for 10 minutes on an H100
+#   bash benchmarks/gpu_check.sh --dry-run ARCHIVE [OUT] [BUDGET_S]  # the same steps at tiny size on a CPU
 #
 # ARCHIVE is the CIFAR-10 .tar.gz (train/<class>/*, test/<class>/*). OUT (default results/gpu-check) gets
-# progress.log, the per-stage logs, the runs' metrics and summaries, the evaluate report and figures,
-# both benchmark JSONs and the experts' logits on route, val and test (for routing work on a CPU).
-# Needs only the torch already installed: nothing is downloaded or pip-installed.
+# progress.log, every stage's log, the runs' metrics and summaries, the evaluate reports and figures, the
+# benchmark JSONs and OUT/logits (each expert's logits on route, val and test; the students' bf16 weights).
+# The steps after the chain run only while BUDGET_S (default 570) seconds have not passed, so that the
+# chain's results are never lost to a step that would not finish. Needs only the torch already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,36 +17,58 @@ preset=fast; bench=(); device=cuda
 if [[ "${1:-}" == "--dry-run" ]]; then
     preset=smoke; bench=(--quick); device=cpu; shift
 fi
-archive="${1:?usage: benchmarks/gpu_check.sh [--dry-run] ARCHIVE [OUT]}"
+archive="${1:?usage: benchmarks/gpu_check.sh [--dry-run] ARCHIVE [OUT] [BUDGET_S]}"
 out="${2:-results/gpu-check}"
+budget="${3:-570}"
 [[ -f "$archive" ]] || { echo "error: archive '$archive' not found; pass the CIFAR-10 .tar.gz" >&2; exit 2; }
 mkdir -p "$out/logs"
-root="checkpoints/gpu-check-$preset"  # big files stay out of OUT
-export DISTILL_CACHE="data/cache"
+root="checkpoints/gpu-check-$preset"  # checkpoints stay out of OUT
+export DISTILL_CACHE="data/cache" PYTHONUNBUFFERED=1
 
-log() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$out/progress.log"; }
+log() { echo "$(date -u +%H:%M:%S) [${SECONDS}s] $*" | tee -a "$out/progress.log"; }
+collect() {  # the small files of every run into OUT/runs; checkpoints stay behind
+    for run in "$root"/*/; do
+        name=$(basename "$run")
+        [[ "$name" == logit-cache ]] && continue
+        mkdir -p "$out/runs/$name" && cp "$run"/*.json "$run"/*.csv "$run"/*.log "$out/runs/$name/" 2>/dev/null || true
+    done
+}
 stage() {  # stage NAME COMMAND...: run, log its output, time it
     local name=$1; shift
     log "start $name: $*"
     local start=$SECONDS
-    "$@" > "$out/logs/$name.log" 2>&1 || { log "FAILED $name (exit $?), see $out/logs/$name.log"; exit 1; }
+    "$@" > "$out/logs/$name.log" 2>&1 || { local code=$?; log "FAILED $name (exit $code), see $out/logs/$name.log"
+                                            collect; return 1; }
     log "done $name in $((SECONDS - start)) s"
+    collect
+}
+optional() {  # optional NEED_S NAME COMMAND...: a stage that runs only if NEED_S seconds of the budget remain,
+    local need=$1 name=$2; shift 2  # and is stopped when the budget runs out
+    if (( SECONDS + need > budget )); then log "skipped $name: under $need s of the $budget s budget left"; return; fi
+    stage "$name" timeout $((budget - SECONDS)) "$@" || true
 }
 
 log "gpu_check $preset on $(python -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")'), torch $(python -c 'import torch; print(torch.__version__)')"
 python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() or sys.argv[1] == "cpu" else 1)' "$device" \
     || { log "no CUDA device visible; use --dry-run on a CPU"; exit 2; }
-# Training speed first: the engine's img/s targets do not depend on the chain finishing in time.
-stage bench-train python benchmarks/run.py "${bench[@]}" --parts train --device "$device" --out "$out/bench-train.json"
-chain_start=$SECONDS
-stage pipeline python pipeline.py --preset "$preset" --data-dir "$archive" --root "$root" --results "$out" --device "$device"
-log "whole chain: $((SECONDS - chain_start)) s wall"
-stage bench-infer python benchmarks/run.py "${bench[@]}" --parts infer --selector "$root/selector" --device "$device" \
-    --out "$out/bench-infer.json"
-stage export-logits python benchmarks/export_logits.py --selector "$root/selector" --out "$out/logits" --device "$device"
-for run in "$root"/*/; do  # the small files of every run; checkpoints stay behind
-    name=$(basename "$run")
-    [[ "$name" == logit-cache ]] && continue
-    mkdir -p "$out/runs/$name" && cp "$run"/*.json "$run"/*.csv "$out/runs/$name/" 2>/dev/null || true
+stage pipeline python pipeline.py --preset "$preset" --data-dir "$archive" --root "$root" --results "$out" \
+    --device "$device" || exit 1
+log "whole chain: $SECONDS s wall"
+optional 30 export-logits python benchmarks/export_logits.py --selector "$root/selector" --out "$out/logits" \
+    --device "$device"
+optional 25 bench-infer python benchmarks/run.py "${bench[@]}" --parts infer --selector "$root/selector" \
+    --device "$device" --out "$out/bench-infer.json"
+# The teacher as the costly last resort: behind the cheapest student alone, then behind both.
+students=(); for arch in $(python -c 'from models import STUDENTS; print(*STUDENTS)'); do students+=("$root/$arch"); done
+for system in cheapest-fallback:"${students[-1]}" fallback:"${students[*]}"; do
+    name=${system%%:*}; read -ra experts <<< "${system#*:}"
+    optional 40 "selector-$name" python selectorTrain.py --experts "${experts[@]}" --include-teacher \
+        --out "$root/selector-$name" --device "$device"
+    [[ -f "$root/selector-$name/summary.json" ]] || continue
+    optional 30 "evaluate-$name" python evaluate.py --selector "$root/selector-$name" --name "$preset-$name" \
+        --results-dir "$out" --device "$device"
+    optional 25 "bench-infer-$name" python benchmarks/run.py "${bench[@]}" --parts infer \
+        --selector "$root/selector-$name" --device "$device" --out "$out/bench-infer-$name.json"
 done
+optional 60 bench-train python benchmarks/run.py "${bench[@]}" --parts train --device "$device" --out "$out/bench-train.json"
 log "all done in $SECONDS s"
