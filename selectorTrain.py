@@ -34,11 +34,16 @@ def parse_args(argv=None):
     parser.add_argument('--max-accuracy-drop', type=float, default=0.0,
                         help="val accuracy (percentage points) below the best single expert's that routing may "
                              "give up for speed")
+    parser.add_argument('--val-margin', type=float, default=1.645,
+                        help="paired standard errors by which routing clears the best single expert's val accuracy "
+                             "(less --max-accuracy-drop) where some operating point can, so that it holds beyond "
+                             "val's noise (1.645: one-sided 95%%); else it only reaches it")
     parser.add_argument('--disagreement-weight', type=float, default=1.0,
                         help='weight, in the loss, of route images on which the experts disagree')
     args = validate_args(parser.parse_args(argv))
     check_range('max_accuracy_drop', args.max_accuracy_drop, 0, 100)
     check_range('disagreement_weight', args.disagreement_weight, low=0)
+    check_range('val_margin', args.val_margin, low=0)
     args.experts = [checkpoint_path(p) for p in args.experts]
     return args
 
@@ -92,13 +97,15 @@ def main(argv=None):
         selector_time = time_model(best_selector.eval(), inputs['val'][:args.batch_size], amp)['seconds_per_image']
         selector_costs = {'macs': selector_macs, 'time': selector_time}
         routing = choose_routing(confidences(outputs['val'][0]).cpu(), scores.cpu(), correct['val'].cpu(),
-                                 costs[args.cost], selector_costs[args.cost], args.max_accuracy_drop / 100)
+                                 costs[args.cost], selector_costs[args.cost], args.max_accuracy_drop / 100,
+                                 args.val_margin)
         routing['cost'] = args.cost
         score.extra, score.cost_weight = extra_costs(costs[args.cost]), routing['cost_weight']
         report = routing_report(outputs['val'][0], outputs['val'][2], scores, costs, selector_costs, routing)
         print(format_report(report, [e.name for e in experts], 'val split, best epoch:'))
         print(f"default mode on val: {routing['mode']} (cascade thresholds {routing['thresholds']}, selector cost "
-              f"weight {routing['cost_weight']:g}, target accuracy {routing['target_accuracy']:.2%})")
+              f"weight {routing['cost_weight']:g}, target accuracy {routing['target_accuracy']:.2%}, "
+              f"{'cleared by' if routing['cleared_margin'] else 'not cleared by'} {args.val_margin:g} standard errors)")
         return {'routing': routing, 'selector_cost': selector_costs}
     extra = {'experts': [e.describe() for e in experts], 'selector_macs': selector_macs, 'model_args': model_args}
     fit(args, 'selector', selector, lambda trained: selection_step(trained, args.disagreement_weight), data,

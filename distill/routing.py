@@ -227,27 +227,47 @@ def selector_sweep(scores, correct, costs, selector_cost_=0.0, weights=COST_WEIG
             for w in weights for choice in [selector_choice(scores, extra, w)]]
 
 
-def choose_point(points: list, target: float):
-    """The cheapest point whose accuracy reaches target; if none does, the most accurate (then cheapest).
+def choose_point(points: list, target: float, margins=None):
+    """(point, how well it meets target) on val: the cheapest point whose accuracy clears target by its margin
+    (2); else the cheapest that reaches target (1); else the most accurate, then cheapest (0).
     selectorTrain.py calls it on val, so an operating point is never picked on test."""
-    reaching = [p for p in points if p[1] >= target - 1e-12]
-    if reaching:
-        return min(reaching, key=lambda p: (p[2], -p[1]))
-    return max(points, key=lambda p: (p[1], -p[2]))
+    levels = ([(2, margins)] if margins is not None else []) + [(1, [0.0] * len(points))]
+    for level, margins_ in levels:
+        reaching = [p for p, m in zip(points, margins_) if p[1] - m >= target - 1e-12]
+        if reaching:
+            return min(reaching, key=lambda p: (p[2], -p[1])), level
+    return max(points, key=lambda p: (p[1], -p[2])), 0
 
 
-def choose_routing(conf, scores, correct, costs, selector_cost_: float, max_drop: float) -> dict:
-    """Both modes tuned on val to reach the best single expert's accuracy (less max_drop) as cheaply as they
-    can; the default mode is the one that pays more: cheaper if both reach it, else more accurate."""
-    target = correct.mean(0).max().item() - max_drop
-    cascade = choose_point(cascade_sweep(conf, correct, costs), target)
-    selector = choose_point(selector_sweep(scores, correct, costs, selector_cost_), target)
+def paired_margin(choice, correct, reference: int, z: float) -> float:
+    """z standard errors of the difference, image by image, between a routing's accuracy and the reference
+    expert's: the cheapest point that only just reaches the target on val is, on fresh images, as often below it.
+    One disagreement more than seen, so that a point that never differs from the reference is not thereby
+    shown to be better than it."""
+    routed = correct.gather(1, choice[:, None].to(correct.device)).squeeze(1)
+    return z * math.sqrt((routed != correct[:, reference]).sum().item() + 1) / len(routed)
 
-    def merit(point):
-        return (point[1] >= target - 1e-12, -point[2] if point[1] >= target - 1e-12 else point[1])
-    mode = 'cascade' if merit(cascade) >= merit(selector) else 'selector'
-    return {'mode': mode, 'thresholds': cascade[0], 'cost_weight': selector[0], 'target_accuracy': target,
-            'val': {'cascade': cascade[1:], 'selector': selector[1:]}}
+
+def choose_routing(conf, scores, correct, costs, selector_cost_: float, max_drop: float, margin_z: float = 0.0) -> dict:
+    """Both modes tuned on val to reach the best single expert's accuracy, less max_drop, as cheaply as they can:
+    cleared by margin_z paired standard errors where some point can, else only reached. The default mode is
+    the one that meets the target better, then the cheaper (or, if neither reaches it, the more accurate)."""
+    best = int(correct.mean(0).argmax())
+    target = correct[:, best].mean().item() - max_drop
+    extra = extra_costs(costs)
+    points = {'cascade': cascade_sweep(conf, correct, costs),
+              'selector': selector_sweep(scores, correct, costs, selector_cost_)}
+    decide = {'cascade': lambda p: cascade_choice(conf, p[0]), 'selector': lambda p: selector_choice(scores, extra, p[0])}
+    chosen = {mode: choose_point(pts, target, [paired_margin(decide[mode](p), correct, best, margin_z) for p in pts])
+              for mode, pts in points.items()}
+
+    def merit(mode):  # how well it meets the target first; then cheaper if it does, more accurate if not
+        (_, accuracy, cost), level = chosen[mode]
+        return level, -cost if level else accuracy
+    mode = max(MODES, key=merit)
+    return {'mode': mode, 'thresholds': chosen['cascade'][0][0], 'cost_weight': chosen['selector'][0][0],
+            'target_accuracy': target, 'margin_z': margin_z, 'cleared_margin': chosen[mode][1] == 2,
+            'val': {m: chosen[m][0][1:] for m in MODES}}
 
 
 def selector_inputs(logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ from distill import UserError
 from distill.data import TensorLoader
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch
 from distill.routing import (Router, SelectorScore, cascade_choice, cascade_cost, check_cost_device, choose_point,
+                             paired_margin,
                              choose_routing, confidences, expert_correctness, extra_costs, routing_report,
                              selection_step, selector_choice, selector_cost, teacher_of)
 from distill.runtime import device_name
@@ -84,9 +85,30 @@ def test_the_selector_runs_every_other_expert_only_on_its_own_images():
 
 def test_the_cheapest_point_that_reaches_the_target_is_chosen():
     points = [('a', 0.80, 9.0), ('b', 0.81, 8.0), ('c', 0.795, 6.0), ('d', 0.78, 4.0)]
-    assert choose_point(points, 0.80)[0] == 'b'
-    assert choose_point(points, 0.79)[0] == 'c'
-    assert choose_point(points, 0.90)[0] == 'b'  # nothing reaches it: the most accurate
+    assert choose_point(points, 0.80) == (points[1], 1)
+    assert choose_point(points, 0.79) == (points[2], 1)
+    assert choose_point(points, 0.90) == (points[1], 0)  # nothing reaches it: the most accurate
+
+
+def test_a_margin_refuses_a_point_that_reaches_the_target_only_within_vals_noise():
+    # The reference, expert 1, is right on images 0-79; the cheap expert 0 on 0-69 and 80-90: one point
+    # more, but they differ on 21 images, well within the noise of 100. Routing 0-79 to expert 1 and the
+    # rest to expert 0 is right on 91 and differs on 11: clearly better.
+    correct = torch.zeros(100, 2)
+    correct[:80, 1] = 1
+    correct[:70, 0] = correct[80:91, 0] = 1
+    cheap = torch.zeros(100, dtype=torch.long)
+    mixed = torch.cat([torch.ones(80, dtype=torch.long), torch.zeros(20, dtype=torch.long)])
+    points = [('cheap', 0.81, 1.0), ('mixed', 0.91, 2.0)]
+    for z, expected in ((0.0, points[0]), (1.645, points[1])):
+        margins = [paired_margin(choice, correct, 1, z) for choice in (cheap, mixed)]
+        assert choose_point(points, 0.80, margins) == (expected, 2)
+    assert paired_margin(cheap, correct, 1, 1.0) == pytest.approx(22 ** 0.5 / 100)  # one more than seen
+    # where no point clears the target by its margin, the cheapest that reaches it, as without one; the
+    # reference itself never clears its own accuracy
+    reference = ('reference', 0.80, 3.0)
+    margins = [paired_margin(c, correct, 1, 1.645) for c in (cheap, torch.ones(100, dtype=torch.long))]
+    assert choose_point([points[0], reference], 0.80, margins) == (points[0], 1)
 
 
 def test_the_default_mode_is_the_one_that_reaches_the_best_single_expert_more_cheaply():
