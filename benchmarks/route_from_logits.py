@@ -1,0 +1,72 @@
+"""Cascades tuned on val and scored on test from exported logits: routing work on a CPU with GPU-trained experts.
+
+    python benchmarks/route_from_logits.py results/gpu-check/logits --rates results/gpu-check/bench-infer.json \
+        --chain googlenet densenet121 --chain googlenet teacher --chain googlenet densenet121 teacher
+Reads OUT/<name>-logits.pt as benchmarks/export_logits.py writes them, and each model's img/s as
+benchmarks/run.py measured it (infer.<name>.img_s). A cascade's cost per image is its mix of those measured
+costs, which is what a routed run costs where every model runs at the measured rate (a large batch on a GPU);
+benchmarks/run.py measures routed runs themselves. The threshold is chosen on val as selectorTrain.py
+chooses it (--val-margin), against the chain's last model; test is touched once per chain.
+"""
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from distill import UserError  # noqa: E402
+from distill.checkpoint import load_checkpoint  # noqa: E402
+from distill.cli import Parser, main_guard  # noqa: E402
+from distill.routing import (cascade_choice, cascade_cost, cascade_sweep, choose_point, confidences,  # noqa: E402
+                             expert_correctness, outcome, paired_margin)
+
+
+def load_part(logits: dict, names: list, part: str):
+    outputs = [logits[n][part].float() for n in names]
+    return confidences(outputs), expert_correctness(outputs, logits[names[0]]['labels'][part])
+
+
+@main_guard
+def main():
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument('logits', help='folder of <name>-logits.pt files (benchmarks/export_logits.py)')
+    p.add_argument('--rates', required=True, help="benchmarks/run.py's JSON with each model's infer img/s")
+    p.add_argument('--chain', nargs='+', action='append', required=True,
+                   help='models in the order the cascade runs them, cheapest first; repeat for several cascades')
+    p.add_argument('--val-margin', type=float, default=1.645, help='as in selectorTrain.py')
+    args = p.parse_args()
+    with open(args.rates) as f:
+        rates = json.load(f)
+    names = sorted({n for chain in args.chain for n in chain} | {'teacher'})
+    logits, rate = {}, {}
+    for name in names:
+        path = os.path.join(args.logits, f'{name}-logits.pt')
+        if not os.path.exists(path) or f'infer.{name}.img_s' not in rates:
+            raise UserError(f"no logits '{path}' or no infer.{name}.img_s in '{args.rates}'; export and benchmark "
+                            f"'{name}' first")
+        logits[name], rate[name] = load_checkpoint(path), rates[f'infer.{name}.img_s']
+    print(f"costs: {', '.join(f'{n} {r:,.0f} img/s' for n, r in rate.items())} ({rates.get('device')}, "
+          f"{rates.get('precision')}); val margin {args.val_margin} standard errors\n")
+    print('| cascade | thresholds (val) | target on val | val accuracy | test accuracy | last model alone, test | '
+          'time vs last model | time vs teacher | share per model |')
+    print('|---|---|---|---|---|---|---|---|---|')
+    for chain in args.chain:
+        costs = torch.tensor([1 / rate[n] for n in chain], dtype=torch.float64)
+        conf, correct = load_part(logits, chain, 'val')
+        last = len(chain) - 1
+        points = cascade_sweep(conf, correct, costs)
+        margins = [paired_margin(cascade_choice(conf, t), correct, last, args.val_margin) for t, _, _ in points]
+        (thresholds, val_acc, _), level = choose_point(points, correct[:, last].mean().item(), margins)
+        conf, correct = load_part(logits, chain, 'test')
+        choice = cascade_choice(conf, thresholds)
+        test_acc, cost = outcome(choice, correct, cascade_cost(choice, costs))
+        share = torch.bincount(choice, minlength=len(chain)).float() / len(choice)
+        met = ('not reached', 'reached', 'cleared by the margin')[level]
+        print(f"| {' → '.join(chain)} | {thresholds} | {met} | {val_acc:.2%} | {test_acc:.2%} | "
+              f"{correct[:, last].mean().item():.2%} | {cost * rate[chain[-1]]:.2f}x | {cost * rate['teacher']:.2f}x | "
+              f"{', '.join(f'{n} {s:.0%}' for n, s in zip(chain, share.tolist()))} |")
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,42 @@
+"""benchmarks/route_from_logits.py: cascades from exported logits, thresholds chosen on val only."""
+import json
+
+import torch
+
+from conftest import ROOT, run_script
+from distill.checkpoint import save_checkpoint
+
+SCRIPT = ROOT / 'benchmarks' / 'route_from_logits.py'
+
+
+def _export(folder, name, logits: dict, labels: dict):
+    save_checkpoint({'arch': name, 'model': {}, **logits, 'labels': labels}, str(folder / f'{name}-logits.pt'))
+
+
+def test_a_cascade_is_tuned_on_val_and_costed_from_the_measured_rates(tmp_path):
+    # 'cheap' is sure and right on the first half of every split and unsure and wrong on the rest; 'big' is
+    # right everywhere: the cascade must keep the first half at 'cheap' and pass the rest on.
+    n, parts = 40, ('route', 'val', 'test')
+    labels = {p: torch.zeros(n, dtype=torch.long) for p in parts}
+    sure, unsure = torch.tensor([9.0, 0, 0]), torch.tensor([0.0, 0.5, 0])
+    cheap = torch.cat([sure.expand(n // 2, 3), unsure.expand(n // 2, 3)])
+    _export(tmp_path, 'cheap', {p: cheap.half() for p in parts}, labels)
+    _export(tmp_path, 'big', {p: sure.expand(n, 3).half() for p in parts}, labels)
+    _export(tmp_path, 'teacher', {p: sure.expand(n, 3).half() for p in parts}, labels)
+    rates = tmp_path / 'rates.json'
+    rates.write_text(json.dumps({'device': 'test', 'infer.cheap.img_s': 400.0, 'infer.big.img_s': 100.0,
+                                 'infer.teacher.img_s': 50.0}))
+    out = run_script(SCRIPT, tmp_path, '--rates', rates, '--chain', 'cheap', 'big', '--val-margin', '0').stdout
+    row = next(line for line in out.splitlines() if line.startswith('| cheap → big'))
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert cells[3:6] == ['100.00%', '100.00%', '100.00%']  # val, test, big alone
+    # half the images cost 'cheap' alone, half 'cheap' then 'big': (1/400 + 0.5/100) / (1/100) = 0.75
+    assert cells[6] == '0.75x' and cells[7] == '0.38x' and cells[8] == 'cheap 50%, big 50%'
+
+
+def test_a_model_without_logits_or_rate_is_one_line(tmp_path):
+    rates = tmp_path / 'rates.json'
+    rates.write_text('{}')
+    result = run_script(SCRIPT, tmp_path, '--rates', rates, '--chain', 'cheap', 'big', check=False)
+    assert result.returncode == 2 and result.stderr.strip().count('\n') == 0
+    assert "no logits" in result.stderr and "export and benchmark" in result.stderr
