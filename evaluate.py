@@ -11,7 +11,8 @@ import torch
 
 from distill.checkpoint import run_dir
 from distill.cli import Parser, add_device_arguments, check_writable, checkpoint_path, main_guard
-from distill.data import Loader, balanced_subset, load_dataset
+from distill.data import balanced_subset, load_dataset
+from distill.loaders import Loader
 from distill.engine import predict_logits
 from distill.metrics import per_class_accuracy, time_in_turns
 from distill.plots import report_figures

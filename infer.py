@@ -15,7 +15,8 @@ from tqdm import tqdm
 from distill import UserError
 from distill.checkpoint import atomic_write, load_checkpoint
 from distill.cli import Parser, add_device_arguments, check_range, check_writable, checkpoint_path, main_guard
-from distill.data import list_image_files, normalise, read_images
+from distill.data import list_image_files, read_images
+from distill.loaders import normalise
 from distill.routing import MODES, load_experts, load_selector, router_for
 from distill.runtime import amp_dtype, autocast, inference_model, resolve_device
 

@@ -12,7 +12,8 @@ import torch
 from distill import UserError
 from distill.cli import (check_range, checkpoint_path, inherit_data_settings, main_guard, training_parser,
                          validate_args)
-from distill.data import Loader, TensorLoader, prepare_data
+from distill.data import prepare_data
+from distill.loaders import Loader, TensorLoader
 from distill.engine import fit, predict_logits
 from distill.routing import (COST_KINDS, Expert, SelectorScore, choose_routing, confidences, cost_vector,
                              expert_correctness, expert_outputs, extra_costs, format_report, load_experts,

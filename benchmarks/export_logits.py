@@ -15,7 +15,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distill.checkpoint import save_checkpoint  # noqa: E402
 from distill.cli import Parser, checkpoint_path, main_guard  # noqa: E402
-from distill.data import Loader, prepare_data  # noqa: E402
+from distill.data import prepare_data  # noqa: E402
+from distill.loaders import Loader  # noqa: E402
 from distill.engine import predict_logits  # noqa: E402
 from distill.routing import Expert, load_experts, load_selector, teacher_of  # noqa: E402
 from distill.runtime import amp_dtype, resolve_device  # noqa: E402

@@ -27,7 +27,8 @@ from torch.fx.experimental.optimization import fuse  # noqa: E402
 
 from distill.checkpoint import model_from_checkpoint, write_json  # noqa: E402
 from distill.cli import Parser, checkpoint_path, main_guard  # noqa: E402
-from distill.data import ImageSet, Loader, balanced_subset, load_dataset, normalise  # noqa: E402
+from distill.data import ImageSet, balanced_subset, load_dataset  # noqa: E402
+from distill.loaders import Loader, normalise  # noqa: E402
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch  # noqa: E402
 from distill.losses import classification_step, distillation_step  # noqa: E402
 from distill.metrics import count_macs  # noqa: E402

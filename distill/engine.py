@@ -16,7 +16,8 @@ from tqdm import tqdm
 from . import UserError
 from .checkpoint import (atomic_write, changed_settings, check_compatible, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state, write_json)
-from .data import Loader, Prepared
+from .data import Prepared
+from .loaders import Loader
 from .metrics import count_macs, count_params
 from .runtime import (amp_dtype, autocast, barrier, configure, init_distributed, place, precision_name, reduce_sums,
                       resolve_device)

@@ -93,7 +93,8 @@ def test_a_nan_loss_stops_with_a_clear_line_and_keeps_last_pt(finished_run, monk
 
 
 def test_a_nan_loss_stops_the_epoch_within_the_check_interval_without_a_sync_per_step(monkeypatch):
-    from distill.data import ImageSet, Loader
+    from distill.data import ImageSet
+    from distill.loaders import Loader
     data = ImageSet(torch.randint(0, 256, (40, 3, 4, 4), dtype=torch.uint8), torch.arange(40) % 2, ['a', 'b'])
     loader = Loader(data, torch.arange(40), 2, [0.5] * 3, [0.25] * 3, train=True)  # 20 steps
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
@@ -142,7 +143,8 @@ def test_resuming_with_other_settings_is_refused_in_one_line(finished_run, capsy
 
 
 def test_bf16_autocast_on_cpu_runs_the_convolutions_in_bf16_and_keeps_float32_weights():
-    from distill.data import ImageSet, Loader
+    from distill.data import ImageSet
+    from distill.loaders import Loader
     from distill.losses import classification_step
     data = ImageSet(torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8), torch.arange(16) % 2, ['a', 'b'])
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(144, 2))

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from distill import UserError
-from distill.data import TensorLoader
+from distill.loaders import TensorLoader
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch
 from distill.routing import (Router, SelectorScore, cascade_choice, cascade_cost, check_cost_device, choose_point,
                              paired_margin,

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from distill.data import ImageSet, Loader
+from distill.data import ImageSet
+from distill.loaders import Loader
 from distill.losses import kd_loss
 from distill.teachers import CachedTeacher, OnlineTeacher
 

@@ -1,0 +1,31 @@
+"""distill/loaders.py: augmentation as a pure function of (seed, epoch, index), batches in order."""
+import torch
+
+from distill.data import ImageSet
+from distill.loaders import Loader, augmentation_params, crop_flip
+
+
+def test_crop_flip_matches_per_image_reference():
+    images = torch.randint(0, 256, (5, 3, 6, 7), dtype=torch.uint8)
+    offsets, flips = augmentation_params(seed=1, epoch=2, n=5, pad=4)
+    out = crop_flip(images, offsets, flips)
+    assert out.shape == images.shape
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i in range(5):
+        dy, dx = offsets[i].tolist()
+        expected = padded[i, :, dy:dy + 6, dx:dx + 7]
+        assert torch.equal(out[i], expected.flip(2) if flips[i] else expected)
+
+
+def test_loader_augmentation_is_a_function_of_seed_epoch_and_index():
+    data = ImageSet(torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8), torch.arange(40) % 4, list('abcd'))
+    make = lambda: Loader(data, torch.arange(40), 16, [0.5] * 3, [0.25] * 3, train=True, seed=5)
+    a, b = make(), make()
+    batches_a, batches_b = list(a), list(b)
+    assert len(batches_a) == 2  # the ragged last batch is dropped in training
+    for (xa, ya, ia), (xb, yb, ib) in zip(batches_a, batches_b):
+        assert torch.equal(xa, xb) and torch.equal(ia, ib) and torch.equal(ya, data.labels[ia])
+    a.set_epoch(1)
+    assert not torch.equal(next(iter(a))[2], batches_a[0][2])  # a new permutation each epoch
+    evaluation = Loader(data, torch.arange(40), 16, [0.5] * 3, [0.25] * 3)
+    assert torch.cat([i for _, _, i in evaluation]).tolist() == list(range(40))
