@@ -4,8 +4,6 @@
     python infer.py photo.jpg --out -                         # one file, the table on standard output
 Routing is the mode selectorTrain.py chose on val (cascade or selector) unless --route says otherwise.
 """
-import csv
-import json
 import os
 import sys
 
@@ -13,15 +11,12 @@ import torch
 from tqdm import tqdm
 
 from distill import UserError
-from distill.checkpoint import atomic_write, load_checkpoint
 from distill.cli import Parser, add_device_arguments, check_range, check_writable, checkpoint_path, main_guard
 from distill.data import list_image_files, read_images
 from distill.loaders import normalise
-from distill.routing import MODES, load_experts, load_selector, router_for
-from distill.runtime import amp_dtype, autocast, inference_model, resolve_device
-
-FIELDS = ('path', 'prediction', 'confidence', 'expert', 'error')
-
+from distill.predict import build_classifier, write_rows
+from distill.routing import MODES
+from distill.runtime import amp_dtype, autocast, resolve_device
 
 def parse_args(argv=None):
     p = Parser(description=__doc__.splitlines()[0])
@@ -58,50 +53,6 @@ def parse_args(argv=None):
     return args
 
 
-def build_classifier(args, device, amp):
-    """A function images -> (logits, expert names), and the checkpoint whose preprocessing it needs."""
-    if args.teacher:
-        path = checkpoint_path(args.teacher)
-        state = load_checkpoint(path)
-        model = inference_model(state, path, device)
-        name = os.path.basename(os.path.dirname(os.path.abspath(path)))
-        return lambda x: (model(x), [name] * len(x)), state
-    state = load_selector(args.selector)
-    experts = load_experts([e['path'] for e in state['experts']], device)
-    names = [e.name for e in experts]
-    if args.expert:
-        matches = [e for e in experts if args.expert in (e.name, e.state['arch'])]
-        if not matches:
-            raise UserError(f"no expert named '{args.expert}'; the selector's experts are {', '.join(names)}")
-        return lambda x: (matches[0](x), [matches[0].name] * len(x)), matches[0].state
-    router = router_for(state, experts, inference_model(state, args.selector, device), mode=args.route,
-                        thresholds=args.threshold, cost_weight=args.cost_weight, cost=args.cost, amp=amp,
-                        where=args.selector)
-
-    def classify(x):
-        logits, choice = router(x)
-        return logits, [names[i] for i in choice.tolist()]
-    return classify, experts[0].state
-
-
-def write_rows(path: str, fmt: str, rows):
-    """Stream rows to standard output, or into a file that replaces path only when complete."""
-    def write(f):
-        if fmt == 'csv':
-            writer = csv.DictWriter(f, fieldnames=FIELDS, lineterminator='\n')
-            writer.writeheader()
-            writer.writerows(rows)
-        else:
-            f.write('[')
-            for i, row in enumerate(rows):
-                f.write((',\n ' if i else '\n ') + json.dumps(row))
-            f.write('\n]\n')
-    if path == '-':
-        return write(sys.stdout)
-    with atomic_write(path) as f:
-        write(f)
-
-
 @main_guard
 def main(argv=None):
     args = parse_args(argv)
@@ -114,7 +65,9 @@ def main(argv=None):
         raise UserError(f"'{args.image_dir}' holds no files; pass a folder of images")
     device = resolve_device(args.device)
     amp = amp_dtype(args.amp, device)
-    classify, state = build_classifier(args, device, amp)
+    classify, state = build_classifier(args.selector, device, amp, teacher=args.teacher, expert=args.expert,
+                                       route=args.route, thresholds=args.threshold, cost_weight=args.cost_weight,
+                                       cost=args.cost)
     classes, size, failures = state['class_names'], state['image_size'], []
 
     def rows():
