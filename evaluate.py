@@ -16,7 +16,7 @@ from distill.loaders import Loader
 from distill.engine import predict_logits
 from distill.metrics import per_class_accuracy, time_in_turns
 from distill.plots import report_figures
-from distill.report import aggregate, aggregate_markdown, markdown, seeds_of, write_report
+from distill.report import aggregate, aggregate_markdown, markdown, measured_time, seeds_of, write_report
 from distill.routing import (MODES, Expert, cascade_sweep, confidences, cost_vector, expert_correctness,
                              expert_outputs, load_experts, load_selector, router_for, routing_report, selector_sweep,
                              teacher_of)
@@ -109,7 +109,8 @@ def evaluate_system(args, selector_path: str, name: str, device, amp=None) -> di
     runs = {n: os.path.join(os.path.dirname(m.path), 'metrics.csv') for n, m in models.items()}
     runs['selector'] = os.path.join(os.path.dirname(selector_path), 'metrics.csv')
     report_figures(images_dir, runs, predictions, result['per_class'], test.labels.cpu(), test.classes,
-                   [e.name for e in experts], report['choice'], sweeps, rows)
+                   [e.name for e in experts], report['choice'], sweeps,
+                   {n: {**row, 'time': measured_time(result, n)} for n, row in rows.items()})
     print(f'wrote {args.results_dir}/{name}.json, .md and figures in {images_dir}/')
     return result
 

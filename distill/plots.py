@@ -78,17 +78,18 @@ def per_class_bars(values: dict, classes: list, path: str, ylabel: str, stacked:
 
 
 def accuracy_vs_time(curves: dict, points: dict, path: str) -> str:
-    """curves: mode -> [(setting, accuracy, seconds per image)] (the val-tuned sweeps, on test);
-    points: name -> (seconds per image, accuracy) of each model and routing. Every line and point is named."""
+    """curves: mode -> [(setting, accuracy, seconds per image)] (the val-tuned sweeps, on test, each setting's
+    time the mix of the experts' measured times); points: name -> (seconds per image, accuracy) of each model
+    and routing, as measured. Every line and point is named."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for mode, sweep in curves.items():
         if len(sweep) <= 40:
             front = sorted((c, a) for _, a, c in sweep)
             ax.plot([1000 * c for c, _ in front], [100 * a for _, a in front], '.-', alpha=0.6,
-                    label=f'{mode}, every setting')
+                    label=f'{mode}, every setting (time from the mix)')
         else:  # a many-stage cascade: its settings as a cloud
             ax.scatter([1000 * c for _, _, c in sweep], [100 * a for _, a, _ in sweep], s=4, alpha=0.3,
-                       label=f'{mode}, every setting')
+                       label=f'{mode}, every setting (time from the mix)')
     markers = itertools.cycle('sD^vP*Xh')
     for name, (seconds, acc) in points.items():
         ax.scatter([1000 * seconds], [100 * acc], marker=next(markers), s=50, zorder=3, label=name)

@@ -7,7 +7,7 @@ from . import UserError
 from .checkpoint import atomic_write, changed_settings, write_json
 
 
-def _measured_time(result: dict, name: str):
+def measured_time(result: dict, name: str):
     """Seconds per image as timed, for a model or a routing mode; else the mix's expected time."""
     row = result['rows'][name]
     mode = row.get('mode') or (name if name in ('cascade', 'selector') else None)
@@ -17,8 +17,8 @@ def _measured_time(result: dict, name: str):
 
 def markdown(result: dict) -> str:
     rows = result['rows']
-    teacher = _measured_time(result, 'teacher') if 'teacher' in rows else None
-    best = _measured_time(result, 'best single')
+    teacher = measured_time(result, 'teacher') if 'teacher' in rows else None
+    best = measured_time(result, 'best single')
     lines = [f"# {result['name']}", '',
              f"Test split: {result['test_images']} images of `{result['dataset']}`. Timed on {result['device']}, "
              f"batch {result['batch_size']}, {result.get('precision', 'float32')}; every model and routing mode "
@@ -26,7 +26,7 @@ def markdown(result: dict) -> str:
              '| model or routing | test accuracy | ms / image | time vs teacher | time vs best single | MMACs / image |',
              '|---|---|---|---|---|---|']
     for name, row in rows.items():
-        t = _measured_time(result, name)
+        t = measured_time(result, name)
         label = f"routed ({row['mode']}, default)" if name == 'routed' else name
         ratio = (lambda ref: '—' if ref is None or t != t else f'{t / ref:.2f}x')
         macs = row.get('macs', float('nan'))
