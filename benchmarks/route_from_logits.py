@@ -36,8 +36,12 @@ def main():
                    help='models in the order the cascade runs them, cheapest first; repeat for several cascades')
     p.add_argument('--val-margin', type=float, default=1.645, help='as in selectorTrain.py')
     args = p.parse_args()
-    with open(args.rates) as f:
-        rates = json.load(f)
+    try:
+        with open(args.rates) as f:
+            rates = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read --rates '{args.rates}' ({e.__class__.__name__}); pass the JSON that "
+                        f"benchmarks/run.py --parts infer wrote") from None
     names = sorted({n for chain in args.chain for n in chain} | {'teacher'})
     logits, rate = {}, {}
     for name in names:

@@ -34,9 +34,10 @@ def test_a_cascade_is_tuned_on_val_and_costed_from_the_measured_rates(tmp_path):
     assert cells[6] == '0.75x' and cells[7] == '0.38x' and cells[8] == 'cheap 50%, big 50%'
 
 
-def test_a_model_without_logits_or_rate_is_one_line(tmp_path):
+def test_missing_or_unreadable_inputs_are_one_line(tmp_path):
     rates = tmp_path / 'rates.json'
     rates.write_text('{}')
-    result = run_script(SCRIPT, tmp_path, '--rates', rates, '--chain', 'cheap', 'big', check=False)
-    assert result.returncode == 2 and result.stderr.strip().count('\n') == 0
-    assert "no logits" in result.stderr and "export and benchmark" in result.stderr
+    for bad_rates, message in ((rates, 'no logits'), (tmp_path / 'absent.json', 'cannot read --rates'),
+                               (SCRIPT, 'cannot read --rates')):
+        result = run_script(SCRIPT, tmp_path, '--rates', bad_rates, '--chain', 'cheap', 'big', check=False)
+        assert result.returncode == 2 and result.stderr.strip().count('\n') == 0 and message in result.stderr
