@@ -28,8 +28,8 @@ from models import STUDENTS
 # smoke: minutes on a CPU; only checks that every step runs, students side by side too (gpu_check.sh --dry-run).
 # quick: minutes on a 2-core CPU, to see every table and figure on real data. Not a recipe for accuracy.
 # medium: about two hours on a 2-core CPU.
-# fast: one GPU (docs/gpu.md): batch 512, lr 0.4, the whole training split, the four students' runs at once. No label
-# smoothing on the teacher: it makes a worse teacher for KD (Mueller et al., 2019).
+# fast: one GPU (docs/gpu.md): batch 512, lr 0.4, the whole training split, the four student runs at once.
+# No label smoothing on the teacher: it makes a worse teacher for KD (Müller et al., 2019).
 # full: the usual CIFAR recipe (SGD 0.1, Nesterov, wd 5e-4, cosine, batch 128, 200 epochs), as in
 # kuangliu/pytorch-cifar and the RepDistiller baselines, so that numbers compare with published ones.
 PRESETS = {

@@ -257,7 +257,8 @@ def choose_routing(conf, scores, correct, costs, selector_cost_: float, max_drop
     extra = extra_costs(costs)
     points = {'cascade': cascade_sweep(conf, correct, costs),
               'selector': selector_sweep(scores, correct, costs, selector_cost_)}
-    decide = {'cascade': lambda p: cascade_choice(conf, p[0]), 'selector': lambda p: selector_choice(scores, extra, p[0])}
+    decide = {'cascade': lambda p: cascade_choice(conf, p[0]),
+              'selector': lambda p: selector_choice(scores, extra, p[0])}
     chosen = {mode: choose_point(pts, target, [paired_margin(decide[mode](p), correct, best, margin_z) for p in pts])
               for mode, pts in points.items()}
 
