@@ -41,3 +41,18 @@ def test_missing_or_unreadable_inputs_are_one_line(tmp_path):
                                (SCRIPT, 'cannot read --rates')):
         result = run_script(SCRIPT, tmp_path, '--rates', bad_rates, '--chain', 'cheap', 'big', check=False)
         assert result.returncode == 2 and result.stderr.strip().count('\n') == 0 and message in result.stderr
+
+
+def test_exported_logits_feed_route_from_logits(tiny_runs, tmp_path):
+    work, _ = tiny_runs
+    logits = tmp_path / 'logits'
+    run_script(ROOT / 'benchmarks' / 'export_logits.py', '--selector', work / 'checkpoints' / 'selector', '--out', logits,
+               '--device', 'cpu', cwd=work)
+    written = {p.name for p in logits.iterdir()}
+    assert {'teacher-logits.pt', 'googlenet-logits.pt', 'densenet121-logits.pt', 'googlenet-bf16.pt'} <= written
+    rates = tmp_path / 'rates.json'
+    rates.write_text(json.dumps({'infer.teacher.img_s': 1.0, 'infer.googlenet.img_s': 3.0,
+                                 'infer.densenet121.img_s': 2.0}))
+    out = run_script(SCRIPT, logits, '--rates', rates, '--chain', 'googlenet', 'densenet121',
+                     '--chain', 'googlenet', 'teacher').stdout
+    assert '| googlenet → densenet121 |' in out and '| googlenet → teacher |' in out
