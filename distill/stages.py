@@ -47,9 +47,11 @@ def run_stages(stages: list, force: bool, jobs: int = 1, log_dir: str = 'logs'):
         out = script.parse_args(argv).out
         log = os.path.join(log_dir, os.path.basename(os.path.normpath(out)) + '.log')
         print(f'start {out} (output in {log})', flush=True)
+        # The CPU's cores shared out, so that processes side by side do not each take them all.
+        threads = os.environ.get('OMP_NUM_THREADS') or str(max(1, (os.cpu_count() or 1) // jobs))
         with open(log, 'w') as f:
             code = subprocess.run([sys.executable, script.__file__, *argv], stdout=f, stderr=subprocess.STDOUT,
-                                  env={**os.environ, 'PYTHONUNBUFFERED': '1'}).returncode
+                                  env={**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': threads}).returncode
         with open(log) as f:
             last = ([line.strip() for line in f if line.strip()] or [''])[-1]
         print(f'{out}: {last}', flush=True)

@@ -22,7 +22,8 @@ SCRIPT = textwrap.dedent('''
         if args.fail:
             print('error: the loss became non-finite'); sys.exit(2)
         os.makedirs(args.out, exist_ok=True)
-        json.dump({'pid': os.getpid()}, open(os.path.join(args.out, 'summary.json'), 'w'))
+        json.dump({'pid': os.getpid(), 'threads': os.environ.get('OMP_NUM_THREADS')},
+                  open(os.path.join(args.out, 'summary.json'), 'w'))
         json.dump({'out': args.out, 'fail': False}, open(os.path.join(args.out, 'config.json'), 'w'))
     if __name__ == '__main__':
         main()
@@ -38,11 +39,14 @@ def script(tmp_path, monkeypatch):
     sys.modules.pop('fake_stage', None)
 
 
-def test_side_by_side_stages_each_run_in_their_own_process(tmp_path, script, capsys):
+def test_side_by_side_stages_each_run_in_their_own_process(tmp_path, script, capsys, monkeypatch):
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
     run_stages([(script, ['--out', str(tmp_path / name)]) for name in ('a', 'b', 'c')], force=False, jobs=2,
                log_dir=str(tmp_path / 'logs'))
-    pids = {json.loads((tmp_path / name / 'summary.json').read_text())['pid'] for name in ('a', 'b', 'c')}
-    assert len(pids) == 3 and os.getpid() not in pids
+    summaries = [json.loads((tmp_path / name / 'summary.json').read_text()) for name in ('a', 'b', 'c')]
+    assert len({s['pid'] for s in summaries}) == 3 and os.getpid() not in {s['pid'] for s in summaries}
+    # the cores shared out between the two processes at a time
+    assert {s['threads'] for s in summaries} == {str(max(1, os.cpu_count() // 2))}
     assert sorted(p.name for p in (tmp_path / 'logs').iterdir()) == ['a.log', 'b.log', 'c.log']
     # finished with the same settings: a second call runs nothing
     capsys.readouterr()
