@@ -1,19 +1,28 @@
 """benchmarks/route_from_logits.py: cascades from exported logits, thresholds chosen on val only."""
 import json
+import runpy
+import sys
 
+import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import ROOT
 from distill.checkpoint import save_checkpoint
 
 SCRIPT = ROOT / 'benchmarks' / 'route_from_logits.py'
+
+
+def run(script, *args, monkeypatch):
+    """A benchmark script in this process, as `python script args` would run it."""
+    monkeypatch.setattr(sys, 'argv', [str(script), *map(str, args)])
+    runpy.run_path(str(script), run_name='__main__')
 
 
 def _export(folder, name, logits: dict, labels: dict):
     save_checkpoint({'arch': name, 'model': {}, **logits, 'labels': labels}, str(folder / f'{name}-logits.pt'))
 
 
-def test_a_cascade_is_tuned_on_val_and_costed_from_the_measured_rates(tmp_path):
+def test_a_cascade_is_tuned_on_val_and_costed_from_the_measured_rates(tmp_path, monkeypatch, capsys):
     # 'cheap' is sure and right on the first half of every split and unsure and wrong on the rest; 'big' is
     # right everywhere: the cascade must keep the first half at 'cheap' and pass the rest on.
     n, parts = 40, ('route', 'val', 'test')
@@ -26,7 +35,8 @@ def test_a_cascade_is_tuned_on_val_and_costed_from_the_measured_rates(tmp_path):
     rates = tmp_path / 'rates.json'
     rates.write_text(json.dumps({'device': 'test', 'infer.cheap.img_s': 400.0, 'infer.big.img_s': 100.0,
                                  'infer.teacher.img_s': 50.0}))
-    out = run_script(SCRIPT, tmp_path, '--rates', rates, '--chain', 'cheap', 'big', '--val-margin', '0').stdout
+    run(SCRIPT, tmp_path, '--rates', rates, '--chain', 'cheap', 'big', '--val-margin', '0', monkeypatch=monkeypatch)
+    out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith('| cheap → big'))
     cells = [c.strip() for c in row.strip('|').split('|')]
     assert cells[3:6] == ['100.00%', '100.00%', '100.00%']  # val, test, big alone
@@ -34,25 +44,30 @@ def test_a_cascade_is_tuned_on_val_and_costed_from_the_measured_rates(tmp_path):
     assert cells[6] == '0.75x' and cells[7] == '0.38x' and cells[8] == 'cheap 50%, big 50%'
 
 
-def test_missing_or_unreadable_inputs_are_one_line(tmp_path):
+def test_missing_or_unreadable_inputs_are_one_line(tmp_path, monkeypatch, capsys):
     rates = tmp_path / 'rates.json'
     rates.write_text('{}')
     for bad_rates, message in ((rates, 'no logits'), (tmp_path / 'absent.json', 'cannot read --rates'),
                                (SCRIPT, 'cannot read --rates')):
-        result = run_script(SCRIPT, tmp_path, '--rates', bad_rates, '--chain', 'cheap', 'big', check=False)
-        assert result.returncode == 2 and result.stderr.strip().count('\n') == 0 and message in result.stderr
+        with pytest.raises(SystemExit) as exit_info:
+            run(SCRIPT, tmp_path, '--rates', bad_rates, '--chain', 'cheap', 'big', monkeypatch=monkeypatch)
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and '\n' not in err and message in err
 
 
-def test_exported_logits_feed_route_from_logits(tiny_runs, tmp_path):
+def test_exported_logits_feed_route_from_logits(tiny_runs, tmp_path, monkeypatch, capsys):
     work, _ = tiny_runs
     logits = tmp_path / 'logits'
-    run_script(ROOT / 'benchmarks' / 'export_logits.py', '--selector', work / 'checkpoints' / 'selector', '--out', logits,
-               '--device', 'cpu', cwd=work)
+    monkeypatch.chdir(work)
+    run(ROOT / 'benchmarks' / 'export_logits.py', '--selector', 'checkpoints/selector', '--out', logits,
+        '--device', 'cpu', monkeypatch=monkeypatch)
     written = {p.name for p in logits.iterdir()}
     assert {'teacher-logits.pt', 'googlenet-logits.pt', 'densenet121-logits.pt', 'googlenet-bf16.pt'} <= written
     rates = tmp_path / 'rates.json'
     rates.write_text(json.dumps({'infer.teacher.img_s': 1.0, 'infer.googlenet.img_s': 3.0,
                                  'infer.densenet121.img_s': 2.0}))
-    out = run_script(SCRIPT, logits, '--rates', rates, '--chain', 'googlenet', 'densenet121',
-                     '--chain', 'googlenet', 'teacher').stdout
+    capsys.readouterr()
+    run(SCRIPT, logits, '--rates', rates, '--chain', 'googlenet', 'densenet121', '--chain', 'googlenet', 'teacher',
+        monkeypatch=monkeypatch)
+    out = capsys.readouterr().out
     assert '| googlenet → densenet121 |' in out and '| googlenet → teacher |' in out
