@@ -77,7 +77,7 @@ def evaluate_system(args, selector_path: str, name: str, device, amp=None) -> di
     cost = 'stored' if routing['cost'] == 'macs' else 'measure'  # timed here, whatever selectorTrain ran on
     routers = {f'routed ({mode})': router_for(state, experts, selector, mode=mode, cost='stored' if mode == 'cascade'
                                               else cost, amp=amp) for mode in MODES}
-    speed = time_in_turns({**{n: m for n, m in models.items()}, **routers}, sample, amp)
+    speed = time_in_turns({**models, **routers}, sample, amp)
     for e in experts:  # this device's timings, not the stored ones
         e.cost = {'macs': e.macs, **speed[e.name]}
     costs = {kind: cost_vector([e.cost for e in experts], kind) for kind in ('time', 'macs')}

@@ -31,7 +31,7 @@ from distill.data import ImageSet, balanced_subset, load_dataset  # noqa: E402
 from distill.loaders import Loader, normalise  # noqa: E402
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch  # noqa: E402
 from distill.losses import classification_step, distillation_step  # noqa: E402
-from distill.metrics import count_macs  # noqa: E402
+from distill.metrics import count_macs, time_in_turns  # noqa: E402
 from distill.routing import MODES, Expert, load_experts, load_selector, router_for, teacher_of  # noqa: E402
 from distill.runtime import (amp_dtype, autocast, configure, device_name, fuse_for_inference, inference_model,  # noqa: E402
                              place, precision_name, resolve_device, synchronize)
@@ -153,20 +153,6 @@ def _train_in_child(arch, data, batch, compile_model, amp):
     return rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-@torch.inference_mode()
-def inference_rates(fns: dict, images, device, amp, rounds=5) -> dict:
-    """key -> img/s of each fn(images) under autocast to amp, as infer.py runs: the best of `rounds`, the fns
-    taking turns within each round so that the drift in this machine's speed hits them all alike."""
-    seconds = dict.fromkeys(fns, float('inf'))
-    with autocast(device, amp):
-        for fn in fns.values():
-            fn(images)
-        for _ in range(rounds):
-            for key, fn in fns.items():
-                seconds[key] = min(seconds[key], timed(lambda: fn(images), device))
-    return {key: len(images) / t for key, t in seconds.items()}
-
-
 def in_float32(model, device):
     """model with autocast switched off: the float32 figure beside the reduced-precision one."""
     def run(x):
@@ -255,7 +241,8 @@ def inference_figures(results, routing, device, amp, compile_model):
             for name, model in single.items():
                 fns[f'{name}.compiled_img_s'] = torch.compile(getattr(model, 'model', model))
                 fns[f'{name}.compiled_img_s'](images)  # compile here, under the freezing setting
-    results.update({f'infer.{key}': rate for key, rate in inference_rates(fns, images, device, amp).items()})
+    rates = time_in_turns(fns, images, amp, latency=False)  # as infer.py runs: under autocast, best of 5
+    results.update({f'infer.{key}': rate['images_per_s'] for key, rate in rates.items()})
     for mode in routers:
         for ref, key in [('teacher', 'teacher'), ('all_students', 'all_students'), *[(e.name, e.name) for e in experts]]:
             results[f'infer.routed_{mode}.vs_{key}'] = (results[f'infer.routed_{mode}.img_s'] /

@@ -55,31 +55,29 @@ def share_per_class(choice: torch.Tensor, labels: torch.Tensor, num_choices: int
 
 
 @torch.inference_mode()
-def time_model(fn, images: torch.Tensor, amp=None, rounds: int = 5) -> dict:
-    """Best of `rounds` after two warm-up calls: seconds per image at the batch given, images/s, and
-    milliseconds for one image alone."""
+def time_in_turns(fns: dict, images: torch.Tensor, amp=None, rounds: int = 5, latency: bool = True) -> dict:
+    """name -> seconds per image at this batch, images/s and (with latency) milliseconds for one image alone,
+    each the best of `rounds` after two warm-up calls, the functions taking turns within each round so that
+    drift in the machine's speed hits them all alike."""
     def best(x):
-        times = []
+        seconds = dict.fromkeys(fns, float('inf'))
         with autocast(x.device, amp):
-            for i in range(rounds + 2):  # warm-up: cuDNN autotuning, the allocator, oneDNN's primitives
-                synchronize(x.device)
-                start = time.perf_counter()
-                fn(x)
-                synchronize(x.device)
-                if i >= 2:
-                    times.append(time.perf_counter() - start)
-        return min(times)
+            for fn in fns.values():  # warm-up: cuDNN autotuning, the allocator, oneDNN's primitives
+                fn(x), fn(x)
+            for _ in range(rounds):
+                for name, fn in fns.items():
+                    synchronize(x.device)
+                    start = time.perf_counter()
+                    fn(x)
+                    synchronize(x.device)
+                    seconds[name] = min(seconds[name], time.perf_counter() - start)
+        return seconds
     many = best(images)
-    return {'seconds_per_image': many / len(images), 'images_per_s': len(images) / many,
-            'latency_ms': 1000 * best(images[:1]), 'batch_size': len(images)}
+    one = best(images[:1]) if latency else dict.fromkeys(fns, float('nan'))
+    return {name: {'seconds_per_image': many[name] / len(images), 'images_per_s': len(images) / many[name],
+                   'latency_ms': 1000 * one[name], 'batch_size': len(images)} for name in fns}
 
 
-def time_in_turns(fns: dict, images: torch.Tensor, amp=None, turns: int = 2, rounds: int = 5) -> dict:
-    """time_model for each function, taking turns so that drift in the machine's speed hits all alike; the
-    best figures of all turns."""
-    runs = {name: [] for name in fns}
-    for _ in range(turns):
-        for name, fn in fns.items():
-            runs[name].append(time_model(fn, images, amp, rounds))
-    return {name: {**max(r, key=lambda t: t['images_per_s']), 'latency_ms': min(t['latency_ms'] for t in r)}
-            for name, r in runs.items()}
+def time_model(fn, images: torch.Tensor, amp=None, rounds: int = 5) -> dict:
+    """time_in_turns for one function."""
+    return time_in_turns({'model': fn}, images, amp, rounds)['model']
