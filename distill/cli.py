@@ -27,8 +27,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 class Parser(argparse.ArgumentParser):
     """argparse with every real default in --help and its errors as one line (no usage block)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
+    def __init__(self, *args, **kwargs):  # no abbreviations: given_flags must see every flag by its name
+        super().__init__(*args, formatter_class=HelpFormatter, allow_abbrev=False, **kwargs)
 
     def error(self, message):
         self.exit(2, f'error: {message}; see {self.prog} --help\n')

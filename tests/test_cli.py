@@ -36,6 +36,8 @@ def test_data_settings_left_out_are_inherited_and_a_conflict_names_the_setting()
     argv = ['--subset', '400']
     with pytest.raises(UserError, match="--subset 400 differs from --subset 300 that 't.pt' was trained with"):
         cli.inherit_data_settings(parser.parse_args(argv), argv, config, 't.pt')
+    with pytest.raises(SystemExit):  # an abbreviation would slip past the check above: refused
+        parser.parse_args(['--sub', '400'])
 
 
 @pytest.mark.parametrize('script', ['teacherTrain', 'studentTrain', 'selectorTrain', 'infer', 'evaluate', 'pipeline'])
