@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The one GPU check: the fast preset end to end, routing with and without the teacher as fallback, the
-# experts' logits for routing work on a CPU, then the training benchmark; every result written to files.
+# The one GPU check: the fast preset end to end, CUDA graphs checked against eager, the experts' logits for
+# routing work on a CPU, routing with and without the teacher as fallback, the no-KD twins, then the training
+# benchmark; every result written to files.
 #
-#   bash benchmarks/gpu_check.sh ARCHIVE [OUT] [BUDGET_S]            # one GPU: the chain is about 9 minutes on an H100
+#   bash benchmarks/gpu_check.sh ARCHIVE [OUT] [BUDGET_S]            # one GPU: about 10 minutes on an H100 (docs/gpu.md)
 #   bash benchmarks/gpu_check.sh --dry-run ARCHIVE [OUT] [BUDGET_S]  # the same steps at tiny size on a CPU, 10 minutes
 #
 # ARCHIVE is the CIFAR-10 .tar.gz (train/<class>/*, test/<class>/*). OUT (default results/gpu-check) gets
 # progress.log, every stage's log, the runs' metrics and summaries, the evaluate reports and figures, the
 # benchmark JSONs and OUT/logits (each expert's logits on route, val and test; the students' bf16 weights).
 # With BUDGET_S (default: none), the steps after the chain run only while that many seconds have not passed
-# and are stopped when they have, so that a time limit on the whole never costs the chain's results.
+# and are stopped when they have, so that a time limit on the whole never costs the chain's results. Run it
+# again with the same OUT to go on: finished stages and steps are skipped.
 # Needs only the torch already installed: nothing is downloaded or pip-installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,10 +43,12 @@ stage() {  # stage NAME COMMAND...: run, log its output, time it
     "$@" > "$out/logs/$name.log" 2>&1 || { local code=$?; log "FAILED $name (exit $code), see $out/logs/$name.log"
                                             collect; return 1; }
     log "done $name in $((SECONDS - start)) s"
+    touch "$out/logs/$name.done"
     collect
 }
 optional() {  # optional NEED_S NAME COMMAND...: a stage that runs only if NEED_S seconds of the budget remain,
-    local need=$1 name=$2; shift 2  # and is stopped when the budget runs out
+    local need=$1 name=$2; shift 2  # and is stopped when the budget runs out; done in an earlier call, skipped
+    if [[ -f "$out/logs/$name.done" ]]; then log "skip $name: done in an earlier call"; return; fi
     if (( budget == 0 )); then stage "$name" "$@" || true; return; fi
     local left=$(( budget > SECONDS ? budget - SECONDS : 0 ))
     if (( need > left )); then log "skipped $name: it needs about $need s, $left s of the budget are left"; return; fi
@@ -54,26 +58,34 @@ optional() {  # optional NEED_S NAME COMMAND...: a stage that runs only if NEED_
 log "gpu_check $preset on $(python -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")'), torch $(python -c 'import torch; print(torch.__version__)')"
 python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() or sys.argv[1] == "cpu" else 1)' "$device" \
     || { log "no CUDA device visible; use --dry-run on a CPU"; exit 2; }
-stage pipeline python pipeline.py --preset "$preset" --data-dir "$archive" --root "$root" --results "$out" \
-    --device "$device" || exit 1
-log "whole chain: $SECONDS s wall"
+# The experts and their routing first; the no-KD twins, which only compare, once the routing is measured.
+stage pipeline python pipeline.py --preset "$preset" --no-baselines --data-dir "$archive" --root "$root" \
+    --results "$out" --device "$device" || exit 1
+log "chain without the twins: $SECONDS s wall"
+if python -c 'import pytest' 2>/dev/null; then  # CUDA graphs give eager's outputs (skipped on a CPU)
+    optional 40 graphs-test python -m pytest -q tests/test_runtime.py
+fi
 optional 30 export-logits python benchmarks/export_logits.py --selector "$root/selector" --out "$out/logits" \
     --device "$device"
-optional 25 bench-infer python benchmarks/run.py "${bench[@]}" --parts infer --selector "$root/selector" \
-    --device "$device" --out "$out/bench-infer.json"
-# The teacher as the costly last resort: behind the cheapest student alone, then behind both.
+# The teacher as the costly last resort: behind the cheapest student alone, and (last) behind both.
 students=(); for arch in $(python -c 'from models import STUDENTS; print(*STUDENTS)'); do students+=("$root/$arch"); done
-for system in cheapest-fallback:"${students[-1]}" fallback:"${students[*]}"; do
-    name=${system%%:*}; read -ra experts <<< "${system#*:}"
+fallback() {  # fallback NAME EXPERTS...: a selector with the teacher as last expert, its report and routed speed
+    local name=$1; shift
     if [[ ! -f "$root/selector-$name/summary.json" ]]; then  # a second call skips it, as the chain's stages
-        optional 40 "selector-$name" python selectorTrain.py --experts "${experts[@]}" --include-teacher \
+        optional 40 "selector-$name" python selectorTrain.py --experts "$@" --include-teacher \
             --out "$root/selector-$name" --device "$device" --overwrite
     fi
-    [[ -f "$root/selector-$name/summary.json" ]] || continue
+    [[ -f "$root/selector-$name/summary.json" ]] || return 0
     optional 30 "evaluate-$name" python evaluate.py --selector "$root/selector-$name" --name "$preset-$name" \
         --results-dir "$out" --device "$device"
-    optional 25 "bench-infer-$name" python benchmarks/run.py "${bench[@]}" --parts infer \
-        --selector "$root/selector-$name" --device "$device" --out "$out/bench-infer-$name.json"
-done
+    optional 40 "bench-routed-$name" python benchmarks/run.py "${bench[@]}" --parts routed \
+        --selector "$root/selector-$name" --device "$device" --out "$out/bench-routed-$name.json"
+}
+fallback cheapest-fallback "${students[-1]}"
+optional 60 bench-infer python benchmarks/run.py "${bench[@]}" --parts infer --selector "$root/selector" \
+    --device "$device" --out "$out/bench-infer.json"
+optional 150 twins python pipeline.py --preset "$preset" --data-dir "$archive" --root "$root" --results "$out" \
+    --device "$device"
+fallback fallback "${students[@]}"
 optional 60 bench-train python benchmarks/run.py "${bench[@]}" --parts train --device "$device" --out "$out/bench-train.json"
 log "all done in $SECONDS s"

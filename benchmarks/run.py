@@ -10,6 +10,7 @@ Prints a table and writes benchmarks/results/<host>.json (<host>-quick.json with
 with --parts infer, ...) with a stable key per figure.
 """
 import copy
+import itertools
 import multiprocessing
 import os
 import platform
@@ -33,8 +34,8 @@ from distill.engine import WarmupCosine, build_optimizer, train_one_epoch  # noq
 from distill.losses import classification_step, distillation_step  # noqa: E402
 from distill.metrics import count_macs, time_in_turns  # noqa: E402
 from distill.routing import MODES, Expert, load_experts, load_selector, router_for, teacher_of  # noqa: E402
-from distill.runtime import (amp_dtype, autocast, configure, device_name, fuse_for_inference, inference_model,  # noqa: E402
-                             place, precision_name, resolve_device, synchronize)
+from distill.runtime import (amp_dtype, autocast, configure, device_name, fast_inference,  # noqa: E402
+                             fuse_for_inference, inference_model, place, precision_name, resolve_device, synchronize)
 from distill.teachers import CachedTeacher, OnlineTeacher  # noqa: E402
 from models import STUDENTS, TEACHER, build_model  # noqa: E402
 
@@ -161,7 +162,7 @@ def in_float32(model, device):
     return run
 
 
-PARTS = ('train', 'kd', 'infer')
+PARTS = ('train', 'kd', 'infer', 'routed')
 
 
 def training_figures(results, data, batch, device, amp, compile_model):
@@ -218,21 +219,33 @@ def kd_figures(results, data, batch, device, amp):
     results['kd.cache_speedup'] = results['kd.googlenet.cached_img_s'] / results['kd.googlenet.online_img_s']
 
 
-def inference_figures(results, routing, device, amp, compile_model):
-    """Teacher, each student, both students (the original idea) and every routing mode, side by side.
+def inference_figures(results, routing, device, amp, compile_model, variants=True):
+    """Teacher, each student, both students (the original idea) and every routing mode, side by side: at the
+    benchmark's batch, and at evaluate.py's batch of 256 with the latency of one image. On a GPU also each of
+    them run eagerly (no CUDA graphs). With variants, each model with BatchNorm folded and not, in float32, and
+    in NCHW.
 
     With a trained selector: its own experts, teacher and routing on its test images (a real mix); without
     one, untrained models on random pixels, and no routed figures (a mix of untrained models means nothing)."""
     teacher, experts, routers, images, raw = routing
+    results['infer.images'] = len(images)  # a small test set gives fewer than asked for
     single = {'teacher': teacher, **{e.name: e for e in experts}}  # as infer.py runs them
     fns = {**{f'{name}.img_s': model for name, model in single.items()},
            'all_students.img_s': lambda x: [e(x) for e in experts]}
+    if device.type == 'cuda':
+        fns.update({f'{name}.eager_img_s': model.model for name, model in single.items()})
     for mode, router in routers.items():
         fns[f'routed_{mode}.img_s'] = router
         results[f'infer.routed_{mode}.share'] = torch.bincount(router(images)[1], minlength=len(experts)).tolist()
-    for name, model in single.items():  # BatchNorm folded or not, whatever infer.py does here; and the precision
+    small = time_in_turns(fns, images[:256], amp)  # where a GPU is launch-bound
+    results.update({f'infer.b256.{key}': rate['images_per_s'] for key, rate in small.items()})
+    results.update({f"infer.latency_ms.{key.removesuffix('img_s').rstrip('._')}": rate['latency_ms']
+                    for key, rate in small.items()})
+    for name, model in single.items() if variants else ():  # BatchNorm folded or not; the precision; the layout
         fns[f'{name}.folded_img_s'] = fuse(copy.deepcopy(raw[name]))
         fns[f'{name}.unfolded_img_s'] = raw[name]
+        nchw = fuse_for_inference(copy.deepcopy(raw[name]).to(memory_format=torch.contiguous_format), device)
+        fns[f'{name}.nchw_img_s'] = lambda x, nchw=nchw: nchw(x.contiguous())
         if amp is not None:
             fns[f'{name}.fp32_img_s'] = in_float32(model, device)
     if compile_model:  # inductor with frozen weights: constant-folds BN and pre-packs the convolutions
@@ -243,16 +256,26 @@ def inference_figures(results, routing, device, amp, compile_model):
                 fns[f'{name}.compiled_img_s'](images)  # compile here, under the freezing setting
     rates = time_in_turns(fns, images, amp, latency=False)  # as infer.py runs: under autocast, best of 5
     results.update({f'infer.{key}': rate['images_per_s'] for key, rate in rates.items()})
-    for mode in routers:
-        for ref, key in [('teacher', 'teacher'), ('all_students', 'all_students'), *[(e.name, e.name) for e in experts]]:
-            results[f'infer.routed_{mode}.vs_{key}'] = (results[f'infer.routed_{mode}.img_s'] /
-                                                       results[f'infer.{ref}.img_s'])
-    for name in single:
+    for mode in routers:  # an eager routing against eager models, a graphed one against graphed
+        rate = 'eager_img_s' if mode.endswith('_eager') else 'img_s'
+        refs = [*single] + ([] if mode.endswith('_eager') else ['all_students'])
+        for batch, ref in itertools.product(('', 'b256.'), refs):
+            results[f'infer.{batch}routed_{mode}.vs_{ref}'] = (results[f'infer.{batch}routed_{mode}.img_s'] /
+                                                              results[f'infer.{batch}{ref}.{rate}'])
+    for name in single if variants else ():
         results[f'infer.{name}.folding_speedup'] = (results[f'infer.{name}.folded_img_s'] /
                                                     results[f'infer.{name}.unfolded_img_s'])
+        results[f'infer.{name}.nchw_speedup'] = (results[f'infer.{name}.nchw_img_s'] /
+                                                 (results[f'infer.{name}.eager_img_s'] if device.type == 'cuda'
+                                                  else results[f'infer.{name}.img_s']))
         if amp is not None:
             results[f'infer.{name}.precision_speedup'] = (results[f'infer.{name}.img_s'] /
                                                           results[f'infer.{name}.fp32_img_s'])
+    for name in single if device.type == 'cuda' else ():
+        for batch in ('', 'b256.'):
+            results[f'infer.{batch}{name}.graph_speedup'] = (results[f'infer.{batch}{name}.img_s'] /
+                                                             results[f'infer.{batch}{name}.eager_img_s'])
+    for name in single:
         if compile_model:
             results[f'infer.{name}.compile_speedup'] = (results[f'infer.{name}.compiled_img_s'] /
                                                         results[f'infer.{name}.img_s'])
@@ -272,15 +295,26 @@ def routing_models(selector_path, data, n, device, amp):
     students = [e for e in experts if e.state.get('teacher')]
     teacher = Expert(teacher_of(students), device, experts[0].reference())
     selector = inference_model(state, selector_path, device)
-    routers = {mode: router_for(state, experts, selector, mode=mode, amp=amp, where=selector_path,
-                                cost='stored' if mode == 'cascade' or state['routing']['cost'] == 'macs' else 'measure')
-               for mode in MODES}
+    systems = {'': experts}
+    if device.type == 'cuda':  # the same routing with every expert run eagerly, to show what CUDA graphs change
+        systems['_eager'] = [eager(e) for e in experts]
+    routers = {mode + suffix: router_for(state, system, selector, mode=mode, amp=amp, where=selector_path,
+                                         cost='stored' if mode == 'cascade' or state['routing']['cost'] == 'macs'
+                                         else 'measure')
+               for suffix, system in systems.items() for mode in MODES}
     test = load_dataset(state['config']['dataset'], state['config']['data_dir'], False, state['image_size'])
     images = normalise(test.select(balanced_subset(test.labels, n)).images.to(device), state['mean'], state['std'])
     students = [e for e in experts if e.path != teacher.path]
     raw = {name: place(model_from_checkpoint(m.state, m.path), device).eval()
            for name, m in {'teacher': teacher, **{e.name: e for e in students}}.items()}
     return teacher, students, routers, images, raw
+
+
+def eager(expert: Expert) -> Expert:
+    """The expert run without CUDA graphs."""
+    twin = copy.copy(expert)
+    twin.forward = expert.logits_and_features
+    return twin
 
 
 class Untrained:
@@ -290,9 +324,10 @@ class Untrained:
         self.name = arch
         self.raw = place(build_model(arch, 10), device).eval()
         self.model = fuse_for_inference(copy.deepcopy(self.raw), device)
+        self.forward = fast_inference(self.model, device)
 
     def __call__(self, x):
-        return self.model(x)
+        return self.forward(x)
 
 
 @main_guard
@@ -300,7 +335,9 @@ def main():
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument('--quick', action='store_true')
     p.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS),
-                   help='which figures: training (engine vs reference, FLOP/s, threads), KD cost, inference')
+                   help='which figures: training (engine vs reference, FLOP/s, threads), KD cost, inference (each model and '
+                        'routing mode, with variants: BatchNorm folding, float32, NCHW), routed (inference without '
+                        'the variants)')
     p.add_argument('--device', default='auto')
     p.add_argument('--selector', help='a trained selector checkpoint, for routed inference with a real routing mix')
     p.add_argument('--compile', action='store_true',
@@ -320,8 +357,8 @@ def main():
         training_figures(results, data, batch, device, amp, args.compile)
     if 'kd' in args.parts:
         kd_figures(results, data, batch, device, amp)
-    if 'infer' in args.parts:
-        inference_figures(results, routing, device, amp, args.compile)
+    if 'infer' in args.parts or 'routed' in args.parts:
+        inference_figures(results, routing, device, amp, args.compile, variants='infer' in args.parts)
 
     width = max(map(len, results))
     for key, value in results.items():

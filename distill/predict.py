@@ -9,7 +9,7 @@ from . import UserError
 from .checkpoint import atomic_write, load_checkpoint
 from .cli import checkpoint_path
 from .routing import load_experts, load_selector, router_for
-from .runtime import inference_model
+from .runtime import fast_inference, inference_model
 
 FIELDS = ('path', 'prediction', 'confidence', 'expert', 'error')
 
@@ -21,7 +21,7 @@ def build_classifier(selector_path: str, device, amp, *, teacher=None, expert=No
     if teacher:
         path = checkpoint_path(teacher)
         state = load_checkpoint(path)
-        model = inference_model(state, path, device)
+        model = fast_inference(inference_model(state, path, device), device)
         name = os.path.basename(os.path.dirname(os.path.abspath(path)))
         return lambda x: (model(x), [name] * len(x)), state
     state = load_selector(selector_path)

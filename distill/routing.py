@@ -23,7 +23,7 @@ from . import UserError
 from .checkpoint import check_compatible, linked_path, load_checkpoint, model_from_checkpoint
 from .engine import predict_logits
 from .metrics import count_macs, count_params, time_in_turns, weights_mb
-from .runtime import autocast, device_name, fuse_for_inference, place
+from .runtime import autocast, device_name, fast_inference, fuse_for_inference, place
 
 MODES = ('cascade', 'selector')
 COST_KINDS = ('time', 'macs')
@@ -62,18 +62,22 @@ class Expert:
         self.cost = {'macs': self.macs}
         self._features = None
         self.model.get_submodule(self.feature_layer).register_forward_hook(self._keep_features)
+        self.forward = fast_inference(self.logits_and_features, self.device)
 
     def _keep_features(self, module, inputs, output):
         self._features = inputs[0]
 
-    def __call__(self, images):
-        return self.model(images)
-
-    def with_features(self, images):
-        """(logits, the input of the final Linear layer): what the selector reads."""
+    def logits_and_features(self, images):
+        """(logits, the input of the final Linear layer), run eagerly: what the selector reads."""
         logits = self.model(images)
         features, self._features = self._features, None
         return logits, features
+
+    def __call__(self, images):
+        return self.forward(images)[0]
+
+    def with_features(self, images):
+        return self.forward(images)
 
     def reference(self) -> dict:
         return {'path': self.path, **{k: self.state[k] for k in ('num_classes', 'split', 'image_size', 'mean', 'std')}}

@@ -4,6 +4,7 @@ The training loop (engine.py) and every script import these; none of them knows 
 """
 import os
 import platform
+import sys
 from contextlib import nullcontext
 
 import torch
@@ -94,6 +95,70 @@ def fuse_for_inference(model, device: torch.device | None = None):
         return fuse(model)
     except Exception:  # tracing fails on data-dependent control flow; folding is only an optimisation
         return model
+
+
+def bucket_size(n: int) -> int:
+    """The batch size a graph is captured for: n rounded up to one of four sizes per doubling, so that
+    padding wastes at most a quarter of the work and a few dozen graphs cover every batch up to thousands."""
+    if n <= 8:
+        return n
+    step = 1 << (n.bit_length() - 3)
+    return -(-n // step) * step
+
+
+class CudaGraphs:
+    """fn(x) replayed from CUDA graphs, one per bucket_size of the batch, captured on its first use.
+
+    Eagerly a GPU pays one launch from Python per layer; at small batches that costs more than the arithmetic,
+    and a cascade's later stages only ever see small batches. A graph replays all of a model's kernels at once.
+    Each graph is captured under the autocast precision of its first call, with autocast's weight cache off
+    (a cached cast would be freed under the graph). The graphs share one memory pool: they run one at a time
+    and each output is copied out. Where capture fails, fn runs eagerly."""
+
+    def __init__(self, fn):
+        self.fn, self.graphs, self.pool = fn, {}, None
+
+    def __call__(self, x):
+        n = len(x)
+        precision = torch.get_autocast_dtype('cuda') if torch.is_autocast_enabled('cuda') else None
+        key = (bucket_size(n), tuple(x.shape[1:]), x.dtype, precision)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(x, key[0], precision)
+        if self.graphs[key] is None:
+            return self.fn(x)
+        graph, static_input, static_output = self.graphs[key]
+        static_input[:n].copy_(x)
+        graph.replay()
+        if isinstance(static_output, torch.Tensor):
+            return static_output[:n].clone()
+        return tuple(out[:n].clone() for out in static_output)
+
+    def _capture(self, x, size, precision):
+        static_input = torch.zeros((size, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        if x.dim() == 4:
+            static_input = static_input.contiguous(memory_format=torch.channels_last)
+        static_input[:len(x)].copy_(x)
+        precision_ctx = torch.autocast('cuda', dtype=precision or torch.float16, enabled=precision is not None,
+                                       cache_enabled=False)
+        try:
+            side = torch.cuda.Stream(x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side), precision_ctx:  # warm-up: cuDNN autotunes outside the capture
+                self.fn(static_input), self.fn(static_input)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            self.pool = self.pool or torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool), precision_ctx:
+                static_output = self.fn(static_input)
+        except RuntimeError as e:  # a model graphs cannot hold (host syncs, CPU tensors): eager is only slower
+            print(f'warning: CUDA graph capture failed ({str(e).splitlines()[0]}); running eagerly', file=sys.stderr)
+            return None
+        return graph, static_input, static_output
+
+
+def fast_inference(fn, device: torch.device):
+    """fn as inference should run it on this device: from CUDA graphs on a GPU, as it is elsewhere."""
+    return CudaGraphs(fn) if torch.device(device).type == 'cuda' else fn
 
 
 def inference_model(state: dict, path: str, device: torch.device):

@@ -1,4 +1,5 @@
-"""benchmarks/route_from_logits.py: cascades from exported logits, thresholds chosen on val only."""
+"""benchmarks/: routed speed figures (run.py), and cascades from exported logits, thresholds chosen on val only
+(route_from_logits.py)."""
 import json
 import runpy
 import sys
@@ -71,3 +72,24 @@ def test_exported_logits_feed_route_from_logits(tiny_runs, tmp_path, monkeypatch
         monkeypatch=monkeypatch)
     out = capsys.readouterr().out
     assert '| googlenet → densenet121 |' in out and '| googlenet → teacher |' in out
+
+
+@pytest.mark.parametrize('parts, variants', [('routed', False), ('infer', True)])
+def test_run_reports_every_routing_mode_against_every_model_at_both_batches(tiny_runs, tmp_path, monkeypatch,
+                                                                            parts, variants):
+    work, _ = tiny_runs
+    monkeypatch.chdir(work)
+    out = tmp_path / 'bench.json'
+    run(ROOT / 'benchmarks' / 'run.py', '--quick', '--parts', parts, '--selector', 'checkpoints/selector',
+        '--device', 'cpu', '--out', out, monkeypatch=monkeypatch)
+    results = json.loads(out.read_text())
+    for mode in ('cascade', 'selector'):
+        assert sum(results[f'infer.routed_{mode}.share']) == results['infer.images']
+        for batch in ('', 'b256.'):
+            for ref in ('teacher', 'googlenet', 'densenet121', 'all_students'):
+                ratio = results[f'infer.{batch}routed_{mode}.vs_{ref}']
+                assert ratio == pytest.approx(results[f'infer.{batch}routed_{mode}.img_s'] /
+                                              results[f'infer.{batch}{ref}.img_s'])
+        assert results[f'infer.latency_ms.routed_{mode}'] > 0
+    assert ('infer.googlenet.nchw_speedup' in results) == variants
+    assert not any('eager' in key for key in results)  # no CUDA graphs on a CPU, so nothing to compare them with

@@ -35,3 +35,48 @@ def test_any_torch_device_string_is_accepted(monkeypatch):
     assert runtime.resolve_device('cuda:1') == torch.device('cuda', 1)
     with pytest.raises(UserError, match='only 2 CUDA device'):
         runtime.resolve_device('cuda:2')
+
+
+@pytest.mark.parametrize('n', [1, 5, 8, 9, 33, 100, 255, 256, 257, 1000, 4097])
+def test_a_batch_is_padded_to_a_bucket_at_most_a_quarter_larger(n):
+    size = runtime.bucket_size(n)
+    assert n <= size <= 1.25 * n
+    assert runtime.bucket_size(size) == size  # every bucket is its own
+
+
+def test_few_buckets_cover_every_batch_up_to_thousands():
+    assert len({runtime.bucket_size(n) for n in range(1, 4097)}) <= 48
+
+
+def test_inference_off_the_gpu_runs_the_function_itself():
+    fn = lambda x: x + 1  # noqa: E731
+    assert runtime.fast_inference(fn, CPU) is fn
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA graphs need a GPU (gpu_check.sh runs this)')
+
+
+@needs_cuda
+@pytest.mark.parametrize('arch', ['resnet50', 'densenet121', 'googlenet'])
+def test_cuda_graphs_give_the_eager_outputs_at_every_batch(arch):
+    from models import build_model
+    cuda = torch.device('cuda')
+    model = runtime.place(build_model(arch, 10), cuda).eval()
+    graphed = runtime.CudaGraphs(model)
+    with torch.inference_mode(), torch.autocast('cuda', dtype=torch.bfloat16):
+        for n in (1, 3, 37, 256, 37):  # 37 again: a replay of a graph already captured
+            x = torch.randn(n, 3, 32, 32, device=cuda).contiguous(memory_format=torch.channels_last)
+            out = graphed(x)
+            assert out.shape == (n, 10)
+            torch.testing.assert_close(out.float(), model(x).float(), atol=0.05, rtol=0.05)
+    assert len(graphed.graphs) == 4 and all(graphed.graphs.values())
+
+
+@needs_cuda
+def test_a_model_graphs_cannot_hold_runs_eagerly():
+    def syncing(x):
+        return x * float(x.sum())  # a host sync: capture fails
+    graphed = runtime.CudaGraphs(syncing)
+    x = torch.ones(4, 3, device='cuda')
+    torch.testing.assert_close(graphed(x), syncing(x))
+    assert list(graphed.graphs.values()) == [None]
