@@ -107,19 +107,24 @@ def bucket_size(n: int) -> int:
 
 
 class CudaGraphs:
-    """fn(x) replayed from CUDA graphs, one per bucket_size of the batch, captured on its first use.
+    """fn(x) replayed from CUDA graphs, one per bucket_size of the batch up to max_batch, captured on its first use.
 
     Eagerly a GPU pays one launch from Python per layer; at small batches that costs more than the arithmetic,
     and a cascade's later stages only ever see small batches. A graph replays all of a model's kernels at once.
     Each graph is captured under the autocast precision of its first call, with autocast's weight cache off
     (a cached cast would be freed under the graph). The graphs share one memory pool: they run one at a time
     and each output is copied out. Where capture fails, fn runs eagerly."""
+    # Above this batch the launches are amortised: eager is as fast, and a graph would hold its whole
+    # activation memory (benchmarks/run.py times both; docs/gpu.md).
+    max_batch = 1024
 
     def __init__(self, fn):
         self.fn, self.graphs, self.pool = fn, {}, None
 
     def __call__(self, x):
         n = len(x)
+        if n > self.max_batch:
+            return self.fn(x)
         precision = torch.get_autocast_dtype('cuda') if torch.is_autocast_enabled('cuda') else None
         key = (bucket_size(n), tuple(x.shape[1:]), x.dtype, precision)
         if key not in self.graphs:

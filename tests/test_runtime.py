@@ -69,7 +69,9 @@ def test_cuda_graphs_give_the_eager_outputs_at_every_batch(arch):
             out = graphed(x)
             assert out.shape == (n, 10)
             torch.testing.assert_close(out.float(), model(x).float(), atol=0.05, rtol=0.05)
-    assert len(graphed.graphs) == 4 and all(graphed.graphs.values())
+        big = torch.randn(graphed.max_batch + 1, 3, 32, 32, device=cuda).contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(graphed(big).float(), model(big).float(), atol=0.05, rtol=0.05)
+    assert len(graphed.graphs) == 4 and all(graphed.graphs.values())  # the large batch ran eagerly
 
 
 @needs_cuda
