@@ -99,7 +99,7 @@ def fuse_for_inference(model, device: torch.device | None = None):
 
 def bucket_size(n: int) -> int:
     """The batch size a graph is captured for: n rounded up to one of four sizes per doubling, so that
-    padding wastes at most a quarter of the work and a few dozen graphs cover every batch up to thousands."""
+    padding adds at most a quarter of the work and a few dozen graphs cover every batch up to a thousand."""
     if n <= 8:
         return n
     step = 1 << (n.bit_length() - 3)
@@ -133,12 +133,17 @@ class CudaGraphs:
             return self.fn(x)
         graph, static_input, static_output = self.graphs[key]
         static_input[:n].copy_(x)
-        graph.replay()
+        with torch.cuda.device(x.device):
+            graph.replay()
         if isinstance(static_output, torch.Tensor):
             return static_output[:n].clone()
         return tuple(out[:n].clone() for out in static_output)
 
     def _capture(self, x, size, precision):
+        with torch.cuda.device(x.device):  # capture on the input's GPU, whichever is current
+            return self._capture_here(x, size, precision)
+
+    def _capture_here(self, x, size, precision):
         static_input = torch.zeros((size, *x.shape[1:]), dtype=x.dtype, device=x.device)
         if x.dim() == 4:
             static_input = static_input.contiguous(memory_format=torch.channels_last)
