@@ -46,6 +46,10 @@ def gather_models(args, experts, device) -> dict:
     """name -> Expert: the teacher, the experts, and each student's no-KD twin where it exists."""
     models = {}
     teacher = args.teacher or (all(e.state.get('teacher') for e in experts) and teacher_of(experts))
+    if teacher and not args.teacher and not os.path.isfile(checkpoint_path(teacher)):
+        print(f"note: the experts' teacher '{teacher}' is not here, so the report leaves it out; pass --teacher to "
+              f"compare with it")
+        teacher = None
     if teacher:
         models['teacher'] = Expert(checkpoint_path(teacher), device, experts[0].reference())
     for e in experts:

@@ -1,5 +1,6 @@
 """evaluate.py on the tiny system of conftest.tiny_runs: tables, JSON and every figure."""
 import json
+import shutil
 
 from conftest import ROOT, run_script
 
@@ -36,3 +37,15 @@ def test_a_checkpoint_that_is_not_a_selector_is_one_clear_line(tiny_runs):
         assert result.stderr.strip() == ("error: 'checkpoints/teacher/best.pt' is a resnet50 checkpoint, not a "
                                          "selector; pass the best.pt that selectorTrain.py wrote (default "
                                          "checkpoints/selector/best.pt)")
+
+
+def test_students_moved_without_their_teacher_are_evaluated_without_it(tiny_runs, tmp_path):
+    work, folder = tiny_runs
+    moved = tmp_path / 'moved'
+    for run in ('densenet121', 'googlenet', 'selector'):
+        shutil.copytree(work / 'checkpoints' / run, moved / 'checkpoints' / run)
+    result = run_script(ROOT / 'evaluate.py', '--selector', 'checkpoints/selector', '--data-dir', folder,
+                        '--name', 'moved', cwd=moved)
+    assert "note: the experts' teacher 'checkpoints/teacher/best.pt' is not here" in result.stdout
+    report = json.loads((moved / 'results' / 'moved.json').read_text())
+    assert 'teacher' not in report['accuracy'] and {'densenet121', 'googlenet', 'routed'} <= set(report['accuracy'])
