@@ -3,8 +3,8 @@
 # routing work on a CPU, routing with and without the teacher as fallback, the no-KD twins, then the training
 # benchmark; every result written to files.
 #
-#   bash benchmarks/gpu_check.sh ARCHIVE [OUT] [BUDGET_S]            # one GPU: about 10 minutes on an H100 (docs/gpu.md)
-#   bash benchmarks/gpu_check.sh --dry-run ARCHIVE [OUT] [BUDGET_S]  # the same steps at tiny size on a CPU, 10 minutes
+#   bash benchmarks/gpu_check.sh ARCHIVE [OUT] [BUDGET_S]            # one H100: the routing within 10 minutes, then the twins
+#   bash benchmarks/gpu_check.sh --dry-run ARCHIVE [OUT] [BUDGET_S]  # the same steps at tiny size on a CPU, 8 minutes
 #
 # ARCHIVE is the CIFAR-10 .tar.gz (train/<class>/*, test/<class>/*). OUT (default results/gpu-check) gets
 # progress.log, every stage's log, the runs' metrics and summaries, the evaluate reports and figures, the
