@@ -352,15 +352,18 @@ class Router:
             if logits is None:
                 logits = torch.empty(n, out.shape[1], device=images.device)
             if k == len(self.experts) - 1:
-                logits[pending] = out
+                logits.index_copy_(0, pending, out)
                 break
             t = self.thresholds[k]
             keep = F.softmax(out, 1).max(1).values >= t if t < 1 else torch.zeros(len(out), dtype=torch.bool,
                                                                                     device=out.device)
-            kept = pending[keep]
-            logits[kept], choice[kept] = out[keep], k
-            pending = pending[~keep]
-            if len(pending) == 0:  # the one wait per stage: how many images go on
+            kept_count = int(keep.sum())  # the one wait per stage: how many images go on
+            order = torch.argsort(keep.logical_not().byte(), stable=True)  # kept first, each part in input order
+            kept = pending.index_select(0, order[:kept_count])
+            logits.index_copy_(0, kept, out.index_select(0, order[:kept_count]))
+            choice.index_fill_(0, kept, k)
+            pending = pending.index_select(0, order[kept_count:])
+            if len(pending) == 0:
                 break
         return logits, choice
 

@@ -65,6 +65,18 @@ def test_a_cascade_runs_a_later_expert_only_on_the_images_passed_on():
     assert torch.equal(experts[0].seen[0], images) and torch.equal(experts[1].seen[0], images[unsure])
 
 
+def test_a_three_stage_cascade_answers_as_its_decision_rule_says():
+    images = torch.randn(64, 3, 4, 4)
+    experts = [Counting(0, sure=True), Counting(1, sure=True), Counting(2, sure=False)]
+    logits, choice = Router(experts, 'cascade', thresholds=[0.9, 0.5])(images)
+    brightness = images.mean((1, 2, 3))
+    # Dark images are unsure at both sure experts, so they reach the last one; the rest stop at the first.
+    assert torch.equal(choice, torch.where(brightness > 0, 0, 2))
+    assert torch.equal(logits.argmax(1), choice)
+    assert torch.equal(experts[1].seen[0], images[brightness <= 0])  # in input order
+    assert torch.equal(experts[2].seen[0], images[brightness <= 0])
+
+
 class Brightness(torch.nn.Module):
     """A selector that reads the first expert's features: bright images -> expert 0, dark -> expert 1."""
 
