@@ -78,11 +78,11 @@ fallback() {  # fallback NAME EXPERTS...: a selector with the teacher as last ex
     [[ -f "$root/selector-$name/summary.json" ]] || return 0
     optional 30 "evaluate-$name" python evaluate.py --selector "$root/selector-$name" --name "$preset-$name" \
         --results-dir "$out" --device "$device"
-    optional 40 "bench-routed-$name" python benchmarks/run.py "${bench[@]}" --parts routed \
+    optional 50 "bench-routed-$name" python benchmarks/run.py "${bench[@]}" --parts routed \
         --selector "$root/selector-$name" --device "$device" --out "$out/bench-routed-$name.json"
 }
 fallback cheapest-fallback "${students[-1]}"
-optional 60 bench-infer python benchmarks/run.py "${bench[@]}" --parts infer --selector "$root/selector" \
+optional 130 bench-infer python benchmarks/run.py "${bench[@]}" --parts infer --selector "$root/selector" \
     --device "$device" --out "$out/bench-infer.json"
 optional 150 twins python pipeline.py --preset "$preset" --data-dir "$archive" --root "$root" --results "$out" \
     --device "$device"
