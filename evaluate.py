@@ -18,8 +18,8 @@ from distill.metrics import per_class_accuracy, time_in_turns
 from distill.plots import report_figures
 from distill.report import aggregate, aggregate_markdown, markdown, measured_time, seeds_of, write_report
 from distill.routing import (MODES, Expert, cascade_sweep, confidences, cost_vector, expert_correctness,
-                             expert_outputs, load_experts, load_selector, router_for, routing_report, selector_sweep,
-                             teacher_of)
+                             expert_outputs, load_experts, load_selector, router_for, routing_report, selector_inputs,
+                             selector_sweep, teacher_of)
 from distill.runtime import amp_dtype, device_name, inference_model, precision_name, resolve_device
 
 
@@ -70,12 +70,12 @@ def evaluate_system(args, selector_path: str, name: str, device, amp=None) -> di
                         config.get('data_cache'))
     test = test.select(balanced_subset(test.labels, args.test_subset or config.get('test_subset'))).to(device)
     loader = Loader(test, torch.arange(len(test)), args.batch_size, state['mean'], state['std'], device)
-    expert_logits, inputs, labels = expert_outputs(experts, loader, amp)
+    expert_logits, labels = expert_outputs(experts, loader, device, amp)
     logits = {e.name: out for e, out in zip(experts, expert_logits)}
     logits.update({n: predict_logits(m.model, loader, amp)[0] for n, m in models.items() if n not in logits})
     selector = inference_model(state, selector_path, device)
     with torch.inference_mode():
-        scores = selector(inputs).float()
+        scores = selector(selector_inputs(expert_logits[0])).float()
 
     sample = next(iter(loader))[0]
     cost = 'stored' if routing['cost'] == 'macs' else 'measure'  # timed here, whatever selectorTrain ran on

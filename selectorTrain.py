@@ -3,7 +3,7 @@
     python selectorTrain.py --experts checkpoints/densenet121 checkpoints/googlenet
     python selectorTrain.py --experts checkpoints/densenet121 checkpoints/googlenet --include-teacher
 The experts are timed on this device and ordered cheapest first. The selector reads the cheapest expert's
-features and logits and learns, on the held-out route split, which expert will be right; the cascade
+sorted probabilities and learns, on the held-out route split, which expert will be right; the cascade
 needs no training. Both are tuned on val to reach the best single expert's accuracy as cheaply as they
 can, and the one that pays more becomes the default of infer.py and evaluate.py.
 """
@@ -15,9 +15,9 @@ from distill.cli import (check_range, checkpoint_path, inherit_data_settings, ma
 from distill.data import prepare_data
 from distill.loaders import Loader, TensorLoader
 from distill.engine import fit, predict_logits
-from distill.routing import (COST_KINDS, Expert, SelectorScore, choose_routing, confidences, cost_vector,
-                             expert_correctness, expert_outputs, extra_costs, format_report, load_experts,
-                             measure_costs, routing_report, selection_step, teacher_of)
+from distill.routing import (COST_KINDS, SELECTOR_INPUTS, Expert, SelectorScore, choose_routing, confidences,
+                             cost_vector, extra_costs, format_report, load_experts, measure_costs, routing_data,
+                             routing_report, selection_step, teacher_of)
 from distill.metrics import count_macs, time_model
 from distill.runtime import amp_dtype, resolve_device
 from models import build_model
@@ -39,12 +39,16 @@ def parse_args(argv=None):
                         help="paired standard errors by which routing clears the best single expert's val accuracy "
                              "(less --max-accuracy-drop) where some operating point can, so that it holds beyond "
                              "val's noise (1.645: one-sided 95%%); else it only reaches it")
+    parser.add_argument('--route-views', type=int, default=4,
+                        help='cropped and flipped copies of each route image that the experts also classify, as more '
+                             'examples for the selector')
     parser.add_argument('--disagreement-weight', type=float, default=1.0,
                         help='weight, in the loss, of route images on which the experts disagree')
     args = validate_args(parser.parse_args(argv))
     check_range('max_accuracy_drop', args.max_accuracy_drop, 0, 100)
     check_range('disagreement_weight', args.disagreement_weight, low=0)
     check_range('val_margin', args.val_margin, low=0)
+    check_range('route_views', args.route_views, low=0)
     args.experts = [checkpoint_path(p) for p in args.experts]
     return args
 
@@ -76,12 +80,9 @@ def main(argv=None):
         f"{e.name} {1e3 * e.cost['seconds_per_image']:.3f} ms/img, {e.macs / 1e6:.0f} MMACs" for e in experts)
         + f" ({experts[0].cost['device']}, batch {experts[0].cost['batch_size']})")
 
-    # The experts run once on each split; the selector then trains on the cheapest one's outputs.
-    outputs = {part: expert_outputs(experts, loader, amp) for part, loader in loaders.items()}
-    correct = {part: expert_correctness(logits, labels) for part, (logits, _, labels) in outputs.items()}
-    print('route split: expert accuracy ' + ', '.join(
-        f'{e.name} {acc:.2%}' for e, acc in zip(experts, correct['route'].mean(0).tolist())))
-    inputs = {part: inputs for part, (_, inputs, _) in outputs.items()}
+    outputs, correct, inputs = routing_data(experts, loaders, args.route_views, device, amp)
+    print(f"route split and {args.route_views} cropped and flipped copies ({len(inputs['route']):,} images): expert "
+          'accuracy ' + ', '.join(f'{e.name} {acc:.2%}' for e, acc in zip(experts, correct['route'].mean(0).tolist())))
     selector_loaders = {'train': TensorLoader(inputs['route'], correct['route'], args.batch_size, train=True,
                                               seed=args.seed),
                         'val': TensorLoader(inputs['val'], correct['val'], args.batch_size),
@@ -102,13 +103,14 @@ def main(argv=None):
                                  args.val_margin)
         routing['cost'] = args.cost
         score.extra, score.cost_weight = extra_costs(costs[args.cost]), routing['cost_weight']
-        report = routing_report(outputs['val'][0], outputs['val'][2], scores, costs, selector_costs, routing)
+        report = routing_report(outputs['val'][0], outputs['val'][1], scores, costs, selector_costs, routing)
         print(format_report(report, [e.name for e in experts], 'val split, best epoch:'))
         print(f"default mode on val: {routing['mode']} (cascade thresholds {routing['thresholds']}, selector cost "
               f"weight {routing['cost_weight']:g}, target accuracy {routing['target_accuracy']:.2%}, "
               f"{'cleared by' if routing['cleared_margin'] else 'not cleared by'} {args.val_margin:g} standard errors)")
         return {'routing': routing, 'selector_cost': selector_costs}
-    extra = {'experts': [e.describe() for e in experts], 'selector_macs': selector_macs, 'model_args': model_args}
+    extra = {'experts': [e.describe() for e in experts], 'selector_macs': selector_macs, 'model_args': model_args,
+             'selector_inputs': SELECTOR_INPUTS}
     fit(args, 'selector', selector, lambda trained: selection_step(trained, args.disagreement_weight), data,
         train_part='route', loaders=selector_loaders, evaluate_fn=score, num_outputs=len(experts),
         extra=extra, device=device, calibrate=tune_routing)

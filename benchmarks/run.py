@@ -313,7 +313,7 @@ def routing_models(selector_path, data, n, device, amp):
 def eager(expert: Expert) -> Expert:
     """The expert run without CUDA graphs."""
     twin = copy.copy(expert)
-    twin.forward = expert.logits_and_features
+    twin.forward = expert.model
     return twin
 
 

@@ -69,9 +69,9 @@ class Loader:
         for i in range(len(self)):
             yield indices[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world]
 
-    def epoch_augmentation(self):
-        """This epoch's crop offsets and flips for every sample index, on the device."""
-        offsets, flips = augmentation_params(self.seed, self.epoch, len(self.labels))
+    def epoch_augmentation(self, epoch: int | None = None):
+        """This (or that) epoch's crop offsets and flips for every sample index, on the device."""
+        offsets, flips = augmentation_params(self.seed, self.epoch if epoch is None else epoch, len(self.labels))
         return offsets.to(self.device), flips.to(self.device)
 
     def make_batch(self, idx: torch.Tensor, augmentation=None) -> torch.Tensor:
@@ -84,6 +84,13 @@ class Loader:
 
     def __iter__(self):
         augmentation = self.epoch_augmentation() if self.train else None
+        for idx in self.batch_indices():
+            yield self.make_batch(idx, augmentation), self.labels[idx], idx
+
+    def augmented(self, view: int):
+        """The batches once more, in order, each image cropped and flipped as epoch `view` would crop and
+        flip it: more examples of how the models behave on images none of them was trained on."""
+        augmentation = self.epoch_augmentation(view)
         for idx in self.batch_indices():
             yield self.make_batch(idx, augmentation), self.labels[idx], idx
 

@@ -29,3 +29,13 @@ def test_loader_augmentation_is_a_function_of_seed_epoch_and_index():
     assert not torch.equal(next(iter(a))[2], batches_a[0][2])  # a new permutation each epoch
     evaluation = Loader(data, torch.arange(40), 16, [0.5] * 3, [0.25] * 3)
     assert torch.cat([i for _, _, i in evaluation]).tolist() == list(range(40))
+
+
+def test_an_augmented_view_is_every_image_in_order_cropped_and_flipped_as_that_epoch_would():
+    data = ImageSet(torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8), torch.arange(20) % 4, list('abcd'))
+    loader = Loader(data, torch.arange(3, 20), 8, [0.0] * 3, [1 / 255] * 3, seed=5)
+    images, labels, indices = (torch.cat(parts) for parts in zip(*loader.augmented(view=2)))
+    assert indices.tolist() == list(range(3, 20)) and torch.equal(labels, data.labels[3:])  # ragged batch kept
+    offsets, flips = augmentation_params(seed=5, epoch=2, n=20)
+    assert torch.equal(images, crop_flip(data.images, offsets, flips)[3:].float())
+    assert not torch.equal(images, torch.cat([x for x, _, _ in loader]))  # not the plain images

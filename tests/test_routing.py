@@ -5,10 +5,11 @@ import torch
 from distill import UserError
 from distill.loaders import TensorLoader
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch
-from distill.routing import (Router, SelectorScore, cascade_choice, cascade_cost, check_cost_device, choose_point,
-                             paired_margin,
-                             choose_routing, confidences, expert_correctness, extra_costs, routing_report,
-                             selection_step, selector_choice, selector_cost, teacher_of)
+from distill.checkpoint import save_checkpoint
+from distill.routing import (SELECTOR_INPUTS, Router, SelectorScore, cascade_choice, cascade_cost, check_cost_device, choose_point,
+                             choose_routing, confidences, expert_correctness, extra_costs, paired_margin,
+                             load_selector, routing_report, selection_step, selector_choice, selector_cost,
+                             selector_inputs, teacher_of)
 from distill.runtime import device_name
 from models import build_model
 
@@ -52,9 +53,6 @@ class Counting(torch.nn.Module):
         out[:, self.c] = torch.where(x.mean((1, 2, 3)) > 0, 10.0, 0.1) if self.sure else 0.1
         return out
 
-    def with_features(self, x):
-        return self(x), x.mean((1, 2, 3)).unsqueeze(1)
-
 
 def test_a_cascade_runs_a_later_expert_only_on_the_images_passed_on():
     images = torch.randn(10, 3, 4, 4)
@@ -77,18 +75,25 @@ def test_a_three_stage_cascade_answers_as_its_decision_rule_says():
     assert torch.equal(experts[2].seen[0], images[brightness <= 0])
 
 
-class Brightness(torch.nn.Module):
-    """A selector that reads the first expert's features: bright images -> expert 0, dark -> expert 1."""
+class Sureness(torch.nn.Module):
+    """A selector that reads the first expert's top probability: sure -> expert 0, unsure -> expert 1."""
 
     def forward(self, inputs):
-        bright = inputs[:, 0]
-        return torch.stack([10 * bright, -10 * bright, -10 * bright.abs()], 1)
+        sure = inputs[:, 0] - 0.5
+        return torch.stack([10 * sure, -10 * sure, -10 * sure.abs()], 1)
+
+
+def test_the_selector_reads_the_cheap_experts_probabilities_largest_first():
+    logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]])
+    inputs = selector_inputs(logits)
+    assert torch.allclose(inputs, torch.softmax(logits, 1).sort(1, descending=True).values)
+    assert torch.allclose(inputs.sum(1), torch.ones(2)) and (inputs[:, :-1] >= inputs[:, 1:]).all()
 
 
 def test_the_selector_runs_every_other_expert_only_on_its_own_images():
     images = torch.randn(10, 3, 4, 4)
     experts = [Counting(0), Counting(1), Counting(2)]
-    logits, choice = Router(experts, 'selector', selector=Brightness(), extra=extra_costs(torch.tensor([1., 2, 3])))(
+    logits, choice = Router(experts, 'selector', selector=Sureness(), extra=extra_costs(torch.tensor([1., 2, 3])))(
         images)
     dark = images.mean((1, 2, 3)) < 0
     assert torch.equal(choice, dark.long()) and torch.equal(logits.argmax(1), dark.long())  # in input order
@@ -150,8 +155,8 @@ def test_the_report_compares_both_modes_with_their_references():
     assert report['gap_closed'] == {'cascade': 1.0, 'selector': 1.0}  # best single 50%, oracle and both modes 100%
 
 
-def test_the_selector_learns_from_the_cheap_experts_features_and_its_val_score_rises():
-    # Expert 1 is right where feature 0 is negative, expert 0 where it is positive.
+def test_the_selector_learns_from_its_inputs_and_its_val_score_rises():
+    # Expert 1 is right where input 0 is negative, expert 0 where it is positive.
     gen = torch.Generator().manual_seed(0)
     inputs = torch.randn(600, 8, generator=gen)
     correct = torch.stack([inputs[:, 0] > 0, inputs[:, 0] <= 0], 1).float()
@@ -201,3 +206,12 @@ def test_a_teacher_fallback_needs_a_teacher_the_experts_name():
 def test_confidences_are_each_experts_top_probability():
     conf = confidences([torch.tensor([[0.0, 0.0]]), torch.tensor([[10.0, 0.0]])])
     assert conf[0, 0] == pytest.approx(0.5) and conf[0, 1] > 0.99
+
+
+def test_a_selector_trained_on_other_inputs_is_refused_in_one_line(tmp_path):
+    old = {'arch': 'selector', 'experts': [], 'routing': {'mode': 'cascade'}, 'model': {}}  # read features
+    save_checkpoint(old, str(tmp_path / 'old.pt'))
+    with pytest.raises(UserError, match='older version of selectorTrain.py; retrain the selector'):
+        load_selector(str(tmp_path / 'old.pt'))
+    save_checkpoint({**old, 'selector_inputs': SELECTOR_INPUTS}, str(tmp_path / 'new.pt'))
+    assert load_selector(str(tmp_path / 'new.pt'))['selector_inputs'] == SELECTOR_INPUTS
