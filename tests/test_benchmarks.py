@@ -1,5 +1,5 @@
-"""benchmarks/: routed speed figures (run.py), and cascades from exported logits, thresholds chosen on val only
-(route_from_logits.py)."""
+"""benchmarks/: routed speed figures (run.py), cascades from exported logits, thresholds chosen on val only
+(route_from_logits.py), and the oracle's headroom between two runs of one recipe (headroom.py)."""
 import json
 import runpy
 import sys
@@ -54,6 +54,40 @@ def test_missing_or_unreadable_inputs_are_one_line(tmp_path, monkeypatch, capsys
             run(SCRIPT, tmp_path, '--rates', bad_rates, '--chain', 'cheap', 'big', monkeypatch=monkeypatch)
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and '\n' not in err and message in err
+
+
+def _right_where(right) -> torch.Tensor:
+    """Logits, label 0: right and sure where `right`, else wrong and less sure."""
+    return torch.where(torch.tensor(right)[:, None], torch.tensor([5.0, 0, 0]), torch.tensor([0.0, 2, 0]))
+
+
+def test_headroom_compares_the_pairs_oracle_with_two_runs_of_one_model(tmp_path, monkeypatch, capsys):
+    n, parts = 20, ('route', 'val', 'test')
+    labels = {p: torch.zeros(n, dtype=torch.long) for p in parts}
+    right = {  # the routed pair in run B: 'b' right on 80%, 'a' on 60%, some of it where 'b' is wrong
+        ('B', 'a'): [i < 10 or i in (16, 17) for i in range(n)], ('B', 'b'): [i < 16 for i in range(n)],
+        ('A', 'a'): [i < 12 for i in range(n)], ('A', 'b'): [i < 14 or i in (16, 17) for i in range(n)],
+        ('A', 'teacher'): [i < 18 for i in range(n)], ('B', 'teacher'): [i < 18 for i in range(n)]}
+    for (which, name), where in right.items():
+        (tmp_path / which).mkdir(exist_ok=True)
+        _export(tmp_path / which, name, {'split': {'seed': 0}, **{p: _right_where(where) for p in parts}}, labels)
+    run(ROOT / 'benchmarks' / 'headroom.py', tmp_path / 'A', tmp_path / 'B', '--pair', 'a', 'b', '--models', 'b',
+        'teacher', monkeypatch=monkeypatch)
+    out = capsys.readouterr().out
+    rows = [[c.strip() for c in row.strip('|').split('|')] for row in out.splitlines()
+            if row.startswith('| ') and '---' not in row and 'pair |' not in row]
+    cells = {f'{row[0]}, {row[1]}': row for row in rows}
+    # oracle over a and b: images 0-17, 10 points above b; exactly one right on 10-17; the sure one is right
+    assert cells['a or b, test'][2:] == ['60.00% / 80.00%', '90.00%', '10.00 points', '40.00%', '100%']
+    assert cells['b, run A or run B, test'][3:5] == ['90.00%', '10.00 points']  # b's two runs: the same headroom
+    assert cells['teacher, run A or run B, val'][3:6] == ['90.00%', '0.00 points', '0.00%']
+    assert 'two runs of b have 100% (val) and 100% (test)' in out and 'two runs of teacher have 0% (val)' in out
+    _export(tmp_path / 'A', 'teacher', {'split': {'seed': 1}, 'test': _right_where(right['A', 'teacher'])}, labels)
+    with pytest.raises(SystemExit) as exit_info:
+        run(ROOT / 'benchmarks' / 'headroom.py', tmp_path / 'A', tmp_path / 'B', '--pair', 'a', 'b', '--models',
+            'teacher', monkeypatch=monkeypatch)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and '\n' not in err and "teacher were trained on different splits" in err
 
 
 def test_exported_logits_feed_route_from_logits(tiny_runs, tmp_path, monkeypatch, capsys):
