@@ -67,17 +67,20 @@ def main(argv=None):
     amp = amp_dtype(args.amp, device)
     classify, state = build_classifier(args.selector, device, amp, teacher=args.teacher, expert=args.expert,
                                        route=args.route, thresholds=args.threshold, cost_weight=args.cost_weight,
-                                       cost=args.cost)
+                                       cost=args.cost, batch_size=args.batch_size)
     classes, size, failures = state['class_names'], state['image_size'], []
+
+    def batches():
+        for start in range(0, len(files), args.batch_size):
+            images, read, failed = read_images(files[start:start + args.batch_size], size)
+            yield normalise(images.to(device), state['mean'], state['std']), (read, failed)
 
     def rows():
         with torch.inference_mode(), autocast(device, amp), tqdm(total=len(files), unit='img', disable=None,
                                                                    file=sys.stderr) as bar:
-            for start in range(0, len(files), args.batch_size):
-                images, read, failed = read_images(files[start:start + args.batch_size], size)
+            for (read, failed), logits, chosen in classify(batches()):
                 failures.extend(failed)
                 if len(read):
-                    logits, chosen = classify(normalise(images.to(device), state['mean'], state['std']))
                     confidence, label = torch.softmax(logits.float(), 1).max(1)
                     for path, c, p, e in zip(read, label.tolist(), confidence.tolist(), chosen):
                         yield {'path': path, 'prediction': classes[c], 'confidence': round(p, 4), 'expert': e,

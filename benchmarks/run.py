@@ -9,6 +9,7 @@
 Prints a table and writes benchmarks/results/<host>.json (<host>-quick.json with --quick, <host>-infer.json
 with --parts infer, ...) with a stable key per figure.
 """
+import collections
 import copy
 import itertools
 import multiprocessing
@@ -241,6 +242,10 @@ def inference_figures(results, routing, device, amp, compile_model, variants=Tru
     results.update({f'infer.b256.{key}': rate['images_per_s'] for key, rate in small.items()})
     results.update({f"infer.latency_ms.{key.removesuffix('img_s').rstrip('._')}": rate['latency_ms']
                     for key, rate in small.items()})
+    streamed = [mode for mode in routers if not mode.endswith('_eager')]
+    for mode in streamed:  # as infer.py runs a folder: calls of 256, later experts on batches gathered across them
+        fns[f'routed_{mode}_stream.img_s'] = lambda x, router=routers[mode]: collections.deque(
+            router.stream(((x[i:i + 256], None) for i in range(0, len(x), 256)), 256), maxlen=0)
     for name, model in single.items() if variants else ():  # BatchNorm folded or not; the precision; the layout
         fns[f'{name}.folded_img_s'] = fuse(copy.deepcopy(raw[name]))
         fns[f'{name}.unfolded_img_s'] = raw[name]
@@ -262,6 +267,9 @@ def inference_figures(results, routing, device, amp, compile_model, variants=Tru
         for batch, ref in itertools.product(('', 'b256.'), refs):
             results[f'infer.{batch}routed_{mode}.vs_{ref}'] = (results[f'infer.{batch}routed_{mode}.img_s'] /
                                                               results[f'infer.{batch}{ref}.{rate}'])
+    for mode, ref in itertools.product(streamed, single):  # against each model in calls of 256, as infer.py runs
+        results[f'infer.routed_{mode}_stream.vs_{ref}'] = (results[f'infer.routed_{mode}_stream.img_s'] /
+                                                           results[f'infer.b256.{ref}.img_s'])
     for name in single if variants else ():
         results[f'infer.{name}.folding_speedup'] = (results[f'infer.{name}.folded_img_s'] /
                                                     results[f'infer.{name}.unfolded_img_s'])

@@ -15,15 +15,15 @@ FIELDS = ('path', 'prediction', 'confidence', 'expert', 'error')
 
 
 def build_classifier(selector_path: str, device, amp, *, teacher=None, expert=None, route=None, thresholds=None,
-                     cost_weight=None, cost='stored'):
-    """A function images -> (logits, expert names), and the checkpoint whose preprocessing it needs: one
-    checkpoint alone (teacher), one of the selector's experts alone (expert), or the selector's routing."""
+                     cost_weight=None, cost='stored', batch_size: int = 256):
+    """A function from (images, tag) batches to (tag, logits, expert names) per batch, in input order, and the
+    checkpoint whose preprocessing it needs: one checkpoint alone (teacher), one of the selector's experts
+    alone (expert), or the selector's routing, whose later experts run on batches gathered across calls."""
     if teacher:
         path = checkpoint_path(teacher)
         state = load_checkpoint(path)
         model = fast_inference(inference_model(state, path, device), device)
-        name = os.path.basename(os.path.dirname(os.path.abspath(path)))
-        return lambda x: (model(x), [name] * len(x)), state
+        return one_model(model, os.path.basename(os.path.dirname(os.path.abspath(path)))), state
     state = load_selector(selector_path)
     experts = load_experts([e['path'] for e in state['experts']], device)
     names = [e.name for e in experts]
@@ -31,14 +31,21 @@ def build_classifier(selector_path: str, device, amp, *, teacher=None, expert=No
         matches = [e for e in experts if expert in (e.name, e.state['arch'])]
         if not matches:
             raise UserError(f"no expert named '{expert}'; the selector's experts are {', '.join(names)}")
-        return lambda x: (matches[0](x), [matches[0].name] * len(x)), matches[0].state
+        return one_model(matches[0], matches[0].name), matches[0].state
     router = router_for(state, experts, inference_model(state, selector_path, device), mode=route,
                         thresholds=thresholds, cost_weight=cost_weight, cost=cost, amp=amp, where=selector_path)
 
-    def classify(x):
-        logits, choice = router(x)
-        return logits, [names[i] for i in choice.tolist()]
+    def classify(batches):
+        for tag, logits, choice in router.stream(batches, batch_size):
+            yield tag, logits, [names[i] for i in choice.tolist()]
     return classify, experts[0].state
+
+
+def one_model(model, name: str):
+    def classify(batches):
+        for images, tag in batches:
+            yield tag, model(images) if len(images) else None, [name] * len(images)
+    return classify
 
 
 def write_rows(path: str, fmt: str, rows):

@@ -12,6 +12,7 @@ modes, both tuned on val and reported side by side:
 selectorTrain.py, infer.py, evaluate.py and benchmarks/run.py all use these functions. To add a routing
 baseline, add its decision here and a row in routing_report.
 """
+import collections
 import itertools
 import math
 import os
@@ -354,6 +355,64 @@ class Router:
             if len(pending) == 0:
                 break
         return logits, choice
+
+    def stream(self, batches, batch_size: int = 256):
+        """(images, tag) batches -> (tag, logits, choice) per batch, in input order, answered as __call__ answers
+        them; but a later expert runs only once batch_size images have been passed on to it, gathered across
+        input batches, instead of on the few images of each batch: on a GPU a cascade's second stage otherwise
+        runs a few dozen images a call. About batch_size images wait at each later expert, at most."""
+        jobs, queues = collections.deque(), [[] for _ in self.experts]
+
+        def run(k, images, entries):  # entries: (job, positions in its batch) whose images these are, in order
+            out = self.experts[k](images).float()
+            target = self._targets(k, out).cpu()  # the one wait per run: where each image goes next
+            start = 0
+            for job, positions in entries:
+                rows = torch.arange(start, start + len(positions))
+                here, start = target[rows], start + len(positions)
+                kept = here == k
+                if job['logits'] is None:
+                    job['logits'] = torch.empty(len(job['choice']), out.shape[1], device=out.device)
+                job['logits'][positions[kept].to(out.device)] = out[rows[kept].to(out.device)]
+                job['choice'][positions[kept]] = k
+                job['waiting'] -= int(kept.sum())
+                for later in here[~kept].unique().tolist():
+                    going = here == later
+                    queues[later].append((job, positions[going], images[rows[going].to(images.device)]))
+
+        def flush(k, at_end=False):
+            if sum(len(p) for _, p, _ in queues[k]) >= (1 if at_end else batch_size):
+                entries, queues[k] = queues[k], []
+                run(k, torch.cat([x for _, _, x in entries]), [(job, p) for job, p, _ in entries])
+
+        def finished(job):
+            return job['tag'], job['logits'], job['choice'].to(job['logits'].device if job['logits'] is not None
+                                                               else 'cpu')
+        for images, tag in batches:
+            job = {'tag': tag, 'logits': None, 'choice': torch.zeros(len(images), dtype=torch.long),
+                   'waiting': len(images)}
+            jobs.append(job)
+            if len(images):
+                run(0, images, [(job, torch.arange(len(images)))])
+            for k in range(1, len(self.experts)):
+                flush(k)
+            while jobs and jobs[0]['waiting'] == 0:
+                yield finished(jobs.popleft())
+        for k in range(1, len(self.experts)):
+            flush(k, at_end=True)
+        while jobs:
+            yield finished(jobs.popleft())
+
+    def _targets(self, k: int, out: torch.Tensor) -> torch.Tensor:
+        """For expert k's outputs: k where its answer stands, else the expert each image goes to next."""
+        last = len(self.experts) - 1
+        if self.mode == 'selector':
+            return selector_choice(self.selector(selector_inputs(out)), self.extra, self.cost_weight) if k == 0 \
+                else torch.full((len(out),), k, device=out.device)
+        t = self.thresholds[k] if k < last else 0.0
+        sure = F.softmax(out, 1).max(1).values >= t if t < 1 else torch.zeros(len(out), dtype=torch.bool,
+                                                                              device=out.device)
+        return torch.where(sure, k, k + 1)
 
     def _selected(self, images):
         logits = self.experts[0](images).float()

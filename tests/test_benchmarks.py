@@ -125,5 +125,8 @@ def test_run_reports_every_routing_mode_against_every_model_at_both_batches(tiny
                 assert ratio == pytest.approx(results[f'infer.{batch}routed_{mode}.img_s'] /
                                               results[f'infer.{batch}{ref}.img_s'])
         assert results[f'infer.latency_ms.routed_{mode}'] > 0
+        stream = results[f'infer.routed_{mode}_stream.img_s']  # a folder as infer.py runs it, against calls of 256
+        assert results[f'infer.routed_{mode}_stream.vs_densenet121'] == pytest.approx(
+            stream / results['infer.b256.densenet121.img_s'])
     assert ('infer.googlenet.nchw_speedup' in results) == variants
     assert not any('eager' in key for key in results)  # no CUDA graphs on a CPU, so nothing to compare them with

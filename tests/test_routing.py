@@ -100,6 +100,29 @@ def test_the_selector_runs_every_other_expert_only_on_its_own_images():
     assert torch.equal(experts[1].seen[0], images[dark]) and experts[2].seen == []  # nobody went to expert 2
 
 
+@pytest.mark.parametrize('mode, experts, thresholds', [
+    ('cascade', lambda: [Counting(0), Counting(1)], [0.9]),
+    ('cascade', lambda: [Counting(0), Counting(1), Counting(2, sure=False)], [0.9, 0.5]),
+    ('cascade', lambda: [Counting(0), Counting(1)], [1.0]),  # every image goes on
+    ('selector', lambda: [Counting(0), Counting(1), Counting(2)], None)])
+def test_a_stream_answers_as_batch_by_batch_routing_with_later_experts_on_gathered_batches(mode, experts, thresholds):
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(n, 3, 4, 4, generator=gen) for n in (5, 0, 7, 3, 9, 1)]
+    kwargs = dict(thresholds=thresholds) if mode == 'cascade' else dict(
+        selector=Sureness(), extra=extra_costs(torch.tensor([1., 2, 3])))
+    one_by_one, streamed = Router(experts(), mode, **kwargs), Router(experts(), mode, **kwargs)
+    answers = list(streamed.stream(((x, i) for i, x in enumerate(batches)), batch_size=4))
+    assert [tag for tag, _, _ in answers] == list(range(len(batches)))  # every batch, in input order
+    for (_, logits, choice), images in zip(answers, batches):
+        if len(images):
+            expected_logits, expected_choice = one_by_one(images)
+            assert torch.equal(choice, expected_choice) and torch.equal(logits, expected_logits)
+    for mine, theirs in zip(streamed.experts[1:], one_by_one.experts[1:]):  # the same images, gathered
+        assert sum(map(len, mine.seen)) == sum(map(len, theirs.seen))
+        assert all(len(x) >= 4 for x in mine.seen[:-1]) and len(mine.seen) <= len(theirs.seen)
+    assert len(streamed.experts[1].seen) < len(one_by_one.experts[1].seen)
+
+
 def test_the_cheapest_point_that_reaches_the_target_is_chosen():
     points = [('a', 0.80, 9.0), ('b', 0.81, 8.0), ('c', 0.795, 6.0), ('d', 0.78, 4.0)]
     assert choose_point(points, 0.80) == (points[1], 1)
