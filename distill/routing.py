@@ -356,6 +356,7 @@ class Router:
                 break
         return logits, choice
 
+    @torch.inference_mode()
     def stream(self, batches, batch_size: int = 256):
         """(images, tag) batches -> (tag, logits, choice) per batch, in input order, answered as __call__ answers
         them; but a later expert runs only once batch_size images have been passed on to it, gathered across
