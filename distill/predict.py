@@ -42,6 +42,7 @@ def build_classifier(selector_path: str, device, amp, *, teacher=None, expert=No
 
 
 def one_model(model, name: str):
+    """build_classifier's function for one model that answers every image."""
     def classify(batches):
         for images, tag in batches:
             yield tag, model(images) if len(images) else None, [name] * len(images)
