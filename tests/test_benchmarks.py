@@ -82,12 +82,25 @@ def test_headroom_compares_the_pairs_oracle_with_two_runs_of_one_model(tmp_path,
     assert cells['b, run A or run B, test'][3:5] == ['90.00%', '10.00 points']  # b's two runs: the same headroom
     assert cells['teacher, run A or run B, val'][3:6] == ['90.00%', '0.00 points', '0.00%']
     assert 'two runs of b have 100% (val) and 100% (test)' in out and 'two runs of teacher have 0% (val)' in out
+    assert "run A's copies was right closes 0% (val) and 0% (test)" in out  # in run A, 'a' never alone right
     _export(tmp_path / 'A', 'teacher', {'split': {'seed': 1}, 'test': _right_where(right['A', 'teacher'])}, labels)
     with pytest.raises(SystemExit) as exit_info:
         run(ROOT / 'benchmarks' / 'headroom.py', tmp_path / 'A', tmp_path / 'B', '--pair', 'a', 'b', '--models',
             'teacher', monkeypatch=monkeypatch)
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and '\n' not in err and "teacher were trained on different splits" in err
+
+
+def test_another_runs_labels_capture_only_the_images_where_both_runs_agree():
+    other_run_routing = runpy.run_path(str(ROOT / 'benchmarks' / 'headroom.py'))['other_run_routing']
+    # run B: the better (column 1) right on 0-5, the weaker alone right on 6 and 7; run A's weaker was alone
+    # right on 6 and 8: sending 6 gains, sending 8 loses nothing (both wrong in B) -> half the headroom
+    correct_b = torch.tensor([[i < 3 or i in (6, 7), i < 6] for i in range(10)], dtype=torch.float)
+    correct_a = torch.tensor([[i in (6, 8), i < 6] for i in range(10)], dtype=torch.float)
+    assert other_run_routing(correct_a, correct_b) == pytest.approx(0.5)
+    assert other_run_routing(correct_b, correct_b) == pytest.approx(1.0)  # the run's own labels: the oracle
+    # sending an image the better one gets right costs headroom
+    assert other_run_routing(torch.tensor([[1.0, 0.0]] * 10), correct_b) < 0
 
 
 def test_exported_logits_feed_route_from_logits(tiny_runs, tmp_path, monkeypatch, capsys):
