@@ -9,7 +9,6 @@
 Prints a table and writes benchmarks/results/<host>.json (<host>-quick.json with --quick, <host>-infer.json
 with --parts infer, ...) with a stable key per figure.
 """
-import collections
 import copy
 import itertools
 import multiprocessing
@@ -29,7 +28,7 @@ from torch.fx.experimental.optimization import fuse  # noqa: E402
 
 from distill.checkpoint import model_from_checkpoint, write_json  # noqa: E402
 from distill.cli import Parser, checkpoint_path, main_guard  # noqa: E402
-from distill.data import ImageSet, balanced_subset, load_dataset  # noqa: E402
+from distill.data import ImageSet, interleave_classes, load_dataset  # noqa: E402
 from distill.loaders import Loader, normalise  # noqa: E402
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch  # noqa: E402
 from distill.losses import classification_step, distillation_step  # noqa: E402
@@ -244,8 +243,7 @@ def inference_figures(results, routing, device, amp, compile_model, variants=Tru
                     for key, rate in small.items()})
     streamed = [mode for mode in routers if not mode.endswith('_eager')]
     for mode in streamed:  # as infer.py runs a folder: calls of 256, later experts on batches gathered across them
-        fns[f'routed_{mode}_stream.img_s'] = lambda x, router=routers[mode]: collections.deque(
-            router.stream(((x[i:i + 256], None) for i in range(0, len(x), 256)), 256), maxlen=0)
+        fns[f'routed_{mode}_stream.img_s'] = lambda x, router=routers[mode]: router.folder(x, 256)
     for name, model in single.items() if variants else ():  # BatchNorm folded or not; the precision; the layout
         fns[f'{name}.folded_img_s'] = fuse(copy.deepcopy(raw[name]))
         fns[f'{name}.unfolded_img_s'] = raw[name]
@@ -311,7 +309,8 @@ def routing_models(selector_path, data, n, device, amp):
                                          else 'measure')
                for suffix, system in systems.items() for mode in MODES}
     test = load_dataset(state['config']['dataset'], state['config']['data_dir'], False, state['image_size'])
-    images = normalise(test.select(balanced_subset(test.labels, n)).images.to(device), state['mean'], state['std'])
+    # every class in every slice, round-robin: a test split stored class by class would time one class's mix
+    images = normalise(test.select(interleave_classes(test.labels)[:n]).images.to(device), state['mean'], state['std'])
     students = [e for e in experts if e.path != teacher.path]
     raw = {name: place(model_from_checkpoint(m.state, m.path), device).eval()
            for name, m in {'teacher': teacher, **{e.name: e for e in students}}.items()}

@@ -55,15 +55,17 @@ def share_per_class(choice: torch.Tensor, labels: torch.Tensor, num_choices: int
 
 
 @torch.inference_mode()
-def time_in_turns(fns: dict, images: torch.Tensor, amp=None, rounds: int = 5, latency: bool = True) -> dict:
+def time_in_turns(fns: dict, images: torch.Tensor, amp=None, rounds: int = 5, latency: bool = True,
+                  warmup: int = 2) -> dict:
     """name -> seconds per image at this batch, images/s and (with latency) milliseconds for one image alone,
-    each the best of `rounds` after two warm-up calls, the functions taking turns within each round so that
+    each the best of `rounds` after `warmup` calls, the functions taking turns within each round so that
     drift in the machine's speed hits them all alike."""
     def best(x):
         seconds = dict.fromkeys(fns, float('inf'))
         with autocast(x.device, amp):
             for fn in fns.values():  # warm-up: cuDNN autotuning, the allocator, oneDNN's primitives
-                fn(x), fn(x)
+                for _ in range(warmup):
+                    fn(x)
             for _ in range(rounds):
                 for name, fn in fns.items():
                     synchronize(x.device)

@@ -42,6 +42,7 @@ def markdown(result: dict) -> str:
         speed = result['speed'][name]
         lines.append(f"| {name} | {row['params'] / 1e6:.2f} | {row['size_mb']:.1f} | {row['macs'] / 1e6:.1f} | "
                      f"{speed['latency_ms']:.2f} | {speed['images_per_s']:.0f} |")
+    lines += folder_markdown(result)
     routing = result['routing']
     lines += ['', '## Operating points on test (chosen on val)', '',
               f"Cascade thresholds {routing['thresholds']}; selector cost weight {routing['cost_weight']:g} "
@@ -51,6 +52,26 @@ def markdown(result: dict) -> str:
         lines += [f'| {mode} | {setting} | {100 * a:.2f}% | {1000 * c:.3f} |' for setting, a, c in points
                   if len(points) <= 20]
     return '\n'.join(lines) + '\n'
+
+
+def folder_markdown(result: dict) -> list:
+    """The section on routing a folder as infer.py does, where evaluate.py timed it."""
+    speed = result.get('folder_speed')
+    if not speed:
+        return []
+    first = next(iter(speed.values()))
+    teacher, best = speed.get('teacher'), speed[result['best_single']]
+    lines = ['', '## A folder, as infer.py routes it', '',
+             f"The first {first['batch_size']} test images in calls of {result['batch_size']}; each routing mode runs "
+             f"its later experts once a full batch has been passed on to them, gathered across calls. In turns, "
+             f"best of 3 rounds.", '',
+             f"| model or routing | ms / image | time vs teacher | time vs best single ({result['best_single']}) |",
+             '|---|---|---|---|']
+    for name, row in speed.items():
+        t = row['seconds_per_image']
+        vs_teacher = f"{t / teacher['seconds_per_image']:.2f}x" if teacher else '—'
+        lines.append(f"| {name} | {1000 * t:.3f} | {vs_teacher} | {t / best['seconds_per_image']:.2f}x |")
+    return lines
 
 
 def seeds_of(configs: list) -> list:

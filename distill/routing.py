@@ -404,6 +404,12 @@ class Router:
         while jobs:
             yield finished(jobs.popleft())
 
+    def folder(self, images: torch.Tensor, batch_size: int = 256) -> list:
+        """Each call's logits, with images routed as infer.py routes a folder: in calls of batch_size, the later
+        experts on images gathered across the calls."""
+        calls = ((images[i:i + batch_size], None) for i in range(0, len(images), batch_size))
+        return [logits for _, logits, _ in self.stream(calls, batch_size)]
+
     def _targets(self, k: int, out: torch.Tensor) -> torch.Tensor:
         """For expert k's outputs: k where its answer stands, else the expert each image goes to next."""
         last = len(self.experts) - 1

@@ -8,7 +8,7 @@ from PIL import Image
 from torchvision import datasets
 
 from distill import UserError
-from distill.data import balanced_subset, load_dataset, make_split, read_image
+from distill.data import balanced_subset, interleave_classes, load_dataset, make_split, read_image
 from conftest import SHARED_ARCHIVE, make_image_folder, write_cifar
 
 
@@ -105,6 +105,14 @@ def test_subset_is_the_first_images_class_balanced():
     assert torch.bincount(labels[chosen]).tolist() == [4, 4, 4]
     assert chosen.tolist()[:4] == [0, 1, 2, 3]  # each class's first images, in order
     assert torch.bincount(labels[balanced_subset(labels, 30)]).tolist() == [13, 12, 5]
+
+
+def test_interleaved_classes_put_every_class_in_every_slice():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 5)  # stored class by class, as an image folder is
+    order = interleave_classes(labels)
+    assert sorted(order.tolist()) == list(range(len(labels)))
+    assert labels[order[:6]].tolist() == [0, 1, 2, 0, 1, 2] and order[:3].tolist() == [0, 50, 80]
+    assert torch.bincount(labels[order[15:21]]).tolist() == [3, 3]  # class 2 used up: the others alternate
 
 
 def test_split_is_disjoint_balanced_and_fixed_by_seed():

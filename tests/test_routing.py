@@ -121,6 +121,8 @@ def test_a_stream_answers_as_batch_by_batch_routing_with_later_experts_on_gather
         assert sum(map(len, mine.seen)) == sum(map(len, theirs.seen))
         assert all(len(x) >= 4 for x in mine.seen[:-1]) and len(mine.seen) <= len(theirs.seen)
     assert len(streamed.experts[1].seen) < len(one_by_one.experts[1].seen)
+    everything = torch.cat(batches)  # a folder in calls of 4: the answers of routing it all at once
+    assert torch.equal(torch.cat(Router(experts(), mode, **kwargs).folder(everything, 4)), one_by_one(everything)[0])
 
 
 def test_the_cheapest_point_that_reaches_the_target_is_chosen():

@@ -1,0 +1,111 @@
+"""evaluate.py's report of one trained system on the test split: every model and both routing modes scored and
+timed in turns on this device, compression, figures."""
+import os
+
+import torch
+
+from .checkpoint import run_dir
+from .cli import checkpoint_path
+from .data import balanced_subset, interleave_classes, load_dataset
+from .engine import predict_logits
+from .loaders import Loader
+from .metrics import per_class_accuracy, time_in_turns
+from .plots import report_figures
+from .report import markdown, measured_time, write_report
+from .routing import (MODES, Expert, cascade_sweep, confidences, cost_vector, expert_correctness, expert_outputs,
+                      load_experts, load_selector, router_for, routing_report, selector_inputs, selector_sweep,
+                      teacher_of)
+from .runtime import device_name, inference_model, precision_name
+
+
+def gather_models(experts: list, device, teacher: str | None = None) -> dict:
+    """name -> Expert: the teacher, the experts, and each student's no-KD twin where it exists."""
+    models, asked = {}, teacher
+    teacher = teacher or (all(e.state.get('teacher') for e in experts) and teacher_of(experts))
+    if teacher and not asked and not os.path.isfile(checkpoint_path(teacher)):
+        print(f"note: the experts' teacher '{teacher}' is not here, so the report leaves it out; pass --teacher to "
+              f"compare with it")
+        teacher = None
+    if teacher:
+        models['teacher'] = Expert(checkpoint_path(teacher), device, experts[0].reference())
+    for e in experts:
+        models[e.name] = e
+        twin = os.path.join(run_dir(os.path.dirname(os.path.dirname(e.path)), e.state['arch'], False), 'best.pt')
+        if e.state.get('alpha') and os.path.exists(twin):
+            models[f'{e.name} (no KD)'] = Expert(twin, device, experts[0].reference())
+    return models
+
+
+def time_folder(models: dict, routers: dict, images: torch.Tensor, size: int, amp=None) -> dict:
+    """time_in_turns on images in calls of `size`: each model, and each router with its later experts on
+    batches gathered across the calls, as infer.py routes a folder."""
+    fns = {name: (lambda x, model=model: [model(x[i:i + size]) for i in range(0, len(x), size)])
+           for name, model in models.items()}
+    fns.update({name: (lambda x, router=router: router.folder(x, size)) for name, router in routers.items()})
+    return time_in_turns(fns, images, amp, rounds=3, latency=False, warmup=1)
+
+
+def evaluate_system(selector_path: str, name: str, device, amp=None, *, teacher=None, data_dir=None, test_subset=None,
+                    batch_size=256, folder_images=2048, results_dir='results', images_dir=None) -> dict:
+    """One selector and its experts on the test split: results_dir/<name>.json and .md, and the figures
+    (in (images_dir or results_dir)/<name>/). teacher, data_dir, test_subset: as stored, unless given."""
+    state = load_selector(selector_path)
+    experts = load_experts([e['path'] for e in state['experts']], device)
+    models = gather_models(experts, device, teacher)
+    config, routing = state['config'], state['routing']
+    test = load_dataset(config['dataset'], data_dir or config['data_dir'], False, state['image_size'],
+                        config.get('data_cache'))
+    test = test.select(balanced_subset(test.labels, test_subset or config.get('test_subset'))).to(device)
+    loader = Loader(test, torch.arange(len(test)), batch_size, state['mean'], state['std'], device)
+    expert_logits, labels = expert_outputs(experts, loader, device, amp)
+    logits = {e.name: out for e, out in zip(experts, expert_logits)}
+    logits.update({n: predict_logits(m.model, loader, amp)[0] for n, m in models.items() if n not in logits})
+    selector = inference_model(state, selector_path, device)
+    with torch.inference_mode():
+        scores = selector(selector_inputs(expert_logits[0])).float()
+
+    # timed on images of every class, round-robin: a test split stored class by class would time one class's mix
+    timing = interleave_classes(test.labels)[:max(batch_size, folder_images)].to(device)
+    sample = loader.make_batch(timing[:batch_size])
+    cost = 'stored' if routing['cost'] == 'macs' else 'measure'  # timed here, whatever selectorTrain ran on
+    routers = {f'routed ({mode})': router_for(state, experts, selector, mode=mode, cost='stored' if mode == 'cascade'
+                                              else cost, amp=amp) for mode in MODES}
+    speed = time_in_turns({**models, **routers}, sample, amp)
+    folder_speed = (time_folder(models, routers, loader.make_batch(timing[:folder_images]), batch_size, amp)
+                    if folder_images > 0 else {})
+    for e in experts:  # this device's timings, not the stored ones
+        e.cost = {'macs': e.macs, **speed[e.name]}
+    costs = {kind: cost_vector([e.cost for e in experts], kind) for kind in ('time', 'macs')}
+    selector_cost = {'time': 0.0, 'macs': state['selector_macs']}
+    best_on_val = max(range(len(experts)), key=lambda i: experts[i].state['best_val_acc'])
+    report = routing_report(expert_logits, labels, scores, costs, selector_cost, routing, config['seed'], best_on_val)
+    correct = expert_correctness(expert_logits, labels).cpu()
+    sweeps = {'cascade': cascade_sweep(confidences(expert_logits).cpu(), correct, costs['time']),
+              'selector': selector_sweep(scores.cpu(), correct, costs['time'])}
+
+    rows = {n: {'accuracy': float((out.argmax(1) == labels).float().mean()), 'time': speed[n]['seconds_per_image'],
+                'macs': models[n].macs} for n, out in logits.items()}
+    rows.update({k: v for k, v in report['rows'].items() if not k.startswith('expert:')})
+    predictions = {n: out.argmax(1).cpu() for n, out in logits.items()}
+    predictions['routed'] = torch.stack([predictions[e.name] for e in experts], 1).gather(
+        1, report['choice'][:, None]).squeeze(1)
+    result = {'name': name, 'selector': selector_path, 'seed': config['seed'], 'dataset': config['dataset'],
+              'test_images': len(test), 'device': device_name(device), 'batch_size': len(sample),
+              'precision': precision_name(amp), 'mode': routing['mode'], 'routing': routing, 'rows': rows,
+              'accuracy': {n: (r['accuracy'], r['macs']) for n, r in rows.items()},
+              'speed': speed, 'folder_speed': folder_speed, 'best_single': experts[best_on_val].name,
+              'compression': {n: {'params': m.params, 'size_mb': m.weights_mb, 'macs': m.macs}
+                              for n, m in models.items()},
+              'share': {mode: dict(zip([e.name for e in experts], s)) for mode, s in report['share'].items()},
+              'sweeps': sweeps, 'classes': test.classes, 'gap_closed': report['gap_closed'],
+              'per_class': {n: per_class_accuracy(p, test.labels.cpu(), len(test.classes))
+                            for n, p in predictions.items()}}
+    write_report(results_dir, name, result, markdown(result))
+    figures_dir = os.path.join(images_dir or results_dir, name)
+    runs = {n: os.path.join(os.path.dirname(m.path), 'metrics.csv') for n, m in models.items()}
+    runs['selector'] = os.path.join(os.path.dirname(selector_path), 'metrics.csv')
+    report_figures(figures_dir, runs, predictions, result['per_class'], test.labels.cpu(), test.classes,
+                   [e.name for e in experts], report['choice'], sweeps,
+                   {n: {**row, 'time': measured_time(result, n)} for n, row in rows.items()})
+    print(f'wrote {results_dir}/{name}.json, .md and figures in {figures_dir}/')
+    return result
