@@ -24,9 +24,10 @@ def parse_args(argv=None):
     p.add_argument('--test-subset', type=int, help='the first N test images, class-balanced (default: as the '
                                                    'selector was tested)')
     p.add_argument('--batch-size', type=int, default=256, help='batch for scoring and for timing')
-    p.add_argument('--folder-images', type=int, default=2048,
-                   help='also time the first N test images as infer.py runs a folder: in calls of the batch, '
-                        "each routing mode's later experts on batches gathered across calls (0: skip)")
+    p.add_argument('--timing-images', type=int, default=2048,
+                   help='every model and routing mode is timed on N test images, every class in turn, in calls of '
+                        'the batch; each routing mode also as infer.py routes a folder, the later experts on images '
+                        'gathered across calls')
     add_device_arguments(p)
     p.add_argument('--name', default='report', help='the report is written as RESULTS_DIR/<name>.json and .md')
     p.add_argument('--results-dir', default='results', help='where the report goes')
@@ -44,7 +45,7 @@ def main(argv=None):
     for folder in (args.results_dir, args.images_dir or args.results_dir):
         check_writable(os.path.join(folder, 'report'))  # before minutes of evaluation, not after
     options = dict(teacher=args.teacher, data_dir=args.data_dir, test_subset=args.test_subset,
-                   batch_size=args.batch_size, folder_images=args.folder_images, results_dir=args.results_dir,
+                   batch_size=args.batch_size, timing_images=args.timing_images, results_dir=args.results_dir,
                    images_dir=args.images_dir)
     if len(args.selector) == 1:
         return evaluate_system(args.selector[0], args.name, device, amp, **options)

@@ -32,7 +32,7 @@ from distill.data import ImageSet, interleave_classes, load_dataset  # noqa: E40
 from distill.loaders import Loader, normalise  # noqa: E402
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch  # noqa: E402
 from distill.losses import classification_step, distillation_step  # noqa: E402
-from distill.metrics import count_macs, time_in_turns  # noqa: E402
+from distill.metrics import count_macs, in_calls, time_in_turns  # noqa: E402
 from distill.routing import MODES, Expert, load_experts, load_selector, router_for, teacher_of  # noqa: E402
 from distill.runtime import (amp_dtype, autocast, configure, device_name, fast_inference,  # noqa: E402
                              fuse_for_inference, inference_model, place, precision_name, resolve_device, synchronize)
@@ -237,7 +237,8 @@ def inference_figures(results, routing, device, amp, compile_model, variants=Tru
     for mode, router in routers.items():
         fns[f'routed_{mode}.img_s'] = router
         results[f'infer.routed_{mode}.share'] = torch.bincount(router(images)[1], minlength=len(experts)).tolist()
-    small = time_in_turns(fns, images[:256], amp)  # where a GPU is launch-bound
+    # where a GPU is launch-bound; over several calls, since one batch is a sample of the routing mix
+    small = time_in_turns({key: in_calls(fn, 256) for key, fn in fns.items()}, images[:2048], amp)
     results.update({f'infer.b256.{key}': rate['images_per_s'] for key, rate in small.items()})
     results.update({f"infer.latency_ms.{key.removesuffix('img_s').rstrip('._')}": rate['latency_ms']
                     for key, rate in small.items()})

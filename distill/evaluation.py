@@ -9,7 +9,7 @@ from .cli import checkpoint_path
 from .data import balanced_subset, interleave_classes, load_dataset
 from .engine import predict_logits
 from .loaders import Loader
-from .metrics import per_class_accuracy, time_in_turns
+from .metrics import in_calls, per_class_accuracy, time_in_turns
 from .plots import report_figures
 from .report import markdown, measured_time, write_report
 from .routing import (MODES, Expert, cascade_sweep, confidences, cost_vector, expert_correctness, expert_outputs,
@@ -36,17 +36,8 @@ def gather_models(experts: list, device, teacher: str | None = None) -> dict:
     return models
 
 
-def time_folder(models: dict, routers: dict, images: torch.Tensor, size: int, amp=None) -> dict:
-    """time_in_turns on images in calls of `size`: each model, and each router with its later experts on
-    batches gathered across the calls, as infer.py routes a folder."""
-    fns = {name: (lambda x, model=model: [model(x[i:i + size]) for i in range(0, len(x), size)])
-           for name, model in models.items()}
-    fns.update({name: (lambda x, router=router: router.folder(x, size)) for name, router in routers.items()})
-    return time_in_turns(fns, images, amp, rounds=3, latency=False, warmup=1)
-
-
 def evaluate_system(selector_path: str, name: str, device, amp=None, *, teacher=None, data_dir=None, test_subset=None,
-                    batch_size=256, folder_images=2048, results_dir='results', images_dir=None) -> dict:
+                    batch_size=256, timing_images=2048, results_dir='results', images_dir=None) -> dict:
     """One selector and its experts on the test split: results_dir/<name>.json and .md, and the figures
     (in (images_dir or results_dir)/<name>/). teacher, data_dir, test_subset: as stored, unless given."""
     state = load_selector(selector_path)
@@ -64,15 +55,16 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, teacher=
     with torch.inference_mode():
         scores = selector(selector_inputs(expert_logits[0])).float()
 
-    # timed on images of every class, round-robin: a test split stored class by class would time one class's mix
-    timing = interleave_classes(test.labels)[:max(batch_size, folder_images)].to(device)
-    sample = loader.make_batch(timing[:batch_size])
+    # timed on many batches of every class in turn: one batch is a sample of the routing mix, and a test split
+    # stored class by class would time one class's mix
+    timing = loader.make_batch(interleave_classes(test.labels)[:max(batch_size, timing_images)].to(device))
     cost = 'stored' if routing['cost'] == 'macs' else 'measure'  # timed here, whatever selectorTrain ran on
     routers = {f'routed ({mode})': router_for(state, experts, selector, mode=mode, cost='stored' if mode == 'cascade'
                                               else cost, amp=amp) for mode in MODES}
-    speed = time_in_turns({**models, **routers}, sample, amp)
-    folder_speed = (time_folder(models, routers, loader.make_batch(timing[:folder_images]), batch_size, amp)
-                    if folder_images > 0 else {})
+    fns = {name: in_calls(fn, batch_size) for name, fn in {**models, **routers}.items()}
+    fns.update({f'{name}, gathered': (lambda x, router=router: router.folder(x, batch_size))
+                for name, router in routers.items()})  # as infer.py routes a folder
+    speed = time_in_turns(fns, timing, amp, rounds=3, warmup=1)
     for e in experts:  # this device's timings, not the stored ones
         e.cost = {'macs': e.macs, **speed[e.name]}
     costs = {kind: cost_vector([e.cost for e in experts], kind) for kind in ('time', 'macs')}
@@ -90,10 +82,11 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, teacher=
     predictions['routed'] = torch.stack([predictions[e.name] for e in experts], 1).gather(
         1, report['choice'][:, None]).squeeze(1)
     result = {'name': name, 'selector': selector_path, 'seed': config['seed'], 'dataset': config['dataset'],
-              'test_images': len(test), 'device': device_name(device), 'batch_size': len(sample),
+              'test_images': len(test), 'device': device_name(device), 'batch_size': min(batch_size, len(test)),
+              'timing_images': len(timing),
               'precision': precision_name(amp), 'mode': routing['mode'], 'routing': routing, 'rows': rows,
               'accuracy': {n: (r['accuracy'], r['macs']) for n, r in rows.items()},
-              'speed': speed, 'folder_speed': folder_speed, 'best_single': experts[best_on_val].name,
+              'speed': speed, 'best_single': experts[best_on_val].name,
               'compression': {n: {'params': m.params, 'size_mb': m.weights_mb, 'macs': m.macs}
                               for n, m in models.items()},
               'share': {mode: dict(zip([e.name for e in experts], s)) for mode, s in report['share'].items()},

@@ -21,8 +21,9 @@ def markdown(result: dict) -> str:
     best = measured_time(result, 'best single')
     lines = [f"# {result['name']}", '',
              f"Test split: {result['test_images']} images of `{result['dataset']}`. Timed on {result['device']}, "
-             f"batch {result['batch_size']}, {result.get('precision', 'float32')}; every model and routing mode "
-             f"in turns, best of 5 rounds. Default routing mode (chosen on val): {result['mode']}.", '',
+             f"{result['timing_images']} test images, the classes in turn, in calls of "
+             f"{result['batch_size']}, {result.get('precision', 'float32')}; every model and routing mode in turns, "
+             f"best of 3 rounds. Default routing mode (chosen on val): {result['mode']}.", '',
              '| model or routing | test accuracy | ms / image | time vs teacher | time vs best single | MMACs / image |',
              '|---|---|---|---|---|---|']
     for name, row in rows.items():
@@ -42,7 +43,7 @@ def markdown(result: dict) -> str:
         speed = result['speed'][name]
         lines.append(f"| {name} | {row['params'] / 1e6:.2f} | {row['size_mb']:.1f} | {row['macs'] / 1e6:.1f} | "
                      f"{speed['latency_ms']:.2f} | {speed['images_per_s']:.0f} |")
-    lines += folder_markdown(result)
+    lines += gathered_markdown(result)
     routing = result['routing']
     lines += ['', '## Operating points on test (chosen on val)', '',
               f"Cascade thresholds {routing['thresholds']}; selector cost weight {routing['cost_weight']:g} "
@@ -54,21 +55,20 @@ def markdown(result: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def folder_markdown(result: dict) -> list:
-    """The section on routing a folder as infer.py does, where evaluate.py timed it."""
-    speed = result.get('folder_speed')
-    if not speed:
+def gathered_markdown(result: dict) -> list:
+    """Each routing mode per call and as infer.py routes a folder, where evaluate.py timed both."""
+    speed = result['speed']
+    modes = [name.removesuffix(', gathered') for name in speed if name.endswith(', gathered')]
+    if not modes:
         return []
-    first = next(iter(speed.values()))
     teacher, best = speed.get('teacher'), speed[result['best_single']]
-    lines = ['', '## A folder, as infer.py routes it', '',
-             f"The first {first['batch_size']} test images in calls of {result['batch_size']}; each routing mode runs "
-             f"its later experts once a full batch has been passed on to them, gathered across calls. In turns, "
-             f"best of 3 rounds.", '',
-             f"| model or routing | ms / image | time vs teacher | time vs best single ({result['best_single']}) |",
+    lines = ['', '## Routing a folder, as infer.py does', '',
+             "Each call's images routed on their own, or each later expert run once a full batch has been passed on "
+             "to it, gathered across calls (infer.py); timed with the table above.", '',
+             f"| routing | ms / image | time vs teacher | time vs best single ({result['best_single']}) |",
              '|---|---|---|---|']
-    for name, row in speed.items():
-        t = row['seconds_per_image']
+    for name in [n for mode in modes for n in (mode, f'{mode}, gathered')]:
+        t = speed[name]['seconds_per_image']
         vs_teacher = f"{t / teacher['seconds_per_image']:.2f}x" if teacher else '—'
         lines.append(f"| {name} | {1000 * t:.3f} | {vs_teacher} | {t / best['seconds_per_image']:.2f}x |")
     return lines

@@ -22,9 +22,9 @@ def test_evaluate_writes_the_report_and_every_figure(tiny_runs):
     weights = report['sweeps']['selector']
     assert weights[-1][2] <= weights[0][2]  # a higher cost weight never costs more
     assert '| routed (' in (work / 'results' / 'quick.md').read_text()
-    folder = report['folder_speed']  # the whole (tiny) test split as infer.py runs a folder, both modes streamed
-    assert {'teacher', 'googlenet', 'densenet121', 'routed (cascade)', 'routed (selector)'} <= set(folder)
-    assert all(row['batch_size'] == report['test_images'] for row in folder.values())
+    speed = report['speed']  # every model and mode timed on the whole (tiny) test split; each mode also gathered
+    assert {'routed (cascade), gathered', 'routed (selector), gathered'} <= set(speed)
+    assert all(row['batch_size'] == report['test_images'] for row in speed.values())
     assert f"time vs best single ({report['best_single']})" in (work / 'results' / 'quick.md').read_text()
     figures = work / 'results' / 'quick'  # beside the report, not in the tracked images/ folder
     assert {p.name for p in figures.iterdir()} == FIGURES
