@@ -54,12 +54,12 @@ def share_per_class(choice: torch.Tensor, labels: torch.Tensor, num_choices: int
     return (counts / counts.sum(1, keepdim=True).clamp(min=1)).T.tolist()
 
 
-@torch.inference_mode()
 def in_calls(fn, size: int):
     """fn on images in calls of `size`, as a script runs a folder batch by batch."""
     return lambda images: [fn(images[i:i + size]) for i in range(0, len(images), size)]
 
 
+@torch.inference_mode()
 def time_in_turns(fns: dict, images: torch.Tensor, amp=None, rounds: int = 5, latency: bool = True,
                   warmup: int = 2) -> dict:
     """name -> seconds per image at this batch, images/s and (with latency) milliseconds for one image alone,

@@ -5,23 +5,31 @@ import time
 import pytest
 import torch
 
-from distill.metrics import time_in_turns
+from distill.metrics import in_calls, time_in_turns
 
 
 def test_functions_are_timed_in_turns_and_a_slower_one_measures_slower():
-    calls = []
+    calls, inference = [], []
 
     def make(name, pause):
         def fn(x):
             calls.append(name)
+            inference.append(torch.is_inference_mode_enabled())  # no autograd graph kept alive by what fn returns
             time.sleep(pause)
         return fn
     images = torch.zeros(4, 3, 2, 2)
     timed = time_in_turns({'fast': make('fast', 0.0), 'slow': make('slow', 0.01)}, images, rounds=3, latency=False)
     assert calls == ['fast', 'fast', 'slow', 'slow'] + ['fast', 'slow'] * 3  # two warm-ups each, then turns
+    assert all(inference)
     assert timed['slow']['seconds_per_image'] > timed['fast']['seconds_per_image']
     assert timed['slow']['images_per_s'] * timed['slow']['seconds_per_image'] == pytest.approx(1.0)
     assert timed['fast']['batch_size'] == 4 and math.isnan(timed['fast']['latency_ms'])
     with_latency = time_in_turns({'slow': make('slow', 0.01)}, images, rounds=1)
     assert with_latency['slow']['latency_ms'] >= 10
 
+
+
+def test_in_calls_runs_a_function_on_consecutive_slices():
+    sizes = []
+    outputs = in_calls(lambda x: sizes.append(len(x)) or x.sum(), 4)(torch.ones(10, 3))
+    assert sizes == [4, 4, 2] and [int(o) for o in outputs] == [12, 12, 6]
