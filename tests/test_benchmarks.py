@@ -143,3 +143,5 @@ def test_run_reports_every_routing_mode_against_every_model_at_both_batches(tiny
             stream / results['infer.b256.densenet121.img_s'])
     assert ('infer.googlenet.nchw_speedup' in results) == variants
     assert not any('eager' in key for key in results)  # no CUDA graphs on a CPU, so nothing to compare them with
+    assert results['infer.b256.teacher.chunk_speedup'] == pytest.approx(  # cache-sized calls against one call
+        results['infer.b256.teacher.img_s'] / results['infer.b256.teacher.whole_batch_img_s'])

@@ -49,9 +49,18 @@ def test_few_graphs_cover_every_batch_that_is_graphed():
     assert len({runtime.bucket_size(n) for n in range(1, runtime.CudaGraphs.max_batch + 1)}) <= 40
 
 
-def test_inference_off_the_gpu_runs_the_function_itself():
-    fn = lambda x: x + 1  # noqa: E731
-    assert runtime.fast_inference(fn, CPU) is fn
+def test_inference_on_a_cpu_runs_large_batches_of_large_images_in_parts():
+    sizes = []
+
+    def fn(x):
+        sizes.append(len(x))
+        return x.flatten(1).sum(1, keepdim=True)
+    chunked = runtime.fast_inference(fn, CPU)
+    images = torch.randn(200, 3, 32, 32)
+    assert torch.allclose(chunked(images), fn(images)) and sizes[:-1] == [64, 64, 64, 8]  # in order, as one call
+    sizes.clear()
+    chunked(torch.randn(200, 3, 16, 16)), chunked(torch.randn(300, 10))  # 4x fewer pixels each; not images
+    assert sizes == [200, 300]
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA graphs need a GPU (gpu_check.sh runs this)')
