@@ -21,6 +21,8 @@ from distill.engine import predict_logits  # noqa: E402
 from distill.routing import Expert, load_experts, load_selector, teacher_of  # noqa: E402
 from distill.runtime import amp_dtype, resolve_device  # noqa: E402
 
+RESUME_ONLY = ('optimizer', 'scheduler', 'scaler', 'history', 'rng')  # in last.pt, for --resume
+
 
 @main_guard
 def main():
@@ -51,8 +53,9 @@ def main():
                         os.path.join(args.out, f'{name}-logits.pt'))
         weights = {k: v.bfloat16() if v.is_floating_point() else v for k, v in model.state['model'].items()}
         size_mb = sum(v.numel() * v.element_size() for v in weights.values()) / 2 ** 20
-        if size_mb <= args.max_mb:
-            save_checkpoint({**model.state, 'model': weights}, os.path.join(args.out, f'{name}-bf16.pt'))
+        if size_mb <= args.max_mb:  # what inference needs: a best.pt made from a last.pt also holds the optimiser
+            inference = {k: v for k, v in model.state.items() if k not in RESUME_ONLY}
+            save_checkpoint({**inference, 'model': weights}, os.path.join(args.out, f'{name}-bf16.pt'))
         print(f"{name}: logits on {', '.join(f'{k} {len(v[1])}' for k, v in outputs.items())}"
               + ('' if size_mb <= args.max_mb else f'; weights {size_mb:.0f} MB > --max-mb, not written'))
 

@@ -2,6 +2,7 @@
 (route_from_logits.py), and the oracle's headroom between two runs of one recipe (headroom.py)."""
 import json
 import runpy
+import shutil
 import sys
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from conftest import ROOT
 from distill.checkpoint import save_checkpoint
+from distill.routing import Expert
 
 SCRIPT = ROOT / 'benchmarks' / 'route_from_logits.py'
 
@@ -119,6 +121,22 @@ def test_exported_logits_feed_route_from_logits(tiny_runs, tmp_path, monkeypatch
         monkeypatch=monkeypatch)
     out = capsys.readouterr().out
     assert '| googlenet → densenet121 |' in out and '| googlenet → teacher |' in out
+
+
+def test_exported_weights_hold_what_inference_needs_in_bf16(tiny_runs, tmp_path, monkeypatch):
+    work, _ = tiny_runs
+    copy = tmp_path / 'copy'
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns('results'))
+    teacher = copy / 'checkpoints' / 'teacher'
+    shutil.copy(teacher / 'last.pt', teacher / 'best.pt')  # a best.pt made from a last.pt: optimiser and all
+    monkeypatch.chdir(copy)
+    run(ROOT / 'benchmarks' / 'export_logits.py', '--selector', 'checkpoints/selector', '--out', tmp_path / 'logits',
+        '--device', 'cpu', '--max-mb', '64', monkeypatch=monkeypatch)
+    exported = torch.load(tmp_path / 'logits' / 'teacher-bf16.pt', weights_only=True)
+    assert 'optimizer' in torch.load(teacher / 'best.pt', weights_only=True)
+    assert not {'optimizer', 'scheduler', 'rng', 'history'} & set(exported)
+    assert {v.dtype for v in exported['model'].values() if v.is_floating_point()} == {torch.bfloat16}
+    assert Expert(str(tmp_path / 'logits' / 'teacher-bf16.pt'), 'cpu').state['arch'] == 'resnet50'
 
 
 @pytest.mark.parametrize('parts, variants', [('routed', False), ('infer', True)])
