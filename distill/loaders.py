@@ -83,14 +83,14 @@ class Loader:
         return self.normalise(images)
 
     def __iter__(self):
-        augmentation = self.epoch_augmentation() if self.train else None
-        for idx in self.batch_indices():
-            yield self.make_batch(idx, augmentation), self.labels[idx], idx
+        return self._batches(self.epoch_augmentation() if self.train else None)
 
     def augmented(self, view: int):
         """The batches once more, in order, each image cropped and flipped as epoch `view` would crop and
         flip it: more examples of how the models behave on images none of them was trained on."""
-        augmentation = self.epoch_augmentation(view)
+        return self._batches(self.epoch_augmentation(view))
+
+    def _batches(self, augmentation):
         for idx in self.batch_indices():
             yield self.make_batch(idx, augmentation), self.labels[idx], idx
 
