@@ -62,8 +62,8 @@ python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() or sys.arg
 stage pipeline python pipeline.py --preset "$preset" --no-baselines --data-dir "$archive" --root "$root" \
     --results "$out" --device "$device" || exit 1
 log "chain without the twins: $SECONDS s wall"
-if python -c 'import pytest' 2>/dev/null; then  # CUDA graphs give eager's outputs (skipped on a CPU)
-    optional 40 graphs-test python -m pytest -q tests/test_runtime.py
+if python -c 'import pytest' 2>/dev/null; then  # the tests of CUDA paths, CUDA graphs among them (skipped on a CPU)
+    optional 90 cuda-tests python -m pytest -q -m cuda tests
 fi
 optional 30 export-logits python benchmarks/export_logits.py --selector "$root/selector" --out "$out/logits" \
     --device "$device"

@@ -232,8 +232,8 @@ def interleave_classes(labels: torch.Tensor) -> torch.Tensor:
     rank = torch.empty_like(labels)
     for cls in labels.unique():
         members = (labels == cls).nonzero().squeeze(1)
-        rank[members] = torch.arange(len(members))
-    return torch.argsort(rank * len(labels) + torch.arange(len(labels)))
+        rank[members] = torch.arange(len(members), device=labels.device)
+    return torch.argsort(rank * len(labels) + torch.arange(len(labels), device=labels.device))
 
 
 def balanced_subset(labels: torch.Tensor, n: int | None) -> torch.Tensor:

@@ -14,6 +14,14 @@ SHARED_ARCHIVE = ROOT.parent / 'shared' / 'data' / 'cifar10-jpeg.tar.gz'
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# Tests of the CUDA paths: skipped without a GPU; benchmarks/gpu_check.sh runs them (`pytest -m cuda`).
+def needs_cuda(test):
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')(test))
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'cuda: a test of a CUDA path, run on a GPU by benchmarks/gpu_check.sh')
+
 
 def make_image_folder(root: Path, classes=('cat', 'dog', 'ship'), train_per_class=12, test_per_class=4, size=8):
     """train/<class>/*.png and test/<class>/*.png; each class has its own mean colour so models can learn it."""

@@ -9,7 +9,7 @@ from torchvision import datasets
 
 from distill import UserError
 from distill.data import balanced_subset, interleave_classes, load_dataset, make_split, read_image
-from conftest import SHARED_ARCHIVE, make_image_folder, write_cifar
+from conftest import SHARED_ARCHIVE, make_image_folder, needs_cuda, write_cifar
 
 
 def _md5_lists(base, files):
@@ -113,6 +113,12 @@ def test_interleaved_classes_put_every_class_in_every_slice():
     assert sorted(order.tolist()) == list(range(len(labels)))
     assert labels[order[:6]].tolist() == [0, 1, 2, 0, 1, 2] and order[:3].tolist() == [0, 50, 80]
     assert torch.bincount(labels[order[15:21]]).tolist() == [3, 3]  # class 2 used up: the others alternate
+
+
+@needs_cuda
+def test_interleaving_labels_held_on_the_gpu_gives_the_same_order():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 5)
+    assert torch.equal(interleave_classes(labels.cuda()).cpu(), interleave_classes(labels))
 
 
 def test_split_is_disjoint_balanced_and_fixed_by_seed():

@@ -2,7 +2,7 @@
 import json
 import shutil
 
-from conftest import ROOT, run_script
+from conftest import ROOT, needs_cuda, run_script
 
 
 FIGURES = {'training_curves.png', 'confusion.png', 'per_class_accuracy.png', 'routing_share.png',
@@ -53,3 +53,15 @@ def test_students_moved_without_their_teacher_are_evaluated_without_it(tiny_runs
     assert "note: the experts' teacher 'checkpoints/teacher/best.pt' is not here" in result.stdout
     report = json.loads((moved / 'results' / 'moved.json').read_text())
     assert 'teacher' not in report['accuracy'] and {'densenet121', 'googlenet', 'routed'} <= set(report['accuracy'])
+
+
+@needs_cuda
+def test_evaluate_on_the_gpu_scores_what_the_cpu_scored(tiny_runs):
+    work, folder = tiny_runs
+    for device in ('cpu', 'cuda'):
+        run_script(ROOT / 'evaluate.py', '--selector', 'checkpoints/selector', '--data-dir', folder,
+                   '--name', f'on-{device}', '--device', device, cwd=work)
+    cpu, cuda = (json.loads((work / 'results' / f'on-{device}.json').read_text()) for device in ('cpu', 'cuda'))
+    assert cuda['device'] != cpu['device'] and set(cuda['speed']) == set(cpu['speed'])
+    one_image = 1 / cpu['test_images']  # bf16 on the GPU may flip an image that float32 on the CPU scored
+    assert all(abs(cuda['accuracy'][name][0] - cpu['accuracy'][name][0]) <= one_image + 1e-6 for name in cpu['accuracy'])

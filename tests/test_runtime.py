@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import distill.runtime as runtime
+from conftest import needs_cuda
 from distill import UserError
 from models import STUDENTS, TEACHER, build_model
 
@@ -61,9 +62,6 @@ def test_inference_on_a_cpu_runs_large_batches_of_large_images_in_parts():
     sizes.clear()
     chunked(torch.randn(200, 3, 16, 16)), chunked(torch.randn(300, 10))  # 4x fewer pixels each; not images
     assert sizes == [200, 300]
-
-
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA graphs need a GPU (gpu_check.sh runs this)')
 
 
 @needs_cuda
