@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The one GPU check: the fast preset end to end, CUDA graphs checked against eager, the experts' logits for
-# routing work on a CPU, routing with and without the teacher as fallback, the no-KD twins, then the training
-# benchmark; every result written to files.
+# The one GPU check: the fast preset end to end, the experts' logits for routing work on a CPU, routing with
+# and without the teacher as fallback, the tests of CUDA paths, the no-KD twins, then the training benchmark;
+# every result written to files.
 #
 #   bash benchmarks/gpu_check.sh ARCHIVE [OUT] [BUDGET_S]            # one H100: the routing within 10 minutes, then the twins
 #   bash benchmarks/gpu_check.sh --dry-run ARCHIVE [OUT] [BUDGET_S]  # the same steps at tiny size on a CPU, 8 minutes
@@ -62,9 +62,6 @@ python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() or sys.arg
 stage pipeline python pipeline.py --preset "$preset" --no-baselines --data-dir "$archive" --root "$root" \
     --results "$out" --device "$device" || exit 1
 log "chain without the twins: $SECONDS s wall"
-if python -c 'import pytest' 2>/dev/null; then  # the tests of CUDA paths, CUDA graphs among them (skipped on a CPU)
-    optional 90 cuda-tests python -m pytest -q -m cuda tests
-fi
 optional 30 export-logits python benchmarks/export_logits.py --selector "$root/selector" --out "$out/logits" \
     --device "$device"
 # The teacher as the costly last resort: behind the cheapest student alone, and (last) behind both.
@@ -82,6 +79,10 @@ fallback() {  # fallback NAME EXPERTS...: a selector with the teacher as last ex
         --selector "$root/selector-$name" --device "$device" --out "$out/bench-routed-$name.json"
 }
 fallback cheapest-fallback "${students[-1]}"
+# The tests of CUDA paths (CUDA graphs against eager, evaluate.py against the CPU); skipped on a CPU.
+if python -c 'import pytest' 2>/dev/null; then
+    optional 90 cuda-tests python -m pytest -q -m cuda tests
+fi
 optional 130 bench-infer python benchmarks/run.py "${bench[@]}" --parts infer --selector "$root/selector" \
     --device "$device" --out "$out/bench-infer.json"
 optional 150 twins python pipeline.py --preset "$preset" --data-dir "$archive" --root "$root" --results "$out" \
