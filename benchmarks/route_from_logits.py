@@ -6,7 +6,8 @@ Reads OUT/<name>-logits.pt as benchmarks/export_logits.py writes them, and each 
 benchmarks/run.py measured it (infer.<name>.img_s). A cascade's cost per image is its mix of those measured
 costs, which is what a routed run costs where every model runs at the measured rate (a large batch on a GPU);
 benchmarks/run.py measures routed runs themselves. The threshold is chosen on val as selectorTrain.py
-chooses it (--val-margin), against the chain's last model; test is touched once per chain.
+chooses it (--val-margin), against the chain's last model; test is touched once per chain. A cascade trains
+nothing, so it may also be tuned on the route images, which no expert has seen (--tune-on route val).
 """
 import json
 import os
@@ -22,9 +23,10 @@ from distill.routing import (cascade_choice, cascade_cost, cascade_sweep, choose
                              expert_correctness, outcome, paired_margin)
 
 
-def load_part(logits: dict, names: list, part: str):
-    outputs = [logits[n][part].float() for n in names]
-    return confidences(outputs), expert_correctness(outputs, logits[names[0]]['labels'][part])
+def load_parts(logits: dict, names: list, parts: list):
+    outputs = [torch.cat([logits[n][part].float() for part in parts]) for n in names]
+    labels = torch.cat([logits[names[0]]['labels'][part] for part in parts])
+    return confidences(outputs), expert_correctness(outputs, labels)
 
 
 @main_guard
@@ -35,6 +37,8 @@ def main():
     p.add_argument('--chain', nargs='+', action='append', required=True,
                    help='models in the order the cascade runs them, cheapest first; repeat for several cascades')
     p.add_argument('--val-margin', type=float, default=1.645, help='as in selectorTrain.py')
+    p.add_argument('--tune-on', nargs='+', choices=('route', 'val'), default=['val'],
+                   help='the held-out images the threshold is chosen on')
     args = p.parse_args()
     try:
         with open(args.rates) as f:
@@ -51,18 +55,19 @@ def main():
                             f"'{name}' first")
         logits[name], rate[name] = load_checkpoint(path), rates[f'infer.{name}.img_s']
     print(f"costs: {', '.join(f'{n} {r:,.0f} img/s' for n, r in rate.items())} ({rates.get('device')}, "
-          f"{rates.get('precision')}); val margin {args.val_margin} standard errors\n")
-    print('| cascade | thresholds (val) | target on val | val accuracy | test accuracy | last model alone, test | '
+          f"{rates.get('precision')}); margin {args.val_margin} standard errors\n")
+    tuned = ' + '.join(args.tune_on)
+    print(f'| cascade | thresholds ({tuned}) | target on {tuned} | {tuned} accuracy | test accuracy | last model alone, test | '
           'time vs last model | time vs teacher | share per model |')
     print('|---|---|---|---|---|---|---|---|---|')
     for chain in args.chain:
         costs = torch.tensor([1 / rate[n] for n in chain], dtype=torch.float64)
-        conf, correct = load_part(logits, chain, 'val')
+        conf, correct = load_parts(logits, chain, args.tune_on)
         last = len(chain) - 1
         points = cascade_sweep(conf, correct, costs)
         margins = [paired_margin(cascade_choice(conf, t), correct, last, args.val_margin) for t, _, _ in points]
         (thresholds, val_acc, _), level = choose_point(points, correct[:, last].mean().item(), margins)
-        conf, correct = load_part(logits, chain, 'test')
+        conf, correct = load_parts(logits, chain, ['test'])
         choice = cascade_choice(conf, thresholds)
         test_acc, cost = outcome(choice, correct, cascade_cost(choice, costs))
         share = torch.bincount(choice, minlength=len(chain)).float() / len(choice)

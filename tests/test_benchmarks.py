@@ -47,6 +47,29 @@ def test_a_cascade_is_tuned_on_val_and_costed_from_the_measured_rates(tmp_path, 
     assert cells[6] == '0.75x' and cells[7] == '0.38x' and cells[8] == 'cheap 50%, big 50%'
 
 
+def test_a_cascade_tuned_on_route_and_val_sees_where_val_alone_misleads(tmp_path, monkeypatch, capsys):
+    # 'cheap' is 79% sure everywhere: right on every val image, wrong on half the route images. Val alone keeps
+    # every image at 'cheap'; route and val together pass everything on to 'big', right everywhere.
+    n, parts = 40, ('route', 'val', 'test')
+    labels = {p: torch.zeros(n, dtype=torch.long) for p in parts}
+    labels['route'][n // 2:] = 1
+    cheap = torch.tensor([2.0, 0, 0]).expand(n, 3)
+    _export(tmp_path, 'cheap', {p: cheap.half() for p in parts}, labels)
+    for name in ('big', 'teacher'):
+        _export(tmp_path, name, {p: 9 * torch.nn.functional.one_hot(labels[p], 3).half() for p in parts}, labels)
+    rates = tmp_path / 'rates.json'
+    rates.write_text(json.dumps({'infer.cheap.img_s': 400.0, 'infer.big.img_s': 100.0, 'infer.teacher.img_s': 50.0}))
+    shares = {}
+    for tune in (['val'], ['route', 'val']):
+        run(SCRIPT, tmp_path, '--rates', rates, '--chain', 'cheap', 'big', '--val-margin', '0', '--tune-on', *tune,
+            monkeypatch=monkeypatch)
+        out = capsys.readouterr().out
+        assert f"| thresholds ({' + '.join(tune)}) |" in out
+        row = next(line for line in out.splitlines() if line.startswith('| cheap → big'))
+        shares[tuple(tune)] = row.strip('|').split('|')[-1].strip()
+    assert shares == {('val',): 'cheap 100%, big 0%', ('route', 'val'): 'cheap 0%, big 100%'}
+
+
 def test_missing_or_unreadable_inputs_are_one_line(tmp_path, monkeypatch, capsys):
     rates = tmp_path / 'rates.json'
     rates.write_text('{}')
