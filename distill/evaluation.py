@@ -64,7 +64,8 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, teacher=
     fns = {name: in_calls(fn, batch_size) for name, fn in {**models, **routers}.items()}
     fns.update({f'{name}, gathered': (lambda x, router=router: router.folder(x, batch_size))
                 for name, router in routers.items()})  # as infer.py routes a folder
-    speed = time_in_turns(fns, timing, amp, rounds=3, warmup=1)
+    rounds = 3
+    speed = time_in_turns(fns, timing, amp, rounds=rounds, warmup=1)
     for e in experts:  # this device's timings, not the stored ones
         e.cost = {'macs': e.macs, **speed[e.name]}
     costs = {kind: cost_vector([e.cost for e in experts], kind) for kind in ('time', 'macs')}
@@ -83,7 +84,7 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, teacher=
         1, report['choice'][:, None]).squeeze(1)
     result = {'name': name, 'selector': selector_path, 'seed': config['seed'], 'dataset': config['dataset'],
               'test_images': len(test), 'device': device_name(device), 'batch_size': min(batch_size, len(test)),
-              'timing_images': len(timing),
+              'timing_images': len(timing), 'timing_rounds': rounds,
               'precision': precision_name(amp), 'mode': routing['mode'], 'routing': routing, 'rows': rows,
               'accuracy': {n: (r['accuracy'], r['macs']) for n, r in rows.items()},
               'speed': speed, 'best_single': experts[best_on_val].name,

@@ -23,7 +23,7 @@ def markdown(result: dict) -> str:
              f"Test split: {result['test_images']} images of `{result['dataset']}`. Timed on {result['device']}, "
              f"{result['timing_images']} test images, the classes in turn, in calls of "
              f"{result['batch_size']}, {result.get('precision', 'float32')}; every model and routing mode in turns, "
-             f"best of 3 rounds. Default routing mode (chosen on val): {result['mode']}.", '',
+             f"best of {result['timing_rounds']} rounds. Default routing mode (chosen on val): {result['mode']}.", '',
              '| model or routing | test accuracy | ms / image | time vs teacher | time vs best single | MMACs / image |',
              '|---|---|---|---|---|---|']
     for name, row in rows.items():
