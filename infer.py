@@ -49,6 +49,8 @@ def parse_args(argv=None):
         raise UserError('--teacher and --expert each pick the one model to run; pass only one')
     for t in args.threshold or []:
         check_range('threshold', t, 0, 1)
+    if args.cost_weight is not None:
+        check_range('cost_weight', args.cost_weight, low=0)
     args.selector = checkpoint_path(args.selector)
     return args
 

@@ -182,7 +182,8 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
                         f"test/<class>/ subfolders of images")
     unknown = sorted(set(found['test']) - set(classes))
     if unknown:
-        raise UserError(f"test classes {unknown} in '{path}' have no train/ folder; give every class training images")
+        raise UserError(f"test classes {unknown} in '{path}' have no training images; give every class images "
+                        f"under train/<class>/")
     splits = {}
     for split in SPLITS_IN_FOLDER:
         images = [img for cls in classes for img in found[split].get(cls, [])]

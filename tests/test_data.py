@@ -84,7 +84,7 @@ def test_tar_gz_matches_folder_and_is_cached(tmp_path):
 
 @pytest.mark.parametrize('problem, message', [
     ('missing', 'does not exist'), ('empty', 'no readable images'), ('corrupt', 'not a readable .tar.gz'),
-    ('text_only', 'no readable images')])
+    ('text_only', 'no readable images'), ('class_only_in_test', r"test classes \['b'\] .* have no training images")])
 def test_bad_folders_are_clear_errors(tmp_path, problem, message):
     path = tmp_path / 'data'
     if problem == 'empty':
@@ -95,6 +95,11 @@ def test_bad_folders_are_clear_errors(tmp_path, problem, message):
     elif problem == 'text_only':
         (path / 'train' / 'a').mkdir(parents=True)
         (path / 'train' / 'a' / 'x.txt').write_text('hello')
+    elif problem == 'class_only_in_test':
+        for split, cls in (('train', 'a'), ('test', 'a'), ('test', 'b')):
+            (path / split / cls).mkdir(parents=True)
+            Image.new('RGB', (4, 4)).save(path / split / cls / 'x.png')
+        (path / 'train' / 'b').mkdir()  # an empty folder is no training images
     with pytest.raises(UserError, match=message):
         load_dataset('folder', str(path), train=True, cache_dir=str(tmp_path / 'cache'))
 
