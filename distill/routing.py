@@ -24,7 +24,7 @@ from . import UserError
 from .checkpoint import check_compatible, linked_path, load_checkpoint, model_from_checkpoint
 from .engine import predict_logits
 from .metrics import count_macs, count_params, time_in_turns, weights_mb
-from .runtime import autocast, device_name, fast_inference, fuse_for_inference, place
+from .runtime import autocast, device_name, fast_inference, fuse_for_inference, place, read_later
 
 MODES = ('cascade', 'selector')
 COST_KINDS = ('time', 'macs')
@@ -317,8 +317,8 @@ class SelectorScore:
 class Router:
     """images -> (logits, choice): each image answered by one expert, each expert run only where needed.
 
-    Host synchronisation: one per cascade stage (which images go on), one per batch for the selector
-    (how many images each expert gets)."""
+    A call waits for the GPU once per cascade stage (which images go on), once per batch for the selector
+    (how many images each expert gets); stream() hides those waits behind the next batch's work."""
 
     def __init__(self, experts: list, mode: str, thresholds=None, selector=None, extra=None, cost_weight=0.0):
         if mode not in MODES:
@@ -361,46 +361,69 @@ class Router:
         """(images, tag) batches -> (tag, logits, choice) per batch, in input order, answered as __call__ answers
         them; but a later expert runs only once batch_size images have been passed on to it, gathered across
         input batches, instead of on the few images of each batch: on a GPU a cascade's second stage otherwise
-        runs a few dozen images a call. About batch_size images wait at each later expert, at most."""
-        jobs, queues = collections.deque(), [[] for _ in self.experts]
+        runs a few dozen images a call. About batch_size images wait at each later expert, at most.
 
-        def run(k, images, entries):  # entries: (job, positions in its batch) whose images these are, in order
+        The host only ever reads how many images of each batch go to each expert. On a GPU it reads them for
+        one batch while the GPU runs the first expert on the next, so that it never waits on an idle GPU;
+        every index stays on the device. Answers come one input batch late."""
+        last = len(self.experts) - 1
+        jobs, queues, unread = collections.deque(), [[] for _ in self.experts], collections.deque()
+
+        def launch(k, images, entries):  # entries: (job, positions in its batch) whose images these are, in order
             out = self.experts[k](images).float()
-            target = self._targets(k, out).cpu()  # the one wait per run: where each image goes next
+            target = self._targets(k, out)  # for each image: k where its answer stands, else the next expert
+            sizes = [len(positions) for _, positions in entries]
+            if k == last:  # every image stays: nothing to ask the GPU
+                return settle(k, images, entries, out, target, lambda: [[0] * last + [n] for n in sizes])
+            experts = torch.arange(len(self.experts), device=target.device)
+            counts = read_later(torch.stack([(part[:, None] == experts).sum(0) for part in target.split(sizes)]))
+            unread.append((k, images, entries, out, target, counts))
+
+        def settle(k, images, entries, out, target, counts):
             start = 0
-            for job, positions in entries:
-                rows = torch.arange(start, start + len(positions))
-                here, start = target[rows], start + len(positions)
-                kept = here == k
+            for (job, positions), going in zip(entries, counts()):
+                rows = slice(start, start + len(positions))
+                start = rows.stop
+                order = torch.argsort(target[rows], stable=True)  # by the expert each goes to, in input order
+                kept = order[:going[k]]
                 if job['logits'] is None:
                     job['logits'] = torch.empty(len(job['choice']), out.shape[1], device=out.device)
-                job['logits'][positions[kept].to(out.device)] = out[rows[kept].to(out.device)]
-                job['choice'][positions[kept]] = k
-                job['waiting'] -= int(kept.sum())
-                for later in here[~kept].unique().tolist():
-                    going = here == later
-                    queues[later].append((job, positions[going], images[rows[going].to(images.device)]))
+                job['logits'].index_copy_(0, positions[kept], out[rows].index_select(0, kept))
+                job['choice'].index_fill_(0, positions[kept], k)
+                job['waiting'] -= going[k]
+                first = going[k]
+                for later in range(k + 1, len(self.experts)):
+                    if going[later]:
+                        mine = order[first:first + going[later]]
+                        first += going[later]
+                        queues[later].append((job, positions[mine], images[rows].index_select(0, mine)))
+
+        def settle_all(keep_newest=False):
+            while len(unread) > keep_newest:
+                settle(*unread.popleft())
 
         def flush(k, at_end=False):
             if sum(len(p) for _, p, _ in queues[k]) >= (1 if at_end else batch_size):
                 entries, queues[k] = queues[k], []
-                run(k, torch.cat([x for _, _, x in entries]), [(job, p) for job, p, _ in entries])
+                launch(k, torch.cat([x for _, _, x in entries]), [(job, p) for job, p, _ in entries])
 
         def finished(job):
-            return job['tag'], job['logits'], job['choice'].to(job['logits'].device if job['logits'] is not None
-                                                               else 'cpu')
+            return job['tag'], job['logits'], job['choice']
         for images, tag in batches:
-            job = {'tag': tag, 'logits': None, 'choice': torch.zeros(len(images), dtype=torch.long),
-                   'waiting': len(images)}
+            job = {'tag': tag, 'logits': None, 'choice': torch.zeros(len(images), dtype=torch.long,
+                                                                     device=images.device), 'waiting': len(images)}
             jobs.append(job)
             if len(images):
-                run(0, images, [(job, torch.arange(len(images)))])
+                launch(0, images, [(job, torch.arange(len(images), device=images.device))])
+            settle_all(keep_newest=True)  # the GPU works on this batch while the host routes the one before
             for k in range(1, len(self.experts)):
                 flush(k)
             while jobs and jobs[0]['waiting'] == 0:
                 yield finished(jobs.popleft())
         for k in range(1, len(self.experts)):
+            settle_all()
             flush(k, at_end=True)
+        settle_all()
         while jobs:
             yield finished(jobs.popleft())
 

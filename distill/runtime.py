@@ -193,6 +193,22 @@ def inference_model(state: dict, path: str, device: torch.device):
     return fuse_for_inference(place(model_from_checkpoint(state, path), device), device)
 
 
+def read_later(tensor: torch.Tensor):
+    """A function that returns tensor.tolist() as it is now. On a GPU the copy to the host starts now and the
+    GPU is not waited for until the function is called, so the host can queue more work first."""
+    if tensor.device.type != 'cuda':
+        values = tensor.tolist()
+        return lambda: values
+    host = tensor.to('cpu', non_blocking=True)  # into pinned memory
+    copied = torch.cuda.Event()
+    copied.record(torch.cuda.current_stream(tensor.device))
+
+    def read():
+        copied.synchronize()
+        return host.tolist()
+    return read
+
+
 def synchronize(device):
     if torch.device(device).type == 'cuda':
         torch.cuda.synchronize(device)

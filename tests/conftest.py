@@ -15,8 +15,13 @@ sys.path.insert(0, str(ROOT))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # Tests of the CUDA paths: skipped without a GPU; benchmarks/gpu_check.sh runs them (`pytest -m cuda`).
+CUDA_MARKS = (pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU'))
+
+
 def needs_cuda(test):
-    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')(test))
+    for mark in CUDA_MARKS:
+        test = mark(test)
+    return test
 
 
 def pytest_configure(config):

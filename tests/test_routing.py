@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from conftest import needs_cuda
 from distill import UserError
 from distill.loaders import TensorLoader
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch
@@ -49,7 +50,7 @@ class Counting(torch.nn.Module):
 
     def forward(self, x):
         self.seen.append(x.clone())
-        out = torch.zeros(len(x), self.classes)
+        out = torch.zeros(len(x), self.classes, device=x.device)
         out[:, self.c] = torch.where(x.mean((1, 2, 3)) > 0, 10.0, 0.1) if self.sure else 0.1
         return out
 
@@ -123,6 +124,46 @@ def test_a_stream_answers_as_batch_by_batch_routing_with_later_experts_on_gather
     assert len(streamed.experts[1].seen) < len(one_by_one.experts[1].seen)
     everything = torch.cat(batches)  # a folder in calls of 4: the answers of routing it all at once
     assert torch.equal(torch.cat(Router(experts(), mode, **kwargs).folder(everything, 4)), one_by_one(everything)[0])
+
+
+def test_a_stream_runs_the_first_expert_on_the_next_batch_before_answering_this_one():
+    batches = [torch.randn(8, 3, 4, 4) for _ in range(3)]
+    router = Router([Counting(0), Counting(1)], 'cascade', thresholds=[0.9])
+    answers = router.stream(((x, i) for i, x in enumerate(batches)), batch_size=4)
+    assert next(answers)[0] == 0 and len(router.experts[0].seen) == 2  # the GPU is busy while the host routes
+    assert [tag for tag, _, _ in answers] == [1, 2]
+
+
+@needs_cuda
+@pytest.mark.parametrize('mode, experts, thresholds', [
+    ('cascade', lambda: [Counting(0), Counting(1)], [0.9]),
+    ('cascade', lambda: [Counting(0), Counting(1), Counting(2, sure=False)], [0.9, 0.5]),
+    ('selector', lambda: [Counting(0), Counting(1), Counting(2)], None)])
+def test_a_stream_on_a_gpu_waits_for_it_at_most_once_per_run_and_answers_as_on_the_cpu(mode, experts, thresholds):
+    import warnings
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(n, 3, 4, 4, generator=gen) for n in (64, 7, 64, 0, 64, 33)]
+    kwargs = dict(thresholds=thresholds) if mode == 'cascade' else dict(
+        selector=Sureness(), extra=extra_costs(torch.tensor([1., 2, 3])))
+    on_cpu = list(Router(experts(), mode, **kwargs).stream(((x, i) for i, x in enumerate(batches)), 32))
+    cuda_kwargs = dict(kwargs, extra=kwargs['extra'].cuda()) if mode == 'selector' else kwargs
+    router = Router(experts(), mode, **cuda_kwargs)
+    router.selector = router.selector and router.selector.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('warn')
+    try:
+        with warnings.catch_warnings(record=True) as syncs:
+            warnings.simplefilter('always')
+            on_gpu = list(router.stream(((x.cuda(), i) for i, x in enumerate(batches)), 32))
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    runs_that_pass_images_on = len(router.experts[0].seen) + sum(len(e.seen) for e in router.experts[1:-1])
+    assert len([w for w in syncs if 'synchroniz' in str(w.message)]) <= runs_that_pass_images_on
+    for (tag, logits, choice), (tag_cpu, logits_cpu, choice_cpu) in zip(on_gpu, on_cpu, strict=True):
+        assert tag == tag_cpu and torch.equal(choice.cpu(), choice_cpu)
+        assert (logits is None) == (logits_cpu is None)
+        if logits is not None:
+            torch.testing.assert_close(logits.cpu(), logits_cpu)
 
 
 def test_the_cheapest_point_that_reaches_the_target_is_chosen():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import distill.runtime as runtime
-from conftest import needs_cuda
+from conftest import CUDA_MARKS, needs_cuda
 from distill import UserError
 from models import STUDENTS, TEACHER, build_model
 
@@ -79,6 +79,14 @@ def test_cuda_graphs_give_the_eager_outputs_at_every_batch(arch):
         big = torch.randn(graphed.max_batch + 1, 3, 32, 32, device=cuda).contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(graphed(big).float(), model(big).float(), atol=0.05, rtol=0.05)
     assert len(graphed.graphs) == 4 and all(graphed.graphs.values())  # the large batch ran eagerly
+
+
+@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=CUDA_MARKS)])
+def test_read_later_reads_the_values_the_tensor_had_when_asked(device):
+    x = torch.arange(6, device=device).view(2, 3)
+    read = runtime.read_later(x)
+    x.zero_()  # queued after the copy: the copy must not see it
+    assert read() == [[0, 1, 2], [3, 4, 5]]
 
 
 @needs_cuda
