@@ -28,7 +28,7 @@ from torch.fx.experimental.optimization import fuse  # noqa: E402
 
 from distill.checkpoint import model_from_checkpoint, write_json  # noqa: E402
 from distill.cli import Parser, checkpoint_path, main_guard  # noqa: E402
-from distill.data import ImageSet, interleave_classes, load_dataset  # noqa: E402
+from distill.data import ImageSet, interleave_classes, load_dataset, read_images  # noqa: E402
 from distill.loaders import Loader, normalise  # noqa: E402
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch  # noqa: E402
 from distill.losses import classification_step, distillation_step  # noqa: E402
@@ -162,7 +162,7 @@ def in_float32(model, device):
     return run
 
 
-PARTS = ('train', 'kd', 'infer', 'routed')
+PARTS = ('train', 'kd', 'infer', 'routed', 'decode')
 
 
 def training_figures(results, data, batch, device, amp, compile_model):
@@ -292,6 +292,35 @@ def inference_figures(results, routing, device, amp, compile_model, variants=Tru
                                                         results[f'infer.{name}.img_s'])
 
 
+def decode_figures(results, count: int, size: int = 32, rounds: int = 3):
+    """infer.py's reading of photos (4,000 x 3,000 JPEGs): decoded whole and then resized, against decoded at
+    reduced scale by the JPEG decoder (the default); in turns, best of `rounds`; and how far apart the two
+    size-px images are, in uint8 levels."""
+    from PIL import Image
+    gen = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for i in range(count):  # smooth content with grain, as a photo has, not pure noise
+            coarse = torch.rand(1, 3, 30, 40, generator=gen) * 255
+            photo = F.interpolate(coarse, size=(3000, 4000), mode='bicubic') + torch.randn(3, 3000, 4000,
+                                                                                         generator=gen) * 8
+            paths.append(os.path.join(folder, f'photo{i}.jpg'))
+            Image.fromarray(photo[0].clamp(0, 255).byte().permute(1, 2, 0).numpy()).save(paths[-1], quality=90)
+        seconds, images = {True: float('inf'), False: float('inf')}, {}
+        for _ in range(rounds):
+            for reduced in seconds:
+                start = time.perf_counter()
+                images[reduced], _, failed = read_images(paths, size, reduced_jpeg=reduced)
+                seconds[reduced] = min(seconds[reduced], time.perf_counter() - start)
+                assert not failed
+    difference = (images[True].int() - images[False].int()).abs()
+    results.update({'decode.photos': count, 'decode.full_ms_per_photo': 1000 * seconds[False] / count,
+                    'decode.reduced_ms_per_photo': 1000 * seconds[True] / count,
+                    'decode.reduced_speedup': seconds[False] / seconds[True],
+                    'decode.mean_abs_difference': difference.float().mean().item(),
+                    'decode.max_abs_difference': difference.max().item()})
+
+
 def routing_models(selector_path, data, n, device, amp):
     """(teacher, experts, routers, images, {name: model as trained, BatchNorm unfolded}): a trained selector's
     system on its own test images, so that the routing mix is a real one; without one, untrained models of
@@ -349,7 +378,7 @@ def main():
     p.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS),
                    help='which figures: training (engine vs reference, FLOP/s, threads), KD cost, inference (each model and '
                         'routing mode, with variants: BatchNorm folding, float32, NCHW), routed (inference without '
-                        'the variants)')
+                        'the variants), decode (reading photos: whole, or at reduced scale)')
     p.add_argument('--device', default='auto')
     p.add_argument('--selector', help='a trained selector checkpoint, for routed inference with a real routing mix')
     p.add_argument('--compile', action='store_true',
@@ -364,13 +393,16 @@ def main():
     amp = amp_dtype('auto', device)  # what every script runs with by default on this device
     results = {'device': device_name(device), 'torch': torch.__version__, 'precision': precision_name(amp),
                'batch_size': batch, 'images': n, 'parts': args.parts}
-    routing = routing_models(args.selector, data, n, device, amp)  # first: a bad --selector fails before training
+    # first: a bad --selector fails before training
+    routing = routing_models(args.selector, data, n, device, amp) if {'infer', 'routed'} & set(args.parts) else None
     if 'train' in args.parts:
         training_figures(results, data, batch, device, amp, args.compile)
     if 'kd' in args.parts:
         kd_figures(results, data, batch, device, amp)
     if 'infer' in args.parts or 'routed' in args.parts:
         inference_figures(results, routing, device, amp, args.compile, variants='infer' in args.parts)
+    if 'decode' in args.parts:
+        decode_figures(results, 2 if args.quick else 8)
 
     width = max(map(len, results))
     for key, value in results.items():

@@ -55,11 +55,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert('RGB')
 
 
-def read_image(source, size: int) -> torch.Tensor:
-    """Decode a path or file object to a 3 x size x size uint8 tensor (the whole image, resized)."""
+def read_image(source, size: int, reduced_jpeg: bool = True) -> torch.Tensor:
+    """Decode a path or file object to a 3 x size x size uint8 tensor (the whole image, resized).
+
+    reduced_jpeg: a JPEG at least twice as large is decoded at 1/2, 1/4 or 1/8 scale (still at least twice
+    size) by the decoder itself; full decoding of a photo costs far more than the network that reads it."""
     with Image.open(source) as image, warnings.catch_warnings():
         # A palette image with transparency warns on convert; to_rgb composites it on white on purpose.
         warnings.filterwarnings('ignore', message='Palette images with Transparency', category=UserWarning)
+        if reduced_jpeg:
+            image.draft(None, (2 * size, 2 * size))  # JPEG only; other formats ignore it
         image = to_rgb(image)
         if image.size != (size, size):
             image = image.resize((size, size), Image.BILINEAR, reducing_gap=None)
@@ -73,12 +78,12 @@ def list_image_files(folder: str) -> list:
                   for name in names if not name.startswith('.'))
 
 
-def read_images(paths, size: int):
+def read_images(paths, size: int, reduced_jpeg: bool = True):
     """Decode what can be decoded. Returns (uint8 images, the paths read, [(path, why) for the rest])."""
     images, read, failed = [], [], []
     for path in paths:
         try:
-            images.append(read_image(path, size))
+            images.append(read_image(path, size, reduced_jpeg))
             read.append(path)
         except READ_ERRORS as err:
             failed.append((path, f'{err.__class__.__name__}: {err}'.splitlines()[0]))

@@ -162,6 +162,16 @@ def test_exported_weights_hold_what_inference_needs_in_bf16(tiny_runs, tmp_path,
     assert Expert(str(tmp_path / 'logits' / 'teacher-bf16.pt'), 'cpu').state['arch'] == 'resnet50'
 
 
+def test_photos_decoded_at_reduced_scale_are_timed_against_whole_decoding(tmp_path, monkeypatch):
+    out = tmp_path / 'bench.json'
+    run(ROOT / 'benchmarks' / 'run.py', '--quick', '--parts', 'decode', '--device', 'cpu', '--out', out,
+        monkeypatch=monkeypatch)
+    results = json.loads(out.read_text())
+    assert results['decode.reduced_speedup'] == pytest.approx(
+        results['decode.full_ms_per_photo'] / results['decode.reduced_ms_per_photo'])
+    assert results['decode.photos'] == 2 and results['decode.max_abs_difference'] <= 2
+
+
 @pytest.mark.parametrize('parts, variants', [('routed', False), ('infer', True)])
 def test_run_reports_every_routing_mode_against_every_model_at_both_batches(tiny_runs, tmp_path, monkeypatch,
                                                                             parts, variants):

@@ -69,6 +69,26 @@ def test_read_image_scales_16_bit_and_resizes():
     assert image.shape == (3, 12, 12) and image.dtype == torch.uint8 and (image == 128).all()
 
 
+def test_a_large_jpeg_is_decoded_at_reduced_scale_and_reads_as_when_decoded_whole(monkeypatch):
+    from PIL import JpegImagePlugin
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 6, 8) * 255, size=(480, 640), mode='bilinear')
+    buffer = io.BytesIO()
+    Image.fromarray(smooth[0].byte().permute(1, 2, 0).numpy()).save(buffer, 'JPEG', quality=90)
+    decoded, draft = [], JpegImagePlugin.JpegImageFile.draft
+
+    def spy(image, mode, size):
+        result = draft(image, mode, size)
+        decoded.append(image.size)
+        return result
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, 'draft', spy)
+    buffer.seek(0)
+    reduced = read_image(buffer, 16)
+    assert decoded == [(80, 60)]  # 1/8 scale: still at least twice the 16 px asked for
+    buffer.seek(0)
+    whole = read_image(buffer, 16, reduced_jpeg=False)
+    assert reduced.shape == whole.shape == (3, 16, 16) and (reduced.int() - whole.int()).abs().max() <= 2
+
+
 def test_tar_gz_matches_folder_and_is_cached(tmp_path):
     root = make_image_folder(tmp_path / 'd')
     archive = tmp_path / 'd.tar.gz'
