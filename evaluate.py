@@ -7,7 +7,8 @@ Every model and both routing modes are timed here, in turns, on this device.
 """
 import os
 
-from distill.cli import Parser, add_device_arguments, check_writable, checkpoint_path, main_guard
+from distill import UserError
+from distill.cli import Parser, add_device_arguments, check_range, check_writable, checkpoint_path, main_guard
 from distill.evaluation import evaluate_system
 from distill.report import aggregate, aggregate_markdown, seeds_of, write_report
 from distill.routing import load_selector
@@ -33,6 +34,10 @@ def parse_args(argv=None):
     p.add_argument('--results-dir', default='results', help='where the report goes')
     p.add_argument('--images-dir', help='where the figures go (default: RESULTS_DIR/<name>/)')
     args = p.parse_args(argv)
+    for name in ('test_subset', 'batch_size', 'timing_images'):
+        check_range(name, getattr(args, name), low=1)
+    if os.path.basename(args.name) != args.name or args.name in ('', '.', '..'):
+        raise UserError(f"--name '{args.name}' names the report's files, not a folder; put the folder in --results-dir")
     args.selector = [checkpoint_path(s) for s in args.selector]
     return args
 

@@ -2,6 +2,8 @@
 import json
 import shutil
 
+import pytest
+
 from conftest import ROOT, needs_cuda, run_script
 
 
@@ -42,6 +44,18 @@ def test_a_checkpoint_that_is_not_a_selector_is_one_clear_line(tiny_runs):
         assert result.stderr.strip() == ("error: 'checkpoints/teacher/best.pt' is a resnet50 checkpoint, not a "
                                          "selector; pass the best.pt that selectorTrain.py wrote (default "
                                          "checkpoints/selector/best.pt)")
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--test-subset', '0'], '--test-subset must be at least 1 (got 0)'),
+    (['--timing-images', '0'], '--timing-images must be at least 1 (got 0)'),
+    (['--batch-size', '-4'], '--batch-size must be at least 1 (got -4)'),
+    (['--name', 'runs/a'], "--name 'runs/a' names the report's files, not a folder")])
+def test_settings_that_would_be_ignored_or_write_elsewhere_are_one_line(tiny_runs, args, message):
+    work, _ = tiny_runs
+    result = run_script(ROOT / 'evaluate.py', *args, cwd=work, check=False)
+    assert result.returncode == 2 and result.stderr.strip().startswith(f'error: {message}')
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_students_moved_without_their_teacher_are_evaluated_without_it(tiny_runs, tmp_path):
