@@ -201,12 +201,16 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
 
 
 def _fingerprint(path: str, size: int) -> str:
-    """Changes when any file changes: a folder's own mtime misses edits deep inside it."""
-    digest = hashlib.sha1(f'{os.path.abspath(path)}|{size}'.encode())
+    """Changes when any file changes (a folder's own mtime misses edits deep inside it) or the decoding does."""
+    digest = hashlib.sha1(f'{os.path.abspath(path)}|{size}|reduced-jpeg'.encode())
     files = [path] if os.path.isfile(path) else sorted(
         os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
     for name in files:
-        stat = os.stat(name)
+        try:
+            stat = os.stat(name)
+        except OSError:  # a broken link, or a file gone since the walk: it is skipped as unreadable
+            digest.update(f'{name}|unreadable'.encode())
+            continue
         digest.update(f'{name}|{stat.st_size}|{stat.st_mtime_ns}'.encode())
     return digest.hexdigest()[:16]
 

@@ -53,10 +53,11 @@ def test_folder_accepts_any_mode_and_skips_unreadable_files(tmp_path, capsys):
     jpeg = io.BytesIO()
     Image.new('RGB', (16, 16), 'blue').save(jpeg, 'JPEG')
     (root / 'train' / 'b' / 'cut.jpg').write_bytes(jpeg.getvalue()[:40])
+    (root / 'train' / 'b' / 'gone.png').symlink_to(tmp_path / 'nowhere.png')  # a broken link
     data = load_dataset('folder', str(root), train=True, image_size=8, cache_dir=str(tmp_path / 'cache'))
     assert data.images.shape == (8, 3, 8, 8) and data.classes == ['a', 'b']
     assert data.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
-    assert 'skipped 3 unreadable file(s)' in capsys.readouterr().err
+    assert 'skipped 4 unreadable file(s)' in capsys.readouterr().err
     assert (data.images[2] == 255).all()  # transparent RGBA composited on white
     assert (data.images[6] == 255).all()  # 16-bit white stays white (files are read in sorted order)
 
