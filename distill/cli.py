@@ -99,8 +99,9 @@ def inherit_data_settings(args, argv, config: dict, source: str):
         if key in given:
             if key in SPLIT_SETTINGS and key in config and config[key] != getattr(args, key):
                 flag = '--' + key.replace('_', '-')
-                raise UserError(f"{flag} {getattr(args, key)} differs from {flag} {config[key]} that '{source}' was "
-                                f"trained with; leave {flag} out to inherit it, or retrain that stage")
+                then = f'{flag} {config[key]}' if config[key] is not None else f'{flag} left at its default'
+                raise UserError(f"{flag} {getattr(args, key)} differs from '{source}', trained with {then}; leave "
+                                f"{flag} out to inherit it, or retrain that stage")
         elif key in config:
             setattr(args, key, config[key])
     for key, default in (('dataset', 'cifar10'), ('data_dir', 'data'), ('seed', 0)):

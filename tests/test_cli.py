@@ -34,7 +34,10 @@ def test_data_settings_left_out_are_inherited_and_a_conflict_names_the_setting()
     argv = ['--data-dir', 'moved.tar.gz']  # where the data is may change
     assert cli.inherit_data_settings(parser.parse_args(argv), argv, config, 't.pt').data_dir == 'moved.tar.gz'
     argv = ['--subset', '400']
-    with pytest.raises(UserError, match="--subset 400 differs from --subset 300 that 't.pt' was trained with"):
+    with pytest.raises(UserError, match="--subset 400 differs from 't.pt', trained with --subset 300;"):
+        cli.inherit_data_settings(parser.parse_args(argv), argv, config, 't.pt')
+    argv = ['--val-size', '50']
+    with pytest.raises(UserError, match="--val-size 50 differs from 't.pt', trained with --val-size left at its def"):
         cli.inherit_data_settings(parser.parse_args(argv), argv, config, 't.pt')
     with pytest.raises(SystemExit):  # an abbreviation would slip past the check above: refused
         parser.parse_args(['--sub', '400'])
