@@ -15,9 +15,9 @@ from distill.cli import (check_range, checkpoint_path, inherit_data_settings, ma
 from distill.data import prepare_data
 from distill.loaders import Loader, TensorLoader
 from distill.engine import fit, predict_logits
-from distill.routing import (COST_KINDS, SELECTOR_INPUTS, Expert, SelectorScore, choose_routing, confidences,
-                             cost_vector, extra_costs, format_report, load_experts, measure_costs, routing_data,
-                             routing_report, selection_step, teacher_of)
+from distill.routing import (COST_KINDS, SELECTOR_INPUTS, Expert, SelectorScore, check_routable, choose_routing,
+                             confidences, cost_vector, extra_costs, format_report, load_experts, measure_costs,
+                             routing_data, routing_report, selection_step, teacher_of)
 from distill.metrics import count_macs, time_model
 from distill.runtime import amp_dtype, resolve_device
 from models import build_model
@@ -61,6 +61,7 @@ def main(argv=None):
     experts = load_experts(args.experts, device)
     if args.include_teacher:
         experts.append(Expert(teacher_of(experts), device, experts[0].reference()))
+    check_routable(experts)
     inherit_data_settings(args, argv, experts[0].state['config'], args.experts[0])
     data = prepare_data(args).to(device)
     if data.split != experts[0].state['split']:

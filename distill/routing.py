@@ -74,6 +74,20 @@ def load_experts(paths, device) -> list:
     return [first] + [Expert(p, device, first.reference()) for p in paths[1:]]
 
 
+def check_routable(experts: list):
+    """Routing needs two or more different experts."""
+    seen = {}
+    for expert in experts:
+        real = os.path.realpath(expert.path)
+        if real in seen:
+            alias = f" (as '{seen[real]}' too)" if seen[real] != expert.path else ''
+            raise UserError(f"'{expert.path}' is given twice as an expert{alias}; pass each student once")
+        seen[real] = expert.path
+    if len(experts) < 2:
+        raise UserError(f"routing needs two or more experts, got only '{experts[0].path}'; pass another student "
+                        f"or add --include-teacher")
+
+
 def teacher_of(experts: list) -> str:
     """The teacher every expert was distilled from (found from where the experts lie now)."""
     named = {e.state.get('teacher') and os.path.abspath(linked_path(e.state['teacher'], e.path, e.state)

@@ -7,7 +7,8 @@ from distill import UserError
 from distill.loaders import TensorLoader
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch
 from distill.checkpoint import save_checkpoint
-from distill.routing import (SELECTOR_INPUTS, Router, SelectorScore, cascade_choice, cascade_cost, check_cost_device, choose_point,
+from distill.routing import (SELECTOR_INPUTS, Router, SelectorScore, cascade_choice, cascade_cost, check_cost_device,
+                             check_routable, choose_point,
                              choose_routing, confidences, expert_correctness, extra_costs, paired_margin,
                              load_selector, routing_report, selection_step, selector_choice, selector_cost,
                              selector_inputs, teacher_of)
@@ -127,7 +128,7 @@ def test_a_stream_answers_as_batch_by_batch_routing_with_later_experts_on_gather
 
 
 def test_a_stream_runs_the_first_expert_on_the_next_batch_before_answering_this_one():
-    batches = [torch.randn(8, 3, 4, 4) for _ in range(3)]
+    batches = [torch.rand(8, 3, 4, 4) + 0.1 for _ in range(3)]  # bright: the first expert is sure of all of them
     router = Router([Counting(0), Counting(1)], 'cascade', thresholds=[0.9])
     answers = router.stream(((x, i) for i, x in enumerate(batches)), batch_size=4)
     assert next(answers)[0] == 0 and len(router.experts[0].seen) == 2  # the GPU is busy while the host routes
@@ -267,6 +268,20 @@ def test_a_teacher_fallback_needs_a_teacher_the_experts_name():
     with pytest.raises(UserError, match='different teachers'):
         teacher_of([E('t/best.pt', 'a/best.pt'), E('u/best.pt', 'b/best.pt')])
     assert teacher_of([E('t/best.pt', 'a/best.pt'), E('t/best.pt', 'b/best.pt')]) == 't/best.pt'
+
+
+def test_routing_needs_two_different_experts(tmp_path):
+    class E:
+        def __init__(self, path):
+            self.path = str(path)
+    (tmp_path / 'gn').mkdir()
+    (tmp_path / 'gn' / 'best.pt').touch()
+    (tmp_path / 'link').symlink_to(tmp_path / 'gn')
+    with pytest.raises(UserError, match="routing needs two or more experts, got only '.*gn/best.pt'"):
+        check_routable([E(tmp_path / 'gn' / 'best.pt')])
+    with pytest.raises(UserError, match=r"'.*link/best.pt' is given twice as an expert \(as '.*gn/best.pt' too\)"):
+        check_routable([E(tmp_path / 'gn' / 'best.pt'), E(tmp_path / 'link' / 'best.pt')])
+    check_routable([E(tmp_path / 'gn' / 'best.pt'), E(tmp_path / 'teacher' / 'best.pt')])
 
 
 def test_confidences_are_each_experts_top_probability():
