@@ -121,9 +121,10 @@ def test_a_selector_for_experts_without_a_route_split_is_one_clear_line(image_fo
     import selectorTrain
     import teacherTrain
     tiny = [*TINY, '--data-dir', str(image_folder), '--route-size', '0']
-    teacherTrain.main([*tiny, '--arch', 'googlenet', '--out', 'expert'])
+    for out in ('expert', 'another'):
+        teacherTrain.main([*tiny, '--arch', 'googlenet', '--out', out])
     with pytest.raises(SystemExit) as exit_info:
-        selectorTrain.main([*tiny, '--experts', 'expert/best.pt', 'expert/best.pt'])
+        selectorTrain.main([*tiny, '--experts', 'expert/best.pt', 'another/best.pt'])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and err == [
         'error: the experts were trained with --route-size 0: no image was held out for the selector; retrain them '
