@@ -18,6 +18,7 @@ import teacherTrain
 from distill import UserError
 from distill.checkpoint import run_dir
 from distill.cli import Parser, main_guard
+from distill.data import default_dataset
 from distill.runtime import resolve_device
 from distill.stages import run_stages
 from models import STUDENTS
@@ -49,9 +50,9 @@ PRESETS = {
 def parse_args(argv=None):
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument('--preset', choices=PRESETS, default='quick', help='how long to train (see the table above)')
-    p.add_argument('--dataset', help='cifar10, cifar100 or folder (default: folder when --data-dir is a .tar.gz, '
-                                     'else cifar10)')
-    p.add_argument('--data-dir', default='data', help='download folder for CIFAR, or an image folder or .tar.gz')
+    p.add_argument('--dataset', help='cifar10, cifar100 or folder (default: folder when --data-dir is an archive or '
+                                     'holds train/ and test/, else cifar10)')
+    p.add_argument('--data-dir', default='data', help='download folder for CIFAR, or an image folder, .tar.gz or .zip')
     p.add_argument('--root', default='checkpoints', help='where the run directories go')
     p.add_argument('--results', default='results', help='where the reports, figures and predictions go')
     p.add_argument('--students', nargs='+', default=list(STUDENTS), help='the students to distil')
@@ -76,7 +77,7 @@ def main(argv=None):
     if unknown:
         raise UserError(f"unknown student(s) {', '.join(unknown)}; choose from {', '.join(STUDENTS)}")
     preset = PRESETS[args.preset]
-    dataset = args.dataset or ('folder' if args.data_dir.endswith(('.tar.gz', '.tgz')) else 'cifar10')
+    dataset = args.dataset or default_dataset(args.data_dir)
     common = ['--dataset', dataset, '--data-dir', args.data_dir, '--device', args.device, *preset['data']]
     seeds = args.seeds or [None]
     if len(set(seeds)) < len(seeds):

@@ -6,7 +6,7 @@ import os
 import sys
 
 from . import UserError
-from .data import DATASETS, default_cache_dir
+from .data import DATASETS, default_cache_dir, default_dataset
 from .runtime import amp_dtype, resolve_device
 
 # The data settings a later stage takes from the checkpoint it builds on, unless given explicitly.
@@ -41,11 +41,12 @@ def training_parser(description: str, *, out: str, epochs: int, lr: float, batch
     p = Parser(description=description)
     note = f' (default: as {inherits} was trained)' if inherits else ''
     data = p.add_argument_group('data' + (f': left out, each is taken from {inherits}' if inherits else ''))
-    data.add_argument('--dataset', choices=DATASETS, default=None if inherits else 'cifar10',
-                      help='cifar10 and cifar100 download with torchvision; folder reads --data-dir' + note)
+    data.add_argument('--dataset', choices=DATASETS,
+                      help='cifar10 and cifar100 download with torchvision; folder reads --data-dir' + (
+                          note or ' (default: folder when --data-dir is an archive or holds train/ and test/, else cifar10)'))
     data.add_argument('--data-dir', default=None if inherits else 'data',
-                      help='download folder for CIFAR; for folder: a directory or .tar.gz holding train/<class>/* '
-                           'and test/<class>/*' + note)
+                      help='download folder for CIFAR; for folder: a directory, .tar.gz or .zip holding '
+                           'train/<class>/* and test/<class>/*' + note)
     data.add_argument('--data-cache', default=default_cache_dir(),
                       help='where a decoded image folder or archive is kept for the next run ($DISTILL_CACHE)')
     data.add_argument('--subset', type=int, help='use the first N training images, class-balanced (default: all)'
@@ -104,7 +105,7 @@ def inherit_data_settings(args, argv, config: dict, source: str):
                                 f"{flag} out to inherit it, or retrain that stage")
         elif key in config:
             setattr(args, key, config[key])
-    for key, default in (('dataset', 'cifar10'), ('data_dir', 'data'), ('seed', 0)):
+    for key, default in (('data_dir', 'data'), ('seed', 0)):
         if getattr(args, key) is None:
             setattr(args, key, default)
     return args
@@ -121,6 +122,7 @@ def validate_args(args):
     """Reject impossible settings up front, in one line each; returns args."""
     for name in ('epochs', 'batch_size', 'image_size', 'subset', 'test_subset'):
         check_range(name, getattr(args, name, None), low=1)
+    args.dataset = args.dataset or default_dataset(args.data_dir)  # a stage that inherits it overrides this
     if args.lr <= 0:
         raise UserError(f'--lr must be positive (got {args.lr})')
     check_range('label_smoothing', getattr(args, 'label_smoothing', None), 0, 1)

@@ -6,6 +6,7 @@ import os
 import sys
 import tarfile
 import warnings
+import zipfile
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,6 +20,7 @@ from .checkpoint import atomic_write
 DATASETS = ('cifar10', 'cifar100', 'folder')
 NATIVE_SIZE = 32  # CIFAR's size, and the default for folders
 SPLITS_IN_FOLDER = ('train', 'test')
+ARCHIVES = ('.tar.gz', '.tgz', '.tar', '.tar.bz2', '.tar.xz', '.zip')
 # What Pillow raises for corrupt, truncated, empty or non-image files.
 READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -105,6 +107,15 @@ def default_cache_dir() -> str:
     return os.environ.get('DISTILL_CACHE') or os.path.join('data', 'cache')
 
 
+def default_dataset(data_dir: str | None) -> str:
+    """folder for an archive or any other single file, or a folder with train/ and test/ in it (torchvision
+    downloads CIFAR into neither); else cifar10."""
+    if not data_dir:
+        return 'cifar10'
+    laid_out = all(os.path.isdir(os.path.join(data_dir, split)) for split in SPLITS_IN_FOLDER)
+    return 'folder' if laid_out or data_dir.lower().endswith(ARCHIVES) or os.path.isfile(data_dir) else 'cifar10'
+
+
 def load_dataset(name: str, data_dir: str, train: bool, image_size: int | None = None,
                  cache_dir: str | None = None) -> ImageSet:
     """The training or test set of `name`, as uint8 tensors of image_size (default 32)."""
@@ -142,7 +153,7 @@ def _folder_entries(parts):
 
 
 def _iter_folder_files(path: str):
-    """Yield (split, class, display_name, opener) for every file in a folder or a .tar.gz."""
+    """Yield (split, class, display_name, opener) for every file in a folder, a .zip or a tar archive."""
     if os.path.isdir(path):
         for root, dirs, files in os.walk(path):
             dirs.sort()
@@ -153,21 +164,29 @@ def _iter_folder_files(path: str):
                     yield (*entry, full, lambda full=full: full)
         return
     try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.infolist():
+                    entry = _folder_entries(member.filename.split('/'))
+                    if not member.is_dir() and entry:
+                        data = archive.read(member)
+                        yield (*entry, f'{path}:{member.filename}', lambda data=data: io.BytesIO(data))
+            return
         with tarfile.open(path, 'r:*') as archive:
             for member in archive:
                 entry = _folder_entries(member.name.split('/'))
                 if member.isfile() and entry:
                     data = archive.extractfile(member).read()
                     yield (*entry, f'{path}:{member.name}', lambda data=data: io.BytesIO(data))
-    except (tarfile.TarError, EOFError, OSError, UnicodeError) as err:
-        raise UserError(f"'{path}' is not a readable .tar.gz ({str(err).splitlines()[0].rstrip(':')}); "
-                        f"re-create or re-download the archive") from None
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, UnicodeError) as err:
+        raise UserError(f"'{path}' is not a readable archive: .tar.gz, .tar or .zip "
+                        f"({str(err).splitlines()[0].rstrip(':')}); re-create or re-download it") from None
 
 
 def _load_folder(path: str, size: int, cache_dir: str) -> dict:
     if not os.path.exists(path):
         raise UserError(f"data path '{path}' does not exist; pass --data-dir pointing to a folder with "
-                        f"train/<class>/ and test/<class>/ images, or to a .tar.gz of that layout")
+                        f"train/<class>/ and test/<class>/ images, or to a .tar.gz or .zip of that layout")
     cache_file = os.path.join(cache_dir, f'folder-{_fingerprint(path, size)}.pt')
     cached = _read_cache(cache_file)
     if cached:

@@ -1,5 +1,6 @@
 import io
 import tarfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ from PIL import Image
 from torchvision import datasets
 
 from distill import UserError
-from distill.data import balanced_subset, interleave_classes, load_dataset, make_split, read_image
+from distill.data import (balanced_subset, default_dataset, interleave_classes, load_dataset, make_split,
+                          read_image)
 from conftest import SHARED_ARCHIVE, make_image_folder, needs_cuda, write_cifar
 
 
@@ -90,11 +92,19 @@ def test_a_large_jpeg_is_decoded_at_reduced_scale_and_reads_as_when_decoded_whol
     assert reduced.shape == whole.shape == (3, 16, 16) and (reduced.int() - whole.int()).abs().max() <= 2
 
 
-def test_tar_gz_matches_folder_and_is_cached(tmp_path):
+@pytest.mark.parametrize('suffix', ['.tar.gz', '.tar', '.zip'])
+def test_an_archive_matches_its_folder_and_is_cached(tmp_path, suffix):
     root = make_image_folder(tmp_path / 'd')
-    archive = tmp_path / 'd.tar.gz'
-    with tarfile.open(archive, 'w:gz') as tar:
-        tar.add(root, arcname='mydata')  # a top-level folder above train/ and test/ is fine
+    archive = tmp_path / f'd{suffix}'
+    if suffix == '.zip':
+        with zipfile.ZipFile(archive, 'w') as zipped:
+            for path in sorted(root.rglob('*')):  # a top-level folder above train/ and test/ is fine
+                zipped.write(path, 'mydata/' + str(path.relative_to(root)))
+            zipped.writestr('__MACOSX/mydata/train/cat/._0.png', b'resource fork')  # skipped: a dot file
+    else:
+        with tarfile.open(archive, 'w:gz' if suffix == '.tar.gz' else 'w') as tar:
+            tar.add(root, arcname='mydata')
+    assert default_dataset(str(archive)) == default_dataset(str(root)) == 'folder'
     from_folder = load_dataset('folder', str(root), train=False, cache_dir=str(tmp_path / 'c1'))
     from_tar = load_dataset('folder', str(archive), train=False, cache_dir=str(tmp_path / 'c2'))
     assert torch.equal(from_folder.images, from_tar.images) and from_folder.classes == from_tar.classes
@@ -104,7 +114,7 @@ def test_tar_gz_matches_folder_and_is_cached(tmp_path):
 
 
 @pytest.mark.parametrize('problem, message', [
-    ('missing', 'does not exist'), ('empty', 'no readable images'), ('corrupt', 'not a readable .tar.gz'),
+    ('missing', 'does not exist'), ('empty', 'no readable images'), ('corrupt', 'not a readable archive'),
     ('text_only', 'no readable images'), ('class_only_in_test', r"test classes \['b'\] .* have no training images")])
 def test_bad_folders_are_clear_errors(tmp_path, problem, message):
     path = tmp_path / 'data'
@@ -123,6 +133,15 @@ def test_bad_folders_are_clear_errors(tmp_path, problem, message):
         (path / 'train' / 'b').mkdir()  # an empty folder is no training images
     with pytest.raises(UserError, match=message):
         load_dataset('folder', str(path), train=True, cache_dir=str(tmp_path / 'cache'))
+
+
+def test_the_dataset_left_out_is_cifar10_unless_the_data_is_an_archive_or_laid_out_as_a_folder(tmp_path):
+    assert default_dataset(None) == default_dataset('data') == 'cifar10'  # torchvision downloads into data/
+    (tmp_path / 'cifar' / 'cifar-10-batches-py').mkdir(parents=True)
+    assert default_dataset(str(tmp_path / 'cifar')) == 'cifar10'
+    assert default_dataset(str(tmp_path / 'not-yet.TGZ')) == 'folder'
+    (tmp_path / 'images.bin').write_bytes(b'')
+    assert default_dataset(str(tmp_path / 'images.bin')) == 'folder'  # a file: read, and refused if unreadable
 
 
 def test_subset_is_the_first_images_class_balanced():
