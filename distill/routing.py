@@ -494,8 +494,9 @@ def router_for(state: dict, experts: list, selector, *, mode=None, thresholds=No
         measure_costs(experts, torch.zeros(256, 3, size, size, device=device).contiguous(
             memory_format=torch.channels_last), amp)
         metas = [e.cost for e in experts]
-    check_cost_device(metas, kind, next(selector.parameters()).device, where)
-    return Router(experts, 'selector', selector=selector, extra=extra_costs(cost_vector(metas, kind)),
+    device = next(selector.parameters()).device
+    check_cost_device(metas, kind, device, where)
+    return Router(experts, 'selector', selector=selector, extra=extra_costs(cost_vector(metas, kind)).to(device),
                   cost_weight=routing['cost_weight'] if cost_weight is None else cost_weight)
 
 

@@ -140,26 +140,38 @@ def test_a_stream_runs_the_first_expert_on_the_next_batch_before_answering_this_
     ('cascade', lambda: [Counting(0), Counting(1)], [0.9]),
     ('cascade', lambda: [Counting(0), Counting(1), Counting(2, sure=False)], [0.9, 0.5]),
     ('selector', lambda: [Counting(0), Counting(1), Counting(2)], None)])
-def test_a_stream_on_a_gpu_waits_for_it_at_most_once_per_run_and_answers_as_on_the_cpu(mode, experts, thresholds):
-    import warnings
+def test_a_stream_on_a_gpu_waits_for_it_only_to_read_counts_and_answers_as_on_the_cpu(mode, experts, thresholds,
+                                                                                       monkeypatch):
+    import distill.routing as routing
+    from distill.runtime import read_later
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randn(n, 3, 4, 4, generator=gen) for n in (64, 7, 64, 0, 64, 33)]
     kwargs = dict(thresholds=thresholds) if mode == 'cascade' else dict(
         selector=Sureness(), extra=extra_costs(torch.tensor([1., 2, 3])))
     on_cpu = list(Router(experts(), mode, **kwargs).stream(((x, i) for i, x in enumerate(batches)), 32))
-    cuda_kwargs = dict(kwargs, extra=kwargs['extra'].cuda()) if mode == 'selector' else kwargs
-    router = Router(experts(), mode, **cuda_kwargs)
-    router.selector = router.selector and router.selector.cuda()
+    if mode == 'selector':  # as router_for places them
+        kwargs = dict(selector=Sureness().cuda(), extra=kwargs['extra'].cuda())
+    router, on_gpu_batches, reads = Router(experts(), mode, **kwargs), [x.cuda() for x in batches], []
+
+    def read_later_allowed(tensor):  # the one wait the stream may make; any other sync raises
+        read = read_later(tensor)
+
+        def allowed():
+            reads.append(len(tensor))
+            torch.cuda.set_sync_debug_mode('default')
+            try:
+                return read()
+            finally:
+                torch.cuda.set_sync_debug_mode('error')
+        return allowed
+    monkeypatch.setattr(routing, 'read_later', read_later_allowed)
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode('warn')
+    torch.cuda.set_sync_debug_mode('error')
     try:
-        with warnings.catch_warnings(record=True) as syncs:
-            warnings.simplefilter('always')
-            on_gpu = list(router.stream(((x.cuda(), i) for i, x in enumerate(batches)), 32))
+        on_gpu = list(router.stream(((x, i) for i, x in enumerate(on_gpu_batches)), 32))
     finally:
         torch.cuda.set_sync_debug_mode('default')
-    runs_that_pass_images_on = len(router.experts[0].seen) + sum(len(e.seen) for e in router.experts[1:-1])
-    assert len([w for w in syncs if 'synchroniz' in str(w.message)]) <= runs_that_pass_images_on
+    assert len(reads) == len(router.experts[0].seen) + sum(len(e.seen) for e in router.experts[1:-1])
     for (tag, logits, choice), (tag_cpu, logits_cpu, choice_cpu) in zip(on_gpu, on_cpu, strict=True):
         assert tag == tag_cpu and torch.equal(choice.cpu(), choice_cpu)
         assert (logits is None) == (logits_cpu is None)
