@@ -12,9 +12,9 @@ from tqdm import tqdm
 
 from distill import UserError
 from distill.cli import Parser, add_device_arguments, check_range, check_writable, checkpoint_path, main_guard
-from distill.data import list_image_files, read_images
+from distill.data import list_image_files
 from distill.loaders import normalise
-from distill.predict import build_classifier, write_rows
+from distill.predict import build_classifier, default_workers, read_batches, write_rows
 from distill.routing import MODES
 from distill.runtime import amp_dtype, autocast, resolve_device
 
@@ -34,10 +34,13 @@ def parse_args(argv=None):
                    help="where the table goes; '-' for standard output")
     p.add_argument('--format', choices=('csv', 'json'), help="default: json if --out ends in .json, else csv")
     p.add_argument('--batch-size', type=int, default=256, help='images read and classified at a time')
+    p.add_argument('--workers', type=int, help='processes that decode images while the model runs (default: up '
+                   'to 8 on a GPU, 0 on a CPU)')
     add_device_arguments(p)
     args = p.parse_args(argv)
     args.format = args.format or ('json' if args.out.endswith('.json') else 'csv')
     check_range('batch_size', args.batch_size, low=1)
+    check_range('workers', args.workers, low=0)
     routing_flags = [f for f, v in (('--route', args.route), ('--threshold', args.threshold),
                                     ('--cost-weight', args.cost_weight), ('--cost', args.cost != 'stored' or None))
                      if v is not None]
@@ -72,10 +75,11 @@ def main(argv=None):
                                        cost=args.cost, batch_size=args.batch_size)
     classes, size, failures = state['class_names'], state['image_size'], []
 
+    workers = default_workers(device) if args.workers is None else args.workers
+
     def batches():
-        for start in range(0, len(files), args.batch_size):
-            images, read, failed = read_images(files[start:start + args.batch_size], size)
-            yield normalise(images.to(device), state['mean'], state['std']), (read, failed)
+        for images, read, failed in read_batches(files, args.batch_size, size, workers, device):
+            yield normalise(images.to(device, non_blocking=True), state['mean'], state['std']), (read, failed)
 
     def rows():
         with torch.inference_mode(), autocast(device, amp), tqdm(total=len(files), unit='img', disable=None,

@@ -83,6 +83,20 @@ fallback cheapest-fallback "${students[-1]}"
 if python -c 'import pytest' 2>/dev/null; then
     optional 90 cuda-tests python -m pytest -q -m cuda tests
 fi
+# infer.py on the test JPEGs as a user runs it on a folder: decoding in the main process, then in 8 workers.
+infer_folder() {  # ARCHIVE SELECTOR DEVICE OUT PATTERN
+    local folder=data/jpeg-check
+    [[ -n "$(ls -A "$folder" 2>/dev/null)" ]] || { mkdir -p "$folder" && tar xzf "$1" -C "$folder" --wildcards "$5"; }
+    local images; images=$(find "$folder" -type d -name test -print -quit)
+    TIMEFORMAT="%R s wall"
+    for workers in 0 8; do
+        echo "infer.py --workers $workers on $(find "$images" -type f | wc -l) images:"
+        time python infer.py "$images" --selector "$2" --device "$3" --workers "$workers" --out "$4/infer-workers$workers.csv"
+    done
+}
+export -f infer_folder
+pattern='*test/*'; [[ "$device" == cpu ]] && pattern='*test/airplane/*'  # a dry run: one class
+optional 40 infer-folder bash -c 'infer_folder "$@"' _ "$archive" "$root/selector" "$device" "$out" "$pattern"
 optional 130 bench-infer python benchmarks/run.py "${bench[@]}" --parts infer --selector "$root/selector" \
     --device "$device" --out "$out/bench-infer.json"
 optional 150 twins python pipeline.py --preset "$preset" --data-dir "$archive" --root "$root" --results "$out" \

@@ -2,12 +2,16 @@
 any checkpoint alone) and the table it writes."""
 import csv
 import json
+import math
 import os
 import sys
+
+import torch
 
 from . import UserError
 from .checkpoint import atomic_write, load_checkpoint
 from .cli import checkpoint_path
+from .data import read_images
 from .routing import load_experts, load_selector, router_for
 from .runtime import fast_inference, inference_model
 
@@ -47,6 +51,32 @@ def one_model(model, name: str):
         for images, tag in batches:
             yield tag, model(images) if len(images) else None, [name] * len(images)
     return classify
+
+
+class FileBatches(torch.utils.data.Dataset):
+    """Item i: the i-th batch_size files, read as read_images reads them (unreadable ones listed, not raised)."""
+
+    def __init__(self, files: list, batch_size: int, size: int):
+        self.files, self.batch_size, self.size = files, batch_size, size
+
+    def __len__(self):
+        return math.ceil(len(self.files) / self.batch_size)
+
+    def __getitem__(self, i):
+        return read_images(self.files[i * self.batch_size:(i + 1) * self.batch_size], self.size)
+
+
+def default_workers(device) -> int:
+    """Processes that decode images while the model runs: on a GPU, decoding is most of infer.py's time; on
+    a CPU the model needs every core."""
+    return min(8, (os.cpu_count() or 1) - 1) if torch.device(device).type == 'cuda' else 0
+
+
+def read_batches(files: list, batch_size: int, size: int, workers: int, device):
+    """(uint8 images, paths read, [(path, why)]) per batch of files, in order; decoded by `workers` processes
+    ahead of the model (0: here, one batch at a time)."""
+    return torch.utils.data.DataLoader(FileBatches(files, batch_size, size), batch_size=None, num_workers=workers,
+                                       pin_memory=torch.device(device).type == 'cuda')
 
 
 def write_rows(path: str, fmt: str, rows):

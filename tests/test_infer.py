@@ -52,6 +52,15 @@ def test_infer_predicts_readable_images_and_lists_the_rest(tiny_runs, messy_fold
     assert '6 images classified, 3 unreadable' in result.stdout
 
 
+def test_decoding_in_worker_processes_gives_the_same_table(tiny_runs, messy_folder, tmp_path):
+    work, _ = tiny_runs
+    for workers in (0, 2):
+        run_script(ROOT / 'infer.py', messy_folder, '--workers', workers, '--batch-size', '2', '--out',
+                   tmp_path / f'{workers}.csv', cwd=work)
+    assert (tmp_path / '0.csv').read_text() == (tmp_path / '2.csv').read_text()
+    assert len(_rows(tmp_path / '2.csv')) == 9  # unreadable files listed too, in the same order
+
+
 def test_single_expert_teacher_and_json_output(tiny_runs, messy_folder):
     work, _ = tiny_runs
     out = messy_folder.parent / 'p.json'
@@ -124,6 +133,7 @@ def test_standard_output_json_types_and_each_routing_mode(tiny_runs, messy_folde
     (['--route', 'cascade', '--threshold', '1.5'], '--threshold must be between 0 and 1 (got 1.5)'),
     (['--route', 'cascade', '--cost-weight', '0.2'], 'the cascade uses --threshold'),
     (['--route', 'selector', '--cost-weight', '-1'], '--cost-weight must be at least 0 (got -1.0)'),
+    (['--workers', '-1'], '--workers must be at least 0 (got -1)'),
     (['--teacher', 'checkpoints/teacher', '--cost-weight', '5'], '--teacher runs one model on every image'),
     (['--route', 'selector', '--cost', 'measure', '--expert', 'googlenet'], '--expert runs one model'),
 ])
