@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run_script
+from conftest import ROOT, needs_cuda, run_script
 
 
 @pytest.fixture
@@ -59,6 +59,17 @@ def test_decoding_in_worker_processes_gives_the_same_table(tiny_runs, messy_fold
                    tmp_path / f'{workers}.csv', cwd=work)
     assert (tmp_path / '0.csv').read_text() == (tmp_path / '2.csv').read_text()
     assert len(_rows(tmp_path / '2.csv')) == 9  # unreadable files listed too, in the same order
+
+
+@needs_cuda
+def test_infer_on_the_gpu_with_decoding_workers_predicts_what_the_cpu_predicts(tiny_runs, messy_folder, tmp_path):
+    work, _ = tiny_runs
+    for device, workers in (('cpu', 0), ('cuda', 2)):  # float32 on both: bf16 would flip near ties
+        run_script(ROOT / 'infer.py', messy_folder, '--device', device, '--amp', 'off', '--workers', workers,
+                   '--batch-size', '2', '--out', tmp_path / f'{device}.csv', cwd=work)
+    cpu, cuda = _rows(tmp_path / 'cpu.csv'), _rows(tmp_path / 'cuda.csv')
+    assert set(cpu) == set(cuda) and {n for n in cpu if cpu[n]['error']} == {n for n in cuda if cuda[n]['error']}
+    assert sum(cpu[n]['prediction'] != cuda[n]['prediction'] for n in cpu) <= 1
 
 
 def test_single_expert_teacher_and_json_output(tiny_runs, messy_folder):
