@@ -40,7 +40,9 @@ def atomic_write(path: str, mode: str = 'w'):
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = f'{path}.tmp{os.getpid()}'
     try:
-        with open(tmp, mode, **({} if 'b' in mode else {'newline': ''})) as f:
+        # Text as UTF-8; a file name that is not (bytes kept by the OS as surrogates) is written back as it was.
+        text = {} if 'b' in mode else {'newline': '', 'encoding': 'utf-8', 'errors': 'surrogateescape'}
+        with open(tmp, mode, **text) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

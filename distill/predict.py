@@ -92,6 +92,7 @@ def write_rows(path: str, fmt: str, rows):
                 f.write((',\n ' if i else '\n ') + json.dumps(row))
             f.write('\n]\n')
     if path == '-':
+        sys.stdout.reconfigure(errors='surrogateescape')  # file names that are not UTF-8, as the OS gave them
         return write(sys.stdout)
     with atomic_write(path) as f:
         write(f)

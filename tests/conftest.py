@@ -71,8 +71,8 @@ def write_cifar(root: Path, name='cifar10', n_train=50, n_test=20, num_classes=1
 def run_script(*args, cwd=None, check=True):
     """Run a top-level script as a user would; returns the CompletedProcess."""
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '2'}
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd or os.getcwd(), env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd or os.getcwd(), env=env, capture_output=True,
+                            text=True, errors='surrogateescape', timeout=600)  # output may hold non-UTF-8 names
     if check and result.returncode != 0:
         raise AssertionError(f'{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}')
     return result

@@ -72,6 +72,22 @@ def test_infer_on_the_gpu_with_decoding_workers_predicts_what_the_cpu_predicts(t
     assert sum(cpu[n]['prediction'] != cuda[n]['prediction'] for n in cpu) <= 1
 
 
+def test_a_file_name_that_is_not_utf8_is_written_back_as_its_bytes(tiny_runs, tmp_path):
+    import os
+    work, _ = tiny_runs
+    folder = tmp_path / 'latin1'
+    folder.mkdir()
+    name = os.fsdecode(b'caf\xe9.png')  # a Latin-1 name from an old camera or archive
+    try:
+        Image.new('RGB', (8, 8)).save(folder / name, format='PNG')
+    except OSError:
+        pytest.skip('this file system accepts only UTF-8 names')
+    run_script(ROOT / 'infer.py', folder, '--out', tmp_path / 'p.csv', cwd=work)
+    assert b'/latin1/caf\xe9.png,' in (tmp_path / 'p.csv').read_bytes()
+    out = run_script(ROOT / 'infer.py', folder, '--out', '-', cwd=work).stdout
+    assert os.fsdecode(b'caf\xe9.png') in out
+
+
 def test_single_expert_teacher_and_json_output(tiny_runs, messy_folder):
     work, _ = tiny_runs
     out = messy_folder.parent / 'p.json'
