@@ -2,6 +2,7 @@
 import csv
 import io
 import json
+import re
 import shutil
 
 import numpy as np
@@ -52,13 +53,21 @@ def test_infer_predicts_readable_images_and_lists_the_rest(tiny_runs, messy_fold
     assert '6 images classified, 3 unreadable' in result.stdout
 
 
-def test_decoding_in_worker_processes_gives_the_same_table(tiny_runs, messy_folder, tmp_path):
+def test_decoding_in_workers_gives_the_same_table_and_names_that_are_not_utf8_keep_their_bytes(
+        tiny_runs, messy_folder, tmp_path):
+    import os
     work, _ = tiny_runs
-    for workers in (0, 2):
-        run_script(ROOT / 'infer.py', messy_folder, '--workers', workers, '--batch-size', '2', '--out',
-                   tmp_path / f'{workers}.csv', cwd=work)
-    assert (tmp_path / '0.csv').read_text() == (tmp_path / '2.csv').read_text()
-    assert len(_rows(tmp_path / '2.csv')) == 9  # unreadable files listed too, in the same order
+    latin1 = os.fsdecode(b'caf\xe9.png')  # a Latin-1 name from an old camera or archive
+    try:
+        Image.new('RGB', (8, 8)).save(messy_folder / latin1, format='PNG')
+    except OSError:
+        pytest.skip('this file system accepts only UTF-8 names')
+    run_script(ROOT / 'infer.py', messy_folder, '--workers', 0, '--batch-size', 2, '--out', tmp_path / 'p.csv',
+               cwd=work)
+    written = (tmp_path / 'p.csv').read_bytes()
+    assert b'/pictures/caf\xe9.png,' in written and len(written.splitlines()) == 1 + 10  # unreadable files too
+    streamed = run_script(ROOT / 'infer.py', messy_folder, '--workers', 2, '--batch-size', 2, '--out', '-', cwd=work)
+    assert os.fsencode(streamed.stdout) == written
 
 
 @needs_cuda
@@ -70,22 +79,6 @@ def test_infer_on_the_gpu_with_decoding_workers_predicts_what_the_cpu_predicts(t
     cpu, cuda = _rows(tmp_path / 'cpu.csv'), _rows(tmp_path / 'cuda.csv')
     assert set(cpu) == set(cuda) and {n for n in cpu if cpu[n]['error']} == {n for n in cuda if cuda[n]['error']}
     assert sum(cpu[n]['prediction'] != cuda[n]['prediction'] for n in cpu) <= 1
-
-
-def test_a_file_name_that_is_not_utf8_is_written_back_as_its_bytes(tiny_runs, tmp_path):
-    import os
-    work, _ = tiny_runs
-    folder = tmp_path / 'latin1'
-    folder.mkdir()
-    name = os.fsdecode(b'caf\xe9.png')  # a Latin-1 name from an old camera or archive
-    try:
-        Image.new('RGB', (8, 8)).save(folder / name, format='PNG')
-    except OSError:
-        pytest.skip('this file system accepts only UTF-8 names')
-    run_script(ROOT / 'infer.py', folder, '--out', tmp_path / 'p.csv', cwd=work)
-    assert b'/latin1/caf\xe9.png,' in (tmp_path / 'p.csv').read_bytes()
-    out = run_script(ROOT / 'infer.py', folder, '--out', '-', cwd=work).stdout
-    assert os.fsdecode(b'caf\xe9.png') in out
 
 
 def test_single_expert_teacher_and_json_output(tiny_runs, messy_folder):
@@ -159,8 +152,6 @@ def test_standard_output_json_types_and_each_routing_mode(tiny_runs, messy_folde
     (['--route', 'mixture'], "invalid choice: 'mixture'"),
     (['--route', 'cascade', '--threshold', '1.5'], '--threshold must be between 0 and 1 (got 1.5)'),
     (['--route', 'cascade', '--cost-weight', '0.2'], 'the cascade uses --threshold'),
-    (['--route', 'selector', '--cost-weight', '-1'], '--cost-weight must be at least 0 (got -1.0)'),
-    (['--workers', '-1'], '--workers must be at least 0 (got -1)'),
     (['--teacher', 'checkpoints/teacher', '--cost-weight', '5'], '--teacher runs one model on every image'),
     (['--route', 'selector', '--cost', 'measure', '--expert', 'googlenet'], '--expert runs one model'),
 ])
@@ -169,6 +160,16 @@ def test_routing_flags_that_would_do_nothing_or_are_out_of_range_are_one_line(ti
     result = run_script(ROOT / 'infer.py', messy_folder, *args, '--out', '-', cwd=work, check=False)
     assert result.returncode == 2 and message in result.stderr and 'Traceback' not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--route', 'selector', '--cost-weight', '-1'], '--cost-weight must be at least 0 (got -1.0)'),
+    (['--workers', '-1'], '--workers must be at least 0 (got -1)')])
+def test_negative_settings_are_refused_before_anything_loads(args, message):
+    import infer
+    from distill import UserError
+    with pytest.raises(UserError, match=re.escape(message)):
+        infer.parse_args(['pictures', *args])
 
 
 def test_a_cost_timed_on_another_device_is_refused_until_measured_here(tiny_runs, messy_folder, tmp_path):
