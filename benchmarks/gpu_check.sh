@@ -85,7 +85,7 @@ if python -c 'import pytest' 2>/dev/null; then
 fi
 # infer.py on the test JPEGs as a user runs it on a folder: decoding in the main process, then in 8 workers.
 infer_folder() {  # ARCHIVE SELECTOR DEVICE OUT PATTERN
-    local folder=data/jpeg-check
+    local folder="data/jpeg-check-$3"  # per device: a dry run unpacks one class only
     [[ -n "$(ls -A "$folder" 2>/dev/null)" ]] || { mkdir -p "$folder" && tar xzf "$1" -C "$folder" --wildcards "$5"; }
     local images; images=$(find "$folder" -type d -name test -print -quit)
     TIMEFORMAT="%R s wall"
