@@ -5,6 +5,7 @@ import statistics
 
 from . import UserError
 from .checkpoint import atomic_write, changed_settings, write_json
+from .routing import gap_closed_text
 
 
 def measured_time(result: dict, name: str):
@@ -33,8 +34,8 @@ def markdown(result: dict) -> str:
         macs = row.get('macs', float('nan'))
         lines.append(f"| {label} | {100 * row['accuracy']:.2f}% | {'—' if t != t else f'{1000 * t:.3f}'} | "
                      f"{ratio(teacher)} | {ratio(best)} | {'—' if macs != macs else f'{macs / 1e6:.1f}'} |")
-    lines += ['', 'Of the gap between the best single expert (chosen on val) and the oracle, closed on test: ' + ', '.join(
-        f'{mode} {100 * closed:.0f}%' for mode, closed in result['gap_closed'].items()) + '.']
+    lines += ['', 'Of the gap between the best single expert (chosen on val) and the oracle, closed on test: ' +
+              gap_closed_text(result['gap_closed']) + '.']
     lines += ['', 'Share of images each mode sends to each expert: ' + '; '.join(
         f"{mode}: " + ', '.join(f'{n} {100 * s:.1f}%' for n, s in share.items())
         for mode, share in result['share'].items()), '', '## Compression', '',

@@ -548,6 +548,11 @@ def format_report(report: dict, names: list, title: str) -> str:
         lines.append(f"  {label:<22}{row['accuracy']:>9.2%}{ms:>9}{macs:>11}")
     for mode, share in report['share'].items():
         lines.append(f'  share, {mode}: ' + ', '.join(f'{n} {s:.0%}' for n, s in zip(names, share)))
-    lines.append('  of the gap between the best single expert and the oracle, closed: ' + ', '.join(
-        f'{mode} {closed:.0%}' for mode, closed in report['gap_closed'].items()))
+    lines.append('  of the gap between the best single expert and the oracle, closed: ' + gap_closed_text(report['gap_closed']))
     return '\n'.join(lines)
+
+
+def gap_closed_text(gap_closed: dict) -> str:
+    if all(math.isnan(closed) for closed in gap_closed.values()):
+        return 'no gap (no image has a right expert where the best single one is wrong)'
+    return ', '.join(f'{mode} {closed:.0%}' for mode, closed in gap_closed.items())

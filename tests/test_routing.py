@@ -10,7 +10,7 @@ from distill.checkpoint import save_checkpoint
 from distill.routing import (SELECTOR_INPUTS, Router, SelectorScore, cascade_choice, cascade_cost, check_cost_device,
                              check_routable, choose_point,
                              choose_routing, confidences, expert_correctness, extra_costs, paired_margin,
-                             load_selector, routing_report, selection_step, selector_choice, selector_cost,
+                             gap_closed_text, load_selector, routing_report, selection_step, selector_choice, selector_cost,
                              selector_inputs, teacher_of)
 from distill.runtime import device_name
 from models import build_model
@@ -232,6 +232,9 @@ def test_the_report_compares_both_modes_with_their_references():
     assert rows['best single']['accuracy'] == 0.5 and rows['max confidence']['time'] == 4.0
     assert report['share'] == {'cascade': [0.5, 0.5], 'selector': [0.5, 0.5]}
     assert report['gap_closed'] == {'cascade': 1.0, 'selector': 1.0}  # best single 50%, oracle and both modes 100%
+    assert gap_closed_text(report['gap_closed']) == 'cascade 100%, selector 100%'
+    same = routing_report([b, b], labels, scores, costs, {'time': 0.5, 'macs': 1.0}, routing)
+    assert gap_closed_text(same['gap_closed']).startswith('no gap')  # not 'nan%'
 
 
 def test_the_selector_learns_from_its_inputs_and_its_val_score_rises():
