@@ -4,8 +4,8 @@
     python selectorTrain.py --experts checkpoints/densenet121 checkpoints/googlenet --include-teacher
 The experts are timed on this device and ordered cheapest first. The selector reads the cheapest expert's
 sorted probabilities and learns, on the held-out route split, which expert will be right; the cascade
-needs no training. Both are tuned on val to reach the best single expert's accuracy as cheaply as they
-can, and the one that pays more becomes the default of infer.py and evaluate.py.
+needs no training (so --cascade-tune-on route val may tune it on route too). Both are tuned on val to reach
+the best single expert's accuracy as cheaply as they can; the one that pays more on val becomes the default.
 """
 import torch
 
@@ -15,9 +15,9 @@ from distill.cli import (check_range, checkpoint_path, inherit_data_settings, ma
 from distill.data import prepare_data
 from distill.loaders import Loader, TensorLoader
 from distill.engine import fit, predict_logits
-from distill.routing import (COST_KINDS, SELECTOR_INPUTS, Expert, SelectorScore, check_routable, choose_routing,
-                             confidences, cost_vector, extra_costs, format_report, load_experts, measure_costs,
-                             routing_data, routing_report, selection_step, teacher_of)
+from distill.routing import (COST_KINDS, SELECTOR_INPUTS, Expert, SelectorScore, cascade_inputs, check_routable,
+                             choose_routing, confidences, cost_vector, extra_costs, format_report, load_experts,
+                             measure_costs, routing_data, routing_report, selection_step, teacher_of)
 from distill.metrics import count_macs, time_model
 from distill.runtime import amp_dtype, resolve_device
 from models import build_model
@@ -42,6 +42,9 @@ def parse_args(argv=None):
     parser.add_argument('--route-views', type=int, default=4,
                         help='cropped and flipped copies of each route image that the experts also classify, as more '
                              'examples for the selector')
+    parser.add_argument('--cascade-tune-on', nargs='+', choices=('route', 'val'), default=['val'],
+                        help="the held-out images the cascade's thresholds are chosen on; it trains nothing, so it may "
+                             "also use the route split, which the selector learns from (docs/routing.md)")
     parser.add_argument('--disagreement-weight', type=float, default=1.0,
                         help='weight, in the loss, of route images on which the experts disagree')
     args = validate_args(parser.parse_args(argv))
@@ -84,16 +87,16 @@ def main(argv=None):
     outputs, correct, inputs = routing_data(experts, loaders, args.route_views, device, amp)
     print(f"route split and {args.route_views} cropped and flipped copies ({len(inputs['route']):,} images): expert "
           'accuracy ' + ', '.join(f'{e.name} {acc:.2%}' for e, acc in zip(experts, correct['route'].mean(0).tolist())))
-    selector_loaders = {'train': TensorLoader(inputs['route'], correct['route'], args.batch_size, train=True,
-                                              seed=args.seed),
-                        'val': TensorLoader(inputs['val'], correct['val'], args.batch_size),
-                        'test': TensorLoader(inputs['test'], correct['test'], args.batch_size)}
+    selector_loaders = {'train' if part == 'route' else part: TensorLoader(
+        inputs[part], correct[part], args.batch_size, train=part == 'route', seed=args.seed) for part in inputs}
     torch.manual_seed(args.seed)
     model_args = {'in_features': inputs['route'].shape[1]}
     selector = build_model('selector', len(experts), **model_args)
     selector_macs = count_macs(selector, inputs['val'][:1])
     costs = {kind: cost_vector([e.cost for e in experts], kind) for kind in COST_KINDS}
     score = SelectorScore()
+    tune_on = {part: len(data.parts[part]) for part in args.cascade_tune_on}  # each split once, without route's copies
+    cascade_tuning = cascade_inputs(outputs, correct, tune_on) if set(tune_on) != {'val'} else None
 
     def tune_routing(best_selector):  # on val, before fit touches the test set
         scores = predict_logits(best_selector, selector_loaders['val'], amp)[0]
@@ -101,13 +104,14 @@ def main(argv=None):
         selector_costs = {'macs': selector_macs, 'time': selector_time}
         routing = choose_routing(confidences(outputs['val'][0]).cpu(), scores.cpu(), correct['val'].cpu(),
                                  costs[args.cost], selector_costs[args.cost], args.max_accuracy_drop / 100,
-                                 args.val_margin)
-        routing['cost'] = args.cost
+                                 args.val_margin, cascade_tuning)
+        routing['cost'], routing['cascade_tuned_on'] = args.cost, list(tune_on)
         score.extra, score.cost_weight = extra_costs(costs[args.cost]), routing['cost_weight']
         report = routing_report(outputs['val'][0], outputs['val'][1], scores, costs, selector_costs, routing)
         print(format_report(report, [e.name for e in experts], 'val split, best epoch:'))
-        print(f"default mode on val: {routing['mode']} (cascade thresholds {routing['thresholds']}, selector cost "
-              f"weight {routing['cost_weight']:g}, target accuracy {routing['target_accuracy']:.2%}, "
+        print(f"default mode on val: {routing['mode']} (cascade thresholds {routing['thresholds']} chosen on "
+              f"{' + '.join(tune_on)}, selector cost weight {routing['cost_weight']:g}, target accuracy "
+              f"{routing['target_accuracy']:.2%}, "
               f"{'cleared by' if routing['cleared_margin'] else 'not cleared by'} {args.val_margin:g} standard errors)")
         return {'routing': routing, 'selector_cost': selector_costs}
     extra = {'experts': [e.describe() for e in experts], 'selector_macs': selector_macs, 'model_args': model_args,

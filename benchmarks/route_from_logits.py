@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distill import UserError  # noqa: E402
 from distill.checkpoint import load_checkpoint  # noqa: E402
 from distill.cli import Parser, main_guard  # noqa: E402
-from distill.routing import (cascade_choice, cascade_cost, cascade_sweep, choose_point, confidences,  # noqa: E402
-                             expert_correctness, outcome, paired_margin)
+from distill.routing import (cascade_choice, cascade_cost, choose_cascade, confidences,  # noqa: E402
+                             expert_correctness, outcome)
 
 
 def load_parts(logits: dict, names: list, parts: list):
@@ -64,9 +64,7 @@ def main():
         costs = torch.tensor([1 / rate[n] for n in chain], dtype=torch.float64)
         conf, correct = load_parts(logits, chain, args.tune_on)
         last = len(chain) - 1
-        points = cascade_sweep(conf, correct, costs)
-        margins = [paired_margin(cascade_choice(conf, t), correct, last, args.val_margin) for t, _, _ in points]
-        (thresholds, val_acc, _), level = choose_point(points, correct[:, last].mean().item(), margins)
+        (thresholds, val_acc, _), level = choose_cascade(conf, correct, costs, last, 0.0, args.val_margin)
         conf, correct = load_parts(logits, chain, ['test'])
         choice = cascade_choice(conf, thresholds)
         test_acc, cost = outcome(choice, correct, cascade_cost(choice, costs))

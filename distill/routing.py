@@ -246,19 +246,34 @@ def paired_margin(choice, correct, reference: int, z: float) -> float:
     return z * math.sqrt((routed != correct[:, reference]).sum().item() + 1) / len(routed)
 
 
-def choose_routing(conf, scores, correct, costs, selector_cost_: float, max_drop: float, margin_z: float = 0.0) -> dict:
+def choose_cascade(conf, correct, costs, reference: int, max_drop: float, margin_z: float) -> tuple:
+    """(thresholds, accuracy, cost), level: the cascade tuned on these images to reach the reference expert's
+    accuracy on them, less max_drop (choose_point)."""
+    target = correct[:, reference].mean().item() - max_drop
+    points = cascade_sweep(conf, correct, costs)
+    return choose_point(points, target, [paired_margin(cascade_choice(conf, p[0]), correct, reference, margin_z)
+                                         for p in points])
+
+
+def choose_routing(conf, scores, correct, costs, selector_cost_: float, max_drop: float, margin_z: float = 0.0,
+                   cascade_tuning: tuple | None = None) -> dict:
     """Both modes tuned on val to reach the best single expert's accuracy, less max_drop, as cheaply as they can:
     cleared by margin_z paired standard errors where some point can, else only reached. The default mode is
-    the one that meets the target better, then the cheaper (or, if neither reaches it, the more accurate)."""
+    the one that meets the target better on val, then the cheaper (or, if neither reaches it, the more
+    accurate). cascade_tuning, (conf, correct) of more held-out images, is where the cascade's thresholds are
+    chosen instead: it trains nothing, so it may use images the selector learned from."""
     best = int(correct.mean(0).argmax())
     target = correct[:, best].mean().item() - max_drop
     extra = extra_costs(costs)
-    points = {'cascade': cascade_sweep(conf, correct, costs),
-              'selector': selector_sweep(scores, correct, costs, selector_cost_)}
-    decide = {'cascade': lambda p: cascade_choice(conf, p[0]),
-              'selector': lambda p: selector_choice(scores, extra, p[0])}
-    chosen = {mode: choose_point(pts, target, [paired_margin(decide[mode](p), correct, best, margin_z) for p in pts])
-              for mode, pts in points.items()}
+    selector_points = selector_sweep(scores, correct, costs, selector_cost_)
+    chosen = {'cascade': choose_cascade(*(cascade_tuning or (conf, correct)), costs, best, max_drop, margin_z),
+              'selector': choose_point(selector_points, target, [
+                  paired_margin(selector_choice(scores, extra, p[0]), correct, best, margin_z) for p in selector_points])}
+    if cascade_tuning is not None:  # compared with the selector on val, where the selector was tuned
+        point = chosen['cascade'][0][0]
+        choice = cascade_choice(conf, point)
+        chosen['cascade'] = choose_point([(point, *outcome(choice, correct, cascade_cost(choice, costs)))], target,
+                                         [paired_margin(choice, correct, best, margin_z)])
 
     def merit(mode):  # how well it meets the target first; then cheaper if it does, more accurate if not
         (_, accuracy, cost), level = chosen[mode]
@@ -267,6 +282,13 @@ def choose_routing(conf, scores, correct, costs, selector_cost_: float, max_drop
     return {'mode': mode, 'thresholds': chosen['cascade'][0][0], 'cost_weight': chosen['selector'][0][0],
             'target_accuracy': target, 'margin_z': margin_z, 'cleared_margin': chosen[mode][1] == 2,
             'val': {m: chosen[m][0][1:] for m in MODES}}
+
+
+def cascade_inputs(outputs: dict, correct: dict, sizes: dict) -> tuple:
+    """(confidences, correctness) of the first sizes[part] images of each part, as choose_routing's cascade_tuning:
+    the held-out images themselves, not the augmented copies that follow them in routing_data's route."""
+    return tuple(torch.cat(pair).cpu() for pair in zip(*[
+        (confidences([logits[:n] for logits in outputs[part][0]]), correct[part][:n]) for part, n in sizes.items()]))
 
 
 def selector_inputs(logits: torch.Tensor) -> torch.Tensor:

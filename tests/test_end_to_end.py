@@ -84,12 +84,16 @@ def test_routing_is_chosen_on_val_and_stored_with_the_selector(tiny_runs, monkey
     experts = [str(work / 'checkpoints' / name) for name in ('densenet121', 'googlenet')]  # run directories
     seen = []
     monkeypatch.setattr(selectorTrain, 'choose_routing',
-                        lambda conf, *rest, **kw: seen.append(len(conf)) or {**choose_routing(conf, *rest, **kw),
-                                                                             'mode': 'selector', 'cost_weight': 0.5})
-    selectorTrain.main(['--experts', *experts, '--epochs', '2', '--max-accuracy-drop', '2', '--out', 'auto'])
-    assert seen == [6]  # the 6 val images (TINY's --val-size), never the test set; data settings inherited
+                        lambda conf, *rest: seen.append((len(conf), len(rest[-1][0]))) or {
+                            **choose_routing(conf, *rest), 'mode': 'selector', 'cost_weight': 0.5})
+    selectorTrain.main(['--experts', *experts, '--epochs', '2', '--max-accuracy-drop', '2', '--out', 'auto',
+                        '--cascade-tune-on', 'route', 'val'])
+    # the 6 val images (TINY's --val-size), never the test set; data settings inherited; the cascade tuned on
+    # the 9 route images and val, without route's augmented copies
+    assert seen == [(6, 15)]
     state = torch.load('auto/best.pt', weights_only=True)
     assert state['routing']['mode'] == 'selector' and state['routing']['cost_weight'] == 0.5
+    assert state['routing']['cascade_tuned_on'] == ['route', 'val']
     assert json.loads(open('auto/summary.json').read())['routing']['cost_weight'] == 0.5
     assert state['split'] == torch.load(experts[0] + '/best.pt', weights_only=True)['split']
     assert 'optimizer' not in state and 'rng' not in state  # best.pt: what inference needs

@@ -7,7 +7,7 @@ from distill import UserError
 from distill.loaders import TensorLoader
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch
 from distill.checkpoint import save_checkpoint
-from distill.routing import (SELECTOR_INPUTS, Router, SelectorScore, cascade_choice, cascade_cost, check_cost_device,
+from distill.routing import (SELECTOR_INPUTS, Router, SelectorScore, cascade_choice, cascade_cost, cascade_inputs, check_cost_device,
                              check_routable, choose_point,
                              choose_routing, confidences, expert_correctness, extra_costs, paired_margin,
                              gap_closed_text, load_selector, routing_report, selection_step, selector_choice, selector_cost,
@@ -215,6 +215,30 @@ def test_the_default_mode_is_the_one_that_reaches_the_best_single_expert_more_ch
     routing = choose_routing(conf, torch.zeros(4, 2), correct, torch.tensor([1.0, 4.0]), 0.0, max_drop=0.0)
     assert routing['mode'] == 'cascade' and routing['val']['cascade'] == (1.0, 2.0)
     assert routing['target_accuracy'] == 1.0
+
+
+def test_the_cascade_may_be_tuned_on_more_held_out_images_and_is_still_compared_on_val():
+    # On val alone the cheap expert's answers at 0.6 look safe (right on the one there); on the larger tuning
+    # set half of them are wrong, so the cascade passes them on, and its val outcome is what is compared.
+    conf = torch.tensor([[0.99, 0.9], [0.6, 0.9], [0.3, 0.9]])
+    correct = torch.tensor([[1., 1], [1., 1], [0., 1]])
+    tuning = (torch.tensor([[0.99, 0.9]] * 2 + [[0.6, 0.9]] * 4 + [[0.3, 0.9]]),
+              torch.tensor([[1., 1]] * 4 + [[0., 1]] * 3))
+    costs = torch.tensor([1.0, 4.0])
+    alone = choose_routing(conf, torch.zeros(3, 2), correct, costs, 0.0, 0.0)
+    assert alone['mode'] == 'cascade' and alone['thresholds'] == [0.5]
+    routing = choose_routing(conf, torch.zeros(3, 2), correct, costs, 0.0, 0.0, cascade_tuning=tuning)
+    assert routing['thresholds'] == [0.7] and routing['val']['cascade'] == pytest.approx((1.0, 1 + 2 / 3 * 4))
+
+
+def test_cascade_inputs_are_the_plain_images_of_each_split():
+    logits = {'route': torch.randn(12, 3), 'val': torch.randn(4, 3)}  # route: 3 images, then 3 copies of them
+    outputs = {part: ([x, 2 * x], None) for part, x in logits.items()}
+    correct = {part: torch.rand(len(x), 2) for part, x in logits.items()}
+    conf, right = cascade_inputs(outputs, correct, {'route': 3, 'val': 4})
+    assert torch.equal(right, torch.cat([correct['route'][:3], correct['val']]))
+    plain = torch.cat([logits['route'][:3], logits['val']])
+    assert torch.allclose(conf, confidences([plain, 2 * plain]))
 
 
 def test_the_report_compares_both_modes_with_their_references():
