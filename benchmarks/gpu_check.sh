@@ -99,6 +99,10 @@ pattern='*test/*'; [[ "$device" == cpu ]] && pattern='*test/airplane/*'  # a dry
 optional 40 infer-folder bash -c 'infer_folder "$@"' _ "$archive" "$root/selector" "$device" "$out" "$pattern"
 optional 130 bench-infer python benchmarks/run.py "${bench[@]}" --parts infer --selector "$root/selector" \
     --device "$device" --out "$out/bench-infer.json"
+# The cascade tuned on val alone and on route + val, from the logits and rates above (seconds, on the CPU).
+chain=(--chain "$(basename "${students[-1]}")" "$(basename "${students[0]}")" --chain "$(basename "${students[-1]}")" teacher)
+optional 10 cascade-tuning bash -c 'for on in val "route val"; do python benchmarks/route_from_logits.py "$1/logits" \
+    --rates "$1/bench-infer.json" --tune-on $on "${@:2}"; done' _ "$out" "${chain[@]}"
 optional 150 twins python pipeline.py --preset "$preset" --data-dir "$archive" --root "$root" --results "$out" \
     --device "$device"
 fallback fallback "${students[@]}"
