@@ -1,11 +1,11 @@
-"""Train the selector and tune both routing modes on val: which student answers each image.
+"""Train the selector and tune both routing modes on held-out images: which student answers each image.
 
     python selectorTrain.py --experts checkpoints/densenet121 checkpoints/googlenet
     python selectorTrain.py --experts checkpoints/densenet121 checkpoints/googlenet --include-teacher
 The experts are timed on this device and ordered cheapest first. The selector reads the cheapest expert's
 sorted probabilities and learns, on the held-out route split, which expert will be right; the cascade
-needs no training (so --cascade-tune-on route val may tune it on route too). Both are tuned on val to reach
-the best single expert's accuracy as cheaply as they can; the one that pays more on val becomes the default.
+needs no training, so it is tuned on route and val, the selector on val alone: each to reach the best single
+expert's accuracy as cheaply as it can. The one that pays more on val becomes the default.
 """
 import torch
 
@@ -42,9 +42,9 @@ def parse_args(argv=None):
     parser.add_argument('--route-views', type=int, default=4,
                         help='cropped and flipped copies of each route image that the experts also classify, as more '
                              'examples for the selector')
-    parser.add_argument('--cascade-tune-on', nargs='+', choices=('route', 'val'), default=['val'],
-                        help="the held-out images the cascade's thresholds are chosen on; it trains nothing, so it may "
-                             "also use the route split, which the selector learns from (docs/routing.md)")
+    parser.add_argument('--cascade-tune-on', nargs='+', choices=('route', 'val'), default=['route', 'val'],
+                        help="the held-out images the cascade's thresholds are chosen on; it trains nothing, so it also "
+                             "uses the route split, which the selector learns from (docs/routing.md)")
     parser.add_argument('--disagreement-weight', type=float, default=1.0,
                         help='weight, in the loss, of route images on which the experts disagree')
     args = validate_args(parser.parse_args(argv))

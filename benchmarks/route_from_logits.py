@@ -5,9 +5,9 @@
 Reads OUT/<name>-logits.pt as benchmarks/export_logits.py writes them, and each model's img/s as
 benchmarks/run.py measured it (infer.<name>.img_s). A cascade's cost per image is its mix of those measured
 costs, which is what a routed run costs where every model runs at the measured rate (a large batch on a GPU);
-benchmarks/run.py measures routed runs themselves. The threshold is chosen on val as selectorTrain.py
-chooses it (--val-margin), against the chain's last model; test is touched once per chain. A cascade trains
-nothing, so it may also be tuned on the route images, which no expert has seen (--tune-on route val).
+benchmarks/run.py measures routed runs themselves. The threshold is chosen as selectorTrain.py chooses it
+(--val-margin), against the chain's last model, on val or, as selectorTrain.py does by default, on the route
+images too (--tune-on route val); test is touched once per chain.
 """
 import json
 import os

@@ -46,7 +46,7 @@ def markdown(result: dict) -> str:
                      f"{speed['latency_ms']:.2f} | {speed['images_per_s']:.0f} |")
     lines += gathered_markdown(result)
     routing = result['routing']
-    lines += ['', '## Operating points on test (chosen on val)', '',
+    lines += ['', '## Operating points on test (chosen on held-out images)', '',
               f"Cascade thresholds {routing['thresholds']} (tuned on {' + '.join(routing.get('cascade_tuned_on', ['val']))}); "
               f"selector cost weight {routing['cost_weight']:g} "
               f"(cost: {routing['cost']}).", '', '| mode | setting | accuracy | ms / image (from the mix) |',

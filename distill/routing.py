@@ -1,7 +1,8 @@
 """Routing: which expert answers each image, and running each expert only on the images that need it.
 
 Experts are ordered cheapest first by their cost, timed on the device that runs them (or MACs). Two
-modes, both tuned on val and reported side by side:
+modes, both tuned on held-out images (the cascade on route and val, the selector on val) and reported
+side by side:
 - cascade (Wang et al., "Wisdom of Committees", ICLR 2022, https://arxiv.org/abs/2012.01988): expert k
   answers where its top softmax probability reaches threshold k; the other images go on to expert k+1,
   and the last expert answers whatever is left.
@@ -226,9 +227,9 @@ def selector_sweep(scores, correct, costs, selector_cost_=0.0, weights=COST_WEIG
 
 
 def choose_point(points: list, target: float, margins=None):
-    """(point, how well it meets target) on val: the cheapest point whose accuracy clears target by its margin
-    (2); else the cheapest that reaches target (1); else the most accurate, then cheapest (0).
-    selectorTrain.py calls it on val, so an operating point is never picked on test."""
+    """(point, how well it meets target) on held-out images: the cheapest point whose accuracy clears target by
+    its margin (2); else the cheapest that reaches target (1); else the most accurate, then cheapest (0).
+    selectorTrain.py calls it on val or route, so an operating point is never picked on test."""
     levels = ([(2, margins)] if margins is not None else []) + [(1, [0.0] * len(points))]
     for level, margins_ in levels:
         reaching = [p for p, m in zip(points, margins_) if p[1] - m >= target - 1e-12]
