@@ -258,11 +258,11 @@ def choose_cascade(conf, correct, costs, reference: int, max_drop: float, margin
 
 def choose_routing(conf, scores, correct, costs, selector_cost_: float, max_drop: float, margin_z: float = 0.0,
                    cascade_tuning: tuple | None = None) -> dict:
-    """Both modes tuned on val to reach the best single expert's accuracy, less max_drop, as cheaply as they can:
-    cleared by margin_z paired standard errors where some point can, else only reached. The default mode is
-    the one that meets the target better on val, then the cheaper (or, if neither reaches it, the more
-    accurate). cascade_tuning, (conf, correct) of more held-out images, is where the cascade's thresholds are
-    chosen instead: it trains nothing, so it may use images the selector learned from."""
+    """Both modes tuned to reach the best single expert's accuracy (best on val), less max_drop, as cheaply as
+    they can: cleared by margin_z paired standard errors where some point can, else only reached. The selector
+    is tuned on val; the cascade on cascade_tuning, (conf, correct) of other held-out images or None for val's
+    (it trains nothing, so it may use the images the selector learned from). The default mode is the one that
+    meets the target better on val, then the cheaper (or, if neither reaches it, the more accurate)."""
     best = int(correct.mean(0).argmax())
     target = correct[:, best].mean().item() - max_drop
     extra = extra_costs(costs)
@@ -576,6 +576,7 @@ def format_report(report: dict, names: list, title: str) -> str:
 
 
 def gap_closed_text(gap_closed: dict) -> str:
+    """'cascade 6%, selector -1%'; where the oracle is no better than the best single expert, says so."""
     if all(math.isnan(closed) for closed in gap_closed.values()):
         return 'no gap (no image has a right expert where the best single one is wrong)'
     return ', '.join(f'{mode} {closed:.0%}' for mode, closed in gap_closed.items())
