@@ -55,7 +55,8 @@ def parse_args(argv=None):
     p.add_argument('--data-dir', default='data', help='download folder for CIFAR, or an image folder, .tar.gz or .zip')
     p.add_argument('--root', default='checkpoints', help='where the run directories go')
     p.add_argument('--results', default='results', help='where the reports, figures and predictions go')
-    p.add_argument('--students', nargs='+', default=list(STUDENTS), help='the students to distil')
+    p.add_argument('--students', nargs='+', default=list(STUDENTS),
+                   help='the students to distil; one student is routed with the teacher as its fallback')
     p.add_argument('--baselines', action=argparse.BooleanOptionalAction, default=True,
                    help='also train each student without a teacher (--alpha 0)')
     p.add_argument('--seeds', type=int, nargs='+',
@@ -76,6 +77,8 @@ def main(argv=None):
     unknown = sorted(set(args.students) - set(STUDENTS))
     if unknown:
         raise UserError(f"unknown student(s) {', '.join(unknown)}; choose from {', '.join(STUDENTS)}")
+    if len(set(args.students)) < len(args.students):
+        raise UserError(f"--students repeats a student ({' '.join(args.students)}); give each student once")
     preset = PRESETS[args.preset]
     dataset = args.dataset or default_dataset(args.data_dir)
     common = ['--dataset', dataset, '--data-dir', args.data_dir, '--device', args.device, *preset['data']]
@@ -112,8 +115,9 @@ def train_system(args, common: list, preset: dict, seed) -> str:
                                                               '--out', run_dir(root, arch, distilled=False)]))
     run_stages(students, args.force, args.jobs or preset.get('jobs', 1), os.path.join(root, 'logs'))
     selector = os.path.join(root, 'selector')
+    fallback = ['--include-teacher'] if len(experts) == 1 else []  # routing needs two experts
     run_stages([(selectorTrain, common + ['--epochs', str(preset['selector_epochs']), '--experts', *experts,
-                                          '--out', selector])], args.force)
+                                          *fallback, '--out', selector])], args.force)
     return os.path.join(selector, 'best.pt')
 
 

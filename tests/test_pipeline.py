@@ -95,7 +95,19 @@ def test_every_preset_trains_the_teacher_longer_than_its_students(name):
 
 def test_a_bad_device_or_student_is_refused_before_any_training(tmp_path, capsys):
     for argv, message in ((['--device', 'gpu0'], "unknown --device 'gpu0'"),
-                          (['--students', 'vgg'], 'unknown student(s) vgg')):
+                          (['--students', 'vgg'], 'unknown student(s) vgg'),
+                          (['--students', 'googlenet', 'googlenet'], '--students repeats a student')):
         with pytest.raises(SystemExit):
             pipeline.main(['--data-dir', str(tmp_path), *argv])
         assert message in capsys.readouterr().err and not (tmp_path / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize('students', [['googlenet'], ['densenet121', 'googlenet']])
+def test_one_student_is_routed_with_the_teacher_as_its_fallback(students, tmp_path, monkeypatch):
+    stages = []
+    monkeypatch.setattr(pipeline, 'run_stages', lambda batch, *rest: stages.extend(batch))
+    args = pipeline.parse_args(['--students', *students, '--root', str(tmp_path), '--no-baselines'])
+    pipeline.train_system(args, [], pipeline.PRESETS['quick'], None)
+    (selector_argv,) = [argv for module, argv in stages if module is selectorTrain]
+    experts = selector_argv[selector_argv.index('--experts') + 1:selector_argv.index('--out')]
+    assert experts == [str(tmp_path / s / 'best.pt') for s in students] + (['--include-teacher'] if len(students) == 1 else [])
