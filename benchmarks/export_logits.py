@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distill.checkpoint import save_checkpoint  # noqa: E402
-from distill.cli import Parser, checkpoint_path, main_guard  # noqa: E402
+from distill.cli import Parser, check_writable, checkpoint_path, main_guard  # noqa: E402
 from distill.data import prepare_data  # noqa: E402
 from distill.loaders import Loader  # noqa: E402
 from distill.engine import predict_logits  # noqa: E402
@@ -44,7 +44,7 @@ def main():
     parts = {'route': (data.train, data.parts['route']), 'val': (data.train, data.parts['val']),
              'test': (data.test, torch.arange(len(data.test)))}
     loaders = {k: Loader(images, idx, 512, data.mean, data.std, device) for k, (images, idx) in parts.items()}
-    os.makedirs(args.out, exist_ok=True)
+    check_writable(os.path.join(args.out, 'teacher-logits.pt'))
     for name, model in models.items():
         outputs = {part: predict_logits(model.model, loader, amp) for part, loader in loaders.items()}
         save_checkpoint({'arch': model.state['arch'], 'model': {}, 'split': data.split, 'class_names': data.classes,

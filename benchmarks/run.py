@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from torch.fx.experimental.optimization import fuse  # noqa: E402
 
 from distill.checkpoint import model_from_checkpoint, write_json  # noqa: E402
-from distill.cli import Parser, checkpoint_path, main_guard  # noqa: E402
+from distill.cli import Parser, check_writable, checkpoint_path, main_guard  # noqa: E402
 from distill.data import ImageSet, interleave_classes, load_dataset, read_images  # noqa: E402
 from distill.loaders import Loader, normalise  # noqa: E402
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch  # noqa: E402
@@ -385,6 +385,11 @@ def main():
                    help='also measure torch.compile for training and (with weight freezing) inference; minutes more')
     p.add_argument('--out', help='where the JSON goes (default: benchmarks/results/<host>[-quick][-parts].json)')
     args = p.parse_args()
+    # A quick or partial run never replaces the full run's JSON.
+    suffix = ('-quick' if args.quick else '') + ('' if set(args.parts) == set(PARTS) else '-' + '-'.join(args.parts))
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results',
+                                   f'{platform.node()}{suffix}.json')
+    check_writable(out)  # before minutes of measuring, not after
     device = resolve_device(args.device)
     configure(device)
     torch.manual_seed(0)
@@ -407,10 +412,6 @@ def main():
     width = max(map(len, results))
     for key, value in results.items():
         print(f'{key:<{width}}  {value:.3g}' if isinstance(value, float) else f'{key:<{width}}  {value}')
-    # A quick or partial run never replaces the full run's JSON.
-    suffix = ('-quick' if args.quick else '') + ('' if set(args.parts) == set(PARTS) else '-' + '-'.join(args.parts))
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results',
-                                   f'{platform.node()}{suffix}.json')
     write_json(out, results)
     print(f'wrote {out}')
 

@@ -4,6 +4,7 @@ import argparse
 import functools
 import os
 import sys
+import tempfile
 
 from . import UserError
 from .data import DATASETS, default_cache_dir, default_dataset
@@ -140,8 +141,10 @@ def check_writable(path: str):
     except OSError as err:
         raise UserError(f"cannot create the folder '{folder}' for '{path}' ({err.strerror}); "
                         f"choose another path") from None
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"cannot write to '{folder}' (for '{path}'); choose another path")
+    try:  # a real file, not os.access: root passes every permission check, and some filesystems refuse files
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise UserError(f"cannot write to '{folder}' (for '{path}'; {err.strerror}); choose another path") from None
 
 
 def checkpoint_path(path: str) -> str:

@@ -172,6 +172,14 @@ def test_photos_decoded_at_reduced_scale_are_timed_against_whole_decoding(tmp_pa
     assert results['decode.photos'] == 2 and results['decode.max_abs_difference'] <= 2
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_measuring(tmp_path, monkeypatch, capsys):
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(SystemExit) as exit_info:
+        run(ROOT / 'benchmarks' / 'run.py', '--quick', '--parts', 'decode', '--out', tmp_path / 'file' / 'out.json',
+            monkeypatch=monkeypatch)
+    assert exit_info.value.code == 2 and 'cannot create the folder' in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('parts, variants', [('routed', False), ('infer', True)])
 def test_run_reports_every_routing_mode_against_every_model_at_both_batches(tiny_runs, tmp_path, monkeypatch,
                                                                             parts, variants):

@@ -1,7 +1,8 @@
+import argparse
+import os
+
 import pytest
 import torch
-
-import argparse
 
 import distill.cli as cli
 from distill import UserError
@@ -77,3 +78,16 @@ def test_label_smoothing_reaches_the_student_loss_and_is_not_offered_to_the_sele
     with pytest.raises(SystemExit):
         selectorTrain.parse_args(['--label-smoothing', '0.1'])
     assert cli.training_parser('x', out='o', epochs=1, lr=0.1).parse_args(['--label-smoothing', '0.1']).label_smoothing
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    a_file = tmp_path / 'file'
+    a_file.write_text('')
+    cases = [(a_file / 'out.json', 'cannot create the folder'), (tmp_path, 'is a folder, not a file name')]
+    if os.path.isdir('/proc'):  # accepts os.access for root, refuses every new file
+        cases.append(('/proc/out.json', "cannot write to '/proc'"))
+    for path, message in cases:
+        with pytest.raises(UserError, match=message):
+            cli.check_writable(str(path))
+    cli.check_writable(str(tmp_path / 'new' / 'out.json'))  # makes the folder and leaves nothing in it
+    assert os.listdir(tmp_path / 'new') == []
