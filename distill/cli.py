@@ -128,6 +128,7 @@ def validate_args(args):
         raise UserError(f'--lr must be positive (got {args.lr})')
     check_range('label_smoothing', getattr(args, 'label_smoothing', None), 0, 1)
     amp_dtype(args.amp, resolve_device(args.device))  # a device or precision this machine lacks, before any data
+    check_writable(os.path.join(args.out, 'last.pt'))
     return args
 
 

@@ -91,3 +91,11 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):
             cli.check_writable(str(path))
     cli.check_writable(str(tmp_path / 'new' / 'out.json'))  # makes the folder and leaves nothing in it
     assert os.listdir(tmp_path / 'new') == []
+
+
+def test_a_training_run_whose_out_cannot_be_written_is_refused_before_any_data(tmp_path):
+    import teacherTrain
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(UserError, match="cannot create the folder '.*file'"):
+        teacherTrain.parse_args(['--dataset', 'folder', '--data-dir', str(tmp_path / 'no-data'),
+                                 '--out', str(tmp_path / 'file')])
