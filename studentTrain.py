@@ -4,12 +4,14 @@
     python studentTrain.py --arch googlenet --alpha 0        # the same student without a teacher
 A student takes its data settings (dataset, split, image size) from its teacher unless they are given.
 """
+import os
+
 import torch
 
 from distill import UserError
 from distill.checkpoint import check_compatible, load_checkpoint, run_dir
-from distill.cli import (check_range, checkpoint_path, inherit_data_settings, main_guard, training_parser,
-                         validate_args)
+from distill.cli import (check_range, check_writable, checkpoint_path, inherit_data_settings, main_guard,
+                         training_parser, validate_args)
 from distill.data import prepare_data
 from distill.engine import fit
 from distill.losses import distillation_step
@@ -38,6 +40,7 @@ def parse_args(argv=None):
     args.teacher = checkpoint_path(args.teacher)
     # The no-teacher baseline gets its own directory so that it never replaces the distilled student.
     args.out = args.out or run_dir('checkpoints', args.arch, distilled=args.alpha > 0)
+    check_writable(os.path.join(args.out, 'last.pt'))
     return args
 
 

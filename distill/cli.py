@@ -128,24 +128,24 @@ def validate_args(args):
         raise UserError(f'--lr must be positive (got {args.lr})')
     check_range('label_smoothing', getattr(args, 'label_smoothing', None), 0, 1)
     amp_dtype(args.amp, resolve_device(args.device))  # a device or precision this machine lacks, before any data
-    check_writable(os.path.join(args.out, 'last.pt'))
+    if args.out is not None:  # else the script names the run after its settings, then checks
+        check_writable(os.path.join(args.out, 'last.pt'))
     return args
 
 
 def check_writable(path: str):
-    """Refuse an output file that cannot be written before any model runs, not after."""
-    folder = os.path.dirname(path) or '.'
+    """Refuse an output file that cannot be written before any model runs, not after; creates nothing."""
     if os.path.isdir(path):
         raise UserError(f"'{path}' is a folder, not a file name; choose another output path")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create the folder '{folder}' for '{path}' ({err.strerror}); "
-                        f"choose another path") from None
+    folder = existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"cannot create the folder '{folder}' for '{path}': '{existing}' is a file; choose another path")
     try:  # a real file, not os.access: root passes every permission check, and some filesystems refuse files
-        tempfile.TemporaryFile(dir=folder).close()
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as err:
-        raise UserError(f"cannot write to '{folder}' (for '{path}'; {err.strerror}); choose another path") from None
+        raise UserError(f"cannot write to '{existing}' (for '{path}'; {err.strerror}); choose another path") from None
 
 
 def checkpoint_path(path: str) -> str:

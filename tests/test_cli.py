@@ -89,8 +89,8 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):
     for path, message in cases:
         with pytest.raises(UserError, match=message):
             cli.check_writable(str(path))
-    cli.check_writable(str(tmp_path / 'new' / 'out.json'))  # makes the folder and leaves nothing in it
-    assert os.listdir(tmp_path / 'new') == []
+    cli.check_writable(str(tmp_path / 'new' / 'out.json'))  # creates nothing
+    assert os.listdir(tmp_path) == ['file']
 
 
 def test_a_training_run_whose_out_cannot_be_written_is_refused_before_any_data(tmp_path):
