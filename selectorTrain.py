@@ -43,8 +43,8 @@ def parse_args(argv=None):
                         help='cropped and flipped copies of each route image that the experts also classify, as more '
                              'examples for the selector')
     parser.add_argument('--cascade-tune-on', nargs='+', choices=('route', 'val'), default=['route', 'val'],
-                        help="the held-out images the cascade's thresholds are chosen on; it trains nothing, so it also "
-                             "uses the route split, which the selector learns from (docs/routing.md)")
+                        help="the held-out images the cascade's thresholds are chosen on; it trains nothing, so it "
+                             "also uses the route split, which the selector learns from (docs/routing.md)")
     parser.add_argument('--disagreement-weight', type=float, default=1.0,
                         help='weight, in the loss, of route images on which the experts disagree')
     args = validate_args(parser.parse_args(argv))

@@ -141,7 +141,8 @@ def check_writable(path: str):
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise UserError(f"cannot create the folder '{folder}' for '{path}': '{existing}' is a file; choose another path")
+        raise UserError(f"cannot create the folder '{folder}' for '{path}': '{existing}' is a file; "
+                        f"choose another path")
     try:  # a real file, not os.access: root passes every permission check, and some filesystems refuse files
         tempfile.TemporaryFile(dir=existing).close()
     except OSError as err:

@@ -47,8 +47,8 @@ def markdown(result: dict) -> str:
     lines += gathered_markdown(result)
     routing = result['routing']
     lines += ['', '## Operating points on test (chosen on held-out images)', '',
-              f"Cascade thresholds {routing['thresholds']} (tuned on {' + '.join(routing.get('cascade_tuned_on', ['val']))}); "
-              f"selector cost weight {routing['cost_weight']:g} "
+              f"Cascade thresholds {routing['thresholds']} "
+              f"(tuned on {' + '.join(routing.get('cascade_tuned_on', ['val']))}); selector cost weight {routing['cost_weight']:g} "
               f"(cost: {routing['cost']}).", '', '| mode | setting | accuracy | ms / image (from the mix) |',
               '|---|---|---|---|']
     for mode, points in result['sweeps'].items():

@@ -267,9 +267,10 @@ def choose_routing(conf, scores, correct, costs, selector_cost_: float, max_drop
     target = correct[:, best].mean().item() - max_drop
     extra = extra_costs(costs)
     selector_points = selector_sweep(scores, correct, costs, selector_cost_)
+    selector_margins = [paired_margin(selector_choice(scores, extra, p[0]), correct, best, margin_z)
+                        for p in selector_points]
     chosen = {'cascade': choose_cascade(*(cascade_tuning or (conf, correct)), costs, best, max_drop, margin_z),
-              'selector': choose_point(selector_points, target, [
-                  paired_margin(selector_choice(scores, extra, p[0]), correct, best, margin_z) for p in selector_points])}
+              'selector': choose_point(selector_points, target, selector_margins)}
     if cascade_tuning is not None:  # compared with the selector on val, where the selector was tuned
         point = chosen['cascade'][0][0]
         choice = cascade_choice(conf, point)

@@ -110,4 +110,5 @@ def test_one_student_is_routed_with_the_teacher_as_its_fallback(students, tmp_pa
     pipeline.train_system(args, [], pipeline.PRESETS['quick'], None)
     (selector_argv,) = [argv for module, argv in stages if module is selectorTrain]
     experts = selector_argv[selector_argv.index('--experts') + 1:selector_argv.index('--out')]
-    assert experts == [str(tmp_path / s / 'best.pt') for s in students] + (['--include-teacher'] if len(students) == 1 else [])
+    fallback = ['--include-teacher'] if len(students) == 1 else []
+    assert experts == [str(tmp_path / s / 'best.pt') for s in students] + fallback

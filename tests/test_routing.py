@@ -7,11 +7,11 @@ from distill import UserError
 from distill.loaders import TensorLoader
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch
 from distill.checkpoint import save_checkpoint
-from distill.routing import (SELECTOR_INPUTS, Router, SelectorScore, cascade_choice, cascade_cost, cascade_inputs, check_cost_device,
-                             check_routable, choose_point,
-                             choose_routing, confidences, expert_correctness, extra_costs, paired_margin,
-                             gap_closed_text, load_selector, routing_report, selection_step, selector_choice, selector_cost,
-                             selector_inputs, teacher_of)
+from distill.routing import (SELECTOR_INPUTS, Router, SelectorScore, cascade_choice, cascade_cost, cascade_inputs,
+                             check_cost_device, check_routable, choose_point, choose_routing, confidences,
+                             expert_correctness, extra_costs, gap_closed_text, load_selector, paired_margin,
+                             routing_report, selection_step, selector_choice, selector_cost, selector_inputs,
+                             teacher_of)
 from distill.runtime import device_name
 from models import build_model
 
