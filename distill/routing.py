@@ -353,10 +353,7 @@ class SelectorScore:
 # ---------------------------------------------------------------- conditional compute
 
 class Router:
-    """images -> (logits, choice): each image answered by one expert, each expert run only where needed.
-
-    A call waits for the GPU once per cascade stage (which images go on), once per batch for the selector
-    (how many images each expert gets); stream() hides those waits behind the next batch's work."""
+    """images -> (logits, choice): each image answered by one expert, each expert run only where needed."""
 
     def __init__(self, experts: list, mode: str, thresholds=None, selector=None, extra=None, cost_weight=0.0):
         if mode not in MODES:
@@ -366,40 +363,17 @@ class Router:
         self.experts, self.mode, self.thresholds = experts, mode, thresholds
         self.selector, self.extra, self.cost_weight = selector, extra, cost_weight
 
-    @torch.inference_mode()
     def __call__(self, images):
-        return self._cascade(images) if self.mode == 'cascade' else self._selected(images)
-
-    def _cascade(self, images):
-        n = len(images)
-        choice = torch.full((n,), len(self.experts) - 1, dtype=torch.long, device=images.device)
-        logits, pending = None, torch.arange(n, device=images.device)
-        for k, expert in enumerate(self.experts):
-            out = expert(images if k == 0 else images.index_select(0, pending)).float()
-            if logits is None:
-                logits = torch.empty(n, out.shape[1], device=images.device)
-            if k == len(self.experts) - 1:
-                logits.index_copy_(0, pending, out)
-                break
-            t = self.thresholds[k]
-            keep = F.softmax(out, 1).max(1).values >= t if t < 1 else torch.zeros(len(out), dtype=torch.bool,
-                                                                                    device=out.device)
-            kept_count = int(keep.sum())  # the one wait per stage: how many images go on
-            order = torch.argsort(keep.logical_not().byte(), stable=True)  # kept first, each part in input order
-            kept = pending.index_select(0, order[:kept_count])
-            logits.index_copy_(0, kept, out.index_select(0, order[:kept_count]))
-            choice.index_fill_(0, kept, k)
-            pending = pending.index_select(0, order[kept_count:])
-            if len(pending) == 0:
-                break
+        """One batch on its own: (logits, choice), as stream() answers a single batch."""
+        (_, logits, choice), = self.stream([(images, None)], max(len(images), 1))
         return logits, choice
 
     @torch.inference_mode()
     def stream(self, batches, batch_size: int = 256):
-        """(images, tag) batches -> (tag, logits, choice) per batch, in input order, answered as __call__ answers
-        them; but a later expert runs only once batch_size images have been passed on to it, gathered across
-        input batches, instead of on the few images of each batch: on a GPU a cascade's second stage otherwise
-        runs a few dozen images a call. About batch_size images wait at each later expert, at most.
+        """(images, tag) batches -> (tag, logits, choice) per batch, in input order. Each image's answer depends
+        on it alone, but a later expert runs only once batch_size images have been passed on to it, gathered
+        across input batches, instead of on the few images of each batch: on a GPU a cascade's second stage
+        otherwise runs a few dozen images a call. About batch_size images wait at each later expert, at most.
 
         The host only ever reads how many images of each batch go to each expert. On a GPU it reads them for
         one batch while the GPU runs the first expert on the next, so that it never waits on an idle GPU;
@@ -481,20 +455,6 @@ class Router:
         sure = F.softmax(out, 1).max(1).values >= t if t < 1 else torch.zeros(len(out), dtype=torch.bool,
                                                                               device=out.device)
         return torch.where(sure, k, k + 1)
-
-    def _selected(self, images):
-        logits = self.experts[0](images).float()
-        scores = self.selector(selector_inputs(logits))
-        choice = selector_choice(scores, self.extra, self.cost_weight)
-        order = torch.argsort(choice, stable=True)
-        counts = torch.bincount(choice, minlength=len(self.experts)).tolist()  # the one wait per batch
-        start = counts[0]
-        for expert, count in zip(self.experts[1:], counts[1:]):
-            if count:
-                mine = order[start:start + count]
-                logits[mine] = expert(images.index_select(0, mine)).float()
-                start += count
-        return logits, choice
 
 
 def router_for(state: dict, experts: list, selector, *, mode=None, thresholds=None, cost_weight=None, cost='stored',
