@@ -79,6 +79,13 @@ fallback() {  # fallback NAME EXPERTS...: a selector with the teacher as last ex
         --selector "$root/selector-$name" --device "$device" --out "$out/bench-routed-$name.json"
 }
 fallback cheapest-fallback "${students[-1]}"
+# Both routings again in calls of 1,024, where a GPU is less launch-bound than at infer.py's default of 256.
+for name in selector selector-cheapest-fallback; do
+    if [[ -f "$root/$name/summary.json" ]]; then
+        optional 30 "evaluate-$name-b1024" python evaluate.py --selector "$root/$name" --name "$preset-$name-b1024" \
+            --batch-size 1024 --timing-images 8192 --results-dir "$out" --device "$device"
+    fi
+done
 # The tests of CUDA paths (CUDA graphs against eager, evaluate.py against the CPU); skipped on a CPU.
 if python -c 'import pytest' 2>/dev/null; then
     optional 90 cuda-tests python -m pytest -q -m cuda tests
