@@ -17,7 +17,8 @@ from distill.loaders import Loader, TensorLoader
 from distill.engine import fit, predict_logits
 from distill.routing import (COST_KINDS, SELECTOR_INPUTS, Expert, SelectorScore, cascade_inputs, check_routable,
                              choose_routing, confidences, cost_vector, extra_costs, format_report, load_experts,
-                             measure_costs, routing_data, routing_report, selection_step, teacher_of)
+                             measure_costs, measure_routing, measured_text, routing_data, routing_report,
+                             selection_step, teacher_of)
 from distill.metrics import count_macs, time_model
 from distill.runtime import amp_dtype, resolve_device
 from models import build_model
@@ -107,8 +108,11 @@ def main(argv=None):
                                  args.val_margin, cascade_tuning)
         routing['cost'], routing['cascade_tuned_on'] = args.cost, list(tune_on)
         score.extra, score.cost_weight = extra_costs(costs[args.cost]), routing['cost_weight']
+        routing = measure_routing(routing, experts, best_selector.eval(), score.extra,
+                                  loaders['val'].classes_in_turn(2048), args.batch_size, amp)
         report = routing_report(outputs['val'][0], outputs['val'][1], scores, costs, selector_costs, routing)
         print(format_report(report, [e.name for e in experts], 'val split, best epoch:'))
+        print(measured_text(routing, [e.name for e in experts]))
         print(f"default mode on val: {routing['mode']} (cascade thresholds {routing['thresholds']} chosen on "
               f"{' + '.join(tune_on)}, selector cost weight {routing['cost_weight']:g}, target accuracy "
               f"{routing['target_accuracy']:.2%}, "

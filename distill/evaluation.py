@@ -6,7 +6,7 @@ import torch
 
 from .checkpoint import run_dir
 from .cli import checkpoint_path
-from .data import balanced_subset, interleave_classes, load_dataset
+from .data import balanced_subset, load_dataset
 from .engine import predict_logits
 from .loaders import Loader
 from .metrics import in_calls, per_class_accuracy, time_in_turns
@@ -57,7 +57,7 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, teacher=
 
     # timed on many batches of every class in turn: one batch is a sample of the routing mix, and a test split
     # stored class by class would time one class's mix
-    timing = loader.make_batch(interleave_classes(test.labels)[:max(batch_size, timing_images)].to(device))
+    timing = loader.classes_in_turn(max(batch_size, timing_images))
     cost = 'stored' if routing['cost'] == 'macs' else 'measure'  # timed here, whatever selectorTrain ran on
     routers = {f'routed ({mode})': router_for(state, experts, selector, mode=mode, cost='stored' if mode == 'cascade'
                                               else cost, amp=amp) for mode in MODES}

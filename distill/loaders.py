@@ -7,7 +7,7 @@ image a student sees, cached or not.
 import torch
 import torch.nn.functional as F
 
-from .data import ImageSet
+from .data import ImageSet, interleave_classes
 
 
 def augmentation_params(seed: int, epoch: int, n: int, pad: int = 4):
@@ -89,6 +89,12 @@ class Loader:
         """The batches once more, in order, each image cropped and flipped as epoch `view` would crop and
         flip it: more examples of how the models behave on images none of them was trained on."""
         return self._batches(self.epoch_augmentation(view))
+
+    def classes_in_turn(self, n: int) -> torch.Tensor:
+        """Normalised images of the first n samples, visiting the classes in turn: what timing a routing needs, since
+        a batch of one class (a test split stored class by class) would time that class's routing mix."""
+        indices = self.indices.cpu()
+        return self.make_batch(indices[interleave_classes(self.labels.cpu()[indices])][:n].to(self.device))
 
     def _batches(self, augmentation):
         for idx in self.batch_indices():

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from . import UserError
 from .checkpoint import check_compatible, linked_path, load_checkpoint, model_from_checkpoint
 from .engine import predict_logits
-from .metrics import count_macs, count_params, time_in_turns, weights_mb
+from .metrics import count_macs, count_params, in_calls, time_in_turns, weights_mb
 from .runtime import autocast, device_name, fast_inference, fuse_for_inference, place, read_later
 
 MODES = ('cascade', 'selector')
@@ -277,13 +277,49 @@ def choose_routing(conf, scores, correct, costs, selector_cost_: float, max_drop
         chosen['cascade'] = choose_point([(point, *outcome(choice, correct, cascade_cost(choice, costs)))], target,
                                          [paired_margin(choice, correct, best, margin_z)])
 
-    def merit(mode):  # how well it meets the target first; then cheaper if it does, more accurate if not
-        (_, accuracy, cost), level = chosen[mode]
-        return level, -cost if level else accuracy
+    return pick_mode({'thresholds': chosen['cascade'][0][0], 'cost_weight': chosen['selector'][0][0],
+                      'reference': best, 'target_accuracy': target, 'margin_z': margin_z,
+                      'levels': {m: chosen[m][1] for m in MODES}, 'val': {m: chosen[m][0][1:] for m in MODES}})
+
+
+def pick_mode(routing: dict, seconds: dict | None = None) -> dict:
+    """routing with its default mode: the one that meets the target better on val (levels, as choose_point);
+    between equals the cheaper, by seconds per image where measured (seconds: mode -> time), else by the
+    modelled cost on val; if neither reaches the target, the more accurate."""
+    def merit(mode):
+        level, (accuracy, cost) = routing['levels'][mode], routing['val'][mode]
+        return level, -(seconds[mode] if seconds else cost) if level else accuracy
     mode = max(MODES, key=merit)
-    return {'mode': mode, 'thresholds': chosen['cascade'][0][0], 'cost_weight': chosen['selector'][0][0],
-            'target_accuracy': target, 'margin_z': margin_z, 'cleared_margin': chosen[mode][1] == 2,
-            'val': {m: chosen[m][0][1:] for m in MODES}}
+    return {**routing, 'mode': mode, 'cleared_margin': routing['levels'][mode] == 2}
+
+
+def measure_routing(routing: dict, experts: list, selector, extra: torch.Tensor, images: torch.Tensor,
+                    batch_size: int, amp=None) -> dict:
+    """routing with both modes timed at its operating points on held-out images, as infer.py routes a folder (calls
+    of batch_size, the later experts on images gathered across calls), beside the reference expert alone in the
+    same turns; the default mode picked again by those times, not by the modelled cost."""
+    routers = {'cascade': Router(experts, 'cascade', thresholds=routing['thresholds']),
+               'selector': Router(experts, 'selector', selector=selector, extra=extra.to(images.device),
+                                  cost_weight=routing['cost_weight'])}
+    fns = {mode: (lambda x, router=router: router.folder(x, batch_size)) for mode, router in routers.items()}
+    fns['alone'] = in_calls(experts[routing['reference']], batch_size)
+    timed = time_in_turns(fns, images, amp, rounds=3, warmup=1, latency=False)
+    seconds = {name: t['seconds_per_image'] for name, t in timed.items()}
+    measured = {'seconds_per_image': seconds, 'device': device_name(images.device), 'batch_size': batch_size,
+                'images': len(images)}
+    return {**pick_mode(routing, seconds), 'measured': measured}
+
+
+def measured_text(routing: dict, names: list) -> str:
+    """One line: each mode's measured time against the reference expert alone, and whether routing pays."""
+    seconds, alone = routing['measured']['seconds_per_image'], names[routing['reference']]
+    text = (f"measured on {routing['measured']['images']:,} held-out images as infer.py routes a folder "
+            f"({routing['measured']['device']}, batch {routing['measured']['batch_size']}): "
+            + ', '.join(f'{mode} {seconds[mode] / seconds["alone"]:.2f}x' for mode in MODES)
+            + f' the time of {alone} alone')
+    if min(seconds[mode] for mode in MODES) >= seconds['alone']:
+        text += f"; routing does not pay on this device: infer.py --expert {alone} runs {alone} alone"
+    return text
 
 
 def cascade_inputs(outputs: dict, correct: dict, sizes: dict) -> tuple:

@@ -39,3 +39,12 @@ def test_an_augmented_view_is_every_image_in_order_cropped_and_flipped_as_that_e
     offsets, flips = augmentation_params(seed=5, epoch=2, n=20)
     assert torch.equal(images, crop_flip(data.images, offsets, flips)[3:].float())
     assert not torch.equal(images, torch.cat([x for x, _, _ in loader]))  # not the plain images
+
+
+def test_images_for_timing_visit_the_loaders_classes_in_turn():
+    # stored class by class, as the JPEG archive stores its test split; the loader holds every other image
+    data = ImageSet(torch.arange(24, dtype=torch.uint8).view(24, 1, 1, 1).expand(24, 3, 2, 2).contiguous(),
+                    torch.arange(24) // 8, list('abc'))
+    loader = Loader(data, torch.arange(0, 24, 2), 4, [0.0] * 3, [1 / 255] * 3)
+    firsts = loader.classes_in_turn(6)[:, 0, 0, 0].long().tolist()  # mean 0, std 1/255: the pixel is the index
+    assert firsts == [0, 8, 16, 2, 10, 18]

@@ -1,4 +1,6 @@
 """distill/routing.py: decisions, both routing modes, conditional compute, the choice on val, bad input."""
+import time
+
 import pytest
 import torch
 
@@ -9,9 +11,9 @@ from distill.engine import WarmupCosine, build_optimizer, train_one_epoch
 from distill.checkpoint import save_checkpoint
 from distill.routing import (SELECTOR_INPUTS, Router, SelectorScore, cascade_choice, cascade_cost, cascade_inputs,
                              check_cost_device, check_routable, choose_point, choose_routing, confidences,
-                             expert_correctness, extra_costs, gap_closed_text, load_selector, paired_margin,
-                             routing_report, selection_step, selector_choice, selector_cost, selector_inputs,
-                             teacher_of)
+                             expert_correctness, extra_costs, gap_closed_text, load_selector, measure_routing,
+                             measured_text, paired_margin, pick_mode, routing_report, selection_step, selector_choice,
+                             selector_cost, selector_inputs, teacher_of)
 from distill.runtime import device_name
 from models import build_model
 
@@ -215,6 +217,42 @@ def test_the_default_mode_is_the_one_that_reaches_the_best_single_expert_more_ch
     routing = choose_routing(conf, torch.zeros(4, 2), correct, torch.tensor([1.0, 4.0]), 0.0, max_drop=0.0)
     assert routing['mode'] == 'cascade' and routing['val']['cascade'] == (1.0, 2.0)
     assert routing['target_accuracy'] == 1.0
+
+
+def test_measured_time_not_the_modelled_cost_picks_the_default_mode_between_equals():
+    routing = {'levels': {'cascade': 1, 'selector': 1}, 'val': {'cascade': (0.9, 2.0), 'selector': (0.9, 3.0)}}
+    assert pick_mode(routing)['mode'] == 'cascade'  # modelled: the cascade is cheaper
+    assert pick_mode(routing, {'cascade': 0.5, 'selector': 0.4, 'alone': 1.0})['mode'] == 'selector'
+    routing['levels']['cascade'] = 2  # cleared by its margin: better met, whatever its time
+    assert pick_mode(routing, {'cascade': 0.5, 'selector': 0.4, 'alone': 1.0})['mode'] == 'cascade'
+
+
+class Slow(torch.nn.Module):
+    """An expert that answers class c, sure where the image is bright, after sleeping per image."""
+
+    def __init__(self, c, seconds_per_image):
+        super().__init__()
+        self.c, self.seconds = c, seconds_per_image
+
+    def forward(self, x):
+        time.sleep(self.seconds * len(x))
+        out = torch.zeros(len(x), 4)
+        out[:, self.c] = torch.where(x.mean((1, 2, 3)) > 0, 10.0, 0.1)
+        return out
+
+
+@pytest.mark.parametrize('cheap_seconds, pays', [(0.0002, True), (0.003, False)])
+def test_measured_routing_says_whether_it_pays_against_the_reference_alone(cheap_seconds, pays):
+    experts = [Slow(0, cheap_seconds), Slow(1, 0.002)]
+    routing = {'thresholds': [0.9], 'cost_weight': 0.0, 'reference': 1, 'levels': {'cascade': 1, 'selector': 1},
+               'val': {'cascade': (0.9, 2.0), 'selector': (0.9, 3.0)}}
+    images = torch.cat([torch.ones(12, 3, 2, 2), -torch.ones(4, 3, 2, 2)])  # a quarter goes on to expert 1
+    def two_experts(inputs):
+        return Sureness()(inputs)[:, :2]
+    measured = measure_routing(routing, experts, two_experts, extra_costs(torch.tensor([1.0, 2.0])), images, 8)
+    seconds = measured['measured']['seconds_per_image']
+    assert (seconds['cascade'] < seconds['alone']) == pays and measured['measured']['images'] == 16
+    assert ('does not pay' in measured_text(measured, ['cheap', 'costly'])) == (not pays)
 
 
 def test_the_cascade_may_be_tuned_on_more_held_out_images_and_is_still_compared_on_val():
