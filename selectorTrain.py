@@ -5,7 +5,8 @@
 The experts are timed on this device and ordered cheapest first. The selector reads the cheapest expert's
 sorted probabilities and learns, on the held-out route split, which expert will be right; the cascade
 needs no training, so it is tuned on route and val, the selector on val alone: each to reach the best single
-expert's accuracy as cheaply as it can. The one that pays more on val becomes the default.
+expert's accuracy as cheaply as it can. Both are then timed on val images, routed as infer.py routes a folder,
+against the best expert alone; the one that pays more becomes the default.
 """
 import torch
 
