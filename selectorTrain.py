@@ -18,7 +18,7 @@ from distill.loaders import Loader, TensorLoader
 from distill.engine import fit, predict_logits
 from distill.routing import (COST_KINDS, SELECTOR_INPUTS, Expert, SelectorScore, cascade_inputs, check_routable,
                              choose_routing, confidences, cost_vector, extra_costs, format_report, load_experts,
-                             measure_costs, measure_routing, measured_text, routing_data, routing_report,
+                             measure_costs, measure_routing, routing_data, routing_report, routing_summary,
                              selection_step, teacher_of)
 from distill.metrics import count_macs, time_model
 from distill.runtime import amp_dtype, resolve_device
@@ -113,11 +113,7 @@ def main(argv=None):
                                   loaders['val'].classes_in_turn(2048), args.batch_size, amp)
         report = routing_report(outputs['val'][0], outputs['val'][1], scores, costs, selector_costs, routing)
         print(format_report(report, [e.name for e in experts], 'val split, best epoch:'))
-        print(measured_text(routing, [e.name for e in experts]))
-        print(f"default mode on val: {routing['mode']} (cascade thresholds {routing['thresholds']} chosen on "
-              f"{' + '.join(tune_on)}, selector cost weight {routing['cost_weight']:g}, target accuracy "
-              f"{routing['target_accuracy']:.2%}, "
-              f"{'cleared by' if routing['cleared_margin'] else 'not cleared by'} {args.val_margin:g} standard errors)")
+        print(routing_summary(routing, [e.name for e in experts]))
         return {'routing': routing, 'selector_cost': selector_costs}
     extra = {'experts': [e.describe() for e in experts], 'selector_macs': selector_macs, 'model_args': model_args,
              'selector_inputs': SELECTOR_INPUTS}

@@ -310,16 +310,20 @@ def measure_routing(routing: dict, experts: list, selector, extra: torch.Tensor,
     return {**pick_mode(routing, seconds), 'measured': measured}
 
 
-def measured_text(routing: dict, names: list) -> str:
-    """One line: each mode's measured time against the reference expert alone, and whether routing pays."""
+def routing_summary(routing: dict, names: list) -> str:
+    """selectorTrain.py's last word on the routing: each mode's measured time against the reference expert alone,
+    whether routing pays on this device, and the default mode with its settings."""
     seconds, alone = routing['measured']['seconds_per_image'], names[routing['reference']]
-    text = (f"measured on {routing['measured']['images']:,} held-out images as infer.py routes a folder "
-            f"({routing['measured']['device']}, batch {routing['measured']['batch_size']}): "
-            + ', '.join(f'{mode} {seconds[mode] / seconds["alone"]:.2f}x' for mode in MODES)
-            + f' the time of {alone} alone')
+    measured = (f"measured on {routing['measured']['images']:,} held-out images as infer.py routes a folder "
+                f"({routing['measured']['device']}, batch {routing['measured']['batch_size']}): "
+                + ', '.join(f'{mode} {seconds[mode] / seconds["alone"]:.2f}x' for mode in MODES)
+                + f' the time of {alone} alone')
     if min(seconds[mode] for mode in MODES) >= seconds['alone']:
-        text += f"; routing does not pay on this device: infer.py --expert {alone} runs {alone} alone"
-    return text
+        measured += f"; routing does not pay on this device: infer.py --expert {alone} runs {alone} alone"
+    cleared = 'cleared by' if routing['cleared_margin'] else 'not cleared by'
+    return (f"{measured}\ndefault mode on val: {routing['mode']} (cascade thresholds {routing['thresholds']} chosen "
+            f"on {' + '.join(routing['cascade_tuned_on'])}, selector cost weight {routing['cost_weight']:g}, target "
+            f"accuracy {routing['target_accuracy']:.2%}, {cleared} {routing['margin_z']:g} standard errors)")
 
 
 def cascade_inputs(outputs: dict, correct: dict, sizes: dict) -> tuple:

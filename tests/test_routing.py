@@ -12,8 +12,8 @@ from distill.checkpoint import save_checkpoint
 from distill.routing import (SELECTOR_INPUTS, Router, SelectorScore, cascade_choice, cascade_cost, cascade_inputs,
                              check_cost_device, check_routable, choose_point, choose_routing, confidences,
                              expert_correctness, extra_costs, gap_closed_text, load_selector, measure_routing,
-                             measured_text, paired_margin, pick_mode, routing_report, selection_step, selector_choice,
-                             selector_cost, selector_inputs, teacher_of)
+                             paired_margin, pick_mode, routing_report, routing_summary, selection_step,
+                             selector_choice, selector_cost, selector_inputs, teacher_of)
 from distill.runtime import device_name
 from models import build_model
 
@@ -245,14 +245,15 @@ class Slow(torch.nn.Module):
 def test_measured_routing_says_whether_it_pays_against_the_reference_alone(cheap_seconds, pays):
     experts = [Slow(0, cheap_seconds), Slow(1, 0.002)]
     routing = {'thresholds': [0.9], 'cost_weight': 0.0, 'reference': 1, 'levels': {'cascade': 1, 'selector': 1},
-               'val': {'cascade': (0.9, 2.0), 'selector': (0.9, 3.0)}}
+               'val': {'cascade': (0.9, 2.0), 'selector': (0.9, 3.0)}, 'cascade_tuned_on': ['route', 'val'],
+               'target_accuracy': 0.9, 'margin_z': 1.645}
     images = torch.cat([torch.ones(12, 3, 2, 2), -torch.ones(4, 3, 2, 2)])  # a quarter goes on to expert 1
     def two_experts(inputs):
         return Sureness()(inputs)[:, :2]
     measured = measure_routing(routing, experts, two_experts, extra_costs(torch.tensor([1.0, 2.0])), images, 8)
     seconds = measured['measured']['seconds_per_image']
     assert (seconds['cascade'] < seconds['alone']) == pays and measured['measured']['images'] == 16
-    assert ('does not pay' in measured_text(measured, ['cheap', 'costly'])) == (not pays)
+    assert ('does not pay' in routing_summary(measured, ['cheap', 'costly'])) == (not pays)
 
 
 def test_the_cascade_may_be_tuned_on_more_held_out_images_and_is_still_compared_on_val():
