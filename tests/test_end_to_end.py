@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, run_script
+from distill.runtime import device_name
 
 
 @pytest.mark.parametrize('name, arch', [('teacher', 'resnet50'), ('densenet121', 'densenet121'),
@@ -85,7 +86,7 @@ def test_routing_is_chosen_on_val_and_stored_with_the_selector(tiny_runs, monkey
     seen = []
     monkeypatch.setattr(selectorTrain, 'choose_routing',
                         lambda conf, *rest: seen.append((len(conf), rest[-1] and len(rest[-1][0]))) or {
-                            **choose_routing(conf, *rest), 'mode': 'selector', 'cost_weight': 0.5})
+                            **choose_routing(conf, *rest), 'levels': {'cascade': 0, 'selector': 2}, 'cost_weight': 0.5})
     selectorTrain.main(['--experts', *experts, '--epochs', '1', '--out', 'val-only', '--cascade-tune-on', 'val'])
     selectorTrain.main(['--experts', *experts, '--epochs', '2', '--max-accuracy-drop', '2', '--out', 'auto'])
     # the 6 val images (TINY's --val-size), never the test set; data settings inherited; by default the
@@ -94,6 +95,9 @@ def test_routing_is_chosen_on_val_and_stored_with_the_selector(tiny_runs, monkey
     state = torch.load('auto/best.pt', weights_only=True)
     assert state['routing']['mode'] == 'selector' and state['routing']['cost_weight'] == 0.5
     assert state['routing']['cascade_tuned_on'] == ['route', 'val']
+    measured = state['routing']['measured']  # both modes timed on val beside the best expert alone, on this device
+    assert set(measured['seconds_per_image']) == {'cascade', 'selector', 'alone'} and measured['images'] == 6
+    assert measured['device'] == device_name(torch.device('cpu'))
     assert json.loads(open('auto/summary.json').read())['routing']['cost_weight'] == 0.5
     assert state['split'] == torch.load(experts[0] + '/best.pt', weights_only=True)['split']
     assert 'optimizer' not in state and 'rng' not in state  # best.pt: what inference needs
