@@ -55,8 +55,7 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, teacher=
     with torch.inference_mode():
         scores = selector(selector_inputs(expert_logits[0])).float()
 
-    # timed on many batches of every class in turn: one batch is a sample of the routing mix, and a test split
-    # stored class by class would time one class's mix
+    # timed on many batches: one batch is a sample of the routing mix
     timing = loader.classes_in_turn(max(batch_size, timing_images))
     cost = 'stored' if routing['cost'] == 'macs' else 'measure'  # timed here, whatever selectorTrain ran on
     routers = {f'routed ({mode})': router_for(state, experts, selector, mode=mode, cost='stored' if mode == 'cascade'
