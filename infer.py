@@ -23,9 +23,11 @@ def parse_args(argv=None):
     p.add_argument('image_dir', help='a folder, searched recursively, or one image file')
     p.add_argument('--selector', default='checkpoints/selector/best.pt', help='selector checkpoint or run directory')
     p.add_argument('--route', choices=MODES, help="routing mode (default: the one selectorTrain.py chose on val)")
-    p.add_argument('--threshold', type=float, nargs='+', help='cascade: top-probability each expert but the last '
-                   'must reach to answer (default: as selectorTrain.py chose them)')
-    p.add_argument('--cost-weight', type=float, help='selector: weight of the extra cost (default: as chosen on val)')
+    p.add_argument('--threshold', type=float, nargs='+', help='cascade (without --route, it picks the cascade): '
+                   'top-probability each expert but the last must reach to answer (default: as selectorTrain.py '
+                   'chose them)')
+    p.add_argument('--cost-weight', type=float, help='selector (without --route, it picks the selector): weight of the '
+                   'extra cost (default: as chosen on val)')
     p.add_argument('--cost', choices=('stored', 'measure', 'macs'), default='stored',
                    help="selector: the experts' costs as timed by selectorTrain.py, timed again here, or MACs")
     p.add_argument('--expert', help='skip routing and use this expert alone (its name or arch)')

@@ -502,9 +502,16 @@ def router_for(state: dict, experts: list, selector, *, mode=None, thresholds=No
     """The Router a selector checkpoint describes, with any of its val-chosen settings overridden.
 
     cost: 'stored' (the experts' times as selectorTrain.py measured them: refused on another device),
-    'measure' (timed again here) or 'macs'. Settings that do not belong to the mode are refused."""
+    'measure' (timed again here) or 'macs'. Without a mode, a setting that belongs to one mode picks it; settings
+    that do not belong to the mode are refused."""
     routing = state['routing']
-    mode = mode or routing['mode']
+    if mode is None:
+        selector_settings = cost_weight is not None or cost != 'stored'
+        implied = {m for m, given in (('cascade', thresholds), ('selector', selector_settings)) if given}
+        if len(implied) > 1:
+            raise UserError('--threshold tunes the cascade, --cost-weight and --cost the selector; pass --route to '
+                            'say which mode to run')
+        mode = implied.pop() if implied else routing['mode']
     if mode == 'cascade':
         if cost_weight is not None or cost != 'stored':
             raise UserError('--cost-weight and --cost tune the selector mode; the cascade uses --threshold')

@@ -12,8 +12,8 @@ from distill.checkpoint import save_checkpoint
 from distill.routing import (SELECTOR_INPUTS, Router, SelectorScore, cascade_choice, cascade_cost, cascade_inputs,
                              check_cost_device, check_routable, choose_point, choose_routing, confidences,
                              expert_correctness, extra_costs, gap_closed_text, load_selector, measure_routing,
-                             paired_margin, pick_mode, routing_report, routing_summary, selection_step,
-                             selector_choice, selector_cost, selector_inputs, teacher_of)
+                             paired_margin, pick_mode, routing_report, routing_summary, router_for,
+                             selection_step, selector_choice, selector_cost, selector_inputs, teacher_of)
 from distill.runtime import device_name
 from models import build_model
 
@@ -330,6 +330,22 @@ def test_the_selector_learns_from_its_inputs_and_its_val_score_rises():
 def test_bad_routing_input_is_one_clear_error(make, message):
     with pytest.raises(UserError, match=message.replace('[', r'\[').replace(']', r'\]')):
         make()
+
+
+@pytest.mark.parametrize('stored_mode', ['cascade', 'selector'])
+def test_a_setting_of_one_mode_picks_that_mode_unless_the_mode_is_given(stored_mode):
+    state = {'routing': {'mode': stored_mode, 'thresholds': [0.5], 'cost_weight': 0.0, 'cost': 'macs'},
+             'experts': [{'macs': 1.0}, {'macs': 2.0}], 'image_size': 4}
+    selector = torch.nn.Linear(10, 2)
+    router = router_for(state, [Counting(0), Counting(1)], selector, thresholds=[0.7])
+    assert router.mode == 'cascade' and router.thresholds == [0.7]
+    router = router_for(state, [Counting(0), Counting(1)], selector, cost_weight=0.2)
+    assert router.mode == 'selector' and router.cost_weight == 0.2
+    assert router_for(state, [Counting(0), Counting(1)], selector).mode == stored_mode
+    with pytest.raises(UserError, match='pass --route to say which mode'):
+        router_for(state, [Counting(0), Counting(1)], selector, thresholds=[0.7], cost_weight=0.2)
+    with pytest.raises(UserError, match='the selector mode uses --cost-weight'):
+        router_for(state, [Counting(0), Counting(1)], selector, mode='selector', thresholds=[0.7])
 
 
 def test_a_cost_timed_here_is_accepted_and_macs_never_need_a_device():
