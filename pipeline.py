@@ -25,7 +25,7 @@ from models import STUDENTS
 
 # Each preset: flags for every stage, the teacher's, the students' and the selector's epochs, and stage flags.
 # The teacher gets more epochs than the students: a teacher weaker than the students' own labels makes
-# KD cost accuracy (docs/results.md).
+# KD cost accuracy (docs/results-cpu.md).
 # smoke: minutes on a CPU; only checks that every step runs, students side by side too (gpu_check.sh --dry-run).
 # quick: minutes on a 2-core CPU, to see every table and figure on real data. Not a recipe for accuracy.
 # medium: about two hours on a 2-core CPU.
