@@ -5,7 +5,7 @@ import statistics
 
 from . import UserError
 from .checkpoint import atomic_write, changed_settings, write_json
-from .routing import gap_closed_text
+from .routing import gap_closed_text, measured_ratios
 
 
 def measured_time(result: dict, name: str):
@@ -24,7 +24,8 @@ def markdown(result: dict) -> str:
              f"Test split: {result['test_images']} images of `{result['dataset']}`. Timed on {result['device']}, "
              f"{result['timing_images']} test images, the classes in turn, in calls of "
              f"{result['batch_size']}, {result.get('precision', 'float32')}; every model and routing mode in turns, "
-             f"best of {result['timing_rounds']} rounds. Default routing mode (chosen on val): {result['mode']}.", '',
+             f"best of {result['timing_rounds']} rounds. Default routing mode (chosen on val): {result['mode']}."
+             + val_timing_text(result['routing']), '',
              '| model or routing | test accuracy | ms / image | time vs teacher | time vs best single | MMACs / image |',
              '|---|---|---|---|---|---|']
     for name, row in rows.items():
@@ -55,6 +56,16 @@ def markdown(result: dict) -> str:
         lines += [f'| {mode} | {setting} | {100 * a:.2f}% | {1000 * c:.3f} |' for setting, a, c in points
                   if len(points) <= 20]
     return '\n'.join(lines) + '\n'
+
+
+def val_timing_text(routing: dict) -> str:
+    """What selectorTrain.py measured on val when it picked the default mode (absent in older selectors)."""
+    if 'measured' not in routing:
+        return ''
+    measured = routing['measured']
+    return (f" selectorTrain.py timed both on {measured['images']:,} val images on {measured['device']}, as infer.py "
+            f"routes a folder in calls of {measured['batch_size']}: {measured_ratios(routing)} the time of the best "
+            f"single expert alone.")
 
 
 def gathered_markdown(result: dict) -> list:
