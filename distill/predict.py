@@ -12,7 +12,7 @@ from . import UserError
 from .checkpoint import atomic_write, load_checkpoint
 from .cli import checkpoint_path
 from .data import read_images
-from .routing import load_experts, load_selector, router_for
+from .routing import load_experts, load_selector, router_for, unpaid_routing_note
 from .runtime import fast_inference, inference_model
 
 FIELDS = ('path', 'prediction', 'confidence', 'expert', 'error')
@@ -38,6 +38,9 @@ def build_classifier(selector_path: str, device, amp, *, teacher=None, expert=No
         return one_model(matches[0], matches[0].name), matches[0].state
     router = router_for(state, experts, inference_model(state, selector_path, device), mode=route,
                         thresholds=thresholds, cost_weight=cost_weight, cost=cost, amp=amp, where=selector_path)
+    note = unpaid_routing_note(state, router.mode, device)
+    if note and thresholds is None and cost_weight is None:  # the operating point that was timed
+        print(note, file=sys.stderr)
 
     def classify(batches):
         for tag, logits, choice in router.stream(batches, batch_size):

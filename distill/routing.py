@@ -332,6 +332,20 @@ def routing_summary(routing: dict, names: list) -> str:
             f"accuracy {routing['target_accuracy']:.2%}, {cleared} {routing['margin_z']:g} standard errors)")
 
 
+def unpaid_routing_note(state: dict, mode: str, device) -> str | None:
+    """A note where selectorTrain.py timed this mode, at its stored operating point on this device, at or above
+    the best single expert alone; None where it paid, or was timed elsewhere or by an older selectorTrain.py."""
+    routing = state['routing']
+    measured = routing.get('measured')
+    if not measured or measured['device'] != device_name(torch.device(device)):
+        return None
+    seconds, best = measured['seconds_per_image'], state['experts'][routing['reference']]['name']
+    if seconds[mode] < seconds['alone']:
+        return None
+    return (f"note: selectorTrain.py timed {mode} routing on this device at {seconds[mode] / seconds['alone']:.2f}x "
+            f"the time of {best} alone; --expert {best} runs {best} alone")
+
+
 def cascade_inputs(outputs: dict, correct: dict, sizes: dict) -> tuple:
     """(confidences, correctness) of the first sizes[part] images of each part, as choose_routing's cascade_tuning:
     the held-out images themselves, not the augmented copies that follow them in routing_data's route."""

@@ -189,3 +189,24 @@ def test_a_cost_timed_on_another_device_is_refused_until_measured_here(tiny_runs
         run_script(ROOT / 'infer.py', messy_folder, '--selector', moved, '--route', 'selector', '--cost', cost,
                    '--out', tmp_path / f'{cost}.csv', cwd=work)
     run_script(ROOT / 'infer.py', messy_folder, '--selector', moved, '--route', 'cascade', '--out', '-', cwd=work)
+
+
+@pytest.mark.parametrize('routed_seconds, noted', [(0.5, False), (1.2, True)])
+def test_infer_notes_where_selector_train_timed_routing_slower_than_the_best_expert_alone(
+        tiny_runs, messy_folder, routed_seconds, noted):
+    import torch
+    from distill.runtime import device_name
+    work, _ = tiny_runs
+    state = torch.load(work / 'checkpoints' / 'selector' / 'best.pt', weights_only=True)
+    seconds = {'cascade': routed_seconds, 'selector': routed_seconds, 'alone': 1.0}
+    state['routing']['measured'] = {**state['routing']['measured'], 'seconds_per_image': seconds,
+                                    'device': device_name(torch.device('cpu'))}
+    timed = work / 'checkpoints' / f'selector-timed-{routed_seconds}'
+    timed.mkdir(exist_ok=True)
+    torch.save({**state, 'config': {**state['config'], 'out': f'checkpoints/{timed.name}'}}, timed / 'best.pt')
+    result = run_script(ROOT / 'infer.py', messy_folder, '--selector', timed, '--out', '-', '--device', 'cpu', cwd=work)
+    best = state['experts'][state['routing']['reference']]['name']
+    assert (f'the time of {best} alone; --expert {best}' in result.stderr) == noted
+    result = run_script(ROOT / 'infer.py', messy_folder, '--selector', timed, '--route', 'cascade', '--threshold',
+                        '0.5', '--out', '-', '--device', 'cpu', cwd=work)
+    assert 'note: selectorTrain.py timed' not in result.stderr  # another operating point than the one timed
