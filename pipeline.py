@@ -15,10 +15,9 @@ import infer
 import selectorTrain
 import studentTrain
 import teacherTrain
-from distill import UserError
 from distill.checkpoint import run_dir
-from distill.cli import Parser, main_guard
-from distill.data import default_dataset
+from distill.cli import Parser, check_distinct, check_range, main_guard
+from distill.data import default_dataset, export_sample_images
 from distill.runtime import resolve_device
 from distill.stages import run_stages
 from models import STUDENTS
@@ -55,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument('--data-dir', default='data', help='download folder for CIFAR, or an image folder, .tar.gz or .zip')
     p.add_argument('--root', default='checkpoints', help='where the run directories go')
     p.add_argument('--results', default='results', help='where the reports, figures and predictions go')
-    p.add_argument('--students', nargs='+', default=list(STUDENTS),
+    p.add_argument('--students', nargs='+', choices=STUDENTS, default=list(STUDENTS),
                    help='the students to distil; one student is routed with the teacher as its fallback')
     p.add_argument('--baselines', action=argparse.BooleanOptionalAction, default=True,
                    help='also train each student without a teacher (--alpha 0)')
@@ -72,24 +71,17 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     resolve_device(args.device)  # a bad --device is one line now, not after the first stage
-    if args.jobs is not None and args.jobs < 1:
-        raise UserError(f'--jobs must be 1 or more (got {args.jobs})')
-    unknown = sorted(set(args.students) - set(STUDENTS))
-    if unknown:
-        raise UserError(f"unknown student(s) {', '.join(unknown)}; choose from {', '.join(STUDENTS)}")
-    if len(set(args.students)) < len(args.students):
-        raise UserError(f"--students repeats a student ({' '.join(args.students)}); give each student once")
+    check_range('jobs', args.jobs, low=1)
+    check_distinct('students', args.students)
+    check_distinct('seeds', args.seeds or [])
     preset = PRESETS[args.preset]
     dataset = args.dataset or default_dataset(args.data_dir)
     common = ['--dataset', dataset, '--data-dir', args.data_dir, '--device', args.device, *preset['data']]
-    seeds = args.seeds or [None]
-    if len(set(seeds)) < len(seeds):
-        raise UserError(f"--seeds repeats a seed ({', '.join(map(str, seeds))}); give each seed once")
-    selectors = [train_system(args, common, preset, seed) for seed in seeds]
+    selectors = [train_system(args, common, preset, seed) for seed in args.seeds or [None]]
     evaluate.main(['--selector', *selectors, '--name', args.preset, '--device', args.device,
                    '--results-dir', args.results])
     sample = os.path.join(args.results, 'sample-images')
-    export_sample(args, dataset, sample)
+    export_sample_images(dataset, args.data_dir, sample)
     infer.main([sample, '--selector', selectors[0], '--device', args.device,
                 '--out', os.path.join(args.results, f'{args.preset}-predictions.csv')])
 
@@ -119,18 +111,6 @@ def train_system(args, common: list, preset: dict, seed) -> str:
     run_stages([(selectorTrain, common + ['--epochs', str(preset['selector_epochs']), '--experts', *experts,
                                           *fallback, '--out', selector])], args.force)
     return os.path.join(selector, 'best.pt')
-
-
-def export_sample(args, dataset, folder, per_class=2):
-    """A few test images as PNG files, to show infer.py on a plain folder."""
-    from PIL import Image
-    from distill.data import balanced_subset, load_dataset
-    test = load_dataset(dataset, args.data_dir, False)
-    chosen = balanced_subset(test.labels, per_class * len(test.classes))
-    os.makedirs(folder, exist_ok=True)
-    for i in chosen.tolist():
-        name = f'{test.classes[test.labels[i]]}-{i}.png'
-        Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).save(os.path.join(folder, name))
 
 
 if __name__ == '__main__':

@@ -10,16 +10,15 @@ against the best expert alone; the one that pays more becomes the default.
 """
 import torch
 
-from distill import UserError
 from distill.cli import (check_range, checkpoint_path, inherit_data_settings, main_guard, training_parser,
                          validate_args)
 from distill.data import prepare_data
-from distill.loaders import Loader, TensorLoader
+from distill.loaders import TensorLoader, split_loader
 from distill.engine import fit, predict_logits
 from distill.routing import (COST_KINDS, SELECTOR_INPUTS, Expert, SelectorScore, cascade_inputs, check_routable,
-                             choose_routing, confidences, cost_vector, extra_costs, format_report, load_experts,
-                             measure_costs, measure_routing, routing_data, routing_report, routing_summary,
-                             selection_step, teacher_of)
+                             check_route_split, choose_routing, confidences, cost_vector, extra_costs, format_report,
+                             load_experts, measure_costs, measure_routing, routing_data, routing_report,
+                             routing_summary, selection_step, teacher_of)
 from distill.metrics import count_macs, time_model
 from distill.runtime import amp_dtype, resolve_device
 from models import build_model
@@ -69,17 +68,8 @@ def main(argv=None):
     check_routable(experts)
     inherit_data_settings(args, argv, experts[0].state['config'], args.experts[0])
     data = prepare_data(args).to(device)
-    if data.split != experts[0].state['split']:
-        raise UserError(f"the data at '{args.data_dir}' no longer gives the split the experts were trained on; "
-                        f"pass the data they were trained with")
-    if len(data.parts['route']) == 0:
-        raise UserError('the experts were trained with --route-size 0: no image was held out for the selector; '
-                        'retrain them with a route split (default 10%)')
-
-    def images(part):
-        subset, indices = (data.test, torch.arange(len(data.test))) if part == 'test' else (data.train, data.parts[part])
-        return Loader(subset, indices, args.batch_size, data.mean, data.std, device)
-    loaders = {part: images(part) for part in ('route', 'val', 'test')}
+    check_route_split(data, experts, args.data_dir)
+    loaders = {part: split_loader(data, part, args.batch_size, device) for part in ('route', 'val', 'test')}
     measure_costs(experts, next(iter(loaders['val']))[0], amp)
     experts.sort(key=lambda e: e.cost['seconds_per_image' if args.cost == 'time' else 'macs'])
     print('experts, cheapest first: ' + ', '.join(

@@ -119,6 +119,12 @@ def check_range(name: str, value, low=None, high=None):
         raise UserError(f"--{name.replace('_', '-')} must be {bounds} (got {value})")
 
 
+def check_distinct(name: str, values: list):
+    if len(set(values)) < len(values):
+        raise UserError(f"--{name.replace('_', '-')} repeats a value ({', '.join(map(str, values))}); "
+                        f"give each once")
+
+
 def validate_args(args):
     """Reject impossible settings up front, in one line each; returns args."""
     for name in ('epochs', 'batch_size', 'image_size', 'subset', 'test_subset'):

@@ -274,6 +274,15 @@ def balanced_subset(labels: torch.Tensor, n: int | None) -> torch.Tensor:
     return interleave_classes(labels)[:n].sort().values
 
 
+def export_sample_images(dataset: str, data_dir: str, folder: str, per_class: int = 2):
+    """A few test images of every class as PNG files in folder: a plain folder to show infer.py on."""
+    test = load_dataset(dataset, data_dir, False)
+    os.makedirs(folder, exist_ok=True)
+    for i in balanced_subset(test.labels, per_class * len(test.classes)).tolist():
+        name = f'{test.classes[test.labels[i]]}-{i}.png'
+        Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).save(os.path.join(folder, name))
+
+
 def make_split(labels: torch.Tensor, seed: int, val_size: int | None = None, route_size: int | None = None,
                dataset: str = '', subset: int | None = None):
     """Split a training set into train / val / route, class-balanced and fixed by the seed.

@@ -17,7 +17,7 @@ from . import UserError
 from .checkpoint import (atomic_write, changed_settings, check_compatible, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state, write_json)
 from .data import Prepared
-from .loaders import Loader
+from .loaders import split_loader
 from .metrics import count_macs, count_params
 from .runtime import (amp_dtype, autocast, barrier, configure, init_distributed, place, precision_name, reduce_sums,
                       resolve_device)
@@ -165,11 +165,9 @@ class Run:
 
 def default_loaders(data: Prepared, train_part: str, batch_size: int, seed: int, device, rank: int, world: int):
     """Image loaders over the split: augmented training batches, plain val and test batches."""
-    def make(images, indices, train=False):
-        return Loader(images, indices, batch_size, data.mean, data.std, device, train=train, seed=seed,
-                      rank=rank, world=world)
-    return {'train': make(data.train, data.parts[train_part], train=True), 'val': make(data.train, data.parts['val']),
-            'test': make(data.test, torch.arange(len(data.test)))}
+    shared = {'seed': seed, 'rank': rank, 'world': world}
+    return {'train': split_loader(data, train_part, batch_size, device, train=True, **shared),
+            **{part: split_loader(data, part, batch_size, device, **shared) for part in ('val', 'test')}}
 
 
 def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 'train', loaders=None,

@@ -131,6 +131,12 @@ class TensorLoader:
             yield self.inputs[idx], self.labels[idx], idx
 
 
+def split_loader(data, part: str, batch_size: int, device, **options) -> Loader:
+    """A Loader over one part of a Prepared split ('train', 'val', 'route') or, for 'test', the whole test set."""
+    images, indices = (data.test, torch.arange(len(data.test))) if part == 'test' else (data.train, data.parts[part])
+    return Loader(images, indices, batch_size, data.mean, data.std, device, **options)
+
+
 def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 N x 3 x S x S to the float input a model was trained on (mean/std as stored in its checkpoint)."""
     mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255

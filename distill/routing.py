@@ -89,6 +89,16 @@ def check_routable(experts: list):
                         f"or add --include-teacher")
 
 
+def check_route_split(data, experts: list, data_dir: str):
+    """The data must give the split the experts were trained on, with images held out for routing."""
+    if data.split != experts[0].state['split']:
+        raise UserError(f"the data at '{data_dir}' no longer gives the split the experts were trained on; "
+                        f"pass the data they were trained with")
+    if len(data.parts['route']) == 0:
+        raise UserError('the experts were trained with --route-size 0: no image was held out for the selector; '
+                        'retrain them with a route split (default 10%)')
+
+
 def teacher_of(experts: list) -> str:
     """The teacher every expert was distilled from (found from where the experts lie now)."""
     named = {e.state.get('teacher') and os.path.abspath(linked_path(e.state['teacher'], e.path, e.state)

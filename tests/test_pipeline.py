@@ -81,7 +81,7 @@ def test_repeated_seeds_are_refused_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         pipeline.main(['--data-dir', str(tmp_path), '--seeds', '1', '1'])
     assert exit_info.value.code == 2 and not (tmp_path / 'checkpoints').exists()
-    assert capsys.readouterr().err.strip() == 'error: --seeds repeats a seed (1, 1); give each seed once'
+    assert capsys.readouterr().err.strip() == 'error: --seeds repeats a value (1, 1); give each once'
 
 
 @pytest.mark.parametrize('name', list(pipeline.PRESETS))
@@ -95,8 +95,8 @@ def test_every_preset_trains_the_teacher_longer_than_its_students(name):
 
 def test_a_bad_device_or_student_is_refused_before_any_training(tmp_path, capsys):
     for argv, message in ((['--device', 'gpu0'], "unknown --device 'gpu0'"),
-                          (['--students', 'vgg'], 'unknown student(s) vgg'),
-                          (['--students', 'googlenet', 'googlenet'], '--students repeats a student')):
+                          (['--students', 'vgg'], "argument --students: invalid choice: 'vgg'"),
+                          (['--students', 'googlenet', 'googlenet'], '--students repeats a value')):
         with pytest.raises(SystemExit):
             pipeline.main(['--data-dir', str(tmp_path), *argv])
         assert message in capsys.readouterr().err and not (tmp_path / 'checkpoints').exists()
