@@ -1,8 +1,8 @@
 """distill/loaders.py: augmentation as a pure function of (seed, epoch, index), batches in order."""
 import torch
 
-from distill.data import ImageSet
-from distill.loaders import Loader, augmentation_params, crop_flip
+from distill.data import ImageSet, Prepared
+from distill.loaders import Loader, augmentation_params, crop_flip, split_loader
 
 
 def test_crop_flip_matches_per_image_reference():
@@ -48,3 +48,16 @@ def test_images_for_timing_visit_the_loaders_classes_in_turn():
     loader = Loader(data, torch.arange(0, 24, 2), 4, [0.0] * 3, [1 / 255] * 3)
     firsts = loader.classes_in_turn(6)[:, 0, 0, 0].long().tolist()  # mean 0, std 1/255: the pixel is the index
     assert firsts == [0, 8, 16, 2, 10, 18]
+
+
+def test_a_split_loader_reads_its_part_of_the_training_set_or_the_whole_test_set():
+    train = ImageSet(torch.randint(0, 256, (30, 3, 8, 8), dtype=torch.uint8), torch.arange(30) % 3, list('abc'))
+    test = ImageSet(torch.randint(0, 256, (7, 3, 8, 8), dtype=torch.uint8), torch.arange(7) % 3, list('abc'))
+    parts = {'train': torch.arange(0, 20), 'val': torch.arange(20, 25), 'route': torch.arange(25, 30)}
+    data = Prepared(train, test, parts, {}, [0.0] * 3, [1 / 255] * 3, 8)
+    route = list(split_loader(data, 'route', 4, 'cpu'))
+    assert torch.cat([i for _, _, i in route]).tolist() == list(range(25, 30))  # in order, ragged batch kept
+    assert torch.equal(torch.cat([x for x, _, _ in route]), train.images[25:].float())  # not augmented
+    images, labels, _ = (torch.cat(parts) for parts in zip(*split_loader(data, 'test', 4, 'cpu')))
+    assert torch.equal(images, test.images.float()) and torch.equal(labels, test.labels)
+    assert len(split_loader(data, 'train', 8, 'cpu', train=True)) == 2  # training drops the ragged batch
