@@ -1,6 +1,7 @@
 """Export a trained system's outputs so that routing work can go on on a CPU with GPU-trained experts.
 
     python benchmarks/export_logits.py --selector checkpoints/selector --out results/logits
+    python benchmarks/export_logits.py --experts checkpoints/densenet121 checkpoints/googlenet   # no selector yet
 For the teacher and every expert: OUT/<name>-logits.pt, its fp16 logits on the route, val and test images
 with their labels and the split, and OUT/<name>-bf16.pt, its checkpoint with bf16 weights (half the size;
 it loads like any checkpoint). Each file stays well under 16 MiB for the CIFAR models but DenseNet121's
@@ -10,13 +11,11 @@ import os
 import sys
 from types import SimpleNamespace
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distill.checkpoint import save_checkpoint  # noqa: E402
 from distill.cli import Parser, check_writable, checkpoint_path, main_guard  # noqa: E402
 from distill.data import prepare_data  # noqa: E402
-from distill.loaders import Loader  # noqa: E402
+from distill.loaders import split_loader  # noqa: E402
 from distill.engine import predict_logits  # noqa: E402
 from distill.routing import Expert, load_experts, load_selector, teacher_of  # noqa: E402
 from distill.runtime import amp_dtype, resolve_device  # noqa: E402
@@ -28,22 +27,26 @@ RESUME_ONLY = ('optimizer', 'scheduler', 'scaler', 'history', 'rng')  # in last.
 def main():
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument('--selector', default='checkpoints/selector', help='selector checkpoint or run directory')
+    p.add_argument('--experts', nargs='+', help='student checkpoints or run directories, instead of a selector '
+                                                '(where selectorTrain.py has not run, or failed)')
     p.add_argument('--out', default='results/logits', help='folder for the files')
     p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     p.add_argument('--max-mb', type=float, default=16.0, help='largest weights file to write')
     args = p.parse_args()
     device = resolve_device(args.device)
     amp = amp_dtype('auto', device)
-    state = load_selector(checkpoint_path(args.selector))
-    experts = load_experts([e['path'] for e in state['experts']], device)
+    if args.experts:
+        experts = load_experts([checkpoint_path(path) for path in args.experts], device)
+        config = experts[0].state['config']
+    else:
+        state = load_selector(checkpoint_path(args.selector))
+        experts, config = load_experts([e['path'] for e in state['experts']], device), state['config']
     students = [e for e in experts if e.state.get('teacher')]
     models = {e.name: e for e in experts}
     if students and not any(e.state['arch'] == 'resnet50' for e in experts):
         models['teacher'] = Expert(teacher_of(students), device, experts[0].reference())
-    data = prepare_data(SimpleNamespace(**state['config'])).to(device)
-    parts = {'route': (data.train, data.parts['route']), 'val': (data.train, data.parts['val']),
-             'test': (data.test, torch.arange(len(data.test)))}
-    loaders = {k: Loader(images, idx, 512, data.mean, data.std, device) for k, (images, idx) in parts.items()}
+    data = prepare_data(SimpleNamespace(**config)).to(device)
+    loaders = {part: split_loader(data, part, 512, device) for part in ('route', 'val', 'test')}
     check_writable(os.path.join(args.out, 'teacher-logits.pt'))
     for name, model in models.items():
         outputs = {part: predict_logits(model.model, loader, amp) for part, loader in loaders.items()}

@@ -58,14 +58,21 @@ optional() {  # optional NEED_S NAME COMMAND...: a stage that runs only if NEED_
 log "gpu_check $preset on $(python -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")'), torch $(python -c 'import torch; print(torch.__version__)')"
 python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() or sys.argv[1] == "cpu" else 1)' "$device" \
     || { log "no CUDA device visible; use --dry-run on a CPU"; exit 2; }
+students=(); for arch in $(python -c 'from models import STUDENTS; print(*STUDENTS)'); do students+=("$root/$arch"); done
+cuda_tests() { if python -c 'import pytest' 2>/dev/null; then optional 90 cuda-tests python -m pytest -q -m cuda tests; fi; }
 # The experts and their routing first; the no-KD twins, which only compare, once the routing is measured.
-stage pipeline python pipeline.py --preset "$preset" --no-baselines --data-dir "$archive" --root "$root" \
-    --results "$out" --device "$device" || exit 1
+if ! stage pipeline python pipeline.py --preset "$preset" --no-baselines --data-dir "$archive" --root "$root" \
+    --results "$out" --device "$device"; then  # what was trained still goes on on a CPU; the tests say what broke
+    trained=(); for s in "${students[@]}"; do [[ -f "$s/summary.json" ]] && trained+=("$s"); done
+    (( ${#trained[@]} )) && optional 30 export-logits python benchmarks/export_logits.py --experts "${trained[@]}" \
+        --out "$out/logits" --device "$device"
+    cuda_tests
+    exit 1
+fi
 log "chain without the twins: $SECONDS s wall"
 optional 30 export-logits python benchmarks/export_logits.py --selector "$root/selector" --out "$out/logits" \
     --device "$device"
 # The teacher as the costly last resort: behind the cheapest student alone, and (last) behind both.
-students=(); for arch in $(python -c 'from models import STUDENTS; print(*STUDENTS)'); do students+=("$root/$arch"); done
 fallback() {  # fallback NAME EXPERTS...: a selector with the teacher as last expert, its report and routed speed
     local name=$1; shift
     if [[ ! -f "$root/selector-$name/summary.json" ]]; then  # a second call skips it, as the chain's stages
@@ -87,9 +94,7 @@ for name in selector selector-cheapest-fallback; do
     fi
 done
 # The tests of CUDA paths (CUDA graphs against eager, evaluate.py against the CPU); skipped on a CPU.
-if python -c 'import pytest' 2>/dev/null; then
-    optional 90 cuda-tests python -m pytest -q -m cuda tests
-fi
+cuda_tests
 # infer.py on the test JPEGs as a user runs it on a folder: decoding in the main process, then in 8 workers.
 infer_folder() {  # ARCHIVE SELECTOR DEVICE OUT PATTERN
     local folder="data/jpeg-check-$3"  # per device: a dry run unpacks one class only

@@ -136,6 +136,14 @@ def test_exported_logits_feed_route_from_logits(tiny_runs, tmp_path, monkeypatch
         '--device', 'cpu', monkeypatch=monkeypatch)
     written = {p.name for p in logits.iterdir()}
     assert {'teacher-logits.pt', 'googlenet-logits.pt', 'densenet121-logits.pt', 'googlenet-bf16.pt'} <= written
+    # Without a selector (selectorTrain.py failed), the students and their teacher give the same files.
+    run(ROOT / 'benchmarks' / 'export_logits.py', '--experts', 'checkpoints/googlenet', '--out', tmp_path / 'alone',
+        '--device', 'cpu', monkeypatch=monkeypatch)
+    assert {p.name for p in (tmp_path / 'alone').iterdir()} == {'googlenet-logits.pt', 'googlenet-bf16.pt',
+                                                               'teacher-logits.pt', 'teacher-bf16.pt'} & written
+    for name in ('googlenet', 'teacher'):
+        alone, routed = (torch.load(d / f'{name}-logits.pt', weights_only=True) for d in (tmp_path / 'alone', logits))
+        assert all(torch.equal(alone[part], routed[part]) for part in ('route', 'val', 'test'))
     rates = tmp_path / 'rates.json'
     rates.write_text(json.dumps({'infer.teacher.img_s': 1.0, 'infer.googlenet.img_s': 3.0,
                                  'infer.densenet121.img_s': 2.0}))
