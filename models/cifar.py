@@ -19,7 +19,7 @@ from torchvision.models.googlenet import BasicConv2d
 
 def resnet50(num_classes: int) -> nn.Module:
     # Zero-init the last BN of each block (Goyal et al., https://arxiv.org/abs/1706.02677): at default
-    # init the first gradients are ~20x larger and a short run at lr 0.1 diverges for its first epoch.
+    # init the first gradients are far larger and a short run at lr 0.1 diverges in its first epoch.
     model = models.resnet50(weights=None, num_classes=num_classes, zero_init_residual=True)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
