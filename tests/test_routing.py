@@ -11,9 +11,10 @@ from distill.engine import WarmupCosine, build_optimizer, train_one_epoch
 from distill.checkpoint import save_checkpoint
 from distill.routing import (SELECTOR_INPUTS, Router, SelectorScore, cascade_choice, cascade_cost, cascade_inputs,
                              check_cost_device, check_routable, choose_point, choose_routing, confidences,
-                             expert_correctness, extra_costs, gap_closed_text, load_selector, measure_routing,
-                             paired_margin, pick_mode, routing_report, routing_summary, router_for,
-                             selection_step, selector_choice, selector_cost, selector_inputs, teacher_of)
+                             cost_vector, expert_correctness, extra_costs, gap_closed_text, load_experts,
+                             load_selector, measure_costs, measure_routing, paired_margin, pick_mode, routing_report,
+                             routing_summary, router_for, selection_step, selector_choice, selector_cost,
+                             selector_inputs, teacher_of)
 from distill.runtime import device_name
 from models import build_model
 
@@ -346,6 +347,25 @@ def test_a_setting_of_one_mode_picks_that_mode_unless_the_mode_is_given(stored_m
         router_for(state, [Counting(0), Counting(1)], selector, thresholds=[0.7], cost_weight=0.2)
     with pytest.raises(UserError, match='the selector mode uses --cost-weight'):
         router_for(state, [Counting(0), Counting(1)], selector, mode='selector', thresholds=[0.7])
+
+
+def test_experts_are_timed_on_this_device_and_refuse_a_student_of_other_data(tiny_runs, tmp_path):
+    work, _ = tiny_runs
+    paths = [str(work / 'checkpoints' / arch / 'best.pt') for arch in ('densenet121', 'googlenet')]
+    experts = load_experts(paths, 'cpu')
+    assert [e.name for e in experts] == ['densenet121', 'googlenet']
+    assert all(e.macs > 0 and e.cost == {'macs': e.macs} for e in experts)  # no time until measured
+    size = experts[0].state['image_size']
+    measure_costs(experts, torch.zeros(8, 3, size, size).contiguous(memory_format=torch.channels_last))
+    assert {e.cost['device'] for e in experts} == {device_name(torch.device('cpu'))}
+    assert cost_vector([e.cost for e in experts], 'time').tolist() == [e.cost['seconds_per_image'] for e in experts]
+    assert cost_vector([e.cost for e in experts], 'macs').tolist() == [e.macs for e in experts]
+    state = torch.load(paths[1], weights_only=True)
+    save_checkpoint({**state, 'mean': [0.1, 0.2, 0.3]}, str(tmp_path / 'other.pt'))
+    with pytest.raises(UserError, match='normalises images differently'):
+        load_experts([paths[0], str(tmp_path / 'other.pt')], 'cpu')
+    with pytest.raises(UserError, match="unknown cost 'flops'"):
+        cost_vector([e.cost for e in experts], 'flops')
 
 
 def test_a_cost_timed_here_is_accepted_and_macs_never_need_a_device():
