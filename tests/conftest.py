@@ -1,3 +1,6 @@
+import contextlib
+import importlib
+import io
 import os
 import pickle
 import subprocess
@@ -76,6 +79,26 @@ def run_script(*args, cwd=None, check=True):
     if check and result.returncode != 0:
         raise AssertionError(f'{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}')
     return result
+
+
+def run_main(script, *args, cwd=None, check=True):
+    """A top-level script's main() in this process, answered as run_script answers: the seconds a new process
+    spends importing torch, times every call of a test, are what this saves. What only a real process shows
+    (no traceback, bytes on standard output) stays with run_script."""
+    module = importlib.import_module(Path(script).stem)
+    streams = [io.TextIOWrapper(io.BytesIO(), encoding='utf-8', errors='surrogateescape', write_through=True)
+               for _ in range(2)]  # real text streams: infer.py reconfigures its standard output
+    with contextlib.redirect_stdout(streams[0]), contextlib.redirect_stderr(streams[1]), \
+            contextlib.chdir(cwd or os.getcwd()):
+        try:
+            module.main([str(a) for a in args])
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    out, err = (s.buffer.getvalue().decode('utf-8', 'surrogateescape') for s in streams)
+    if check and code != 0:
+        raise AssertionError(f'{args} failed ({code}):\n{out}\n{err}')
+    return subprocess.CompletedProcess([script, *args], code, out, err)
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, TINY, run_script
+from conftest import ROOT, TINY, run_main, run_script
 from distill.runtime import device_name
 
 
@@ -38,7 +38,7 @@ def test_students_record_their_teacher_and_the_selector_its_experts(tiny_runs):
 
 def test_student_from_the_logit_cache(tiny_runs):
     work, folder = tiny_runs
-    run_script(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--arch', 'googlenet', '--teacher-logits',
+    run_main(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--arch', 'googlenet', '--teacher-logits',
                'cache', '--out', 'checkpoints/googlenet-cached', cwd=work)
     assert list((work / 'checkpoints' / 'logit-cache').glob('*/epoch0.pt'))
     assert (work / 'checkpoints' / 'googlenet-cached' / 'summary.json').exists()
@@ -46,7 +46,7 @@ def test_student_from_the_logit_cache(tiny_runs):
 
 def test_selector_with_the_teacher_as_fallback(tiny_runs):
     work, folder = tiny_runs
-    result = run_script(ROOT / 'selectorTrain.py', *TINY, '--data-dir', folder, '--include-teacher',
+    result = run_main(ROOT / 'selectorTrain.py', *TINY, '--data-dir', folder, '--include-teacher',
                         '--out', 'checkpoints/selector3', cwd=work)
     assert 'max confidence' in result.stdout and 'teacher' in result.stdout
     assert 'selector epoch 1/1  train loss' in result.stdout and 'nan' not in result.stdout  # no 'acc nan%' in the log
@@ -56,7 +56,7 @@ def test_selector_with_the_teacher_as_fallback(tiny_runs):
 
 def test_teacher_of_another_split_is_refused(tiny_runs):
     work, folder = tiny_runs
-    result = run_script(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--seed', '1', '--out', 'x',
+    result = run_main(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--seed', '1', '--out', 'x',
                         cwd=work, check=False)
     assert result.returncode == 2 and 'Traceback' not in result.stderr
     assert "--seed 1 differs from 'checkpoints/teacher/best.pt', trained with --seed 0;" in result.stderr
@@ -69,7 +69,7 @@ def test_teacher_of_another_split_is_refused(tiny_runs):
     (['--epochs', '0'], '--epochs must be at least 1'),
 ])
 def test_bad_input_is_one_clear_line(args, message):
-    result = run_script(ROOT / 'teacherTrain.py', '--dataset', 'folder', *args, check=False)
+    result = run_main(ROOT / 'teacherTrain.py', '--dataset', 'folder', *args, check=False)
     assert result.returncode == 2 and message in result.stderr and 'Traceback' not in result.stderr
 
 

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from conftest import ROOT, needs_cuda, run_script
+from conftest import ROOT, needs_cuda, run_main, run_script
 
 
 FIGURES = {'training_curves.png', 'confusion.png', 'per_class_accuracy.png', 'routing_share.png',
@@ -42,7 +42,7 @@ def test_evaluate_writes_the_report_and_every_figure(tiny_runs):
 def test_a_checkpoint_that_is_not_a_selector_is_one_clear_line(tiny_runs):
     work, folder = tiny_runs
     for script, extra in (('evaluate.py', []), ('infer.py', [folder])):
-        result = run_script(ROOT / script, *extra, '--selector', 'checkpoints/teacher/best.pt', cwd=work, check=False)
+        result = run_main(ROOT / script, *extra, '--selector', 'checkpoints/teacher/best.pt', cwd=work, check=False)
         assert result.returncode == 2 and 'Traceback' not in result.stderr
         assert result.stderr.strip() == ("error: 'checkpoints/teacher/best.pt' is a resnet50 checkpoint, not a "
                                          "selector; pass the best.pt that selectorTrain.py wrote (default "
@@ -66,7 +66,7 @@ def test_students_moved_without_their_teacher_are_evaluated_without_it(tiny_runs
     moved = tmp_path / 'moved'
     for run in ('densenet121', 'googlenet', 'selector'):
         shutil.copytree(work / 'checkpoints' / run, moved / 'checkpoints' / run)
-    result = run_script(ROOT / 'evaluate.py', '--selector', 'checkpoints/selector', '--data-dir', folder,
+    result = run_main(ROOT / 'evaluate.py', '--selector', 'checkpoints/selector', '--data-dir', folder,
                         '--name', 'moved', cwd=moved)
     assert "note: the experts' teacher 'checkpoints/teacher/best.pt' is not here" in result.stdout
     report = json.loads((moved / 'results' / 'moved.json').read_text())

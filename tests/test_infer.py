@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, needs_cuda, run_script
+from conftest import ROOT, needs_cuda, run_main, run_script
+
+INFER = ROOT / 'infer.py'
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def _rows(path):
 
 def test_infer_predicts_readable_images_and_lists_the_rest(tiny_runs, messy_folder):
     work, _ = tiny_runs
-    result = run_script(ROOT / 'infer.py', messy_folder, '--out', messy_folder.parent / 'p.csv', '--batch-size', '2',
+    result = run_script(INFER, messy_folder, '--out', messy_folder.parent / 'p.csv', '--batch-size', '2',
                         cwd=work)
     rows = _rows(messy_folder.parent / 'p.csv')
     good = {'photo.png', 'nested/photo.jpg', 'gray.png', 'nested/alpha.png', 'nested/deeper/deep16.png', 'palette.gif'}
@@ -62,11 +64,11 @@ def test_decoding_in_workers_gives_the_same_table_and_names_that_are_not_utf8_ke
         Image.new('RGB', (8, 8)).save(messy_folder / latin1, format='PNG')
     except OSError:
         pytest.skip('this file system accepts only UTF-8 names')
-    run_script(ROOT / 'infer.py', messy_folder, '--workers', 0, '--batch-size', 2, '--out', tmp_path / 'p.csv',
+    run_script(INFER, messy_folder, '--workers', 0, '--batch-size', 2, '--out', tmp_path / 'p.csv',
                cwd=work)
     written = (tmp_path / 'p.csv').read_bytes()
     assert b'/pictures/caf\xe9.png,' in written and len(written.splitlines()) == 1 + 10  # unreadable files too
-    streamed = run_script(ROOT / 'infer.py', messy_folder, '--workers', 2, '--batch-size', 2, '--out', '-', cwd=work)
+    streamed = run_script(INFER, messy_folder, '--workers', 2, '--batch-size', 2, '--out', '-', cwd=work)
     assert os.fsencode(streamed.stdout) == written
 
 
@@ -74,7 +76,7 @@ def test_decoding_in_workers_gives_the_same_table_and_names_that_are_not_utf8_ke
 def test_infer_on_the_gpu_with_decoding_workers_predicts_what_the_cpu_predicts(tiny_runs, messy_folder, tmp_path):
     work, _ = tiny_runs
     for device, workers in (('cpu', 0), ('cuda', 2)):  # float32 on both: bf16 would flip near ties
-        run_script(ROOT / 'infer.py', messy_folder, '--device', device, '--amp', 'off', '--workers', workers,
+        run_script(INFER, messy_folder, '--device', device, '--amp', 'off', '--workers', workers,
                    '--batch-size', '2', '--out', tmp_path / f'{device}.csv', cwd=work)
     cpu, cuda = _rows(tmp_path / 'cpu.csv'), _rows(tmp_path / 'cuda.csv')
     assert set(cpu) == set(cuda) and {n for n in cpu if cpu[n]['error']} == {n for n in cuda if cuda[n]['error']}
@@ -84,25 +86,25 @@ def test_infer_on_the_gpu_with_decoding_workers_predicts_what_the_cpu_predicts(t
 def test_single_expert_teacher_and_json_output(tiny_runs, messy_folder):
     work, _ = tiny_runs
     out = messy_folder.parent / 'p.json'
-    run_script(ROOT / 'infer.py', messy_folder, '--expert', 'googlenet', '--out', out, cwd=work)
+    run_main(INFER, messy_folder, '--expert', 'googlenet', '--out', out, cwd=work)
     rows = json.loads(out.read_text())
     assert len(rows) == 9 and {r['expert'] for r in rows if not r['error']} == {'googlenet'}
-    run_script(ROOT / 'infer.py', messy_folder, '--teacher', 'checkpoints/teacher/best.pt', '--out', out, cwd=work)
+    run_main(INFER, messy_folder, '--teacher', 'checkpoints/teacher/best.pt', '--out', out, cwd=work)
     assert {r['expert'] for r in json.loads(out.read_text()) if not r['error']} == {'teacher'}
 
 
 def test_runs_moved_together_infer_from_any_directory(tiny_runs, messy_folder, tmp_path):
     """A selector names its experts by the paths it was trained with; a copied tree must still find its own."""
     work, _ = tiny_runs
-    run_script(ROOT / 'infer.py', messy_folder, '--out', tmp_path / 'here.csv', cwd=work)
+    run_main(INFER, messy_folder, '--out', tmp_path / 'here.csv', cwd=work)
     shutil.copytree(work / 'checkpoints', tmp_path / 'copy' / 'runs')
     shutil.move(work / 'checkpoints', tmp_path / 'hidden')  # so nothing can be found by the stored paths as given
     try:
-        run_script(ROOT / 'infer.py', messy_folder, '--selector', tmp_path / 'copy' / 'runs' / 'selector' / 'best.pt',
+        run_main(INFER, messy_folder, '--selector', tmp_path / 'copy' / 'runs' / 'selector' / 'best.pt',
                    '--out', tmp_path / 'moved.csv', cwd=messy_folder)
         assert _rows(tmp_path / 'moved.csv') == _rows(tmp_path / 'here.csv')
         shutil.rmtree(tmp_path / 'copy' / 'runs' / 'googlenet')
-        result = run_script(ROOT / 'infer.py', messy_folder, '--selector', tmp_path / 'copy' / 'runs' / 'selector' /
+        result = run_main(INFER, messy_folder, '--selector', tmp_path / 'copy' / 'runs' / 'selector' /
                             'best.pt', cwd=messy_folder, check=False)
         assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
         assert "routes to 'checkpoints/googlenet/best.pt'" in result.stderr
@@ -112,7 +114,7 @@ def test_runs_moved_together_infer_from_any_directory(tiny_runs, messy_folder, t
 
 def test_one_image_file_instead_of_a_folder(tiny_runs, messy_folder, tmp_path):
     work, _ = tiny_runs
-    run_script(ROOT / 'infer.py', messy_folder / 'gray.png', '--out', tmp_path / 'one' / 'p.csv', cwd=work)
+    run_main(INFER, messy_folder / 'gray.png', '--out', tmp_path / 'one' / 'p.csv', cwd=work)
     assert list(_rows(tmp_path / 'one' / 'p.csv')) == ['gray.png']  # --out's folder is created
 
 
@@ -130,21 +132,21 @@ def test_infer_bad_input_is_one_clear_line(tiny_runs, tmp_path, case, message):
             'missing_selector': [folder, '--selector', 'gone.pt'], 'unknown_expert': [folder, '--expert', 'vgg'],
             'out_is_a_folder': [folder]}[case]
     out = folder if case == 'out_is_a_folder' else tmp_path / 'p.csv'
-    result = run_script(ROOT / 'infer.py', *args, '--out', out, cwd=work, check=False)
+    result = run_main(INFER, *args, '--out', out, cwd=work, check=False)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / 'p.csv').exists() and not list(tmp_path.rglob('*.tmp*'))
 
 
 def test_standard_output_json_types_and_each_routing_mode(tiny_runs, messy_folder):
     work, _ = tiny_runs
-    result = run_script(ROOT / 'infer.py', messy_folder, '--out', '-', '--format', 'json', cwd=work)
+    result = run_main(INFER, messy_folder, '--out', '-', '--format', 'json', cwd=work)
     rows = json.loads(result.stdout)
     assert len(rows) == 9 and not (work / '-').exists()
     assert all(r['confidence'] is None for r in rows if r['error'])  # null, not ""
     assert all(isinstance(r['confidence'], float) for r in rows if not r['error'])
     assert '6 images classified' in result.stderr
     for mode in ('cascade', 'selector'):
-        out = run_script(ROOT / 'infer.py', messy_folder / 'gray.png', '--route', mode, '--out', '-', cwd=work)
+        out = run_main(INFER, messy_folder / 'gray.png', '--route', mode, '--out', '-', cwd=work)
         assert out.stdout.startswith('path,prediction') and '1 image classified' in out.stderr
 
 
@@ -157,7 +159,7 @@ def test_standard_output_json_types_and_each_routing_mode(tiny_runs, messy_folde
 ])
 def test_routing_flags_that_would_do_nothing_or_are_out_of_range_are_one_line(tiny_runs, messy_folder, args, message):
     work, _ = tiny_runs
-    result = run_script(ROOT / 'infer.py', messy_folder, *args, '--out', '-', cwd=work, check=False)
+    result = run_main(INFER, messy_folder, *args, '--out', '-', cwd=work, check=False)
     assert result.returncode == 2 and message in result.stderr and 'Traceback' not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -181,14 +183,14 @@ def test_a_cost_timed_on_another_device_is_refused_until_measured_here(tiny_runs
     moved = work / 'checkpoints' / 'selector-gpu'
     moved.mkdir(exist_ok=True)
     torch.save({**state, 'config': {**state['config'], 'out': 'checkpoints/selector-gpu'}}, moved / 'best.pt')
-    result = run_script(ROOT / 'infer.py', messy_folder, '--selector', moved, '--route', 'selector', '--out', '-',
+    result = run_main(INFER, messy_folder, '--selector', moved, '--route', 'selector', '--out', '-',
                         cwd=work, check=False)
     assert result.returncode == 2 and 'timed on NVIDIA H100 80GB HBM3, not on this device' in result.stderr
     assert '--cost measure' in result.stderr
     for cost in ('measure', 'macs'):
-        run_script(ROOT / 'infer.py', messy_folder, '--selector', moved, '--route', 'selector', '--cost', cost,
+        run_main(INFER, messy_folder, '--selector', moved, '--route', 'selector', '--cost', cost,
                    '--out', tmp_path / f'{cost}.csv', cwd=work)
-    run_script(ROOT / 'infer.py', messy_folder, '--selector', moved, '--route', 'cascade', '--out', '-', cwd=work)
+    run_main(INFER, messy_folder, '--selector', moved, '--route', 'cascade', '--out', '-', cwd=work)
 
 
 @pytest.mark.parametrize('routed_seconds, noted', [(0.5, False), (1.2, True)])
@@ -204,9 +206,9 @@ def test_infer_notes_where_selector_train_timed_routing_slower_than_the_best_exp
     timed = work / 'checkpoints' / f'selector-timed-{routed_seconds}'
     timed.mkdir(exist_ok=True)
     torch.save({**state, 'config': {**state['config'], 'out': f'checkpoints/{timed.name}'}}, timed / 'best.pt')
-    result = run_script(ROOT / 'infer.py', messy_folder, '--selector', timed, '--out', '-', '--device', 'cpu', cwd=work)
+    result = run_main(INFER, messy_folder, '--selector', timed, '--out', '-', '--device', 'cpu', cwd=work)
     best = state['experts'][state['routing']['reference']]['name']
     assert (f'the time of {best} alone; --expert {best}' in result.stderr) == noted
-    result = run_script(ROOT / 'infer.py', messy_folder, '--selector', timed, '--route', 'cascade', '--threshold',
+    result = run_main(INFER, messy_folder, '--selector', timed, '--route', 'cascade', '--threshold',
                         '0.5', '--out', '-', '--device', 'cpu', cwd=work)
     assert 'note: selectorTrain.py timed' not in result.stderr  # another operating point than the one timed
