@@ -1,8 +1,8 @@
 import contextlib
-import importlib
 import io
 import os
 import pickle
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -82,19 +82,22 @@ def run_script(*args, cwd=None, check=True):
 
 
 def run_main(script, *args, cwd=None, check=True):
-    """A top-level script's main() in this process, answered as run_script answers: the seconds a new process
-    spends importing torch, times every call of a test, are what this saves. What only a real process shows
-    (no traceback, bytes on standard output) stays with run_script."""
-    module = importlib.import_module(Path(script).stem)
+    """A script run in this process as `python script args` runs it, answered as run_script answers, without
+    the seconds a new process spends importing torch. What only a real process shows (no traceback, bytes on
+    standard output) stays with run_script."""
     streams = [io.TextIOWrapper(io.BytesIO(), encoding='utf-8', errors='surrogateescape', write_through=True)
                for _ in range(2)]  # real text streams: infer.py reconfigures its standard output
-    with contextlib.redirect_stdout(streams[0]), contextlib.redirect_stderr(streams[1]), \
-            contextlib.chdir(cwd or os.getcwd()):
-        try:
-            module.main([str(a) for a in args])
-            code = 0
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    argv, sys.argv, here = sys.argv, [str(script), *map(str, args)], os.getcwd()
+    os.chdir(cwd or here)
+    try:
+        with contextlib.redirect_stdout(streams[0]), contextlib.redirect_stderr(streams[1]):
+            runpy.run_path(str(script), run_name='__main__')
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    finally:
+        sys.argv = argv
+        os.chdir(here)
     out, err = (s.buffer.getvalue().decode('utf-8', 'surrogateescape') for s in streams)
     if check and code != 0:
         raise AssertionError(f'{args} failed ({code}):\n{out}\n{err}')

@@ -3,29 +3,22 @@
 import json
 import runpy
 import shutil
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, run_main
 from distill.checkpoint import save_checkpoint
 from distill.routing import Expert
 
 SCRIPT = ROOT / 'benchmarks' / 'route_from_logits.py'
 
 
-def run(script, *args, monkeypatch):
-    """A benchmark script in this process, as `python script args` would run it."""
-    monkeypatch.setattr(sys, 'argv', [str(script), *map(str, args)])
-    runpy.run_path(str(script), run_name='__main__')
-
-
 def _export(folder, name, logits: dict, labels: dict):
     save_checkpoint({'arch': name, 'model': {}, **logits, 'labels': labels}, str(folder / f'{name}-logits.pt'))
 
 
-def test_a_cascade_is_tuned_on_val_and_costed_from_the_measured_rates(tmp_path, monkeypatch, capsys):
+def test_a_cascade_is_tuned_on_val_and_costed_from_the_measured_rates(tmp_path):
     # 'cheap' is sure and right on the first half of every split and unsure and wrong on the rest; 'big' is
     # right everywhere: the cascade must keep the first half at 'cheap' and pass the rest on.
     n, parts = 40, ('route', 'val', 'test')
@@ -38,8 +31,7 @@ def test_a_cascade_is_tuned_on_val_and_costed_from_the_measured_rates(tmp_path, 
     rates = tmp_path / 'rates.json'
     rates.write_text(json.dumps({'device': 'test', 'infer.cheap.img_s': 400.0, 'infer.big.img_s': 100.0,
                                  'infer.teacher.img_s': 50.0}))
-    run(SCRIPT, tmp_path, '--rates', rates, '--chain', 'cheap', 'big', '--val-margin', '0', monkeypatch=monkeypatch)
-    out = capsys.readouterr().out
+    out = run_main(SCRIPT, tmp_path, '--rates', rates, '--chain', 'cheap', 'big', '--val-margin', '0').stdout
     row = next(line for line in out.splitlines() if line.startswith('| cheap → big'))
     cells = [c.strip() for c in row.strip('|').split('|')]
     assert cells[3:6] == ['100.00%', '100.00%', '100.00%']  # val, test, big alone
@@ -47,7 +39,7 @@ def test_a_cascade_is_tuned_on_val_and_costed_from_the_measured_rates(tmp_path, 
     assert cells[6] == '0.75x' and cells[7] == '0.38x' and cells[8] == 'cheap 50%, big 50%'
 
 
-def test_a_cascade_tuned_on_route_and_val_sees_where_val_alone_misleads(tmp_path, monkeypatch, capsys):
+def test_a_cascade_tuned_on_route_and_val_sees_where_val_alone_misleads(tmp_path):
     # 'cheap' is 79% sure everywhere: right on every val image, wrong on half the route images. Val alone keeps
     # every image at 'cheap'; route and val together pass everything on to 'big', right everywhere.
     n, parts = 40, ('route', 'val', 'test')
@@ -61,24 +53,22 @@ def test_a_cascade_tuned_on_route_and_val_sees_where_val_alone_misleads(tmp_path
     rates.write_text(json.dumps({'infer.cheap.img_s': 400.0, 'infer.big.img_s': 100.0, 'infer.teacher.img_s': 50.0}))
     shares = {}
     for tune in (['val'], ['route', 'val']):
-        run(SCRIPT, tmp_path, '--rates', rates, '--chain', 'cheap', 'big', '--val-margin', '0', '--tune-on', *tune,
-            monkeypatch=monkeypatch)
-        out = capsys.readouterr().out
+        out = run_main(SCRIPT, tmp_path, '--rates', rates, '--chain', 'cheap', 'big', '--val-margin', '0',
+                       '--tune-on', *tune).stdout
         assert f"| thresholds ({' + '.join(tune)}) |" in out
         row = next(line for line in out.splitlines() if line.startswith('| cheap → big'))
         shares[tuple(tune)] = row.strip('|').split('|')[-1].strip()
     assert shares == {('val',): 'cheap 100%, big 0%', ('route', 'val'): 'cheap 0%, big 100%'}
 
 
-def test_missing_or_unreadable_inputs_are_one_line(tmp_path, monkeypatch, capsys):
+def test_missing_or_unreadable_inputs_are_one_line(tmp_path):
     rates = tmp_path / 'rates.json'
     rates.write_text('{}')
     for bad_rates, message in ((rates, 'no logits'), (tmp_path / 'absent.json', 'cannot read --rates'),
                                (SCRIPT, 'cannot read --rates')):
-        with pytest.raises(SystemExit) as exit_info:
-            run(SCRIPT, tmp_path, '--rates', bad_rates, '--chain', 'cheap', 'big', monkeypatch=monkeypatch)
-        err = capsys.readouterr().err.strip()
-        assert exit_info.value.code == 2 and '\n' not in err and message in err
+        result = run_main(SCRIPT, tmp_path, '--rates', bad_rates, '--chain', 'cheap', 'big', check=False)
+        err = result.stderr.strip()
+        assert result.returncode == 2 and '\n' not in err and message in err
 
 
 def _right_where(right) -> torch.Tensor:
@@ -86,7 +76,7 @@ def _right_where(right) -> torch.Tensor:
     return torch.where(torch.tensor(right)[:, None], torch.tensor([5.0, 0, 0]), torch.tensor([0.0, 2, 0]))
 
 
-def test_headroom_compares_the_pairs_oracle_with_two_runs_of_one_model(tmp_path, monkeypatch, capsys):
+def test_headroom_compares_the_pairs_oracle_with_two_runs_of_one_model(tmp_path):
     n, parts = 20, ('route', 'val', 'test')
     labels = {p: torch.zeros(n, dtype=torch.long) for p in parts}
     right = {  # the routed pair in run B: 'b' right on 80%, 'a' on 60%, some of it where 'b' is wrong
@@ -96,9 +86,8 @@ def test_headroom_compares_the_pairs_oracle_with_two_runs_of_one_model(tmp_path,
     for (which, name), where in right.items():
         (tmp_path / which).mkdir(exist_ok=True)
         _export(tmp_path / which, name, {'split': {'seed': 0}, **{p: _right_where(where) for p in parts}}, labels)
-    run(ROOT / 'benchmarks' / 'headroom.py', tmp_path / 'A', tmp_path / 'B', '--pair', 'a', 'b', '--models', 'b',
-        'teacher', monkeypatch=monkeypatch)
-    out = capsys.readouterr().out
+    out = run_main(ROOT / 'benchmarks' / 'headroom.py', tmp_path / 'A', tmp_path / 'B', '--pair', 'a', 'b',
+                   '--models', 'b', 'teacher').stdout
     rows = [[c.strip() for c in row.strip('|').split('|')] for row in out.splitlines()
             if row.startswith('| ') and '---' not in row and 'pair |' not in row]
     cells = {f'{row[0]}, {row[1]}': row for row in rows}
@@ -109,11 +98,10 @@ def test_headroom_compares_the_pairs_oracle_with_two_runs_of_one_model(tmp_path,
     assert 'two runs of b have 100% (val) and 100% (test)' in out and 'two runs of teacher have 0% (val)' in out
     assert "run A's copies was right closes 0% (val) and 0% (test)" in out  # in run A, 'a' never alone right
     _export(tmp_path / 'A', 'teacher', {'split': {'seed': 1}, 'test': _right_where(right['A', 'teacher'])}, labels)
-    with pytest.raises(SystemExit) as exit_info:
-        run(ROOT / 'benchmarks' / 'headroom.py', tmp_path / 'A', tmp_path / 'B', '--pair', 'a', 'b', '--models',
-            'teacher', monkeypatch=monkeypatch)
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and '\n' not in err and "teacher were trained on different splits" in err
+    result = run_main(ROOT / 'benchmarks' / 'headroom.py', tmp_path / 'A', tmp_path / 'B', '--pair', 'a', 'b',
+                      '--models', 'teacher', check=False)
+    err = result.stderr.strip()
+    assert result.returncode == 2 and '\n' not in err and "teacher were trained on different splits" in err
 
 
 def test_another_runs_labels_capture_only_the_images_where_both_runs_agree():
@@ -128,17 +116,17 @@ def test_another_runs_labels_capture_only_the_images_where_both_runs_agree():
     assert other_run_routing(torch.tensor([[1.0, 0.0]] * 10), correct_b) < 0
 
 
-def test_exported_logits_feed_route_from_logits(tiny_runs, tmp_path, monkeypatch, capsys):
+def test_exported_logits_feed_route_from_logits(tiny_runs, tmp_path, monkeypatch):
     work, _ = tiny_runs
     logits = tmp_path / 'logits'
     monkeypatch.chdir(work)
-    run(ROOT / 'benchmarks' / 'export_logits.py', '--selector', 'checkpoints/selector', '--out', logits,
-        '--device', 'cpu', monkeypatch=monkeypatch)
+    run_main(ROOT / 'benchmarks' / 'export_logits.py', '--selector', 'checkpoints/selector', '--out', logits,
+             '--device', 'cpu')
     written = {p.name for p in logits.iterdir()}
     assert {'teacher-logits.pt', 'googlenet-logits.pt', 'densenet121-logits.pt', 'googlenet-bf16.pt'} <= written
     # Without a selector (selectorTrain.py failed), the students and their teacher give the same files.
-    run(ROOT / 'benchmarks' / 'export_logits.py', '--experts', 'checkpoints/googlenet', '--out', tmp_path / 'alone',
-        '--device', 'cpu', monkeypatch=monkeypatch)
+    run_main(ROOT / 'benchmarks' / 'export_logits.py', '--experts', 'checkpoints/googlenet', '--out',
+             tmp_path / 'alone', '--device', 'cpu')
     assert {p.name for p in (tmp_path / 'alone').iterdir()} == {'googlenet-logits.pt', 'googlenet-bf16.pt',
                                                                'teacher-logits.pt', 'teacher-bf16.pt'} & written
     for name in ('googlenet', 'teacher'):
@@ -147,10 +135,8 @@ def test_exported_logits_feed_route_from_logits(tiny_runs, tmp_path, monkeypatch
     rates = tmp_path / 'rates.json'
     rates.write_text(json.dumps({'infer.teacher.img_s': 1.0, 'infer.googlenet.img_s': 3.0,
                                  'infer.densenet121.img_s': 2.0}))
-    capsys.readouterr()
-    run(SCRIPT, logits, '--rates', rates, '--chain', 'googlenet', 'densenet121', '--chain', 'googlenet', 'teacher',
-        monkeypatch=monkeypatch)
-    out = capsys.readouterr().out
+    out = run_main(SCRIPT, logits, '--rates', rates, '--chain', 'googlenet', 'densenet121', '--chain', 'googlenet',
+                   'teacher').stdout
     assert '| googlenet → densenet121 |' in out and '| googlenet → teacher |' in out
 
 
@@ -161,8 +147,8 @@ def test_exported_weights_hold_what_inference_needs_in_bf16(tiny_runs, tmp_path,
     teacher = copy / 'checkpoints' / 'teacher'
     shutil.copy(teacher / 'last.pt', teacher / 'best.pt')  # a best.pt made from a last.pt: optimiser and all
     monkeypatch.chdir(copy)
-    run(ROOT / 'benchmarks' / 'export_logits.py', '--selector', 'checkpoints/selector', '--out', tmp_path / 'logits',
-        '--device', 'cpu', '--max-mb', '64', monkeypatch=monkeypatch)
+    run_main(ROOT / 'benchmarks' / 'export_logits.py', '--selector', 'checkpoints/selector', '--out',
+             tmp_path / 'logits', '--device', 'cpu', '--max-mb', '64')
     exported = torch.load(tmp_path / 'logits' / 'teacher-bf16.pt', weights_only=True)
     assert 'optimizer' in torch.load(teacher / 'best.pt', weights_only=True)
     assert not {'optimizer', 'scheduler', 'rng', 'history'} & set(exported)
@@ -170,32 +156,28 @@ def test_exported_weights_hold_what_inference_needs_in_bf16(tiny_runs, tmp_path,
     assert Expert(str(tmp_path / 'logits' / 'teacher-bf16.pt'), 'cpu').state['arch'] == 'resnet50'
 
 
-def test_photos_decoded_at_reduced_scale_are_timed_against_whole_decoding(tmp_path, monkeypatch):
+def test_photos_decoded_at_reduced_scale_are_timed_against_whole_decoding(tmp_path):
     out = tmp_path / 'bench.json'
-    run(ROOT / 'benchmarks' / 'run.py', '--quick', '--parts', 'decode', '--device', 'cpu', '--out', out,
-        monkeypatch=monkeypatch)
+    run_main(ROOT / 'benchmarks' / 'run.py', '--quick', '--parts', 'decode', '--device', 'cpu', '--out', out)
     results = json.loads(out.read_text())
     assert results['decode.reduced_speedup'] == pytest.approx(
         results['decode.full_ms_per_photo'] / results['decode.reduced_ms_per_photo'])
     assert results['decode.photos'] == 2 and results['decode.max_abs_difference'] <= 2
 
 
-def test_an_output_that_cannot_be_written_is_refused_before_measuring(tmp_path, monkeypatch, capsys):
+def test_an_output_that_cannot_be_written_is_refused_before_measuring(tmp_path):
     (tmp_path / 'file').write_text('')
-    with pytest.raises(SystemExit) as exit_info:
-        run(ROOT / 'benchmarks' / 'run.py', '--quick', '--parts', 'decode', '--out', tmp_path / 'file' / 'out.json',
-            monkeypatch=monkeypatch)
-    assert exit_info.value.code == 2 and 'cannot create the folder' in capsys.readouterr().err
+    result = run_main(ROOT / 'benchmarks' / 'run.py', '--quick', '--parts', 'decode', '--out',
+                      tmp_path / 'file' / 'out.json', check=False)
+    assert result.returncode == 2 and 'cannot create the folder' in result.stderr
 
 
 @pytest.mark.parametrize('parts, variants', [('routed', False), ('infer', True)])
-def test_run_reports_every_routing_mode_against_every_model_at_both_batches(tiny_runs, tmp_path, monkeypatch,
-                                                                            parts, variants):
+def test_run_reports_every_routing_mode_against_every_model_at_both_batches(tiny_runs, tmp_path, parts, variants):
     work, _ = tiny_runs
-    monkeypatch.chdir(work)
     out = tmp_path / 'bench.json'
-    run(ROOT / 'benchmarks' / 'run.py', '--quick', '--parts', parts, '--selector', 'checkpoints/selector',
-        '--device', 'cpu', '--out', out, monkeypatch=monkeypatch)
+    run_main(ROOT / 'benchmarks' / 'run.py', '--quick', '--parts', parts, '--selector', 'checkpoints/selector',
+             '--device', 'cpu', '--out', out, cwd=work)
     results = json.loads(out.read_text())
     for mode in ('cascade', 'selector'):
         assert sum(results[f'infer.routed_{mode}.share']) == results['infer.images']

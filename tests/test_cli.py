@@ -2,7 +2,6 @@ import argparse
 import os
 
 import pytest
-import torch
 
 import distill.cli as cli
 from distill import UserError

@@ -1,6 +1,5 @@
 """distill/report.py: the mean ± std over seeds."""
 import pytest
-import torch
 
 from distill import UserError
 from distill.report import aggregate, aggregate_markdown, seeds_of
