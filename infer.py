@@ -11,10 +11,9 @@ import torch
 from tqdm import tqdm
 
 from distill import UserError
-from distill.cli import Parser, add_device_arguments, check_range, check_writable, checkpoint_path, main_guard
-from distill.data import list_image_files
+from distill.cli import Parser, add_device_arguments, check_range, checkpoint_path, main_guard
 from distill.loaders import normalise
-from distill.predict import build_classifier, default_workers, read_batches, write_rows
+from distill.predict import build_classifier, default_workers, files_to_classify, read_batches, write_rows
 from distill.routing import MODES
 from distill.runtime import amp_dtype, autocast, resolve_device
 
@@ -63,13 +62,7 @@ def parse_args(argv=None):
 @main_guard
 def main(argv=None):
     args = parse_args(argv)
-    if not os.path.exists(args.image_dir):
-        raise UserError(f"image folder '{args.image_dir}' does not exist; pass a folder of images")
-    files = list_image_files(args.image_dir) if os.path.isdir(args.image_dir) else [args.image_dir]
-    if args.out != '-':
-        check_writable(args.out)
-    if not files:
-        raise UserError(f"'{args.image_dir}' holds no files; pass a folder of images")
+    files = files_to_classify(args.image_dir, args.out)
     device = resolve_device(args.device)
     amp = amp_dtype(args.amp, device)
     classify, state = build_classifier(args.selector, device, amp, teacher=args.teacher, expert=args.expert,

@@ -7,11 +7,12 @@ import os
 import sys
 
 import torch
+from PIL import Image
 
 from . import UserError
 from .checkpoint import atomic_write, load_checkpoint
-from .cli import checkpoint_path
-from .data import read_images
+from .cli import check_writable, checkpoint_path
+from .data import READ_ERRORS, list_image_files, read_images
 from .routing import load_experts, load_selector, router_for, unpaid_routing_note
 from .runtime import fast_inference, inference_model
 
@@ -54,6 +55,33 @@ def one_model(model, name: str):
         for images, tag in batches:
             yield tag, model(images) if len(images) else None, [name] * len(images)
     return classify
+
+
+def files_to_classify(image_dir: str, out: str) -> list:
+    """The files infer.py reads: those under image_dir (or image_dir, one file), never the table it writes. A
+    table written there by an earlier run is left out; an image named as the table is refused, not replaced."""
+    if not os.path.exists(image_dir):
+        raise UserError(f"image folder '{image_dir}' does not exist; pass a folder of images")
+    files = list_image_files(image_dir) if os.path.isdir(image_dir) else [image_dir]
+    if out != '-':
+        check_writable(out)
+        table = os.path.realpath(out)
+        if table in map(os.path.realpath, files):
+            if is_image(out):
+                raise UserError(f"--out '{out}' is one of the images to classify; write the table to another "
+                                f"file, e.g. predictions.csv")
+            files = [f for f in files if os.path.realpath(f) != table]
+    if not files:
+        raise UserError(f"'{image_dir}' holds no files; pass a folder of images")
+    return files
+
+
+def is_image(path: str) -> bool:
+    try:
+        with Image.open(path):  # reads the header only
+            return True
+    except READ_ERRORS:
+        return False
 
 
 class FileBatches(torch.utils.data.Dataset):

@@ -118,6 +118,20 @@ def test_one_image_file_instead_of_a_folder(tiny_runs, messy_folder, tmp_path):
     assert list(_rows(tmp_path / 'one' / 'p.csv')) == ['gray.png']  # --out's folder is created
 
 
+def test_a_table_inside_the_folder_is_not_classified_and_an_image_is_never_overwritten(tiny_runs, messy_folder):
+    work, _ = tiny_runs
+    table = messy_folder / 'nested' / 'predictions.csv'
+    for _ in range(2):  # the second run finds the first run's table among the files, and leaves it out
+        run_main(INFER, messy_folder, '--out', table, cwd=work)
+        assert len(_rows(table)) == 9 and 'nested/predictions.csv' not in _rows(table)
+    image = messy_folder / 'gray.png'
+    before = image.read_bytes()
+    for folder in (messy_folder, image):  # the folder, or the one file
+        result = run_main(INFER, folder, '--out', image, cwd=work, check=False)
+        assert result.returncode == 2 and f"--out '{image}' is one of the images to classify" in result.stderr
+        assert image.read_bytes() == before
+
+
 @pytest.mark.parametrize('case, message', [
     ('missing_dir', 'does not exist'), ('empty_dir', 'holds no files'),
     ('missing_selector', 'does not exist'), ('unknown_expert', "no expert named 'vgg'"),
