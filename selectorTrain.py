@@ -10,8 +10,8 @@ against the best expert alone; the one that pays more becomes the default.
 """
 import torch
 
-from distill.cli import (check_range, checkpoint_path, inherit_data_settings, main_guard, training_parser,
-                         validate_args)
+from distill.cli import (check_range, check_spared, checkpoint_path, inherit_data_settings, main_guard,
+                         training_parser, validate_args)
 from distill.data import prepare_data
 from distill.loaders import TensorLoader, split_loader
 from distill.engine import fit, predict_logits
@@ -66,6 +66,7 @@ def main(argv=None):
     if args.include_teacher:
         experts.append(Expert(teacher_of(experts), device, experts[0].reference()))
     check_routable(experts)
+    check_spared(args.out, [e.path for e in experts])
     inherit_data_settings(args, argv, experts[0].state['config'], args.experts[0])
     data = prepare_data(args).to(device)
     check_route_split(data, experts, args.data_dir)

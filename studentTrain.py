@@ -10,8 +10,8 @@ import torch
 
 from distill import UserError
 from distill.checkpoint import check_compatible, load_checkpoint, run_dir
-from distill.cli import (check_range, check_writable, checkpoint_path, inherit_data_settings, main_guard,
-                         training_parser, validate_args)
+from distill.cli import (check_range, check_spared, check_writable, checkpoint_path, inherit_data_settings,
+                         main_guard, training_parser, validate_args)
 from distill.data import prepare_data
 from distill.engine import fit
 from distill.losses import distillation_step
@@ -41,6 +41,8 @@ def parse_args(argv=None):
     # The no-teacher baseline gets its own directory so that it never replaces the distilled student.
     args.out = args.out or run_dir('checkpoints', args.arch, distilled=args.alpha > 0)
     check_writable(os.path.join(args.out, 'last.pt'))
+    if args.alpha > 0:
+        check_spared(args.out, [args.teacher])
     return args
 
 

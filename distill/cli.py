@@ -155,6 +155,14 @@ def check_writable(path: str):
         raise UserError(f"cannot write to '{existing}' (for '{path}'; {err.strerror}); choose another path") from None
 
 
+def check_spared(out: str, reads: list):
+    """A run never writes its checkpoints over one that it reads, --overwrite or not."""
+    written = {os.path.realpath(os.path.join(out, name)) for name in ('best.pt', 'last.pt')}
+    for path in reads:
+        if os.path.realpath(path) in written:
+            raise UserError(f"--out '{out}' would write over '{path}', which this run reads; choose another --out")
+
+
 def checkpoint_path(path: str) -> str:
     """A run directory stands for its best.pt."""
     return os.path.join(path, 'best.pt') if os.path.isdir(path) else path

@@ -131,9 +131,14 @@ class Run:
         self.last, self.best = os.path.join(out, 'last.pt'), os.path.join(out, 'best.pt')
 
     def check_free(self, resume: bool, overwrite: bool):
-        if os.path.exists(self.last) and not (resume or overwrite):
+        if overwrite:
+            return
+        if os.path.exists(self.last) and not resume:
             raise UserError(f"'{self.out}' already holds a run; pass --resume to continue it, --overwrite to "
                             f"replace it, or --out NEW_DIR")
+        if os.path.exists(self.best) and not os.path.exists(self.last):  # weights from elsewhere, say
+            raise UserError(f"'{self.best}' exists, with no last.pt to resume from; pass --overwrite to replace it, "
+                            f"or --out NEW_DIR")
 
     def restore(self, model, optimizer, scheduler, scaler, map_location):
         """(start epoch, best val accuracy, history) from last.pt, after checking it is the same run."""

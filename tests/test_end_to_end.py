@@ -54,6 +54,21 @@ def test_selector_with_the_teacher_as_fallback(tiny_runs):
     assert {e['name'] for e in state['experts']} == {'densenet121', 'googlenet', 'teacher'}
 
 
+@pytest.mark.parametrize('script, args, overwritten', [
+    ('selectorTrain.py', ['--experts', 'checkpoints/googlenet', 'checkpoints/densenet121'], 'googlenet'),
+    ('selectorTrain.py', ['--experts', 'checkpoints/googlenet', 'checkpoints/densenet121', '--include-teacher'],
+     'teacher'),
+    ('studentTrain.py', ['--arch', 'googlenet', '--teacher', 'checkpoints/teacher'], 'teacher')])
+def test_a_stage_never_writes_over_a_checkpoint_it_reads(tiny_runs, script, args, overwritten):
+    work, folder = tiny_runs
+    best = work / 'checkpoints' / overwritten / 'best.pt'
+    before = best.read_bytes()
+    result = run_main(ROOT / script, *args, '--data-dir', folder, '--out', f'checkpoints/{overwritten}',
+                      '--overwrite', cwd=work, check=False)
+    assert result.returncode == 2 and f"would write over 'checkpoints/{overwritten}/best.pt'" in result.stderr
+    assert best.read_bytes() == before
+
+
 def test_teacher_of_another_split_is_refused(tiny_runs):
     work, folder = tiny_runs
     result = run_main(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--seed', '1', '--out', 'x',

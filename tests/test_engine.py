@@ -123,6 +123,18 @@ def test_an_existing_run_is_never_overwritten_by_accident(finished_run, capsys):
     assert (run / 'best.pt').read_bytes() == best
 
 
+def test_weights_alone_in_out_are_not_replaced_without_overwrite(finished_run, tmp_path, capsys):
+    folder, run = finished_run  # a best.pt and nothing else: weights copied from a GPU run, say
+    (tmp_path / 'weights').mkdir()
+    best = tmp_path / 'weights' / 'best.pt'
+    best.write_bytes((run / 'best.pt').read_bytes())
+    for flags in ([], ['--resume']):  # nothing to resume from: starting afresh would replace them
+        with pytest.raises(SystemExit):
+            teacherTrain.main(_tiny_run(folder, tmp_path / 'weights', '--epochs', '1', *flags))
+        assert 'exists, with no last.pt to resume from; pass --overwrite' in capsys.readouterr().err
+    assert best.read_bytes() == (run / 'best.pt').read_bytes()
+
+
 def test_resuming_with_another_split_is_refused(finished_run, capsys):
     folder, run = finished_run
     with pytest.raises(SystemExit):
