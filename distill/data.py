@@ -200,10 +200,13 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
             skipped.append(f'{shown} ({err.__class__.__name__})')
     if skipped:
         print(f'warning: skipped {len(skipped)} unreadable file(s), e.g. {"; ".join(skipped[:3])}', file=sys.stderr)
-    classes = sorted(found['train'])
+    classes = sorted(cls for cls, images in found['train'].items() if images)  # a folder of unreadable files is none
     if not classes:
         raise UserError(f"no readable images under '{path}/train/<class>/'; the folder needs train/<class>/ and "
                         f"test/<class>/ subfolders of images")
+    if len(classes) == 1:
+        raise UserError(f"'{path}/train/' holds one class ('{classes[0]}'); a classifier needs two or more "
+                        f"train/<class>/ folders")
     unknown = sorted(set(found['test']) - set(classes))
     if unknown:
         raise UserError(f"test classes {unknown} in '{path}' have no training images; give every class images "

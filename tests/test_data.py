@@ -115,7 +115,8 @@ def test_an_archive_matches_its_folder_and_is_cached(tmp_path, suffix):
 
 @pytest.mark.parametrize('problem, message', [
     ('missing', 'does not exist'), ('empty', 'no readable images'), ('corrupt', 'not a readable archive'),
-    ('text_only', 'no readable images'), ('class_only_in_test', r"test classes \['b'\] .* have no training images")])
+    ('text_only', 'no readable images'), ('class_only_in_test', r"test classes \['b'\] .* have no training images"),
+    ('one_class', r"holds one class \('a'\); a classifier needs two or more")])
 def test_bad_folders_are_clear_errors(tmp_path, problem, message):
     path = tmp_path / 'data'
     if problem == 'empty':
@@ -126,11 +127,12 @@ def test_bad_folders_are_clear_errors(tmp_path, problem, message):
     elif problem == 'text_only':
         (path / 'train' / 'a').mkdir(parents=True)
         (path / 'train' / 'a' / 'x.txt').write_text('hello')
-    elif problem == 'class_only_in_test':
-        for split, cls in (('train', 'a'), ('test', 'a'), ('test', 'b')):
+    elif problem in ('class_only_in_test', 'one_class'):
+        pairs = (('train', 'a'), ('test', 'a')) + ((('train', 'c'), ('test', 'b')) if problem != 'one_class' else ())
+        for split, cls in pairs:
             (path / split / cls).mkdir(parents=True)
             Image.new('RGB', (4, 4)).save(path / split / cls / 'x.png')
-        (path / 'train' / 'b').mkdir()  # an empty folder is no training images
+        (path / 'train' / 'b').mkdir(exist_ok=True)  # an empty folder is no training images
     with pytest.raises(UserError, match=message):
         load_dataset('folder', str(path), train=True, cache_dir=str(tmp_path / 'cache'))
 
