@@ -39,7 +39,7 @@ def test_students_record_their_teacher_and_the_selector_its_experts(tiny_runs):
 def test_student_from_the_logit_cache(tiny_runs):
     work, folder = tiny_runs
     run_main(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--arch', 'googlenet', '--teacher-logits',
-               'cache', '--out', 'checkpoints/googlenet-cached', cwd=work)
+             'cache', '--out', 'checkpoints/googlenet-cached', cwd=work)
     assert list((work / 'checkpoints' / 'logit-cache').glob('*/epoch0.pt'))
     assert (work / 'checkpoints' / 'googlenet-cached' / 'summary.json').exists()
 
@@ -47,7 +47,7 @@ def test_student_from_the_logit_cache(tiny_runs):
 def test_selector_with_the_teacher_as_fallback(tiny_runs):
     work, folder = tiny_runs
     result = run_main(ROOT / 'selectorTrain.py', *TINY, '--data-dir', folder, '--include-teacher',
-                        '--out', 'checkpoints/selector3', cwd=work)
+                      '--out', 'checkpoints/selector3', cwd=work)
     assert 'max confidence' in result.stdout and 'teacher' in result.stdout
     assert 'selector epoch 1/1  train loss' in result.stdout and 'nan' not in result.stdout  # no 'acc nan%' in the log
     state = torch.load(work / 'checkpoints' / 'selector3' / 'best.pt', weights_only=True)
@@ -72,7 +72,7 @@ def test_a_stage_never_writes_over_a_checkpoint_it_reads(tiny_runs, script, args
 def test_teacher_of_another_split_is_refused(tiny_runs):
     work, folder = tiny_runs
     result = run_main(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--seed', '1', '--out', 'x',
-                        cwd=work, check=False)
+                      cwd=work, check=False)
     assert result.returncode == 2 and 'Traceback' not in result.stderr
     assert "--seed 1 differs from 'checkpoints/teacher/best.pt', trained with --seed 0;" in result.stderr
     assert not (work / 'x' / 'last.pt').exists()

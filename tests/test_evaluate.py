@@ -67,7 +67,7 @@ def test_students_moved_without_their_teacher_are_evaluated_without_it(tiny_runs
     for run in ('densenet121', 'googlenet', 'selector'):
         shutil.copytree(work / 'checkpoints' / run, moved / 'checkpoints' / run)
     result = run_main(ROOT / 'evaluate.py', '--selector', 'checkpoints/selector', '--data-dir', folder,
-                        '--name', 'moved', cwd=moved)
+                      '--name', 'moved', cwd=moved)
     assert "note: the experts' teacher 'checkpoints/teacher/best.pt' is not here" in result.stdout
     report = json.loads((moved / 'results' / 'moved.json').read_text())
     assert 'teacher' not in report['accuracy'] and {'densenet121', 'googlenet', 'routed'} <= set(report['accuracy'])

@@ -101,11 +101,11 @@ def test_runs_moved_together_infer_from_any_directory(tiny_runs, messy_folder, t
     shutil.move(work / 'checkpoints', tmp_path / 'hidden')  # so nothing can be found by the stored paths as given
     try:
         run_main(INFER, messy_folder, '--selector', tmp_path / 'copy' / 'runs' / 'selector' / 'best.pt',
-                   '--out', tmp_path / 'moved.csv', cwd=messy_folder)
+                 '--out', tmp_path / 'moved.csv', cwd=messy_folder)
         assert _rows(tmp_path / 'moved.csv') == _rows(tmp_path / 'here.csv')
         shutil.rmtree(tmp_path / 'copy' / 'runs' / 'googlenet')
         result = run_main(INFER, messy_folder, '--selector', tmp_path / 'copy' / 'runs' / 'selector' /
-                            'best.pt', cwd=messy_folder, check=False)
+                          'best.pt', cwd=messy_folder, check=False)
         assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
         assert "routes to 'checkpoints/googlenet/best.pt'" in result.stderr
     finally:
@@ -198,12 +198,12 @@ def test_a_cost_timed_on_another_device_is_refused_until_measured_here(tiny_runs
     moved.mkdir(exist_ok=True)
     torch.save({**state, 'config': {**state['config'], 'out': 'checkpoints/selector-gpu'}}, moved / 'best.pt')
     result = run_main(INFER, messy_folder, '--selector', moved, '--route', 'selector', '--out', '-',
-                        cwd=work, check=False)
+                      cwd=work, check=False)
     assert result.returncode == 2 and 'timed on NVIDIA H100 80GB HBM3, not on this device' in result.stderr
     assert '--cost measure' in result.stderr
     for cost in ('measure', 'macs'):
         run_main(INFER, messy_folder, '--selector', moved, '--route', 'selector', '--cost', cost,
-                   '--out', tmp_path / f'{cost}.csv', cwd=work)
+                 '--out', tmp_path / f'{cost}.csv', cwd=work)
     run_main(INFER, messy_folder, '--selector', moved, '--route', 'cascade', '--out', '-', cwd=work)
 
 
@@ -224,5 +224,5 @@ def test_infer_notes_where_selector_train_timed_routing_slower_than_the_best_exp
     best = state['experts'][state['routing']['reference']]['name']
     assert (f'the time of {best} alone; --expert {best}' in result.stderr) == noted
     result = run_main(INFER, messy_folder, '--selector', timed, '--route', 'cascade', '--threshold',
-                        '0.5', '--out', '-', '--device', 'cpu', cwd=work)
+                      '0.5', '--out', '-', '--device', 'cpu', cwd=work)
     assert 'note: selectorTrain.py timed' not in result.stderr  # another operating point than the one timed
