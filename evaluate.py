@@ -47,8 +47,8 @@ def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
     amp = amp_dtype(args.amp, device)
-    for folder in (args.results_dir, args.images_dir or args.results_dir):
-        check_writable(os.path.join(folder, 'report'))  # before minutes of evaluation, not after
+    check_writable(os.path.join(args.results_dir, f'{args.name}.json'))  # before minutes of evaluation, not after
+    check_writable(os.path.join(args.images_dir or args.results_dir, args.name, 'confusion.png'))
     options = dict(teacher=args.teacher, data_dir=args.data_dir, test_subset=args.test_subset,
                    batch_size=args.batch_size, timing_images=args.timing_images, results_dir=args.results_dir,
                    images_dir=args.images_dir)

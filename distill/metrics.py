@@ -38,9 +38,10 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list:
-    correct = torch.bincount(labels[predictions == labels], minlength=num_classes).float()
-    total = torch.bincount(labels, minlength=num_classes).float()
-    return (correct / total.clamp(min=1)).tolist()
+    """Each class's accuracy; None for a class with no images here (a test split without it), not 0%."""
+    correct = torch.bincount(labels[predictions == labels], minlength=num_classes).tolist()
+    total = torch.bincount(labels, minlength=num_classes).tolist()
+    return [c / t if t else None for c, t in zip(correct, total)]
 
 
 def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Figures for the README, drawn with matplotlib from real runs (evaluate.py calls these)."""
 import csv
 import itertools
+import math
 import os
 
 import matplotlib
@@ -68,7 +69,8 @@ def per_class_bars(values: dict, classes: list, path: str, ylabel: str, stacked:
     bottom = [0.0] * len(classes)
     for i, (name, per_class) in enumerate(values.items()):
         x = [c + (0 if stacked else (i - (len(values) - 1) / 2) * width) for c in range(len(classes))]
-        ax.bar(x, [100 * v for v in per_class], width, label=name, bottom=[100 * b for b in bottom] if stacked else 0)
+        heights = [math.nan if v is None else 100 * v for v in per_class]  # no bar for a class with no images
+        ax.bar(x, heights, width, label=name, bottom=[100 * b for b in bottom] if stacked else 0)
         if stacked:
             bottom = [b + v for b, v in zip(bottom, per_class)]
     ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 8 else 0, fontsize=8)

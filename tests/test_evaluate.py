@@ -39,6 +39,14 @@ def test_evaluate_writes_the_report_and_every_figure(tiny_runs):
 
 
 
+def test_evaluate_runs_again_over_the_report_and_figures_it_wrote(tiny_runs, tmp_path):
+    work, folder = tiny_runs
+    for _ in range(2):  # the default --name, whose figures folder is results/report/
+        run_main(ROOT / 'evaluate.py', '--selector', 'checkpoints/selector', '--data-dir', folder, '--results-dir',
+                 tmp_path / 'results', cwd=work)
+    assert (tmp_path / 'results' / 'report.json').is_file() and (tmp_path / 'results' / 'report').is_dir()
+
+
 def test_a_checkpoint_that_is_not_a_selector_is_one_clear_line(tiny_runs):
     work, folder = tiny_runs
     for script, extra in (('evaluate.py', []), ('infer.py', [folder])):

@@ -1,4 +1,4 @@
-"""distill/metrics.py: timing in turns."""
+"""distill/metrics.py: timing in turns, and accuracy per class."""
 import math
 import time
 
@@ -33,3 +33,9 @@ def test_in_calls_runs_a_function_on_consecutive_slices():
     sizes = []
     outputs = in_calls(lambda x: sizes.append(len(x)) or x.sum(), 4)(torch.ones(10, 3))
     assert sizes == [4, 4, 2] and [int(o) for o in outputs] == [12, 12, 6]
+
+
+def test_a_class_absent_from_the_split_has_no_accuracy_not_zero():
+    from distill.metrics import per_class_accuracy
+    labels, predictions = torch.tensor([0, 0, 2, 2]), torch.tensor([0, 1, 2, 2])
+    assert per_class_accuracy(predictions, labels, 3) == [0.5, None, 1.0]
