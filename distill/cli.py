@@ -40,26 +40,24 @@ def training_parser(description: str, *, out: str, epochs: int, lr: float, batch
                     out_help: str = 'run directory for checkpoints and logs') -> argparse.ArgumentParser:
     """inherits: which checkpoint's data settings a data flag left out is taken from (for the help text)."""
     p = Parser(description=description)
-    note = f' (default: as {inherits} was trained)' if inherits else ''
+    def default(own: str = '') -> str:  # a stage that inherits its data settings says so, not its own default
+        return f' (default: as {inherits} was trained)' if inherits else f' (default: {own})' if own else ''
     data = p.add_argument_group('data' + (f': left out, each is taken from {inherits}' if inherits else ''))
     data.add_argument('--dataset', choices=DATASETS,
-                      help='cifar10 and cifar100 download with torchvision; folder reads --data-dir' + (
-                          note or ' (default: folder when --data-dir is an archive or holds train/ and test/, else cifar10)'))
+                      help='cifar10 and cifar100 download with torchvision; folder reads --data-dir' + default(
+                          'folder when --data-dir is an archive or holds train/ and test/, else cifar10'))
     data.add_argument('--data-dir', default=None if inherits else 'data',
                       help='download folder for CIFAR; for folder: a directory, .tar.gz or .zip holding '
-                           'train/<class>/* and test/<class>/*' + note)
+                           'train/<class>/* and test/<class>/*' + default())
     data.add_argument('--data-cache', default=default_cache_dir(),
                       help='where a decoded image folder or archive is kept for the next run ($DISTILL_CACHE)')
-    data.add_argument('--subset', type=int, help='use the first N training images, class-balanced (default: all)'
-                      + note)
-    data.add_argument('--test-subset', type=int, help='use the first N test images, class-balanced (default: all)'
-                      + note)
-    data.add_argument('--image-size', type=int, help="resize images to S x S (default: the data's own size, 32 "
-                      "for CIFAR)" + note)
-    data.add_argument('--val-size', type=int, help='held-out images for picking the best epoch (default: 10%% of '
-                      'the training images, at most 5000)' + note)
-    data.add_argument('--route-size', type=int, help='held-out images for the selector (default: 10%% of the '
-                      'training images, at most 5000)' + note)
+    data.add_argument('--subset', type=int, help='use the first N training images, class-balanced' + default('all'))
+    data.add_argument('--test-subset', type=int, help='use the first N test images, class-balanced' + default('all'))
+    data.add_argument('--image-size', type=int,
+                      help='resize images to S x S' + default("the data's own size, 32 for CIFAR"))
+    held_out = default('10%% of the training images, at most 5000')
+    data.add_argument('--val-size', type=int, help='held-out images for picking the best epoch' + held_out)
+    data.add_argument('--route-size', type=int, help='held-out images for the selector' + held_out)
     run = p.add_argument_group('run')
     run.add_argument('--epochs', type=int, default=epochs, help='passes over the training images')
     run.add_argument('--batch-size', type=int, default=batch_size, help='global batch size, split across ranks')
@@ -71,7 +69,7 @@ def training_parser(description: str, *, out: str, epochs: int, lr: float, batch
         run.add_argument('--label-smoothing', type=float, default=0.0,
                          help='smooth the cross-entropy targets by this much (0 to 1)')
     run.add_argument('--seed', type=int, default=None if inherits else 0,
-                     help='fixes the split, the initialisation and the augmentation' + (note or ' (default: 0)'))
+                     help='fixes the split, the initialisation and the augmentation' + default())
     add_device_arguments(run)
     run.add_argument('--compile', action='store_true', help='torch.compile the model')
     run.add_argument('--out', default=out, help=out_help)
