@@ -10,8 +10,8 @@ import torch
 
 from distill import UserError
 from distill.checkpoint import check_compatible, load_checkpoint, run_dir
-from distill.cli import (check_range, check_spared, check_writable, checkpoint_path, inherit_data_settings,
-                         main_guard, training_parser, validate_args)
+from distill.cli import (check_positive, check_range, check_spared, check_writable, checkpoint_path,
+                         inherit_data_settings, main_guard, training_parser, validate_args)
 from distill.data import prepare_data
 from distill.engine import fit
 from distill.losses import distillation_step
@@ -33,8 +33,7 @@ def parse_args(argv=None):
     parser.add_argument('--cache-dir', default='checkpoints/logit-cache', help='where --teacher-logits cache keeps them')
     args = validate_args(parser.parse_args(argv))
     check_range('alpha', args.alpha, 0, 1)
-    if args.temperature <= 0:
-        raise UserError(f'--temperature must be positive (got {args.temperature})')
+    check_positive('temperature', args.temperature)
     if args.alpha == 0 and args.teacher_logits == 'cache':
         raise UserError('--teacher-logits cache needs a teacher; drop it when --alpha is 0')
     args.teacher = checkpoint_path(args.teacher)

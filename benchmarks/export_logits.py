@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distill.checkpoint import save_checkpoint  # noqa: E402
-from distill.cli import Parser, check_writable, checkpoint_path, main_guard  # noqa: E402
+from distill.cli import Parser, check_range, check_writable, checkpoint_path, main_guard  # noqa: E402
 from distill.data import prepare_data  # noqa: E402
 from distill.loaders import split_loader  # noqa: E402
 from distill.engine import predict_logits  # noqa: E402
@@ -33,6 +33,7 @@ def main():
     p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     p.add_argument('--max-mb', type=float, default=16.0, help='largest weights file to write')
     args = p.parse_args()
+    check_range('max_mb', args.max_mb, low=0)
     device = resolve_device(args.device)
     amp = amp_dtype('auto', device)
     if args.experts:

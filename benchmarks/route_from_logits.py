@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distill import UserError  # noqa: E402
 from distill.checkpoint import load_checkpoint  # noqa: E402
-from distill.cli import Parser, main_guard  # noqa: E402
+from distill.cli import Parser, check_range, main_guard  # noqa: E402
 from distill.routing import (cascade_choice, cascade_cost, choose_cascade, confidences,  # noqa: E402
                              expert_correctness, outcome)
 
@@ -40,6 +40,7 @@ def main():
     p.add_argument('--tune-on', nargs='+', choices=('route', 'val'), default=['val'],
                    help='the held-out images the threshold is chosen on')
     args = p.parse_args()
+    check_range('val_margin', args.val_margin, low=0)
     try:
         with open(args.rates) as f:
             rates = json.load(f)

@@ -2,6 +2,7 @@
 and the wrapper that turns user errors into one line."""
 import argparse
 import functools
+import math
 import os
 import sys
 import tempfile
@@ -111,10 +112,22 @@ def inherit_data_settings(args, argv, config: dict, source: str):
 
 
 def check_range(name: str, value, low=None, high=None):
-    if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+    """A flag's number must be finite (nan passes every comparison) and within [low, high] where given."""
+    if value is None:
+        return
+    flag = '--' + name.replace('_', '-')
+    if not math.isfinite(value):
+        raise UserError(f'{flag} must be a finite number (got {value})')
+    if (low is not None and value < low) or (high is not None and value > high):
         bounds = f'between {low} and {high}' if low is not None and high is not None else \
                  f'at least {low}' if low is not None else f'at most {high}'
-        raise UserError(f"--{name.replace('_', '-')} must be {bounds} (got {value})")
+        raise UserError(f'{flag} must be {bounds} (got {value})')
+
+
+def check_positive(name: str, value):
+    check_range(name, value)
+    if value <= 0:
+        raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")
 
 
 def check_distinct(name: str, values: list):
@@ -128,8 +141,10 @@ def validate_args(args):
     for name in ('epochs', 'batch_size', 'image_size', 'subset', 'test_subset'):
         check_range(name, getattr(args, name, None), low=1)
     args.dataset = args.dataset or default_dataset(args.data_dir)  # a stage that inherits it overrides this
-    if args.lr <= 0:
-        raise UserError(f'--lr must be positive (got {args.lr})')
+    check_positive('lr', args.lr)
+    check_range('weight_decay', args.weight_decay, low=0)
+    check_range('momentum', args.momentum, 0, 1)
+    check_range('warmup_epochs', args.warmup_epochs, low=0)
     check_range('label_smoothing', getattr(args, 'label_smoothing', None), 0, 1)
     amp_dtype(args.amp, resolve_device(args.device))  # a device or precision this machine lacks, before any data
     if args.out is not None:  # else the script names the run after its settings, then checks

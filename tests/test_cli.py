@@ -1,5 +1,6 @@
 import argparse
 import os
+import re
 
 import pytest
 
@@ -23,6 +24,29 @@ def test_a_multi_line_error_is_printed_as_one_line(capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == ("error: 'x.tar.gz' is not readable "
                                        "(could not open: - method gz: bad - method xz: bad)\n")
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--momentum', '-1'], '--momentum must be between 0 and 1 (got -1.0)'),  # SGD raised a traceback
+    (['--weight-decay', '-0.1'], '--weight-decay must be at least 0'),
+    (['--warmup-epochs', '-1'], '--warmup-epochs must be at least 0'),
+    (['--lr', 'nan'], '--lr must be a finite number (got nan)'),  # nan passes every comparison
+    (['--lr', '0'], '--lr must be positive'),
+    (['--label-smoothing', 'inf'], '--label-smoothing must be a finite number (got inf)')])
+def test_run_settings_that_cannot_train_are_refused_before_anything_loads(flags, message):
+    import teacherTrain
+    with pytest.raises(UserError, match=re.escape(message)):
+        teacherTrain.parse_args(['--device', 'cpu', *flags])
+
+
+@pytest.mark.parametrize('inherits', [None, 'the teacher'])
+def test_a_data_or_seed_flag_shows_one_default_in_help(inherits, capsys):
+    with pytest.raises(SystemExit):
+        cli.training_parser('x', out='o', epochs=1, lr=0.1, inherits=inherits).parse_args(['--help'])
+    options = re.split(r'\n  (?=-)', capsys.readouterr().out)
+    for flag in ('--subset', '--image-size', '--val-size', '--seed'):
+        text = ' '.join(next(o for o in options if o.startswith(flag)).split())
+        assert text.count('(default:') == 1 and ('as the teacher was trained' in text) == bool(inherits), text
 
 
 def test_data_settings_left_out_are_inherited_and_a_conflict_names_the_setting():
