@@ -16,7 +16,7 @@ import selectorTrain
 import studentTrain
 import teacherTrain
 from distill.checkpoint import run_dir
-from distill.cli import Parser, check_distinct, check_range, main_guard
+from distill.cli import MAX_SEED, Parser, check_distinct, check_range, main_guard
 from distill.data import default_dataset, export_sample_images
 from distill.runtime import resolve_device
 from distill.stages import run_stages
@@ -77,6 +77,8 @@ def main(argv=None):
     check_range('jobs', args.jobs, low=1)
     check_distinct('students', args.students)
     check_distinct('seeds', args.seeds or [])
+    for seed in args.seeds or []:
+        check_range('seeds', seed, 0, MAX_SEED)
     preset = PRESETS[args.preset]
     dataset = args.dataset or default_dataset(args.data_dir)
     common = ['--dataset', dataset, '--data-dir', args.data_dir, '--device', args.device, *preset['data']]

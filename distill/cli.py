@@ -111,6 +111,9 @@ def inherit_data_settings(args, argv, config: dict, source: str):
     return args
 
 
+MAX_SEED = 2 ** 32 - 1  # what every generator the seed feeds accepts
+
+
 def check_range(name: str, value, low=None, high=None):
     """A flag's number must be finite (nan passes every comparison) and within [low, high] where given."""
     if value is None:
@@ -140,6 +143,9 @@ def validate_args(args):
     """Reject impossible settings up front, in one line each; returns args."""
     for name in ('epochs', 'batch_size', 'image_size', 'subset', 'test_subset'):
         check_range(name, getattr(args, name, None), low=1)
+    for name in ('val_size', 'route_size'):
+        check_range(name, getattr(args, name, None), low=0)
+    check_range('seed', args.seed, 0, MAX_SEED)
     args.dataset = args.dataset or default_dataset(args.data_dir)  # a stage that inherits it overrides this
     check_positive('lr', args.lr)
     check_range('weight_decay', args.weight_decay, low=0)

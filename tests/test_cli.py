@@ -32,7 +32,9 @@ def test_a_multi_line_error_is_printed_as_one_line(capsys):
     (['--warmup-epochs', '-1'], '--warmup-epochs must be at least 0'),
     (['--lr', 'nan'], '--lr must be a finite number (got nan)'),  # nan passes every comparison
     (['--lr', '0'], '--lr must be positive'),
-    (['--label-smoothing', 'inf'], '--label-smoothing must be a finite number (got inf)')])
+    (['--label-smoothing', 'inf'], '--label-smoothing must be a finite number (got inf)'),
+    (['--seed', str(2 ** 64)], '--seed must be between 0 and 4294967295'),  # overflowed in torch: a traceback
+    (['--route-size', '-1'], '--route-size must be at least 0 (got -1)')])
 def test_run_settings_that_cannot_train_are_refused_before_anything_loads(flags, message):
     import teacherTrain
     with pytest.raises(UserError, match=re.escape(message)):
