@@ -9,7 +9,7 @@ import os
 import torch
 
 from distill import UserError
-from distill.checkpoint import check_compatible, load_checkpoint, run_dir
+from distill.checkpoint import check_classifier, check_compatible, load_checkpoint, run_dir
 from distill.cli import (check_positive, check_range, check_spared, check_writable, checkpoint_path,
                          inherit_data_settings, main_guard, training_parser, validate_args)
 from distill.data import prepare_data
@@ -51,6 +51,7 @@ def main(argv=None):
     device = resolve_device(args.device)
     teacher_state = load_checkpoint(args.teacher, map_location=device) if args.alpha > 0 else None
     if teacher_state:
+        check_classifier(teacher_state, args.teacher)
         inherit_data_settings(args, argv, teacher_state['config'], args.teacher)
     else:
         inherit_data_settings(args, argv, {}, '')

@@ -117,6 +117,13 @@ def model_from_checkpoint(state: dict, path: str = 'checkpoint') -> torch.nn.Mod
     return model
 
 
+def check_classifier(state: dict, path: str):
+    """A teacher, student or expert classifies images; a selector reads an expert's outputs and cannot."""
+    if 'experts' in state:
+        raise UserError(f"'{path}' is a selector, not an image classifier; pass a teacher or student checkpoint "
+                        f"here (a selector goes to --selector)")
+
+
 def check_compatible(state: dict, path: str, *, arch=None, num_classes=None, split=None, image_size=None):
     """Refuse, in one line, a checkpoint trained for another model, class count, split or image size."""
     checks = [('arch', arch), ('num_classes', num_classes), ('split', split), ('image_size', image_size)]

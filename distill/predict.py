@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from . import UserError
-from .checkpoint import atomic_write, load_checkpoint
+from .checkpoint import atomic_write, check_classifier, load_checkpoint
 from .cli import check_writable, checkpoint_path
 from .data import READ_ERRORS, list_image_files, read_images
 from .routing import load_experts, load_selector, router_for, unpaid_routing_note
@@ -27,6 +27,7 @@ def build_classifier(selector_path: str, device, amp, *, teacher=None, expert=No
     if teacher:
         path = checkpoint_path(teacher)
         state = load_checkpoint(path)
+        check_classifier(state, path)
         model = fast_inference(inference_model(state, path, device), device)
         return one_model(model, os.path.basename(os.path.dirname(os.path.abspath(path)))), state
     state = load_selector(selector_path)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import UserError
-from .checkpoint import check_compatible, linked_path, load_checkpoint, model_from_checkpoint
+from .checkpoint import check_classifier, check_compatible, linked_path, load_checkpoint, model_from_checkpoint
 from .engine import predict_logits
 from .metrics import count_macs, count_params, in_calls, time_in_turns, weights_mb
 from .runtime import autocast, device_name, fast_inference, fuse_for_inference, place, read_later
@@ -43,6 +43,7 @@ class Expert:
     def __init__(self, path: str, device, reference: dict | None = None):
         self.path, self.device = path, torch.device(device)
         self.state = load_checkpoint(path, map_location='cpu')
+        check_classifier(self.state, path)
         if reference is not None:  # every expert must see the same data, split and pixels
             check_compatible(self.state, path, num_classes=reference['num_classes'], split=reference['split'],
                              image_size=reference['image_size'])

@@ -69,6 +69,20 @@ def test_a_stage_never_writes_over_a_checkpoint_it_reads(tiny_runs, script, args
     assert best.read_bytes() == before
 
 
+@pytest.mark.parametrize('script, args', [
+    ('infer.py', ['dataset/test', '--teacher', 'checkpoints/selector']),
+    ('evaluate.py', ['--teacher', 'checkpoints/selector']),
+    ('studentTrain.py', ['--teacher', 'checkpoints/selector', '--out', 'x']),
+    ('selectorTrain.py', ['--experts', 'checkpoints/selector', 'checkpoints/googlenet', '--out', 'x']),
+    ('benchmarks/export_logits.py', ['--experts', 'checkpoints/selector', '--out', 'x'])])
+def test_a_selector_given_as_an_image_classifier_is_one_line(tiny_runs, script, args):
+    work, _ = tiny_runs  # it ran on images and raised a traceback about tensor shapes
+    result = run_main(ROOT / script, *args, cwd=work, check=False)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "error: 'checkpoints/selector/best.pt' is a selector, not an image classifier; pass a teacher or student "
+        "checkpoint here (a selector goes to --selector)")
+
+
 def test_teacher_of_another_split_is_refused(tiny_runs):
     work, folder = tiny_runs
     result = run_main(ROOT / 'studentTrain.py', *TINY, '--data-dir', folder, '--seed', '1', '--out', 'x',
