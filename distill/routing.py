@@ -121,6 +121,9 @@ def load_selector(path: str) -> dict:
     if 'experts' not in state:
         raise UserError(f"'{path}' is a {state.get('arch', 'model')} checkpoint, not a selector; pass the "
                         "best.pt that selectorTrain.py wrote (default checkpoints/selector/best.pt)")
+    if 'routing' not in state and 'optimizer' in state:  # routing is chosen after training, into best.pt only
+        raise UserError(f"'{path}' is the selector's training state, for --resume; pass the best.pt beside it, or "
+                        f"the run directory")
     if 'routing' not in state or state.get('selector_inputs') != SELECTOR_INPUTS:
         raise UserError(f"'{path}' was written by an older version of selectorTrain.py; retrain the selector")
     for expert in state['experts']:

@@ -403,10 +403,14 @@ def test_confidences_are_each_experts_top_probability():
     assert conf[0, 0] == pytest.approx(0.5) and conf[0, 1] > 0.99
 
 
-def test_a_selector_trained_on_other_inputs_is_refused_in_one_line(tmp_path):
+def test_a_selector_trained_on_other_inputs_or_its_last_pt_is_refused_in_one_line(tmp_path):
     old = {'arch': 'selector', 'experts': [], 'routing': {'mode': 'cascade'}, 'model': {}}  # read features
     save_checkpoint(old, str(tmp_path / 'old.pt'))
     with pytest.raises(UserError, match='older version of selectorTrain.py; retrain the selector'):
         load_selector(str(tmp_path / 'old.pt'))
     save_checkpoint({**old, 'selector_inputs': SELECTOR_INPUTS}, str(tmp_path / 'new.pt'))
     assert load_selector(str(tmp_path / 'new.pt'))['selector_inputs'] == SELECTOR_INPUTS
+    last = {key: value for key, value in old.items() if key != 'routing'}  # routing goes into best.pt only
+    save_checkpoint({**last, 'selector_inputs': SELECTOR_INPUTS, 'optimizer': {}}, str(tmp_path / 'last.pt'))
+    with pytest.raises(UserError, match="last.pt' is the selector's training state, for --resume; pass the best.pt"):
+        load_selector(str(tmp_path / 'last.pt'))
