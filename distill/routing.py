@@ -85,6 +85,12 @@ def check_routable(experts: list):
             alias = f" (as '{seen[real]}' too)" if seen[real] != expert.path else ''
             raise UserError(f"'{expert.path}' is given twice as an expert{alias}; pass each student once")
         seen[real] = expert.path
+    named = {}
+    for expert in experts:  # reports, infer.py's table and --expert know an expert by its run directory's name
+        if expert.name in named:
+            raise UserError(f"'{named[expert.name]}' and '{expert.path}' are both named '{expert.name}' (after their "
+                            f"run directories); rename one directory, e.g. to {expert.name}-2")
+        named[expert.name] = expert.path
     if len(experts) < 2:
         raise UserError(f"routing needs two or more experts, got only '{experts[0].path}'; pass another student "
                         f"or add --include-teacher")

@@ -384,17 +384,20 @@ def test_a_teacher_fallback_needs_a_teacher_the_experts_name():
     assert teacher_of([E('t/best.pt', 'a/best.pt'), E('t/best.pt', 'b/best.pt')]) == 't/best.pt'
 
 
-def test_routing_needs_two_different_experts(tmp_path):
+def test_routing_needs_two_different_experts_of_different_names(tmp_path):
     class E:
         def __init__(self, path):
-            self.path = str(path)
-    (tmp_path / 'gn').mkdir()
-    (tmp_path / 'gn' / 'best.pt').touch()
+            self.path, self.name = str(path), path.parent.name
+    for run in ('gn', 'other/gn'):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / 'best.pt').touch()
     (tmp_path / 'link').symlink_to(tmp_path / 'gn')
     with pytest.raises(UserError, match="routing needs two or more experts, got only '.*gn/best.pt'"):
         check_routable([E(tmp_path / 'gn' / 'best.pt')])
     with pytest.raises(UserError, match=r"'.*link/best.pt' is given twice as an expert \(as '.*gn/best.pt' too\)"):
         check_routable([E(tmp_path / 'gn' / 'best.pt'), E(tmp_path / 'link' / 'best.pt')])
+    with pytest.raises(UserError, match=r"'.*/gn/best.pt' and '.*other/gn/best.pt' are both named 'gn' .* gn-2"):
+        check_routable([E(tmp_path / 'gn' / 'best.pt'), E(tmp_path / 'other' / 'gn' / 'best.pt')])
     check_routable([E(tmp_path / 'gn' / 'best.pt'), E(tmp_path / 'teacher' / 'best.pt')])
 
 
