@@ -36,6 +36,8 @@ def parse_args(argv=None):
     check_positive('temperature', args.temperature)
     if args.alpha == 0 and args.teacher_logits == 'cache':
         raise UserError('--teacher-logits cache needs a teacher; drop it when --alpha is 0')
+    if args.teacher_logits == 'cache':  # before the teacher's first pass, not after
+        check_writable(os.path.join(args.cache_dir, 'epoch0.pt'))
     args.teacher = checkpoint_path(args.teacher)
     # The no-teacher baseline gets its own directory so that it never replaces the distilled student.
     args.out = args.out or run_dir('checkpoints', args.arch, distilled=args.alpha > 0)

@@ -124,3 +124,11 @@ def test_a_training_run_whose_out_cannot_be_written_is_refused_before_any_data(t
     with pytest.raises(UserError, match="cannot create the folder '.*file'"):
         teacherTrain.parse_args(['--dataset', 'folder', '--data-dir', str(tmp_path / 'no-data'),
                                  '--out', str(tmp_path / 'file')])
+
+
+def test_a_logit_cache_that_cannot_be_written_is_refused_before_the_teacher_runs(tmp_path):
+    import studentTrain
+    (tmp_path / 'file').write_text('')  # it failed with a traceback after the teacher's first pass
+    with pytest.raises(UserError, match="cannot create the folder '.*file/cache'"):
+        studentTrain.parse_args(['--teacher-logits', 'cache', '--cache-dir', str(tmp_path / 'file' / 'cache'),
+                                 '--out', str(tmp_path / 'run')])
