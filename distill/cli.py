@@ -129,7 +129,7 @@ def check_range(name: str, value, low=None, high=None):
 
 def check_positive(name: str, value):
     check_range(name, value)
-    if value <= 0:
+    if value is not None and value <= 0:
         raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")
 
 
