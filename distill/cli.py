@@ -99,7 +99,7 @@ def inherit_data_settings(args, argv, config: dict, source: str):
     for key in DATA_SETTINGS:
         if key in given:
             if key in SPLIT_SETTINGS and key in config and config[key] != getattr(args, key):
-                flag = '--' + key.replace('_', '-')
+                flag = flag_of(key)
                 then = f'{flag} {config[key]}' if config[key] is not None else f'{flag} left at its default'
                 raise UserError(f"{flag} {getattr(args, key)} differs from '{source}', trained with {then}; leave "
                                 f"{flag} out to inherit it, or retrain that stage")
@@ -111,6 +111,11 @@ def inherit_data_settings(args, argv, config: dict, source: str):
     return args
 
 
+def flag_of(name: str) -> str:
+    """The flag an argparse dest comes from: 'val_size' -> '--val-size'."""
+    return '--' + name.replace('_', '-')
+
+
 MAX_SEED = 2 ** 32 - 1  # what every generator the seed feeds accepts
 
 
@@ -118,7 +123,7 @@ def check_range(name: str, value, low=None, high=None):
     """A flag's number must be finite (nan passes every comparison) and within [low, high] where given."""
     if value is None:
         return
-    flag = '--' + name.replace('_', '-')
+    flag = flag_of(name)
     if not math.isfinite(value):
         raise UserError(f'{flag} must be a finite number (got {value})')
     if (low is not None and value < low) or (high is not None and value > high):
@@ -130,12 +135,12 @@ def check_range(name: str, value, low=None, high=None):
 def check_positive(name: str, value):
     check_range(name, value)
     if value is not None and value <= 0:
-        raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")
+        raise UserError(f'{flag_of(name)} must be positive (got {value})')
 
 
 def check_distinct(name: str, values: list):
     if len(set(values)) < len(values):
-        raise UserError(f"--{name.replace('_', '-')} repeats a value ({', '.join(map(str, values))}); "
+        raise UserError(f"{flag_of(name)} repeats a value ({', '.join(map(str, values))}); "
                         f"give each once")
 
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from . import UserError
 from .checkpoint import (atomic_write, changed_settings, check_compatible, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state, write_json)
+from .cli import flag_of
 from .data import Prepared
 from .loaders import split_loader
 from .metrics import count_macs, count_params
@@ -117,7 +118,7 @@ def check_same_run(saved: dict, asked: dict, path: str):
     longer --epochs would train its extra epochs at lr 0)."""
     changed = [k for k in changed_settings(saved, asked) if k in saved]
     if changed:
-        was = ', '.join(f"--{k.replace('_', '-')} {saved[k]} (now {asked[k]})" for k in changed)
+        was = ', '.join(f"{flag_of(k)} {saved[k]} (now {asked[k]})" for k in changed)
         raise UserError(f"'{path}' was trained with {was}; resume with its settings, or start afresh with "
                         f"--overwrite or another --out")
 
