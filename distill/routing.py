@@ -76,8 +76,8 @@ def load_experts(paths, device) -> list:
     return [first] + [Expert(p, device, first.reference()) for p in paths[1:]]
 
 
-def check_routable(experts: list):
-    """Routing needs two or more different experts."""
+def check_distinct(experts: list):
+    """Each expert once, under a name of its own: files, reports and --expert know it by that name."""
     seen = {}
     for expert in experts:
         real = os.path.realpath(expert.path)
@@ -86,11 +86,16 @@ def check_routable(experts: list):
             raise UserError(f"'{expert.path}' is given twice as an expert{alias}; pass each student once")
         seen[real] = expert.path
     named = {}
-    for expert in experts:  # reports, infer.py's table and --expert know an expert by its run directory's name
+    for expert in experts:
         if expert.name in named:
             raise UserError(f"'{named[expert.name]}' and '{expert.path}' are both named '{expert.name}' (after their "
                             f"run directories); rename one directory, e.g. to {expert.name}-2")
         named[expert.name] = expert.path
+
+
+def check_routable(experts: list):
+    """Routing needs two or more different experts."""
+    check_distinct(experts)
     if len(experts) < 2:
         raise UserError(f"routing needs two or more experts, got only '{experts[0].path}'; pass another student "
                         f"or add --include-teacher")

@@ -140,6 +140,16 @@ def test_exported_logits_feed_route_from_logits(tiny_runs, tmp_path, monkeypatch
     assert '| googlenet → densenet121 |' in out and '| googlenet → teacher |' in out
 
 
+def test_export_refuses_two_experts_of_one_name(tiny_runs, tmp_path):
+    work, _ = tiny_runs
+    twin = tmp_path / 'seed1' / 'googlenet'  # a second GoogLeNet run: its files would replace the first's
+    shutil.copytree(work / 'checkpoints' / 'googlenet', twin)
+    result = run_main(ROOT / 'benchmarks' / 'export_logits.py', '--experts', work / 'checkpoints' / 'googlenet',
+                      twin, '--out', tmp_path / 'logits', '--device', 'cpu', check=False)
+    assert result.returncode != 0 and 'both named' in result.stderr and 'Traceback' not in result.stderr
+    assert not (tmp_path / 'logits').exists()
+
+
 def test_exported_weights_hold_what_inference_needs_in_bf16(tiny_runs, tmp_path, monkeypatch):
     work, _ = tiny_runs
     copy = tmp_path / 'copy'
