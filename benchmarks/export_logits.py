@@ -17,7 +17,7 @@ from distill.cli import Parser, check_range, check_writable, checkpoint_path, ma
 from distill.data import prepare_data  # noqa: E402
 from distill.loaders import split_loader  # noqa: E402
 from distill.engine import predict_logits  # noqa: E402
-from distill.routing import Expert, check_distinct, load_experts, load_selector, teacher_of  # noqa: E402
+from distill.routing import Expert, check_experts_distinct, load_experts, load_selector, teacher_of  # noqa: E402
 from distill.runtime import amp_dtype, resolve_device  # noqa: E402
 
 RESUME_ONLY = ('optimizer', 'scheduler', 'scaler', 'history', 'rng')  # in last.pt, for --resume
@@ -42,7 +42,7 @@ def main():
     else:
         state = load_selector(checkpoint_path(args.selector))
         experts, config = load_experts([e['path'] for e in state['experts']], device), state['config']
-    check_distinct(experts)
+    check_experts_distinct(experts)
     students = [e for e in experts if e.state.get('teacher')]
     models = {e.name: e for e in experts}
     if students and not any(e.state['arch'] == 'resnet50' for e in experts):

@@ -76,7 +76,7 @@ def load_experts(paths, device) -> list:
     return [first] + [Expert(p, device, first.reference()) for p in paths[1:]]
 
 
-def check_distinct(experts: list):
+def check_experts_distinct(experts: list):
     """Each expert once, under a name of its own: files, reports and --expert know it by that name."""
     seen = {}
     for expert in experts:
@@ -95,7 +95,7 @@ def check_distinct(experts: list):
 
 def check_routable(experts: list):
     """Routing needs two or more different experts."""
-    check_distinct(experts)
+    check_experts_distinct(experts)
     if len(experts) < 2:
         raise UserError(f"routing needs two or more experts, got only '{experts[0].path}'; pass another student "
                         f"or add --include-teacher")
