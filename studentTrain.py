@@ -10,8 +10,8 @@ import torch
 
 from distill import UserError
 from distill.checkpoint import check_classifier, check_compatible, load_checkpoint, run_dir
-from distill.cli import (check_positive, check_range, check_spared, check_writable, checkpoint_path,
-                         inherit_data_settings, main_guard, training_parser, validate_args)
+from distill.cli import (check_image_size, check_positive, check_range, check_spared, check_writable,
+                         checkpoint_path, inherit_data_settings, main_guard, training_parser, validate_args)
 from distill.data import prepare_data
 from distill.engine import fit
 from distill.losses import distillation_step
@@ -57,6 +57,7 @@ def main(argv=None):
         inherit_data_settings(args, argv, teacher_state['config'], args.teacher)
     else:
         inherit_data_settings(args, argv, {}, '')
+    check_image_size(args.arch, args.image_size, args.teacher if teacher_state else '')
     data = prepare_data(args)
     teacher_logits, extra = None, {'temperature': args.temperature, 'alpha': args.alpha, 'teacher': None}
     if teacher_state:

@@ -5,7 +5,7 @@
 """
 import torch
 
-from distill.cli import main_guard, training_parser, validate_args
+from distill.cli import check_image_size, main_guard, training_parser, validate_args
 from distill.data import prepare_data
 from distill.engine import fit
 from distill.losses import classification_step
@@ -16,7 +16,9 @@ def parse_args(argv=None):
     parser = training_parser(__doc__.splitlines()[0], out='checkpoints/teacher', epochs=200, lr=0.1)
     parser.add_argument('--arch', default=TEACHER, choices=[m for m in MODELS if m != 'selector'],
                         help='the teacher architecture')
-    return validate_args(parser.parse_args(argv))
+    args = validate_args(parser.parse_args(argv))
+    check_image_size(args.arch, args.image_size)
+    return args
 
 
 @main_guard

@@ -10,6 +10,7 @@ import tempfile
 from . import UserError
 from .data import DATASETS, default_cache_dir, default_dataset
 from .runtime import amp_dtype, resolve_device
+from models import takes_image_size
 
 # The data settings a later stage takes from the checkpoint it builds on, unless given explicitly.
 DATA_SETTINGS = ('dataset', 'data_dir', 'subset', 'test_subset', 'image_size', 'val_size', 'route_size', 'seed')
@@ -142,6 +143,17 @@ def check_distinct(name: str, values: list):
     if len(set(values)) < len(values):
         raise UserError(f"{flag_of(name)} repeats a value ({', '.join(map(str, values))}); "
                         f"give each once")
+
+
+def check_image_size(arch: str, size: int | None, trained_at_it: str = ''):
+    """An image too small for the network's pooling fails deep inside its first batch: refuse it first.
+    trained_at_it: the checkpoint whose image size this is, to be retrained."""
+    if size is None or takes_image_size(arch, size):
+        return
+    smallest = next((s for s in range(size + 1, 1025) if takes_image_size(arch, s)), 'more than 1024')
+    fix = f"retrain '{trained_at_it}' with" if trained_at_it else 'pass'
+    raise UserError(f"--image-size {size} is too small for {arch}, whose pooling needs at least {smallest} px; "
+                    f"{fix} --image-size {smallest} or more")
 
 
 def validate_args(args):

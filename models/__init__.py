@@ -1,4 +1,5 @@
 """The model table: every architecture the scripts can build, by name."""
+import torch
 from torch import nn
 
 from .cifar import densenet121, googlenet, resnet50
@@ -22,3 +23,15 @@ def build_model(name: str, num_classes: int, **model_args) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown architecture '{name}'; choose one of {', '.join(MODELS)}")
     return MODELS[name](num_classes, **model_args)
+
+
+def takes_image_size(name: str, size: int) -> bool:
+    """Whether the architecture's pooling leaves at least a pixel of a size x size image. Shapes only: on
+    the meta device nothing is computed or allocated."""
+    with torch.device('meta'):
+        model = build_model(name, 2).eval()
+        try:
+            model(torch.empty(2, 3, size, size))
+        except RuntimeError:
+            return False
+    return True

@@ -92,6 +92,18 @@ def test_teacher_of_another_split_is_refused(tiny_runs):
     assert not (work / 'x' / 'last.pt').exists()
 
 
+def test_a_teachers_image_size_too_small_for_the_student_says_to_retrain_the_teacher(tiny_runs, tmp_path):
+    work, folder = tiny_runs
+    teacher = torch.load(work / 'checkpoints' / 'teacher' / 'best.pt', weights_only=True)
+    teacher['config']['image_size'] = 2  # a ResNet50 takes 2 px; GoogLeNet's pooling does not
+    torch.save(teacher, tmp_path / 'teacher.pt')
+    result = run_main(ROOT / 'studentTrain.py', '--arch', 'googlenet', '--teacher', tmp_path / 'teacher.pt',
+                      '--out', tmp_path / 'x', cwd=work, check=False)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: --image-size 2 is too small for googlenet, whose pooling needs at least 4 px; "
+        f"retrain '{tmp_path / 'teacher.pt'}' with --image-size 4 or more")
+
+
 @pytest.mark.parametrize('args, message', [
     (['--data-dir', 'missing-dir'], 'does not exist'),
     (['--arch', 'vgg'], 'invalid choice'),

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models import MODELS, STUDENTS, TEACHER, build_model
+from models import MODELS, STUDENTS, TEACHER, build_model, takes_image_size
 from distill.runtime import fuse_for_inference
 from distill.metrics import count_macs, count_params
 
@@ -27,6 +27,16 @@ def test_outputs_are_logits_not_probabilities(name):
     logits = model(torch.randn(6, 3, 16, 16)).detach()
     assert (logits < 0).any()
     assert not torch.allclose(logits.sum(1), torch.ones(6), atol=1e-3)
+
+
+@pytest.mark.parametrize('name', CLASSIFIERS)
+def test_the_smallest_image_size_found_on_meta_tensors_is_the_real_one(name):
+    smallest = next(size for size in range(1, 65) if takes_image_size(name, size))
+    model = build_model(name, 3).eval()
+    assert model(torch.randn(2, 3, smallest, smallest)).shape == (2, 3)
+    if smallest > 1:
+        with pytest.raises(RuntimeError):
+            model(torch.randn(2, 3, smallest - 1, smallest - 1))
 
 
 @pytest.mark.parametrize('name, params_m, macs_g', [
