@@ -158,8 +158,9 @@ def check_image_size(arch: str, size: int | None, trained_at_it: str = ''):
 
 def validate_args(args):
     """Reject impossible settings up front, in one line each; returns args."""
-    for name in ('epochs', 'batch_size', 'image_size', 'subset', 'test_subset'):
+    for name in ('epochs', 'image_size', 'subset', 'test_subset'):
         check_range(name, getattr(args, name, None), low=1)
+    check_range('batch_size', args.batch_size, low=2)  # BatchNorm cannot train on one image a batch
     for name in ('val_size', 'route_size'):
         check_range(name, getattr(args, name, None), low=0)
     check_range('seed', args.seed, 0, MAX_SEED)

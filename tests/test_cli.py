@@ -35,6 +35,7 @@ def test_a_multi_line_error_is_printed_as_one_line(capsys):
     (['--label-smoothing', 'inf'], '--label-smoothing must be a finite number (got inf)'),
     (['--seed', str(2 ** 64)], '--seed must be between 0 and 4294967295'),  # overflowed in torch: a traceback
     (['--route-size', '-1'], '--route-size must be at least 0 (got -1)'),
+    (['--batch-size', '1'], '--batch-size must be at least 2 (got 1)'),  # the selector's BatchNorm: a traceback
     (['--arch', 'googlenet', '--image-size', '2'], '--image-size 2 is too small for googlenet, whose pooling needs '
                                                    'at least 4 px; pass --image-size 4'),  # a traceback in batch 1
     (['--arch', 'densenet121', '--image-size', '7'], 'at least 8 px')])

@@ -183,8 +183,11 @@ def test_split_is_disjoint_balanced_and_fixed_by_seed():
 
 
 def test_split_sizes_that_leave_nothing_to_train_or_validate_on_are_refused():
-    with pytest.raises(UserError, match='leave no training images'):
+    with pytest.raises(UserError, match='leave 0 of 20 images to train on'):
         make_split(torch.arange(20) % 2, 0, val_size=10, route_size=10)
+    with pytest.raises(UserError, match='leave 1 of 20 images to train on, fewer than 2'):  # BatchNorm: a traceback
+        make_split(torch.arange(20) % 2, 0, val_size=10, route_size=9)
+    assert len(make_split(torch.arange(20) % 2, 0, val_size=10, route_size=8)[0]['train']) == 2
     with pytest.raises(UserError, match='--val-size is 0 with 8 training images'):  # 10% of 8 rounds to 0
         make_split(torch.arange(8) % 2, 0)
 
