@@ -4,6 +4,8 @@ A checkpoint is a dict of plain types and tensors (see GUIDE.md), so it loads wi
 torch.load(weights_only=True) and can be rebuilt into its model without extra flags.
 """
 import contextlib
+import errno
+import io
 import json
 import os
 import signal
@@ -33,13 +35,24 @@ def interrupts_deferred():
         raise KeyboardInterrupt
 
 
+# What a full, read-only or failing disk raises while a file is written: one line for the user, not a traceback.
+WRITE_ERRNOS = {getattr(errno, name) for name in ('ENOSPC', 'EDQUOT', 'EFBIG', 'EROFS', 'EIO') if hasattr(errno, name)}
+
+
+class WriteFailed(UserError):
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"could not write '{path}' ({reason}); free some space or choose another path, then run "
+                         f"again (what was there before is unchanged)")
+        self.reason = reason
+
+
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = 'w'):
-    """A file opened beside path that replaces path only once the block finishes, fsynced: a crash or
-    Ctrl-C leaves the old file whole and no temporary behind."""
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    """A file opened beside path that replaces path only once the block finishes, fsynced: a crash, a full
+    disk or Ctrl-C leaves the old file whole and no temporary behind."""
     tmp = f'{path}.tmp{os.getpid()}'
     try:
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
         # Text as UTF-8; a file name that is not (bytes kept by the OS as surrogates) is written back as it was.
         text = {} if 'b' in mode else {'newline': '', 'encoding': 'utf-8', 'errors': 'surrogateescape'}
         with open(tmp, mode, **text) as f:
@@ -47,6 +60,10 @@ def atomic_write(path: str, mode: str = 'w'):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        raise WriteFailed(path, err.strerror) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -58,8 +75,12 @@ def write_json(path: str, payload):
 
 
 def save_checkpoint(state: dict, path: str):
-    with interrupts_deferred(), atomic_write(path, 'wb') as f:
-        torch.save(state, f)
+    # Serialised in memory first: torch's writer turns a full disk into an unreadable RuntimeError.
+    with interrupts_deferred():
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        with atomic_write(path, 'wb') as f:
+            f.write(buffer.getbuffer())
 
 
 def load_checkpoint(path: str, map_location='cpu') -> dict:

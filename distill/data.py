@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import UserError
-from .checkpoint import atomic_write
+from .checkpoint import WriteFailed, save_checkpoint
 
 DATASETS = ('cifar10', 'cifar100', 'folder')
 NATIVE_SIZE = 32  # CIFAR's size, and the default for folders
@@ -240,10 +240,10 @@ def _fingerprint(path: str, size: int) -> str:
 def _write_cache(cache_file: str, splits: dict):
     payload = {split: {'images': s.images, 'labels': s.labels, 'classes': s.classes} for split, s in splits.items()}
     try:
-        with atomic_write(cache_file, 'wb') as f:
-            torch.save(payload, f)
-    except OSError as err:  # a read-only or full disk only costs decoding again next time
-        print(f"warning: could not cache the decoded images in '{cache_file}' ({err.strerror})", file=sys.stderr)
+        save_checkpoint(payload, cache_file)
+    except (OSError, WriteFailed) as err:  # a read-only or full disk only costs decoding again next time
+        reason = err.reason if isinstance(err, WriteFailed) else err.strerror
+        print(f"warning: could not cache the decoded images in '{cache_file}' ({reason})", file=sys.stderr)
 
 
 def _read_cache(cache_file: str) -> dict | None:

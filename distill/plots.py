@@ -9,14 +9,15 @@ import matplotlib
 matplotlib.use('Agg')  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .checkpoint import atomic_write  # noqa: E402
 from .metrics import confusion_matrix, share_per_class  # noqa: E402
 
 
 def _save(fig, path: str, tight: bool = True) -> str:
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     if tight:
         fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_write(path, 'wb') as f:  # a README figure is never left half-drawn
+        fig.savefig(f, format=os.path.splitext(path)[1][1:] or 'png', dpi=120)
     plt.close(fig)
     return path
 

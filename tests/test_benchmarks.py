@@ -146,7 +146,7 @@ def test_export_refuses_two_experts_of_one_name(tiny_runs, tmp_path):
     shutil.copytree(work / 'checkpoints' / 'googlenet', twin)
     result = run_main(ROOT / 'benchmarks' / 'export_logits.py', '--experts', work / 'checkpoints' / 'googlenet',
                       twin, '--out', tmp_path / 'logits', '--device', 'cpu', check=False)
-    assert result.returncode != 0 and 'both named' in result.stderr and 'Traceback' not in result.stderr
+    assert result.returncode == 2 and 'both named' in result.stderr and 'Traceback' not in result.stderr
     assert not (tmp_path / 'logits').exists()
 
 

@@ -1,10 +1,14 @@
+import errno
+import io
 import os
 
 import pytest
 import torch
 
 from distill import UserError
-from distill.checkpoint import check_compatible, linked_path, load_checkpoint, model_from_checkpoint, save_checkpoint
+from distill import checkpoint
+from distill.checkpoint import (check_compatible, linked_path, load_checkpoint, model_from_checkpoint,
+                               save_checkpoint, write_json)
 from models import build_model
 
 
@@ -38,6 +42,25 @@ def test_a_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, 'save', crash)
     with pytest.raises(OSError):
         save_checkpoint({**state, 'epoch': 2}, str(path))
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ['last.pt']
+
+
+@pytest.mark.parametrize('save', [save_checkpoint, lambda state, path: write_json(path, {'epoch': state['epoch']})])
+def test_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch, save):
+    _, state = _state()
+    path = tmp_path / 'last.pt'
+    save({'epoch': 1}, str(path))
+    before = path.read_bytes()
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            super().write(bytes(data)[:10])
+            raise OSError(errno.ENOSPC, 'No space left on device')
+    # torch's own writer turned this into "RuntimeError: unexpected pos"; every writer goes through open here
+    monkeypatch.setattr(checkpoint, 'open', lambda name, mode, **kw: io.TextIOWrapper(FullDisk(name, 'w'), **kw)
+                        if 'b' not in mode else FullDisk(name, 'w'), raising=False)
+    with pytest.raises(UserError, match=r"could not write '.*last.pt' \(No space left on device\); free some space"):
+        save({**state, 'epoch': 2}, str(path))
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ['last.pt']
 
 
