@@ -7,10 +7,11 @@ import os
 import sys
 import tempfile
 
+from models import takes_image_size
+
 from . import UserError
 from .data import DATASETS, default_cache_dir, default_dataset
 from .runtime import amp_dtype, resolve_device
-from models import takes_image_size
 
 # The data settings a later stage takes from the checkpoint it builds on, unless given explicitly.
 DATA_SETTINGS = ('dataset', 'data_dir', 'subset', 'test_subset', 'image_size', 'val_size', 'route_size', 'seed')
