@@ -202,6 +202,11 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
         print(f'warning: skipped {len(skipped)} unreadable file(s), e.g. {"; ".join(skipped[:3])}', file=sys.stderr)
     classes = sorted(cls for cls, images in found['train'].items() if images)  # a folder of unreadable files is none
     if not classes:
+        from torchvision import datasets
+        own = {datasets.CIFAR10.filename: 'cifar10', datasets.CIFAR100.filename: 'cifar100'}.get(os.path.basename(path))
+        if own:  # torchvision reads it, offline too, from the folder that holds it
+            raise UserError(f"'{path}' is {own}'s own archive, not a folder of images; pass --dataset {own} "
+                            f"--data-dir {os.path.dirname(path) or '.'}")
         raise UserError(f"no readable images under '{path}/train/<class>/'; the folder needs train/<class>/ and "
                         f"test/<class>/ subfolders of images")
     if len(classes) == 1:

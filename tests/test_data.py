@@ -1,4 +1,6 @@
+import hashlib
 import io
+import re
 import tarfile
 import zipfile
 
@@ -15,7 +17,6 @@ from conftest import SHARED_ARCHIVE, make_image_folder, needs_cuda, write_cifar
 
 
 def _md5_lists(base, files):
-    import hashlib
     return [[f, hashlib.md5((base / f).read_bytes()).hexdigest()] for f in files]
 
 
@@ -36,6 +37,26 @@ def test_cifar_on_disk_format_is_read_by_torchvision(tmp_path, monkeypatch, name
     assert train.classes[0] == 'class0' and len(train.classes) == (10 if name == 'cifar10' else 100)
     raw = np.frombuffer(__import__('pickle').load(open(base / train_files[0], 'rb'))['data'][0], np.uint8)
     assert torch.equal(train.images[0].flatten(), torch.from_numpy(raw.copy()))  # CHW order kept
+
+
+@pytest.mark.parametrize('name', ['cifar10', 'cifar100'])
+def test_cifars_own_archive_given_as_a_folder_says_how_to_read_it_and_that_works_offline(tmp_path, monkeypatch, name):
+    base = write_cifar(tmp_path / 'extracted', name, num_classes=10 if name == 'cifar10' else 100)
+    cls = datasets.CIFAR10 if name == 'cifar10' else datasets.CIFAR100
+    archive = tmp_path / 'downloads' / cls.filename
+    archive.parent.mkdir()
+    with tarfile.open(archive, 'w:gz') as tar:
+        tar.add(base, arcname=base.name)
+    with pytest.raises(UserError, match=re.escape(f"'{archive}' is {name}'s own archive, not a folder of images; "
+                                                  f"pass --dataset {name} --data-dir {archive.parent}")):
+        load_dataset('folder', str(archive), train=True, cache_dir=str(tmp_path / 'cache'))
+    # as advised: torchvision finds the archive beside it and unpacks it, with no network (sums of the generated files)
+    monkeypatch.setattr(cls, 'tgz_md5', hashlib.md5(archive.read_bytes()).hexdigest())
+    for attr in ('train_list', 'test_list'):
+        monkeypatch.setattr(cls, attr, _md5_lists(base, [f for f, _ in getattr(cls, attr)]))
+    monkeypatch.setattr(cls, 'meta', {**cls.meta, 'md5': _md5_lists(base, [cls.meta['filename']])[0][1]})
+    monkeypatch.setattr(cls, 'url', 'http://unreachable.invalid/' + cls.filename)
+    assert len(load_dataset(name, str(archive.parent), train=False)) == 20
 
 
 def test_missing_cifar_offline_is_a_clear_error(tmp_path, monkeypatch):
