@@ -135,6 +135,9 @@ def _load_cifar(name: str, data_dir: str, train: bool, size: int) -> ImageSet:
     try:
         ds = cls(root=data_dir, train=train, download=True)
     except Exception as err:  # offline, disk full, corrupt archive: all end the same way for the user
+        if os.path.basename(os.path.normpath(data_dir)) == cls.base_folder:  # the unpacked archive itself
+            raise UserError(f"'{data_dir}' is {name} unpacked; pass the folder that holds it, --data-dir "
+                            f"{os.path.dirname(os.path.normpath(data_dir)) or '.'}") from None
         raise UserError(f"could not download or read {name} into '{data_dir}' ({err.__class__.__name__}: {err}); "
                         f"check the network, or pass --dataset folder --data-dir DIR") from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()

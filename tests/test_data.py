@@ -63,6 +63,10 @@ def test_missing_cifar_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.CIFAR10, 'download', lambda self: (_ for _ in ()).throw(OSError('no network')))
     with pytest.raises(UserError, match='could not download or read cifar10'):
         load_dataset('cifar10', str(tmp_path), train=True)
+    unpacked = write_cifar(tmp_path / 'data')  # the folder inside the archive, given instead of the one holding it
+    with pytest.raises(UserError, match=re.escape(f"'{unpacked}' is cifar10 unpacked; pass the folder that holds it, "
+                                                  f"--data-dir {tmp_path / 'data'}")):
+        load_dataset('cifar10', str(unpacked), train=True)
 
 
 def test_folder_accepts_any_mode_and_skips_unreadable_files(tmp_path, capsys):
