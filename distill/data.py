@@ -323,9 +323,11 @@ def make_split(labels: torch.Tensor, seed: int, val_size: int | None = None, rou
 
 
 def channel_stats(images: torch.Tensor):
-    """Per-channel mean and std of uint8 images, as fractions of 255 (lists, to store in checkpoints)."""
+    """Per-channel mean and std of uint8 images, as fractions of 255 (lists, to store in checkpoints). A channel
+    that never varies (all-red images, say) is only centred: dividing by its std of 0 trained on inf."""
     x = images.double().div_(255).transpose(0, 1).reshape(3, -1)
-    return x.mean(1).tolist(), x.std(1).tolist()
+    std = x.std(1)
+    return x.mean(1).tolist(), torch.where(std > 0, std, 1.0).tolist()
 
 
 # ---------------------------------------------------------------- everything a stage trains and reports on

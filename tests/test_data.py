@@ -11,8 +11,8 @@ from PIL import Image
 from torchvision import datasets
 
 from distill import UserError
-from distill.data import (balanced_subset, default_dataset, interleave_classes, load_dataset, make_split,
-                          read_image)
+from distill.data import (balanced_subset, channel_stats, default_dataset, interleave_classes, load_dataset,
+                          make_split, read_image)
 from conftest import SHARED_ARCHIVE, make_image_folder, needs_cuda, write_cifar
 
 
@@ -205,6 +205,14 @@ def test_split_is_disjoint_balanced_and_fixed_by_seed():
     other, other_record = make_split(labels, seed=4)
     assert not torch.equal(parts['val'], other['val']) and other_record['digest'] != record['digest']
     assert make_split(torch.arange(100_000) % 10, 0)[1]['val'] == 5000  # capped at 5,000
+
+
+def test_channel_stats_of_a_channel_that_never_varies_leave_it_unscaled():
+    images = torch.zeros(4, 3, 2, 2, dtype=torch.uint8)
+    images[:, 0] = torch.tensor([0, 51, 102, 153]).view(4, 1, 1)  # red varies; green and blue are always 0
+    mean, std = channel_stats(images)
+    assert mean == pytest.approx([0.3, 0.0, 0.0]) and std[0] == pytest.approx(0.2309, abs=1e-4)
+    assert std[1:] == [1.0, 1.0]  # not 0: normalising divided by it, and training ran on inf
 
 
 def test_split_sizes_that_leave_nothing_to_train_or_validate_on_are_refused():
