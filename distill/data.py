@@ -309,8 +309,9 @@ def make_split(labels: torch.Tensor, seed: int, val_size: int | None = None, rou
         raise UserError(f'--val-size is {val_size} with {n} training images, but every stage picks its best epoch on '
                         f'val; pass --val-size 1 or more, or a larger --subset')
     if route_size < 0 or val_size + route_size > n - 2:  # BatchNorm cannot train on a batch of one image
-        raise UserError(f'--val-size {val_size} and --route-size {route_size} leave {max(n - val_size - route_size, 0)} '
-                        f'of {n} images to train on, fewer than 2; use a larger --subset or smaller sizes')
+        left = max(n - val_size - route_size, 0)
+        raise UserError(f'--val-size {val_size} and --route-size {route_size} leave {left} of {n} images to train '
+                        f'on, fewer than 2; use a larger --subset or smaller sizes')
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     order = perm[interleave_classes(labels[perm])]
     parts = {'val': order[:val_size], 'route': order[val_size:val_size + route_size],

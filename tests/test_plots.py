@@ -5,7 +5,7 @@ from PIL import Image
 from distill import plots
 
 
-def test_a_figure_is_a_real_png_of_every_bar(tmp_path):
+def test_a_figure_is_written_whole_as_a_png_with_no_temporary_left(tmp_path):
     path = plots.per_class_bars({'a': [0.5, None, 1.0]}, ['cat', 'dog', 'ship'], str(tmp_path / 'bars.png'), 'acc')
     with Image.open(path) as image:
         assert image.format == 'PNG' and image.size[0] > 100
