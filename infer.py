@@ -3,6 +3,7 @@
     python infer.py my_pictures/ --selector checkpoints/selector --out predictions.csv
     python infer.py photo.jpg --out -                         # one file, the table on standard output
 Routing is the mode selectorTrain.py chose on val (cascade or selector) unless --route says otherwise.
+A file that cannot be read is a row with its error; the exit code is 2 only when no file could be read.
 """
 import os
 import sys
@@ -95,6 +96,8 @@ def main(argv=None):
     done = len(files) - len(failures)
     print(f"{done} image{'s' * (done != 1)} classified, {len(failures)} unreadable"
           + ('' if args.out == '-' else f' -> {args.out}'), file=sys.stderr if args.out == '-' else sys.stdout)
+    if not done:  # a script that calls infer.py learns from the exit code that nothing was classified
+        raise UserError(f"no file in '{args.image_dir}' could be read as an image; pass a folder of images")
 
 
 if __name__ == '__main__':

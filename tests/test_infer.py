@@ -112,6 +112,21 @@ def test_runs_moved_together_infer_from_any_directory(tiny_runs, messy_folder, t
         shutil.move(tmp_path / 'hidden', work / 'checkpoints')
 
 
+def test_a_folder_with_no_readable_image_exits_non_zero_and_its_table_says_why(tiny_runs, tmp_path):
+    work, _ = tiny_runs
+    folder = tmp_path / 'not-pictures'
+    folder.mkdir()
+    (folder / 'notes.txt').write_text('not an image')
+    (folder / 'empty.jpg').write_bytes(b'')
+    result = run_main(INFER, folder, '--out', tmp_path / 'p.csv', cwd=work, check=False)
+    assert result.returncode == 2 and result.stderr.splitlines()[-1] == (
+        f"error: no file in '{folder}' could be read as an image; pass a folder of images")
+    assert '0 images classified, 2 unreadable' in result.stdout
+    with open(tmp_path / 'p.csv') as f:
+        assert sorted(row['path'].rsplit('/', 1)[1] for row in csv.DictReader(f) if row['error']) == [
+            'empty.jpg', 'notes.txt']
+
+
 def test_one_image_file_instead_of_a_folder(tiny_runs, messy_folder, tmp_path):
     work, _ = tiny_runs
     run_main(INFER, messy_folder / 'gray.png', '--out', tmp_path / 'one' / 'p.csv', cwd=work)
