@@ -170,8 +170,9 @@ def _iter_folder_files(path: str):
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
                 for member in archive.infolist():
-                    entry = _folder_entries(member.filename.split('/'))
-                    if not member.is_dir() and entry:
+                    name = member.filename.replace('\\', '/')  # Windows' own zip tool wrote backslashes (PowerShell 5)
+                    entry = _folder_entries(name.split('/'))
+                    if not name.endswith('/') and entry:
                         data = archive.read(member)
                         yield (*entry, f'{path}:{member.filename}', lambda data=data: io.BytesIO(data))
             return

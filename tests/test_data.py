@@ -117,8 +117,8 @@ def test_a_large_jpeg_is_decoded_at_reduced_scale_and_reads_as_when_decoded_whol
     assert reduced.shape == whole.shape == (3, 16, 16) and (reduced.int() - whole.int()).abs().max() <= 2
 
 
-@pytest.mark.parametrize('suffix', ['.tar.gz', '.tar', '.zip'])
-def test_an_archive_matches_its_folder_and_is_cached(tmp_path, suffix):
+@pytest.mark.parametrize('suffix', ['.tar.gz', '.tar', '.zip', '.windows.zip'])
+def test_an_archive_matches_its_folder_and_is_cached(tmp_path, suffix, capsys):
     root = make_image_folder(tmp_path / 'd')
     archive = tmp_path / f'd{suffix}'
     if suffix == '.zip':
@@ -126,6 +126,11 @@ def test_an_archive_matches_its_folder_and_is_cached(tmp_path, suffix):
             for path in sorted(root.rglob('*')):  # a top-level folder above train/ and test/ is fine
                 zipped.write(path, 'mydata/' + str(path.relative_to(root)))
             zipped.writestr('__MACOSX/mydata/train/cat/._0.png', b'resource fork')  # skipped: a dot file
+    elif suffix == '.windows.zip':  # PowerShell 5's Compress-Archive writes backslashes, folders included
+        with zipfile.ZipFile(archive, 'w') as zipped:
+            for path in sorted(root.rglob('*')):
+                name = '\\'.join(('mydata',) + path.relative_to(root).parts)
+                zipped.writestr(name + '\\' if path.is_dir() else name, b'' if path.is_dir() else path.read_bytes())
     else:
         with tarfile.open(archive, 'w:gz' if suffix == '.tar.gz' else 'w') as tar:
             tar.add(root, arcname='mydata')
@@ -136,6 +141,7 @@ def test_an_archive_matches_its_folder_and_is_cached(tmp_path, suffix):
     assert len(list((tmp_path / 'c2').glob('folder-*.pt'))) == 1
     again = load_dataset('folder', str(archive), train=False, cache_dir=str(tmp_path / 'c2'))
     assert torch.equal(again.images, from_tar.images)
+    assert 'skipped' not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('problem, message', [
