@@ -3,7 +3,7 @@
     python infer.py my_pictures/ --selector checkpoints/selector --out predictions.csv
     python infer.py photo.jpg --out -                         # one file, the table on standard output
 Routing is the mode selectorTrain.py chose on val (cascade or selector) unless --route says otherwise.
-A file that cannot be read is a row with its error; the exit code is 2 only when no file could be read.
+A file that cannot be read is a row with its error; when no file can be read, the exit code is 2.
 """
 import os
 import sys
