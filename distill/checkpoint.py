@@ -18,19 +18,25 @@ from models import build_model
 from . import UserError
 
 
+# Ctrl-C, and the SIGTERM of `kill`, `timeout` or a cluster's scheduler: both stop a run the same way.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def interrupts_deferred():
-    """Hold Ctrl-C until the block ends, then raise it: a save interrupted inside torch's C++ writer ends in
-    a RuntimeError traceback instead of the one-line message (and main_guard never sees a KeyboardInterrupt)."""
+    """Hold a stop signal until the block ends, then raise KeyboardInterrupt: a save interrupted inside torch's
+    C++ writer ends in a RuntimeError traceback instead of the one-line message (and main_guard never sees
+    a KeyboardInterrupt)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
     if caught:
         raise KeyboardInterrupt
 

@@ -4,8 +4,10 @@ import argparse
 import functools
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 
 from models import takes_image_size
 
@@ -206,10 +208,16 @@ def checkpoint_path(path: str) -> str:
     return os.path.join(path, 'best.pt') if os.path.isdir(path) else path
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main_guard(main):
-    """Run main(); a UserError or Ctrl-C ends with one line on stderr and a non-zero exit code."""
+    """Run main(); a UserError, Ctrl-C or SIGTERM ends with one line on stderr and a non-zero exit code."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _stop) if in_main_thread else None  # else killed mid-write
         try:
             return main(*args, **kwargs)
         except UserError as err:
@@ -219,4 +227,7 @@ def main_guard(main):
             print('interrupted; no output was left half-written (a training run continues from its last finished '
                   'epoch with --resume)', file=sys.stderr)
             sys.exit(130)
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return wrapped

@@ -1,6 +1,7 @@
 import errno
 import io
 import os
+import signal
 
 import pytest
 import torch
@@ -112,18 +113,27 @@ def test_a_linked_checkpoint_is_found_beside_its_owner_first_then_as_given(tmp_p
     assert linked_path('runs/googlenet/best.pt', str(owner), state) == os.path.join('runs', 'googlenet', 'best.pt')
 
 
-def test_ctrl_c_during_a_save_finishes_the_file_then_stops(tmp_path, monkeypatch):
-    import signal
+def not_deferred(signum, frame):  # in place of the default, which would end the test session itself
+    raise RuntimeError(f'signal {signum} reached the process during the save')
+
+
+@pytest.mark.parametrize('stop', [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; kill, timeout or a scheduler
+def test_a_stop_signal_during_a_save_finishes_the_file_then_stops(tmp_path, monkeypatch, stop):
     _, state = _state()
     path = tmp_path / 'last.pt'
     real_save = torch.save
 
     def interrupted(obj, f):
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of writing
+        os.kill(os.getpid(), stop)  # in the middle of writing
         real_save(obj, f)
     monkeypatch.setattr(torch, 'save', interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(state, str(path))
+    before = signal.signal(signal.SIGTERM, not_deferred)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(state, str(path))
+        assert signal.getsignal(signal.SIGTERM) is not_deferred  # restored
+    finally:
+        signal.signal(signal.SIGTERM, before)
     assert load_checkpoint(str(path))['epoch'] == 1  # written whole before the interrupt was let through
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 

@@ -1,6 +1,8 @@
 import argparse
 import os
 import re
+import signal
+import time
 
 import pytest
 
@@ -24,6 +26,24 @@ def test_a_multi_line_error_is_printed_as_one_line(capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == ("error: 'x.tar.gz' is not readable "
                                        "(could not open: - method gz: bad - method xz: bad)\n")
+
+
+def test_sigterm_stops_a_script_like_ctrl_c(capsys):
+    def not_handled(signum, frame):  # in place of the default, which would end the test session itself
+        raise RuntimeError('main_guard left SIGTERM to its default: the run died mid-write with no message')
+
+    @cli.main_guard
+    def main():
+        os.kill(os.getpid(), signal.SIGTERM)  # kill, timeout, or a cluster's scheduler taking the node back
+        time.sleep(10)
+    before = signal.signal(signal.SIGTERM, not_handled)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert signal.getsignal(signal.SIGTERM) is not_handled  # restored when the script ends
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert exit_info.value.code == 130 and capsys.readouterr().err.startswith('interrupted; no output was left')
 
 
 @pytest.mark.parametrize('flags, message', [
