@@ -13,7 +13,7 @@ from models import takes_image_size
 
 from . import UserError
 from .data import DATASETS, default_cache_dir, default_dataset
-from .runtime import amp_dtype, resolve_device
+from .runtime import amp_dtype, resolve_device, world_size
 
 # The data settings a later stage takes from the checkpoint it builds on, unless given explicitly.
 DATA_SETTINGS = ('dataset', 'data_dir', 'subset', 'test_subset', 'image_size', 'val_size', 'route_size', 'seed')
@@ -164,6 +164,9 @@ def validate_args(args):
     for name in ('epochs', 'image_size', 'subset', 'test_subset'):
         check_range(name, getattr(args, name, None), low=1)
     check_range('batch_size', args.batch_size, low=2)  # BatchNorm cannot train on one image a batch
+    if args.batch_size is not None and args.batch_size < 2 * world_size():
+        raise UserError(f'--batch-size {args.batch_size} is the global batch: each of the {world_size()} processes '
+                        f'would train on fewer than 2 images; pass --batch-size {2 * world_size()} or more')
     for name in ('val_size', 'route_size'):
         check_range(name, getattr(args, name, None), low=0)
     check_range('seed', args.seed, 0, MAX_SEED)

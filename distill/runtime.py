@@ -214,9 +214,14 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
+def world_size() -> int:
+    """How many processes torchrun started for this run (1 without torchrun), known before they connect."""
+    return int(os.environ.get('WORLD_SIZE', 1))
+
+
 def init_distributed(device: torch.device):
     """(device, rank, world size). Under torchrun: one process per GPU (nccl) or per CPU worker (gloo)."""
-    world = int(os.environ.get('WORLD_SIZE', 1))
+    world = world_size()
     if world == 1:
         return device, 0, 1
     dist = torch.distributed
