@@ -11,7 +11,7 @@ import threading
 
 from models import takes_image_size
 
-from . import UserError
+from . import UserError, flag_of
 from .data import DATASETS, default_cache_dir, default_dataset
 from .runtime import amp_dtype, resolve_device, world_size
 
@@ -115,11 +115,6 @@ def inherit_data_settings(args, argv, config: dict, source: str):
     return args
 
 
-def flag_of(name: str) -> str:
-    """The flag an argparse dest comes from: 'val_size' -> '--val-size'."""
-    return '--' + name.replace('_', '-')
-
-
 MAX_SEED = 2 ** 32 - 1  # what every generator the seed feeds accepts
 
 
@@ -163,10 +158,8 @@ def validate_args(args):
     """Reject impossible settings up front, in one line each; returns args."""
     for name in ('epochs', 'image_size', 'subset', 'test_subset'):
         check_range(name, getattr(args, name, None), low=1)
-    check_range('batch_size', args.batch_size, low=2)  # BatchNorm cannot train on one image a batch
-    if args.batch_size is not None and args.batch_size < 2 * world_size():
-        raise UserError(f'--batch-size {args.batch_size} is the global batch: each of the {world_size()} processes '
-                        f'would train on fewer than 2 images; pass --batch-size {2 * world_size()} or more')
+    # The global batch: BatchNorm cannot train on fewer than 2 images in each of torchrun's processes.
+    check_range('batch_size', args.batch_size, low=2 * world_size())
     for name in ('val_size', 'route_size'):
         check_range(name, getattr(args, name, None), low=0)
     check_range('seed', args.seed, 0, MAX_SEED)

@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import UserError
+from . import UserError, flag_of
 from .checkpoint import (atomic_write, changed_settings, check_compatible, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state, write_json)
-from .cli import flag_of
 from .data import Prepared
 from .loaders import split_loader
 from .metrics import count_macs, count_params

@@ -68,8 +68,7 @@ def test_run_settings_that_cannot_train_are_refused_before_anything_loads(flags,
 def test_a_global_batch_too_small_for_its_torchrun_processes_is_refused(monkeypatch):
     import teacherTrain
     monkeypatch.setenv('WORLD_SIZE', '4')  # as torchrun --nproc_per_node=4 sets it
-    with pytest.raises(UserError, match=re.escape('--batch-size 6 is the global batch: each of the 4 processes would '
-                                                  'train on fewer than 2 images; pass --batch-size 8 or more')):
+    with pytest.raises(UserError, match=re.escape('--batch-size must be at least 8 (got 6)')):
         teacherTrain.parse_args(['--device', 'cpu', '--batch-size', '6'])
     assert teacherTrain.parse_args(['--device', 'cpu', '--batch-size', '8']).batch_size == 8
 
