@@ -11,7 +11,7 @@ from distill import UserError
 from distill.cli import Parser, add_device_arguments, check_range, check_writable, checkpoint_path, main_guard
 from distill.evaluation import evaluate_system
 from distill.report import aggregate, aggregate_markdown, seeds_of, write_report
-from distill.routing import load_selector
+from distill.routing.experts import load_selector
 from distill.runtime import amp_dtype, resolve_device
 
 

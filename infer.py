@@ -15,7 +15,7 @@ from distill import UserError
 from distill.cli import Parser, add_device_arguments, check_range, checkpoint_path, main_guard
 from distill.loaders import normalise
 from distill.predict import build_classifier, default_workers, files_to_classify, read_batches, write_rows
-from distill.routing import MODES
+from distill.routing.decisions import MODES
 from distill.runtime import amp_dtype, autocast, resolve_device
 
 def parse_args(argv=None):

@@ -15,11 +15,13 @@ from distill.cli import (check_range, check_spared, checkpoint_path, inherit_dat
 from distill.data import prepare_data
 from distill.loaders import TensorLoader, split_loader
 from distill.engine import fit, predict_logits
-from distill.routing import (COST_KINDS, SELECTOR_INPUTS, Expert, SelectorScore, cascade_inputs, check_routable,
-                             check_route_split, choose_routing, confidences, cost_vector, extra_costs, format_report,
-                             load_experts, measure_costs, measure_routing, routing_data, routing_report,
-                             routing_summary, selection_step, teacher_of)
 from distill.metrics import count_macs, time_model
+from distill.routing.decisions import SELECTOR_INPUTS, choose_routing, confidences, extra_costs
+from distill.routing.experts import (COST_KINDS, Expert, check_routable, check_route_split, cost_vector, load_experts,
+                                     measure_costs, teacher_of)
+from distill.routing.report import format_report, routing_report, routing_summary
+from distill.routing.router import measure_routing
+from distill.routing.selection import SelectorScore, cascade_inputs, routing_data, selection_step
 from distill.runtime import amp_dtype, resolve_device
 from models import build_model
 

@@ -17,7 +17,8 @@ from distill.cli import Parser, check_range, check_writable, checkpoint_path, ma
 from distill.data import prepare_data  # noqa: E402
 from distill.loaders import split_loader  # noqa: E402
 from distill.engine import predict_logits  # noqa: E402
-from distill.routing import Expert, check_experts_distinct, load_experts, load_selector, teacher_of  # noqa: E402
+from distill.routing.experts import (Expert, check_experts_distinct, load_experts, load_selector,  # noqa: E402
+                                     teacher_of)
 from distill.runtime import amp_dtype, resolve_device  # noqa: E402
 
 RESUME_ONLY = ('optimizer', 'scheduler', 'scaler', 'history', 'rng')  # in last.pt, for --resume

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distill import UserError  # noqa: E402
 from distill.checkpoint import load_checkpoint  # noqa: E402
 from distill.cli import Parser, main_guard  # noqa: E402
-from distill.routing import confidences, expert_correctness  # noqa: E402
+from distill.routing.decisions import confidences, expert_correctness  # noqa: E402
 
 
 def pair_row(label: str, logits: list, labels: torch.Tensor) -> dict:

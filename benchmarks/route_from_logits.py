@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distill import UserError  # noqa: E402
 from distill.checkpoint import load_checkpoint  # noqa: E402
 from distill.cli import Parser, check_range, main_guard  # noqa: E402
-from distill.routing import (cascade_choice, cascade_cost, choose_cascade, confidences,  # noqa: E402
-                             expert_correctness, outcome)
+from distill.routing.decisions import (cascade_choice, cascade_cost, choose_cascade, confidences,  # noqa: E402
+                                       expert_correctness, outcome)
 
 
 def load_parts(logits: dict, names: list, parts: list):

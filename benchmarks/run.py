@@ -33,7 +33,9 @@ from distill.loaders import Loader, normalise  # noqa: E402
 from distill.engine import WarmupCosine, build_optimizer, train_one_epoch  # noqa: E402
 from distill.losses import classification_step, distillation_step  # noqa: E402
 from distill.metrics import count_macs, in_calls, time_in_turns  # noqa: E402
-from distill.routing import MODES, Expert, load_experts, load_selector, router_for, teacher_of  # noqa: E402
+from distill.routing.decisions import MODES  # noqa: E402
+from distill.routing.experts import Expert, load_experts, load_selector, teacher_of  # noqa: E402
+from distill.routing.router import router_for  # noqa: E402
 from distill.runtime import (amp_dtype, autocast, configure, device_name, fast_inference,  # noqa: E402
                              fuse_for_inference, inference_model, place, precision_name, resolve_device, synchronize)
 from distill.teachers import CachedTeacher, OnlineTeacher  # noqa: E402

@@ -12,9 +12,11 @@ from .loaders import Loader
 from .metrics import in_calls, per_class_accuracy, time_in_turns
 from .plots import report_figures
 from .report import markdown, measured_time, write_report
-from .routing import (MODES, Expert, cascade_sweep, confidences, cost_vector, expert_correctness, expert_outputs,
-                      load_experts, load_selector, router_for, routing_report, selector_inputs, selector_sweep,
-                      teacher_of)
+from .routing.decisions import MODES, cascade_sweep, confidences, expert_correctness, selector_inputs, selector_sweep
+from .routing.experts import Expert, cost_vector, load_experts, load_selector, teacher_of
+from .routing.report import routing_report
+from .routing.router import router_for
+from .routing.selection import expert_outputs
 from .runtime import device_name, inference_model, precision_name
 
 

@@ -13,7 +13,9 @@ from . import UserError
 from .checkpoint import atomic_write, check_classifier, load_checkpoint
 from .cli import check_writable, checkpoint_path
 from .data import READ_ERRORS, list_image_files, read_images
-from .routing import load_experts, load_selector, router_for, unpaid_routing_note
+from .routing.experts import load_experts, load_selector
+from .routing.report import unpaid_routing_note
+from .routing.router import router_for
 from .runtime import fast_inference, inference_model
 
 FIELDS = ('path', 'prediction', 'confidence', 'expert', 'error')

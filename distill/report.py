@@ -5,7 +5,7 @@ import statistics
 
 from . import UserError
 from .checkpoint import atomic_write, changed_settings, write_json
-from .routing import gap_closed_text, measured_ratios
+from .routing.report import gap_closed_text, measured_ratios
 
 
 def measured_time(result: dict, name: str):

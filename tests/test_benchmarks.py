@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT, run_main
 from distill.checkpoint import save_checkpoint
-from distill.routing import Expert
+from distill.routing.experts import Expert
 
 SCRIPT = ROOT / 'benchmarks' / 'route_from_logits.py'
 

@@ -121,7 +121,7 @@ def test_student_with_a_missing_teacher_is_one_clear_line(image_folder):
 
 def test_routing_is_chosen_on_val_and_stored_with_the_selector(tiny_runs, monkeypatch):
     import selectorTrain
-    from distill.routing import choose_routing
+    from distill.routing.decisions import choose_routing
     work, folder = tiny_runs
     experts = [str(work / 'checkpoints' / name) for name in ('densenet121', 'googlenet')]  # run directories
     seen = []

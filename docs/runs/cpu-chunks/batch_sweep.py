@@ -4,7 +4,7 @@
 """
 import sys; sys.path.insert(0, '.')
 import torch
-from distill.routing import Expert
+from distill.routing.experts import Expert
 from distill.runtime import amp_dtype
 from distill.metrics import time_in_turns, in_calls
 dev = torch.device('cpu'); amp = amp_dtype('auto', dev)

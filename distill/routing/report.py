@@ -1,0 +1,102 @@
+"""What routing did: the report of both modes against their references on precomputed outputs, and the lines
+selectorTrain.py, infer.py and evaluate.py print about it."""
+import math
+
+import torch
+
+from ..runtime import device_name
+from .decisions import (MODES, cascade_choice, cascade_cost, confidences, expert_correctness, extra_costs, outcome,
+                        selector_choice, selector_cost)
+
+
+def routing_report(expert_logits: list, labels, scores, costs_by_kind: dict, selector_costs: dict, routing: dict,
+                   seed: int = 0, best: int | None = None) -> dict:
+    """Accuracy and cost per image (time and MACs) of both routing modes against their references, from
+    precomputed outputs. Rows: each expert alone, cascade, selector, the default mode, oracle (any expert
+    right), random routing, best single expert (pass `best`, chosen on val, when reporting on test) and
+    max confidence (runs every expert). Also the share of images each mode sends to each expert."""
+    correct = expert_correctness(expert_logits, labels).cpu()
+    conf = confidences(expert_logits).cpu()
+    n, e = correct.shape
+    choices = {'cascade': cascade_choice(conf, routing['thresholds']),
+               'selector': selector_choice(scores.cpu(), extra_costs(costs_by_kind[routing['cost']]),
+                                           routing['cost_weight'])}
+    rows = {}
+
+    def add(name, choice, cost_fn):
+        rows[name] = {'accuracy': outcome(choice, correct, torch.zeros(n))[0],
+                      **{kind: cost_fn(choice, kind).double().mean().item() for kind in costs_by_kind}}
+    for i in range(e):
+        add(f'expert:{i}', torch.full((n,), i), lambda c, kind: costs_by_kind[kind][c])
+    add('cascade', choices['cascade'], lambda c, kind: cascade_cost(c, costs_by_kind[kind]))
+    add('selector', choices['selector'], lambda c, kind: selector_cost(c, costs_by_kind[kind], selector_costs[kind]))
+    rows['routed'] = {**rows[routing['mode']], 'mode': routing['mode']}
+    rows['oracle'] = {'accuracy': correct.max(1).values.mean().item(), **{k: math.nan for k in costs_by_kind}}
+    random_choice = torch.randint(0, e, (n,), generator=torch.Generator().manual_seed(seed))
+    add('random', random_choice, lambda c, kind: costs_by_kind[kind][c])
+    best = int(correct.mean(0).argmax()) if best is None else best
+    add('best single', torch.full((n,), best), lambda c, kind: costs_by_kind[kind][c])
+    add('max confidence', conf.argmax(1), lambda c, kind: costs_by_kind[kind].sum().expand(n))
+    share = {mode: (torch.bincount(c, minlength=e).float() / n).tolist() for mode, c in choices.items()}
+    headroom = rows['oracle']['accuracy'] - rows['best single']['accuracy']
+    gap_closed = {mode: (rows[mode]['accuracy'] - rows['best single']['accuracy']) / headroom if headroom > 0
+                  else math.nan for mode in choices}
+    return {'rows': rows, 'share': share, 'choice': choices[routing['mode']], 'gap_closed': gap_closed}
+
+
+def format_report(report: dict, names: list, title: str) -> str:
+    lines = [title, f"  {'routing':<22}{'accuracy':>9}{'ms/img':>9}{'MMACs/img':>11}"]
+    for key, row in report['rows'].items():
+        label = names[int(key.split(':')[1])] if key.startswith('expert:') else key
+        if key == 'routed':
+            label = f"routed ({row['mode']})"
+        ms = '—' if math.isnan(row.get('time', math.nan)) else f"{1000 * row['time']:.3f}"
+        macs = '—' if math.isnan(row.get('macs', math.nan)) else f"{row['macs'] / 1e6:.1f}"
+        lines.append(f"  {label:<22}{row['accuracy']:>9.2%}{ms:>9}{macs:>11}")
+    for mode, share in report['share'].items():
+        lines.append(f'  share, {mode}: ' + ', '.join(f'{n} {s:.0%}' for n, s in zip(names, share)))
+    lines.append('  of the gap between the best single expert and the oracle, closed: ' + gap_closed_text(report['gap_closed']))
+    return '\n'.join(lines)
+
+
+def gap_closed_text(gap_closed: dict) -> str:
+    """'cascade 6%, selector -1%'; where the oracle is no better than the best single expert, says so."""
+    if all(math.isnan(closed) for closed in gap_closed.values()):
+        return 'no gap (no image has a right expert where the best single one is wrong)'
+    return ', '.join(f'{mode} {closed:.0%}' for mode, closed in gap_closed.items())
+
+
+def measured_ratios(routing: dict) -> str:
+    """'cascade 0.65x, selector 0.52x': each mode's time on val, as measure_routing timed it, against the
+    reference expert alone."""
+    seconds = routing['measured']['seconds_per_image']
+    return ', '.join(f"{mode} {seconds[mode] / seconds['alone']:.2f}x" for mode in MODES)
+
+
+def routing_summary(routing: dict, names: list) -> str:
+    """selectorTrain.py's last word on the routing: each mode's measured time against the reference expert alone,
+    whether routing pays on this device, and the default mode with its settings."""
+    seconds, alone = routing['measured']['seconds_per_image'], names[routing['reference']]
+    measured = (f"measured on {routing['measured']['images']:,} held-out images as infer.py routes a folder "
+                f"({routing['measured']['device']}, batch {routing['measured']['batch_size']}): "
+                f"{measured_ratios(routing)} the time of {alone} alone")
+    if min(seconds[mode] for mode in MODES) >= seconds['alone']:
+        measured += f"; routing does not pay on this device: infer.py --expert {alone} runs {alone} alone"
+    cleared = 'cleared by' if routing['cleared_margin'] else 'not cleared by'
+    return (f"{measured}\ndefault mode on val: {routing['mode']} (cascade thresholds {routing['thresholds']} chosen "
+            f"on {' + '.join(routing['cascade_tuned_on'])}, selector cost weight {routing['cost_weight']:g}, target "
+            f"accuracy {routing['target_accuracy']:.2%}, {cleared} {routing['margin_z']:g} standard errors)")
+
+
+def unpaid_routing_note(state: dict, mode: str, device) -> str | None:
+    """A note where selectorTrain.py timed this mode, at its stored operating point on this device, at or above
+    the best single expert alone; None where it paid, or was timed elsewhere or by an older selectorTrain.py."""
+    routing = state['routing']
+    measured = routing.get('measured')
+    if not measured or measured['device'] != device_name(torch.device(device)):
+        return None
+    seconds, best = measured['seconds_per_image'], state['experts'][routing['reference']]['name']
+    if seconds[mode] < seconds['alone']:
+        return None
+    return (f"note: selectorTrain.py timed {mode} routing on this device at {seconds[mode] / seconds['alone']:.2f}x "
+            f"the time of {best} alone; --expert {best} runs {best} alone")

@@ -1,0 +1,107 @@
+"""distill/routing/decisions.py: the decisions of both modes and the choice of an operating point on val."""
+import pytest
+import torch
+
+from distill.routing.decisions import (cascade_choice, cascade_cost, choose_point, choose_routing, confidences,
+                                       expert_correctness, extra_costs, paired_margin, pick_mode, selector_choice,
+                                       selector_cost, selector_inputs)
+
+
+def test_targets_say_which_experts_are_right():
+    labels = torch.tensor([0, 1, 2])
+    a = torch.tensor([[5.0, 0, 0], [5.0, 0, 0], [0, 0, 5.0]])  # right, wrong, right
+    b = torch.tensor([[0, 5.0, 0], [0, 5.0, 0], [0, 0, 5.0]])  # wrong, right, right
+    assert expert_correctness([a, b], labels).tolist() == [[1, 0], [0, 1], [1, 1]]
+
+
+def test_a_cascade_keeps_an_answer_where_its_confidence_reaches_the_threshold():
+    conf = torch.tensor([[0.95, 0.5, 1.0], [0.6, 0.9, 1.0], [0.6, 0.7, 1.0]])
+    assert cascade_choice(conf, [0.9, 0.8]).tolist() == [0, 1, 2]
+    assert cascade_choice(conf, [0.0, 0.8]).tolist() == [0, 0, 0]  # threshold 0: the first expert answers all
+    assert cascade_choice(conf, [1.0, 1.0]).tolist() == [2, 2, 2]  # threshold 1: every image goes on
+    costs = torch.tensor([1.0, 2.0, 4.0])
+    assert cascade_cost(torch.tensor([0, 1, 2]), costs).tolist() == [1.0, 3.0, 7.0]  # all the experts that ran
+
+
+def test_the_selector_trades_predicted_correctness_against_the_extra_cost():
+    scores = torch.tensor([[2.0, 1.0], [-1.0, 0.5], [1.0, 1.2]])  # logits of P(expert right)
+    extra = extra_costs(torch.tensor([1.0, 4.0]))
+    assert extra.tolist() == [0.0, 1.0]  # the cheapest expert has already run
+    assert selector_choice(scores, extra, 0.0).tolist() == [0, 1, 1]
+    assert selector_choice(scores, extra, 0.05).tolist() == [0, 1, 0]  # a small gain is not worth the cost
+    assert selector_choice(scores, extra, 10.0).tolist() == [0, 0, 0]
+    assert selector_cost(torch.tensor([0, 1]), torch.tensor([1.0, 4.0]), 0.5).tolist() == [1.5, 5.5]
+
+
+def test_the_selector_reads_the_cheap_experts_probabilities_largest_first():
+    logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]])
+    inputs = selector_inputs(logits)
+    assert torch.allclose(inputs, torch.softmax(logits, 1).sort(1, descending=True).values)
+    assert torch.allclose(inputs.sum(1), torch.ones(2)) and (inputs[:, :-1] >= inputs[:, 1:]).all()
+
+
+def test_the_cheapest_point_that_reaches_the_target_is_chosen():
+    points = [('a', 0.80, 9.0), ('b', 0.81, 8.0), ('c', 0.795, 6.0), ('d', 0.78, 4.0)]
+    assert choose_point(points, 0.80) == (points[1], 1)
+    assert choose_point(points, 0.79) == (points[2], 1)
+    assert choose_point(points, 0.90) == (points[1], 0)  # nothing reaches it: the most accurate
+
+
+def test_a_margin_refuses_a_point_that_reaches_the_target_only_within_vals_noise():
+    # The reference, expert 1, is right on images 0-79; the cheap expert 0 on 0-69 and 80-90: one point
+    # more, but they differ on 21 images, well within the noise of 100. Routing 0-79 to expert 1 and the
+    # rest to expert 0 is right on 91 and differs on 11: clearly better.
+    correct = torch.zeros(100, 2)
+    correct[:80, 1] = 1
+    correct[:70, 0] = correct[80:91, 0] = 1
+    cheap = torch.zeros(100, dtype=torch.long)
+    mixed = torch.cat([torch.ones(80, dtype=torch.long), torch.zeros(20, dtype=torch.long)])
+    points = [('cheap', 0.81, 1.0), ('mixed', 0.91, 2.0)]
+    for z, expected in ((0.0, points[0]), (1.645, points[1])):
+        margins = [paired_margin(choice, correct, 1, z) for choice in (cheap, mixed)]
+        assert choose_point(points, 0.80, margins) == (expected, 2)
+    assert paired_margin(cheap, correct, 1, 1.0) == pytest.approx(22 ** 0.5 / 100)  # one more than seen
+    # where no point clears the target by its margin, the cheapest that reaches it, as without one; the
+    # reference itself never clears its own accuracy
+    reference = ('reference', 0.80, 3.0)
+    margins = [paired_margin(c, correct, 1, 1.645) for c in (cheap, torch.ones(100, dtype=torch.long))]
+    assert choose_point([points[0], reference], 0.80, margins) == (points[0], 1)
+
+
+def test_the_default_mode_is_the_one_that_reaches_the_best_single_expert_more_cheaply():
+    # Expert 1 (costlier) is right everywhere, expert 0 only where it is confident: the cascade can match
+    # expert 1 at the cost of expert 0 plus a quarter of expert 1; the selector here knows nothing.
+    correct = torch.tensor([[1., 1]] * 3 + [[0., 1]])
+    conf = torch.tensor([[0.99, 0.9]] * 3 + [[0.4, 0.9]])
+    routing = choose_routing(conf, torch.zeros(4, 2), correct, torch.tensor([1.0, 4.0]), 0.0, max_drop=0.0)
+    assert routing['mode'] == 'cascade' and routing['val']['cascade'] == (1.0, 2.0)
+    assert routing['target_accuracy'] == 1.0
+
+
+def test_measured_time_not_the_modelled_cost_picks_the_default_mode_between_equals():
+    routing = {'levels': {'cascade': 1, 'selector': 1}, 'val': {'cascade': (0.9, 2.0), 'selector': (0.9, 3.0)}}
+    assert pick_mode(routing)['mode'] == 'cascade'  # modelled: the cascade is cheaper
+    assert pick_mode(routing, {'cascade': 0.5, 'selector': 0.4, 'alone': 1.0})['mode'] == 'selector'
+    routing['levels']['cascade'] = 2  # cleared by its margin: better met, whatever its time
+    assert pick_mode(routing, {'cascade': 0.5, 'selector': 0.4, 'alone': 1.0})['mode'] == 'cascade'
+
+
+def test_the_cascade_may_be_tuned_on_more_held_out_images_and_is_still_compared_on_val():
+    # On val alone the cheap expert's answers at 0.6 look safe (right on the one there); on the larger tuning
+    # set half of them are wrong, so the cascade passes them on, and its val outcome is what is compared.
+    conf = torch.tensor([[0.99, 0.9], [0.6, 0.9], [0.3, 0.9]])
+    correct = torch.tensor([[1., 1], [1., 1], [0., 1]])
+    tuning = (torch.tensor([[0.99, 0.9]] * 2 + [[0.6, 0.9]] * 4 + [[0.3, 0.9]]),
+              torch.tensor([[1., 1]] * 4 + [[0., 1]] * 3))
+    costs = torch.tensor([1.0, 4.0])
+    alone = choose_routing(conf, torch.zeros(3, 2), correct, costs, 0.0, 0.0)
+    assert alone['mode'] == 'cascade' and alone['thresholds'] == [0.5]
+    routing = choose_routing(conf, torch.zeros(3, 2), correct, costs, 0.0, 0.0, cascade_tuning=tuning)
+    assert routing['thresholds'] == [0.7] and routing['val']['cascade'] == pytest.approx((1.0, 1 + 2 / 3 * 4))
+
+
+
+
+def test_confidences_are_each_experts_top_probability():
+    conf = confidences([torch.tensor([[0.0, 0.0]]), torch.tensor([[10.0, 0.0]])])
+    assert conf[0, 0] == pytest.approx(0.5) and conf[0, 1] > 0.99

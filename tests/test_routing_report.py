@@ -1,0 +1,24 @@
+"""distill/routing/report.py: both modes against their references, and the gap to the oracle they close."""
+import torch
+
+from distill.routing.report import gap_closed_text, routing_report
+
+
+def test_the_report_compares_both_modes_with_their_references():
+    labels = torch.tensor([0, 0, 1, 1])
+    a = torch.tensor([[5.0, 0], [5.0, 0], [0.1, 0], [0.1, 0]])  # right and sure on the first half only
+    b = torch.tensor([[0.0, 1], [0.0, 1], [0.0, 1], [0.0, 1]])  # right on the second half
+    scores = torch.tensor([[5.0, -5], [5.0, -5], [-5.0, 5], [-5.0, 5]])
+    costs = {'time': torch.tensor([1.0, 3.0]), 'macs': torch.tensor([10.0, 30.0])}
+    routing = {'mode': 'selector', 'thresholds': [0.9], 'cost_weight': 0.0, 'cost': 'time'}
+    report = routing_report([a, b], labels, scores, costs, {'time': 0.5, 'macs': 1.0}, routing)
+    rows = report['rows']
+    assert rows['selector'] == {'accuracy': 1.0, 'time': 1.5 + 0.5 * 3, 'macs': 11 + 0.5 * 30}
+    assert rows['cascade']['accuracy'] == 1.0 and rows['cascade']['time'] == 1 + 0.5 * 3
+    assert rows['routed']['mode'] == 'selector' and rows['oracle']['accuracy'] == 1.0
+    assert rows['best single']['accuracy'] == 0.5 and rows['max confidence']['time'] == 4.0
+    assert report['share'] == {'cascade': [0.5, 0.5], 'selector': [0.5, 0.5]}
+    assert report['gap_closed'] == {'cascade': 1.0, 'selector': 1.0}  # best single 50%, oracle and both modes 100%
+    assert gap_closed_text(report['gap_closed']) == 'cascade 100%, selector 100%'
+    same = routing_report([b, b], labels, scores, costs, {'time': 0.5, 'macs': 1.0}, routing)
+    assert gap_closed_text(same['gap_closed']).startswith('no gap')  # not 'nan%'
