@@ -18,6 +18,7 @@ from distill.predict import build_classifier, default_workers, files_to_classify
 from distill.routing.decisions import MODES
 from distill.runtime import amp_dtype, autocast, resolve_device
 
+
 def parse_args(argv=None):
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument('image_dir', help='a folder, searched recursively, or one image file')
@@ -70,7 +71,6 @@ def main(argv=None):
                                        route=args.route, thresholds=args.threshold, cost_weight=args.cost_weight,
                                        cost=args.cost, batch_size=args.batch_size)
     classes, size, failures = state['class_names'], state['image_size'], []
-
     workers = default_workers(device) if args.workers is None else args.workers
 
     def batches():

@@ -89,5 +89,6 @@ def main():
     print(f"routing run B's pair by which of run A's copies was right closes {other_run['val']:.0%} (val) and "
           f"{other_run['test']:.0%} (test) of that headroom: the most that labels from another run can teach")
 
+
 if __name__ == '__main__':
     main()

@@ -28,7 +28,8 @@ def confidences(expert_logits: list) -> torch.Tensor:
 
 def check_thresholds(thresholds, num_experts: int):
     if len(thresholds) != num_experts - 1:
-        raise UserError(f'a cascade of {num_experts} experts takes {num_experts - 1} threshold(s), got {len(thresholds)}')
+        raise UserError(f'a cascade of {num_experts} experts takes {num_experts - 1} threshold(s), '
+                        f'got {len(thresholds)}')
     for t in thresholds:
         if not 0 <= t <= 1:
             raise UserError(f'cascade threshold {t} is outside [0, 1]; pass a top-probability between 0 and 1')

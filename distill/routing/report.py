@@ -55,7 +55,8 @@ def format_report(report: dict, names: list, title: str) -> str:
         lines.append(f"  {label:<22}{row['accuracy']:>9.2%}{ms:>9}{macs:>11}")
     for mode, share in report['share'].items():
         lines.append(f'  share, {mode}: ' + ', '.join(f'{n} {s:.0%}' for n, s in zip(names, share)))
-    lines.append('  of the gap between the best single expert and the oracle, closed: ' + gap_closed_text(report['gap_closed']))
+    lines.append('  of the gap between the best single expert and the oracle, closed: '
+                 + gap_closed_text(report['gap_closed']))
     return '\n'.join(lines)
 
 

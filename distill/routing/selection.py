@@ -35,7 +35,8 @@ def routing_data(experts: list, loaders: dict, route_views: int, device, amp=Non
     more examples for the selector."""
     sources = {part: [loader] for part, loader in loaders.items()}
     sources['route'] += [loaders['route'].augmented(view) for view in range(1, route_views + 1)]
-    outputs = {part: expert_outputs(experts, itertools.chain(*batches), device, amp) for part, batches in sources.items()}
+    outputs = {part: expert_outputs(experts, itertools.chain(*batches), device, amp)
+               for part, batches in sources.items()}
     correct = {part: expert_correctness(logits, labels) for part, (logits, labels) in outputs.items()}
     return outputs, correct, {part: selector_inputs(logits[0]) for part, (logits, _) in outputs.items()}
 
