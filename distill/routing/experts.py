@@ -1,6 +1,6 @@
-"""The experts routing chooses among: rebuilt from their checkpoints, checked to belong together, and timed
-on the device that runs them. A cost is stored with that device's name, so that it is never reused on
-another without saying so."""
+"""The experts routing chooses among: rebuilt from their checkpoints (or found from the selector checkpoint that
+names them), checked to belong together, and timed on the device that runs them. A cost is stored with that
+device's name, so that it is never reused on another without saying so."""
 import os
 
 import torch
