@@ -8,7 +8,8 @@ Every model and both routing modes are timed here, in turns, on this device.
 import os
 
 from distill import UserError
-from distill.cli import Parser, add_device_arguments, check_range, check_writable, checkpoint_path, main_guard
+from distill.cli import (Parser, add_device_arguments, check_distinct, check_range, check_writable, checkpoint_path,
+                         main_guard)
 from distill.evaluation import evaluate_system
 from distill.report import aggregate, aggregate_markdown, seeds_of, write_report
 from distill.routing.experts import load_selector
@@ -39,6 +40,7 @@ def parse_args(argv=None):
     if os.path.basename(args.name) != args.name or args.name in ('', '.', '..'):
         raise UserError(f"--name '{args.name}' names the report's files, not a folder; put the folder in --results-dir")
     args.selector = [checkpoint_path(s) for s in args.selector]
+    check_distinct('selector', [os.path.realpath(s) for s in args.selector])  # one run, given twice
     return args
 
 

@@ -61,7 +61,8 @@ def test_a_checkpoint_that_is_not_a_selector_is_one_clear_line(tiny_runs):
     (['--test-subset', '0'], '--test-subset must be at least 1 (got 0)'),
     (['--timing-images', '0'], '--timing-images must be at least 1 (got 0)'),
     (['--batch-size', '-4'], '--batch-size must be at least 1 (got -4)'),
-    (['--name', 'runs/a'], "--name 'runs/a' names the report's files, not a folder")])
+    (['--name', 'runs/a'], "--name 'runs/a' names the report's files, not a folder"),
+    (['--selector', 'sel.pt', './sel.pt'], '--selector repeats a value')])
 def test_settings_that_would_be_ignored_or_write_elsewhere_are_refused_before_anything_loads(args, message):
     import evaluate
     from distill import UserError
