@@ -158,8 +158,11 @@ def validate_args(args):
     """Reject impossible settings up front, in one line each; returns args."""
     for name in ('epochs', 'image_size', 'subset', 'test_subset'):
         check_range(name, getattr(args, name, None), low=1)
-    # The global batch: BatchNorm cannot train on fewer than 2 images in each of torchrun's processes.
+    # The global batch, shared evenly by torchrun's processes: BatchNorm cannot train on fewer than 2 images each.
     check_range('batch_size', args.batch_size, low=2 * world_size())
+    if args.batch_size % world_size():
+        raise UserError(f'--batch-size {args.batch_size} must divide evenly over the {world_size()} processes '
+                        f'torchrun started; pass a multiple of {world_size()}')
     for name in ('val_size', 'route_size'):
         check_range(name, getattr(args, name, None), low=0)
     check_range('seed', args.seed, 0, MAX_SEED)

@@ -193,8 +193,6 @@ def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 
     """
     device, rank, world = init_distributed(device or resolve_device(args.device))
     configure(device)
-    if args.batch_size % world:
-        raise UserError(f'--batch-size {args.batch_size} must divide evenly over {world} processes')
     log = print if rank == 0 else (lambda *a, **k: None)
     amp = amp_dtype(args.amp, device)
     precision = precision_name(amp)  # what --amp auto resolved to on this machine

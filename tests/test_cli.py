@@ -65,11 +65,13 @@ def test_run_settings_that_cannot_train_are_refused_before_anything_loads(flags,
         teacherTrain.parse_args(['--device', 'cpu', *flags])
 
 
-def test_a_global_batch_too_small_for_its_torchrun_processes_is_refused(monkeypatch):
+def test_a_global_batch_too_small_for_its_torchrun_processes_or_uneven_over_them_is_refused(monkeypatch):
     import teacherTrain
     monkeypatch.setenv('WORLD_SIZE', '4')  # as torchrun --nproc_per_node=4 sets it
     with pytest.raises(UserError, match=re.escape('--batch-size must be at least 8 (got 6)')):
         teacherTrain.parse_args(['--device', 'cpu', '--batch-size', '6'])
+    with pytest.raises(UserError, match=re.escape('--batch-size 10 must divide evenly over the 4 processes')):
+        teacherTrain.parse_args(['--device', 'cpu', '--batch-size', '10'])
     assert teacherTrain.parse_args(['--device', 'cpu', '--batch-size', '8']).batch_size == 8
 
 
