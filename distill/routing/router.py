@@ -139,13 +139,12 @@ def router_for(state: dict, experts: list, selector, *, mode=None, thresholds=No
     if thresholds:
         raise UserError('--threshold tunes the cascade; the selector mode uses --cost-weight')
     kind, metas = ('macs' if cost == 'macs' else routing['cost']), state['experts']
+    device = next(selector.parameters()).device
     if cost == 'measure' and kind == 'time':
         size = state['image_size']
-        device = next(selector.parameters()).device
         measure_costs(experts, torch.zeros(256, 3, size, size, device=device).contiguous(
             memory_format=torch.channels_last), amp)
         metas = [e.cost for e in experts]
-    device = next(selector.parameters()).device
     check_cost_device(metas, kind, device, where)
     return Router(experts, 'selector', selector=selector, extra=extra_costs(cost_vector(metas, kind)).to(device),
                   cost_weight=routing['cost_weight'] if cost_weight is None else cost_weight)
