@@ -1,11 +1,12 @@
 """Cascades tuned on val and scored on test from exported logits: routing work on a CPU with GPU-trained experts.
 
-    python benchmarks/route_from_logits.py results/gpu-check/logits --rates results/gpu-check/bench-infer.json \
+    python benchmarks/route_from_logits.py results/gpu-check/logits --rates results/gpu-check/fast.json \
         --chain googlenet densenet121 --chain googlenet teacher --chain googlenet densenet121 teacher
-Reads OUT/<name>-logits.pt as benchmarks/export_logits.py writes them, and each model's img/s as
-benchmarks/run.py measured it (infer.<name>.img_s). A cascade's cost per image is its mix of those measured
-costs, which is what a routed run costs where every model runs at the measured rate (a large batch on a GPU);
-benchmarks/run.py measures routed runs themselves. The threshold is chosen as selectorTrain.py chooses it
+Reads OUT/<name>-logits.pt as benchmarks/export_logits.py writes them, and each model's img/s from evaluate.py's
+report (each model in calls of its --batch-size, as infer.py runs) or from benchmarks/run.py's JSON
+(infer.<name>.img_s: one large call on a GPU). A cascade's cost per image is its mix of those measured costs,
+which is what a routed run costs where every model runs at the measured rate; evaluate.py and
+benchmarks/run.py measure routed runs themselves. The threshold is chosen as selectorTrain.py chooses it
 (--val-margin), against the chain's last model, on val or, as selectorTrain.py does by default, on the route
 images too (--tune-on route val); test is touched once per chain.
 """
@@ -23,6 +24,14 @@ from distill.routing.decisions import (cascade_choice, cascade_cost, choose_casc
                                        expert_correctness, outcome)
 
 
+def model_rates(report: dict) -> dict:
+    """{model: img/s} from evaluate.py's report or benchmarks/run.py's JSON."""
+    if 'speed' in report:
+        return {name: row['images_per_s'] for name, row in report['speed'].items()}
+    return {key.split('.')[1]: value for key, value in report.items()
+            if key.startswith('infer.') and key.endswith('.img_s') and key.count('.') == 2}
+
+
 def load_parts(logits: dict, names: list, parts: list):
     outputs = [torch.cat([logits[n][part].float() for part in parts]) for n in names]
     labels = torch.cat([logits[names[0]]['labels'][part] for part in parts])
@@ -33,7 +42,8 @@ def load_parts(logits: dict, names: list, parts: list):
 def main():
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument('logits', help='folder of <name>-logits.pt files (benchmarks/export_logits.py)')
-    p.add_argument('--rates', required=True, help="benchmarks/run.py's JSON with each model's infer img/s")
+    p.add_argument('--rates', required=True,
+                   help="evaluate.py's report JSON, or benchmarks/run.py's, with each model's measured img/s")
     p.add_argument('--chain', nargs='+', action='append', required=True,
                    help='models in the order the cascade runs them, cheapest first; repeat for several cascades')
     p.add_argument('--val-margin', type=float, default=1.645, help='as in selectorTrain.py')
@@ -43,20 +53,21 @@ def main():
     check_range('val_margin', args.val_margin, low=0)
     try:
         with open(args.rates) as f:
-            rates = json.load(f)
-    except (OSError, ValueError) as e:
+            report = json.load(f)
+        measured = model_rates(report)
+    except (OSError, ValueError, AttributeError, TypeError, KeyError) as e:  # not JSON, or not of that shape
         raise UserError(f"cannot read --rates '{args.rates}' ({e.__class__.__name__}); pass the JSON that "
-                        f"benchmarks/run.py --parts infer wrote") from None
+                        f"evaluate.py or benchmarks/run.py --parts infer wrote") from None
     names = sorted({n for chain in args.chain for n in chain} | {'teacher'})
     logits, rate = {}, {}
     for name in names:
         path = os.path.join(args.logits, f'{name}-logits.pt')
-        if not os.path.exists(path) or f'infer.{name}.img_s' not in rates:
-            raise UserError(f"no logits '{path}' or no infer.{name}.img_s in '{args.rates}'; export and benchmark "
-                            f"'{name}' first")
-        logits[name], rate[name] = load_checkpoint(path), rates[f'infer.{name}.img_s']
-    print(f"costs: {', '.join(f'{n} {r:,.0f} img/s' for n, r in rate.items())} ({rates.get('device')}, "
-          f"{rates.get('precision')}); margin {args.val_margin} standard errors\n")
+        if not os.path.exists(path) or name not in measured:
+            raise UserError(f"no logits '{path}' or no img/s of '{name}' in '{args.rates}'; export it, and time "
+                            f"it with evaluate.py or benchmarks/run.py, first")
+        logits[name], rate[name] = load_checkpoint(path), measured[name]
+    print(f"costs: {', '.join(f'{n} {r:,.0f} img/s' for n, r in rate.items())} ({report.get('device')}, "
+          f"{report.get('precision')}); margin {args.val_margin} standard errors\n")
     tuned = ' + '.join(args.tune_on)
     print(f'| cascade | thresholds ({tuned}) | target on {tuned} | {tuned} accuracy | test accuracy | last model alone, test | '
           'time vs last model | time vs teacher | share per model |')

@@ -62,10 +62,13 @@ def test_a_cascade_tuned_on_route_and_val_sees_where_val_alone_misleads(tmp_path
 
 
 def test_missing_or_unreadable_inputs_are_one_line(tmp_path):
-    rates = tmp_path / 'rates.json'
+    rates, shapes = tmp_path / 'rates.json', []
     rates.write_text('{}')
+    for i, text in enumerate(('[1, 2]', '{"speed": [1]}', '{"speed": {"teacher": 5}}')):  # JSON, not a report
+        shapes.append(tmp_path / f'shape{i}.json')
+        shapes[-1].write_text(text)
     for bad_rates, message in ((rates, 'no logits'), (tmp_path / 'absent.json', 'cannot read --rates'),
-                               (SCRIPT, 'cannot read --rates')):
+                               (SCRIPT, 'cannot read --rates'), *((s, 'cannot read --rates') for s in shapes)):
         result = run_main(SCRIPT, tmp_path, '--rates', bad_rates, '--chain', 'cheap', 'big', check=False)
         err = result.stderr.strip()
         assert result.returncode == 2 and '\n' not in err and message in err
@@ -132,12 +135,12 @@ def test_exported_logits_feed_route_from_logits(tiny_runs, tmp_path, monkeypatch
     for name in ('googlenet', 'teacher'):
         alone, routed = (torch.load(d / f'{name}-logits.pt', weights_only=True) for d in (tmp_path / 'alone', logits))
         assert all(torch.equal(alone[part], routed[part]) for part in ('route', 'val', 'test'))
-    rates = tmp_path / 'rates.json'
-    rates.write_text(json.dumps({'infer.teacher.img_s': 1.0, 'infer.googlenet.img_s': 3.0,
-                                 'infer.densenet121.img_s': 2.0}))
-    out = run_main(SCRIPT, logits, '--rates', rates, '--chain', 'googlenet', 'densenet121', '--chain', 'googlenet',
-                   'teacher').stdout
+    # the rates as evaluate.py measured them, in the report every chain writes
+    report = json.loads((work / 'results' / 'quick.json').read_text())
+    out = run_main(SCRIPT, logits, '--rates', work / 'results' / 'quick.json', '--chain', 'googlenet', 'densenet121',
+                   '--chain', 'googlenet', 'teacher').stdout
     assert '| googlenet → densenet121 |' in out and '| googlenet → teacher |' in out
+    assert f"teacher {report['speed']['teacher']['images_per_s']:,.0f} img/s ({report['device']}" in out
 
 
 def test_export_refuses_two_experts_of_one_name(tiny_runs, tmp_path):
