@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one GPU check: the fast preset end to end, the experts' logits for routing work on a CPU, routing with
-# and without the teacher as fallback, the tests of CUDA paths, the no-KD twins, then the training benchmark;
+# The one GPU check: the fast preset end to end, the experts' logits for routing work on a CPU, the tests of
+# CUDA paths, routing with and without the teacher as fallback, the no-KD twins, then the training benchmark;
 # every result written to files.
 #
 #   bash benchmarks/gpu_check.sh ARCHIVE [OUT] [BUDGET_S]            # one H100: the routing within 10 minutes, then the twins
@@ -59,21 +59,29 @@ log "gpu_check $preset on $(python -c 'import torch; print(torch.cuda.get_device
 python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() or sys.argv[1] == "cpu" else 1)' "$device" \
     || { log "no CUDA device visible; use --dry-run on a CPU"; exit 2; }
 students=(); for arch in $(python -c 'from models import STUDENTS; print(*STUDENTS)'); do students+=("$root/$arch"); done
-cuda_tests() { if python -c 'import pytest' 2>/dev/null; then optional 90 cuda-tests python -m pytest -q -m cuda tests; fi; }
+# The tests of CUDA paths, named as they run so that a stopped step says where: first the units (CUDA graphs
+# against eager, the routing stream's waits, reads on the GPU), then evaluate.py and infer.py on the GPU
+# against the CPU, which train tiny runs first.
+scripts=(tests/test_evaluate.py tests/test_infer.py)
+cuda_tests() {  # cuda_tests units|scripts
+    python -c 'import pytest' 2>/dev/null || return 0
+    if [[ $1 == units ]]; then optional 60 cuda-units python -m pytest -v -m cuda --durations=0 "${scripts[@]/#/--ignore=}" tests
+    else optional 180 cuda-scripts python -m pytest -v -m cuda --durations=0 "${scripts[@]}"; fi
+}
 # The experts and their routing first; the no-KD twins, which only compare, once the routing is measured.
 if ! stage pipeline python pipeline.py --preset "$preset" --no-baselines --data-dir "$archive" --root "$root" \
     --results "$out" --device "$device"; then  # what was trained still goes on on a CPU; the tests say what broke
     trained=(); for s in "${students[@]}"; do [[ -f "$s/summary.json" ]] && trained+=("$s"); done
     (( ${#trained[@]} )) && optional 30 export-logits python benchmarks/export_logits.py --experts "${trained[@]}" \
         --out "$out/logits" --device "$device"
-    cuda_tests
+    cuda_tests units; cuda_tests scripts
     exit 1
 fi
 log "chain without the twins: $SECONDS s wall"
 optional 30 export-logits python benchmarks/export_logits.py --selector "$root/selector" --out "$out/logits" \
     --device "$device"
 # The teacher as the costly last resort: behind the cheapest student alone, and (last) behind both.
-fallback() {  # fallback NAME EXPERTS...: a selector with the teacher as last expert, its report and routed speed
+fallback() {  # fallback NAME EXPERTS...: a selector with the teacher as last expert, and its report
     local name=$1; shift
     if [[ ! -f "$root/selector-$name/summary.json" ]]; then  # a second call skips it, as the chain's stages
         optional 40 "selector-$name" python selectorTrain.py --experts "$@" --include-teacher \
@@ -82,9 +90,18 @@ fallback() {  # fallback NAME EXPERTS...: a selector with the teacher as last ex
     [[ -f "$root/selector-$name/summary.json" ]] || return 0
     optional 30 "evaluate-$name" python evaluate.py --selector "$root/selector-$name" --name "$preset-$name" \
         --results-dir "$out" --device "$device"
-    optional 50 "bench-routed-$name" python benchmarks/run.py "${bench[@]}" --parts routed \
-        --selector "$root/selector-$name" --device "$device" --out "$out/bench-routed-$name.json"
 }
+bench_routed() {  # bench_routed NAME: routed inference of a fallback selector in benchmarks/run.py
+    [[ -f "$root/selector-$1/summary.json" ]] || return 0
+    optional 50 "bench-routed-$1" python benchmarks/run.py "${bench[@]}" --parts routed \
+        --selector "$root/selector-$1" --device "$device" --out "$out/bench-routed-$1.json"
+}
+# The cascade tuned on val alone and on route + val, from the logits and the chain's evaluate.py rates (seconds).
+chain=(--chain "$(basename "${students[-1]}")" "$(basename "${students[0]}")" --chain "$(basename "${students[-1]}")" teacher)
+optional 20 cascade-tuning bash -c 'for on in val "route val"; do python benchmarks/route_from_logits.py "$1/logits" \
+    --rates "$1/$2.json" --tune-on $on "${@:3}"; done' _ "$out" "$preset" "${chain[@]}"
+# The CUDA units before anything is timed again (skipped on a CPU); the scripts' tests once the routing is measured.
+cuda_tests units
 fallback cheapest-fallback "${students[-1]}"
 # Both routings again in calls of 1,024, where a GPU is less launch-bound than at infer.py's default of 256.
 for name in selector selector-cheapest-fallback; do
@@ -93,8 +110,6 @@ for name in selector selector-cheapest-fallback; do
             --batch-size 1024 --timing-images 8192 --results-dir "$out" --device "$device"
     fi
 done
-# The tests of CUDA paths (CUDA graphs against eager, evaluate.py against the CPU); skipped on a CPU.
-cuda_tests
 # infer.py on the test JPEGs as a user runs it on a folder: decoding in the main process, then in 8 workers.
 infer_folder() {  # ARCHIVE SELECTOR DEVICE OUT PATTERN
     local folder="data/jpeg-check-$3"  # per device: a dry run unpacks one class only
@@ -109,14 +124,13 @@ infer_folder() {  # ARCHIVE SELECTOR DEVICE OUT PATTERN
 export -f infer_folder
 pattern='*test/*'; [[ "$device" == cpu ]] && pattern='*test/airplane/*'  # a dry run: one class
 optional 40 infer-folder bash -c 'infer_folder "$@"' _ "$archive" "$root/selector" "$device" "$out" "$pattern"
+cuda_tests scripts
 optional 130 bench-infer python benchmarks/run.py "${bench[@]}" --parts infer --selector "$root/selector" \
     --device "$device" --out "$out/bench-infer.json"
-# The cascade tuned on val alone and on route + val, from the logits and rates above (seconds, on the CPU).
-chain=(--chain "$(basename "${students[-1]}")" "$(basename "${students[0]}")" --chain "$(basename "${students[-1]}")" teacher)
-optional 10 cascade-tuning bash -c 'for on in val "route val"; do python benchmarks/route_from_logits.py "$1/logits" \
-    --rates "$1/bench-infer.json" --tune-on $on "${@:2}"; done' _ "$out" "${chain[@]}"
+bench_routed cheapest-fallback
 optional 150 twins python pipeline.py --preset "$preset" --data-dir "$archive" --root "$root" --results "$out" \
     --device "$device"
 fallback fallback "${students[@]}"
+bench_routed fallback
 optional 60 bench-train python benchmarks/run.py "${bench[@]}" --parts train --device "$device" --out "$out/bench-train.json"
 log "all done in $SECONDS s"
