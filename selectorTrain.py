@@ -16,7 +16,7 @@ from distill.data import prepare_data
 from distill.loaders import TensorLoader, split_loader
 from distill.engine import fit, predict_logits
 from distill.metrics import count_macs, time_model
-from distill.routing.decisions import SELECTOR_INPUTS, choose_routing, confidences, extra_costs
+from distill.routing.decisions import SELECTOR_INPUTS, choose_routing, confidences, extra_costs, selector_scores
 from distill.routing.experts import (COST_KINDS, Expert, check_routable, check_route_split, cost_vector, load_experts,
                                      measure_costs, teacher_of)
 from distill.routing.report import format_report, routing_report, routing_summary
@@ -94,8 +94,9 @@ def main(argv=None):
     cascade_tuning = cascade_inputs(outputs, correct, tune_on) if set(tune_on) != {'val'} else None
 
     def tune_routing(best_selector):  # on val, before fit touches the test set
-        scores = predict_logits(best_selector, selector_loaders['val'], amp)[0]
-        selector_time = time_model(best_selector.eval(), inputs['val'][:args.batch_size], amp)['seconds_per_image']
+        scores = predict_logits(best_selector, selector_loaders['val'])[0]  # float32, as selector_scores
+        selector_time = time_model(lambda x: selector_scores(best_selector.eval(), x), inputs['val'][:args.batch_size],
+                                   amp)['seconds_per_image']
         selector_costs = {'macs': selector_macs, 'time': selector_time}
         routing = choose_routing(confidences(outputs['val'][0]).cpu(), scores.cpu(), correct['val'].cpu(),
                                  costs[args.cost], selector_costs[args.cost], args.max_accuracy_drop / 100,

@@ -12,7 +12,8 @@ from .loaders import Loader
 from .metrics import in_calls, per_class_accuracy, time_in_turns
 from .plots import report_figures
 from .report import markdown, measured_time, write_report
-from .routing.decisions import MODES, cascade_sweep, confidences, expert_correctness, selector_inputs, selector_sweep
+from .routing.decisions import (MODES, cascade_sweep, confidences, expert_correctness, selector_inputs, selector_scores,
+                                selector_sweep)
 from .routing.experts import Expert, cost_vector, load_experts, load_selector, teacher_of
 from .routing.report import routing_report
 from .routing.router import router_for
@@ -55,7 +56,7 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, teacher=
     logits.update({n: predict_logits(m.model, loader, amp)[0] for n, m in models.items() if n not in logits})
     selector = inference_model(state, selector_path, device)
     with torch.inference_mode():
-        scores = selector(selector_inputs(expert_logits[0])).float()
+        scores = selector_scores(selector, selector_inputs(expert_logits[0]))
 
     # timed on many batches: one batch is a sample of the routing mix
     timing = loader.classes_in_turn(max(batch_size, timing_images))

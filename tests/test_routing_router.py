@@ -7,7 +7,7 @@ import torch
 
 from conftest import needs_cuda
 from distill import UserError
-from distill.routing.decisions import extra_costs
+from distill.routing.decisions import extra_costs, selector_choice, selector_scores
 from distill.routing.report import routing_summary
 from distill.routing.router import Router, measure_routing, router_for
 
@@ -63,6 +63,26 @@ def test_the_selector_runs_every_other_expert_only_on_its_own_images():
     dark = images.mean((1, 2, 3)) < 0
     assert torch.equal(choice, dark.long()) and torch.equal(logits.argmax(1), dark.long())  # in input order
     assert torch.equal(experts[1].seen[0], images[dark]) and experts[2].seen == []  # nobody went to expert 2
+
+
+class Close(torch.nn.Linear):
+    """A selector whose scores for two experts differ by less than bfloat16 resolves: expert 1 is the better."""
+
+    def __init__(self, features=4):
+        super().__init__(features, 2)
+        with torch.no_grad():
+            self.weight.zero_()
+            self.bias.copy_(torch.tensor([4.0, 4.01]))
+
+
+def test_the_selector_chooses_as_in_float32_under_a_bfloat16_autocast():
+    # In bfloat16 both scores round to 4.0 and argmax picks expert 0: evaluate.py scored the selector in float32
+    # while infer.py and the timed runs routed under autocast, so the report and the routing disagreed.
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        _, choice = Router([Counting(0), Counting(1)], 'selector', selector=Close(), extra=torch.zeros(2))(
+            torch.randn(6, 3, 4, 4))
+        scores = selector_scores(Close(), torch.rand(6, 4))  # as selectorTrain.py and evaluate.py score it
+    assert choice.tolist() == [1] * 6 and selector_choice(scores, torch.zeros(2), 0.0).tolist() == [1] * 6
 
 
 @pytest.mark.parametrize('mode, experts, thresholds', [

@@ -67,6 +67,14 @@ def selector_inputs(logits: torch.Tensor) -> torch.Tensor:
     return F.softmax(logits.float(), 1).sort(1, descending=True).values
 
 
+def selector_scores(selector, inputs: torch.Tensor) -> torch.Tensor:
+    """The selector's score per expert, in float32 under any autocast: in bfloat16 two experts' scores often
+    round to one value and argmax then picks by position, so the choice would depend on the device's precision
+    and evaluate.py's figures would not be what infer.py does."""
+    with torch.autocast(inputs.device.type, enabled=False):
+        return selector(inputs.float()).float()
+
+
 def selector_choice(scores: torch.Tensor, extra: torch.Tensor, weight: float) -> torch.Tensor:
     return (torch.sigmoid(scores.float()) - weight * extra.to(scores.device)).argmax(1)
 

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from .. import UserError
 from ..metrics import in_calls, time_in_turns
 from ..runtime import device_name, read_later
-from .decisions import MODES, check_thresholds, extra_costs, pick_mode, selector_choice, selector_inputs
+from .decisions import (MODES, check_thresholds, extra_costs, pick_mode, selector_choice, selector_inputs,
+                        selector_scores)
 from .experts import check_cost_device, cost_vector, measure_costs
 
 
@@ -109,8 +110,9 @@ class Router:
         """For expert k's outputs: k where its answer stands, else the expert each image goes to next."""
         last = len(self.experts) - 1
         if self.mode == 'selector':
-            return selector_choice(self.selector(selector_inputs(out)), self.extra, self.cost_weight) if k == 0 \
-                else torch.full((len(out),), k, device=out.device)
+            if k > 0:
+                return torch.full((len(out),), k, device=out.device)
+            return selector_choice(selector_scores(self.selector, selector_inputs(out)), self.extra, self.cost_weight)
         t = self.thresholds[k] if k < last else 0.0
         sure = F.softmax(out, 1).max(1).values >= t if t < 1 else torch.zeros(len(out), dtype=torch.bool,
                                                                               device=out.device)

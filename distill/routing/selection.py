@@ -61,7 +61,7 @@ class SelectorScore:
         self.extra, self.cost_weight = None, 0.0
 
     def __call__(self, selector, loader, amp=None):
-        scores, correct = predict_logits(selector, loader, amp)
+        scores, correct = predict_logits(selector, loader)  # in float32 whatever amp is, as selector_scores
         loss = F.binary_cross_entropy_with_logits(scores, correct).item()
         extra = self.extra if self.extra is not None else torch.zeros(correct.shape[1])
         choice = selector_choice(scores, extra, self.cost_weight)
