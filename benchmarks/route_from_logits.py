@@ -58,8 +58,10 @@ def main():
     except (OSError, ValueError, AttributeError, TypeError, KeyError) as e:  # not JSON, or not of that shape
         raise UserError(f"cannot read --rates '{args.rates}' ({e.__class__.__name__}); pass the JSON that "
                         f"evaluate.py or benchmarks/run.py --parts infer wrote") from None
-    names = sorted({n for chain in args.chain for n in chain} | {'teacher'})
+    names = sorted({n for chain in args.chain for n in chain})
     logits, rate = {}, {}
+    if 'teacher' in measured:  # evaluate.py leaves the teacher out where its weights are not there
+        names = sorted(set(names) | {'teacher'})
     for name in names:
         path = os.path.join(args.logits, f'{name}-logits.pt')
         if not os.path.exists(path) or name not in measured:
@@ -82,8 +84,9 @@ def main():
         test_acc, cost = outcome(choice, correct, cascade_cost(choice, costs))
         share = torch.bincount(choice, minlength=len(chain)).float() / len(choice)
         met = ('not reached', 'reached', 'cleared by the margin')[level]
+        vs_teacher = f"{cost * rate['teacher']:.2f}x" if 'teacher' in rate else '—'
         print(f"| {' → '.join(chain)} | {thresholds} | {met} | {val_acc:.2%} | {test_acc:.2%} | "
-              f"{correct[:, last].mean().item():.2%} | {cost * rate[chain[-1]]:.2f}x | {cost * rate['teacher']:.2f}x | "
+              f"{correct[:, last].mean().item():.2%} | {cost * rate[chain[-1]]:.2f}x | {vs_teacher} | "
               f"{', '.join(f'{n} {s:.0%}' for n, s in zip(chain, share.tolist()))} |")
 
 
