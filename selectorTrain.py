@@ -95,7 +95,7 @@ def main(argv=None):
 
     def tune_routing(best_selector):  # on val, before fit touches the test set
         scores = predict_logits(best_selector, selector_loaders['val'])[0]  # float32, as selector_scores
-        selector_time = time_model(lambda x: selector_scores(best_selector.eval(), x), inputs['val'][:args.batch_size],
+        selector_time = time_model(lambda x: selector_scores(best_selector, x), inputs['val'][:args.batch_size],
                                    amp)['seconds_per_image']
         selector_costs = {'macs': selector_macs, 'time': selector_time}
         routing = choose_routing(confidences(outputs['val'][0]).cpu(), scores.cpu(), correct['val'].cpu(),

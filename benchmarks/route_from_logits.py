@@ -58,17 +58,16 @@ def main():
     except (OSError, ValueError, AttributeError, TypeError, KeyError) as e:  # not JSON, or not of that shape
         raise UserError(f"cannot read --rates '{args.rates}' ({e.__class__.__name__}); pass the JSON that "
                         f"evaluate.py or benchmarks/run.py --parts infer wrote") from None
-    names = sorted({n for chain in args.chain for n in chain})
     logits, rate = {}, {}
-    if 'teacher' in measured:  # evaluate.py leaves the teacher out where its weights are not there
-        names = sorted(set(names) | {'teacher'})
-    for name in names:
+    for name in sorted({n for chain in args.chain for n in chain}):
         path = os.path.join(args.logits, f'{name}-logits.pt')
         if not os.path.exists(path) or name not in measured:
             raise UserError(f"no logits '{path}' or no img/s of '{name}' in '{args.rates}'; export it, and time "
                             f"it with evaluate.py or benchmarks/run.py, first")
         logits[name], rate[name] = load_checkpoint(path), measured[name]
-    print(f"costs: {', '.join(f'{n} {r:,.0f} img/s' for n, r in rate.items())} ({report.get('device')}, "
+    teacher = measured.get('teacher')  # evaluate.py leaves the teacher out where its weights are not there
+    shown = {**rate, **({'teacher': teacher} if teacher else {})}
+    print(f"costs: {', '.join(f'{n} {r:,.0f} img/s' for n, r in shown.items())} ({report.get('device')}, "
           f"{report.get('precision')}); margin {args.val_margin} standard errors\n")
     tuned = ' + '.join(args.tune_on)
     print(f'| cascade | thresholds ({tuned}) | target on {tuned} | {tuned} accuracy | test accuracy | last model alone, test | '
@@ -84,7 +83,7 @@ def main():
         test_acc, cost = outcome(choice, correct, cascade_cost(choice, costs))
         share = torch.bincount(choice, minlength=len(chain)).float() / len(choice)
         met = ('not reached', 'reached', 'cleared by the margin')[level]
-        vs_teacher = f"{cost * rate['teacher']:.2f}x" if 'teacher' in rate else '—'
+        vs_teacher = f'{cost * teacher:.2f}x' if teacher else '—'
         print(f"| {' → '.join(chain)} | {thresholds} | {met} | {val_acc:.2%} | {test_acc:.2%} | "
               f"{correct[:, last].mean().item():.2%} | {cost * rate[chain[-1]]:.2f}x | {vs_teacher} | "
               f"{', '.join(f'{n} {s:.0%}' for n, s in zip(chain, share.tolist()))} |")
