@@ -36,7 +36,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {label} | {100 * row['accuracy']:.2f}% | {'—' if t != t else f'{1000 * t:.3f}'} | "
                      f"{ratio(teacher)} | {ratio(best)} | {'—' if macs != macs else f'{macs / 1e6:.1f}'} |")
     lines += ['', 'Of the gap between the best single expert (chosen on val) and the oracle, closed on test: ' +
-              gap_closed_text(result['gap_closed']) + '.']
+              gap_closed_text(result['gap_closed']) + '.'] + teacher_verdict(result)
     lines += ['', 'Share of images each mode sends to each expert: ' + '; '.join(
         f"{mode}: " + ', '.join(f'{n} {100 * s:.1f}%' for n, s in share.items())
         for mode, share in result['share'].items()), '', '## Compression', '',
@@ -56,6 +56,25 @@ def markdown(result: dict) -> str:
         lines += [f'| {mode} | {setting} | {100 * a:.2f}% | {1000 * c:.3f} |' for setting, a, c in points
                   if len(points) <= 20]
     return '\n'.join(lines) + '\n'
+
+
+def teacher_verdict(result: dict) -> list:
+    """A line where the teacher alone is as accurate as the default routing and no slower than it as infer.py
+    runs it (gathered): there the routing does not earn its place, whatever the MACs say."""
+    rows, speed = result['rows'], result['speed']
+    if 'teacher' not in rows or 'routed' not in rows:
+        return []
+    mode = rows['routed']['mode']
+    routed = speed.get(f'routed ({mode}), gathered') or speed.get(f'routed ({mode})')
+    if not routed or 'teacher' not in speed or rows['teacher']['accuracy'] < rows['routed']['accuracy']:
+        return []
+    ratio = speed['teacher']['seconds_per_image'] / routed['seconds_per_image']
+    if ratio > 1:
+        return []
+    return ['', f"On {result['device']} the teacher alone beats the default routing: at least as accurate "
+                f"({100 * rows['teacher']['accuracy']:.2f}% against {100 * rows['routed']['accuracy']:.2f}%) in "
+                f"{ratio:.2f}x its time as infer.py routes a folder (infer.py --teacher with the teacher's checkpoint "
+                f"runs it alone)."]
 
 
 def val_timing_text(routing: dict) -> str:

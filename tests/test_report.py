@@ -1,8 +1,8 @@
-"""distill/report.py: the mean ± std over seeds."""
+"""distill/report.py: the mean ± std over seeds, and the line that says where the teacher alone beats routing."""
 import pytest
 
 from distill import UserError
-from distill.report import aggregate, aggregate_markdown, seeds_of
+from distill.report import aggregate, aggregate_markdown, seeds_of, teacher_verdict
 
 CONFIG = {'dataset': 'folder', 'epochs': 3, 'lr': 0.05, 'seed': 0, 'out': 'checkpoints/seed0/selector',
           'experts': ['checkpoints/seed0/densenet121/best.pt']}
@@ -36,3 +36,16 @@ def test_aggregate_gives_mean_and_sample_std_of_rows_every_seed_has():
     assert summary['share'] == {'a': 0.375, 'b': 0.625} and summary['left_out'] == ['only here']
     table = aggregate_markdown(summary)
     assert '| teacher | 60.00 ± 14.14% | 50.00% | 70.00% | 1000.0 |' in table and 'only here' in table
+
+
+@pytest.mark.parametrize('teacher_acc, teacher_s, says', [(0.88, 1.0, True), (0.88, 2.0, False), (0.87, 1.0, False)])
+def test_the_report_says_where_the_teacher_alone_beats_the_routing(teacher_acc, teacher_s, says):
+    # routed as infer.py runs it (gathered): 88% in 1.5 s an image; the teacher must match both to replace it
+    rows = {'teacher': {'accuracy': teacher_acc}, 'routed': {'accuracy': 0.88, 'mode': 'cascade'}}
+    result = {'device': 'GPU X', 'rows': rows,
+              'speed': {'teacher': {'seconds_per_image': teacher_s}, 'routed (cascade)': {'seconds_per_image': 1.2},
+                        'routed (cascade), gathered': {'seconds_per_image': 1.5}}}
+    lines = teacher_verdict(result)
+    assert bool(lines) == says
+    if says:
+        assert 'On GPU X the teacher alone beats the default routing' in lines[1] and 'in 0.67x its time' in lines[1]
