@@ -11,7 +11,7 @@ against the best expert alone; the one that pays more becomes the default.
 import torch
 
 from distill.cli import (check_range, check_spared, checkpoint_path, inherit_data_settings, main_guard,
-                         training_parser, validate_args)
+                         train_settings, training_parser, validate_args)
 from distill.data import prepare_data
 from distill.loaders import TensorLoader, split_loader
 from distill.engine import fit, predict_logits
@@ -111,9 +111,9 @@ def main(argv=None):
         return {'routing': routing, 'selector_cost': selector_costs}
     extra = {'experts': [e.describe() for e in experts], 'selector_macs': selector_macs, 'model_args': model_args,
              'selector_inputs': SELECTOR_INPUTS}
-    fit(args, 'selector', selector, lambda trained: selection_step(trained, args.disagreement_weight), data,
-        train_part='route', loaders=selector_loaders, evaluate_fn=score, num_outputs=len(experts),
-        extra=extra, device=device, calibrate=tune_routing)
+    fit(train_settings(args), 'selector', selector, lambda trained: selection_step(trained, args.disagreement_weight),
+        data, train_part='route', loaders=selector_loaders, evaluate_fn=score, num_outputs=len(experts), extra=extra,
+        device=device, calibrate=tune_routing)
 
 
 if __name__ == '__main__':

@@ -11,7 +11,8 @@ import torch
 from distill import UserError
 from distill.checkpoint import check_classifier, check_compatible, load_checkpoint, run_dir
 from distill.cli import (check_image_size, check_positive, check_range, check_spared, check_writable,
-                         checkpoint_path, inherit_data_settings, main_guard, training_parser, validate_args)
+                         checkpoint_path, inherit_data_settings, main_guard, train_settings, training_parser,
+                         validate_args)
 from distill.data import prepare_data
 from distill.engine import fit
 from distill.losses import distillation_step
@@ -73,7 +74,7 @@ def main(argv=None):
 
     def make_step(trained):
         return distillation_step(trained, teacher_logits, args.temperature, args.alpha, args.label_smoothing)
-    fit(args, args.arch, model, make_step, data, extra=extra, device=device,
+    fit(train_settings(args), args.arch, model, make_step, data, extra=extra, device=device,
         on_epoch_start=teacher_logits.start_epoch if teacher_logits else None)
 
 

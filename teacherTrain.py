@@ -5,7 +5,7 @@
 """
 import torch
 
-from distill.cli import check_image_size, main_guard, training_parser, validate_args
+from distill.cli import check_image_size, main_guard, train_settings, training_parser, validate_args
 from distill.data import prepare_data
 from distill.engine import fit
 from distill.losses import classification_step
@@ -27,7 +27,8 @@ def main(argv=None):
     data = prepare_data(args)
     torch.manual_seed(args.seed)
     model = build_model(args.arch, len(data.classes))
-    fit(args, args.arch, model, lambda trained: classification_step(trained, args.label_smoothing), data)
+    fit(train_settings(args), args.arch, model,
+        lambda trained: classification_step(trained, args.label_smoothing), data)
 
 
 if __name__ == '__main__':

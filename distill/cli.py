@@ -1,6 +1,7 @@
 """The arguments every training script shares, settings a stage inherits from the checkpoints it builds on,
 and the wrapper that turns user errors into one line."""
 import argparse
+import dataclasses
 import functools
 import math
 import os
@@ -13,6 +14,7 @@ from models import takes_image_size
 
 from . import UserError, flag_of
 from .data import DATASETS, default_cache_dir, default_dataset
+from .engine import TrainSettings
 from .runtime import amp_dtype, resolve_device, world_size
 
 # The data settings a later stage takes from the checkpoint it builds on, unless given explicitly.
@@ -81,6 +83,12 @@ def training_parser(description: str, *, out: str, epochs: int, lr: float, batch
     run.add_argument('--resume', action='store_true', help='continue from OUT/last.pt')
     run.add_argument('--overwrite', action='store_true', help='start afresh even if OUT already holds a run')
     return p
+
+
+def train_settings(args) -> TrainSettings:
+    """What the training loop takes of a training script's flags; all of them are recorded with the run."""
+    taken = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings) if f.name != 'record'}
+    return TrainSettings(**taken, record=dict(vars(args)))
 
 
 def add_device_arguments(parser):

@@ -5,6 +5,7 @@ timm's tasks without the framework. `fit` owns the rest: optimiser, schedule, ch
 logs and the one final test report. Devices and precision live in runtime.py.
 """
 import csv
+import dataclasses
 import math
 import os
 import time
@@ -24,6 +25,30 @@ from .runtime import (amp_dtype, autocast, barrier, configure, init_distributed,
 
 METRIC_FIELDS = ('epoch', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr', 'seconds', 'train_img_per_s')
 FINITE_CHECK_EVERY = 50  # steps between host checks of the loss: one sync per check, not per step
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """What `fit` needs to know of a run. Scripts build it from their flags (`cli.train_settings`)."""
+    out: str
+    epochs: int
+    batch_size: int  # global, split across ranks
+    lr: float
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    device: str = 'auto'
+    amp: str = 'auto'
+    compile: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    # Every setting of the run as asked, stored in its checkpoints: a resume must match it, and later stages
+    # inherit their data settings from it. Empty: these fields.
+    record: dict = dataclasses.field(default_factory=dict)
+
+    def config(self) -> dict:
+        return dict(self.record) or {k: v for k, v in dataclasses.asdict(self).items() if k != 'record'}
 
 
 def build_optimizer(model, lr: float, weight_decay: float, momentum: float = 0.9):
@@ -175,8 +200,8 @@ def default_loaders(data: Prepared, train_part: str, batch_size: int, seed: int,
             **{part: split_loader(data, part, batch_size, device, **shared) for part in ('val', 'test')}}
 
 
-def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 'train', loaders=None,
-        evaluate_fn=evaluate, num_outputs: int | None = None, extra: dict | None = None, device=None,
+def fit(settings: TrainSettings, arch: str, model, make_step, data: Prepared, *, train_part: str = 'train',
+        loaders=None, evaluate_fn=evaluate, num_outputs: int | None = None, extra: dict | None = None, device=None,
         on_epoch_start=None, calibrate=None):
     """Train `model` on data.parts[train_part], keep the best epoch by val accuracy, checkpoint every
     epoch, then report the best epoch once on the test set.
@@ -191,31 +216,33 @@ def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 
     val (the selector's routing); its dict is stored in best.pt and the summary.
     Returns the summary dict that is also written to OUT/summary.json (by rank 0).
     """
-    device, rank, world = init_distributed(device or resolve_device(args.device))
+    device, rank, world = init_distributed(device or resolve_device(settings.device))
     configure(device)
     log = print if rank == 0 else (lambda *a, **k: None)
-    amp = amp_dtype(args.amp, device)
+    amp = amp_dtype(settings.amp, device)
     precision = precision_name(amp)  # what --amp auto resolved to on this machine
     num_outputs = num_outputs or len(data.classes)
-    run = Run(args.out, dict(vars(args)),
+    config = settings.config()
+    run = Run(settings.out, config,
               {'arch': arch, 'num_classes': num_outputs, 'class_names': data.classes, 'image_size': data.image_size,
-               'mean': data.mean, 'std': data.std, 'split': data.split, 'config': dict(vars(args)),
+               'mean': data.mean, 'std': data.std, 'split': data.split, 'config': config,
                'precision': precision, **(extra or {})})
-    run.check_free(args.resume, args.overwrite)
+    run.check_free(settings.resume, settings.overwrite)
     model = place(model, device)
     if loaders is None:
-        loaders = default_loaders(data.to(device), train_part, args.batch_size, args.seed, device, rank, world)
+        loaders = default_loaders(data.to(device), train_part, settings.batch_size, settings.seed, device, rank,
+                                  world)
     train_loader = loaders['train']
-    optimizer = build_optimizer(model, args.lr, args.weight_decay, args.momentum)
+    optimizer = build_optimizer(model, settings.lr, settings.weight_decay, settings.momentum)
     steps = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupCosine(args.epochs * steps, round(args.warmup_epochs * steps)))
+        optimizer, WarmupCosine(settings.epochs * steps, round(settings.warmup_epochs * steps)))
     scaler = torch.amp.GradScaler('cuda') if amp == torch.float16 else None
     start_epoch, best_val_acc, history = 0, -1.0, []
-    if args.resume and os.path.exists(run.last):
+    if settings.resume and os.path.exists(run.last):
         start_epoch, best_val_acc, history = run.restore(model, optimizer, scheduler, scaler, device)
-        log(f'resumed {run.last} at epoch {start_epoch}/{args.epochs}')
-    elif args.resume:
+        log(f'resumed {run.last} at epoch {start_epoch}/{settings.epochs}')
+    elif settings.resume:
         log(f'no {run.last} to resume from; starting afresh')
 
     train_model = model
@@ -223,29 +250,29 @@ def fit(args, arch: str, model, make_step, data: Prepared, *, train_part: str = 
         if device.type == 'cuda':  # BN statistics over the global batch, as in a single-process run
             train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(train_model)
         train_model = torch.nn.parallel.DistributedDataParallel(train_model)
-    if args.compile:
+    if settings.compile:
         train_model = torch.compile(train_model)
     step = make_step(train_model)
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(start_epoch, settings.epochs):
         started = time.time()
         train_loader.set_epoch(epoch)
         if on_epoch_start:
             on_epoch_start(train_loader)
         train_started = time.time()
         train_loss, train_acc = train_one_epoch(train_model, train_loader, optimizer, scheduler, step, amp=amp,
-                                                scaler=scaler, desc=f'{arch} epoch {epoch + 1}/{args.epochs}')
+                                                scaler=scaler, desc=f'{arch} epoch {epoch + 1}/{settings.epochs}')
         train_seconds = time.time() - train_started  # train_one_epoch ends by reading its sums: the device is done
         val_loss, val_acc = evaluate_fn(model, loaders['val'], amp)
         history.append({'epoch': epoch + 1, 'train_loss': round(train_loss, 5), 'train_acc': round(train_acc, 5),
                         'val_loss': round(val_loss, 5), 'val_acc': round(val_acc, 5),
                         'lr': round(optimizer.param_groups[0]['lr'], 6), 'seconds': round(time.time() - started, 2),
-                        'train_img_per_s': round(len(train_loader) * args.batch_size / train_seconds)})
+                        'train_img_per_s': round(len(train_loader) * settings.batch_size / train_seconds)})
         if rank == 0:
             run.save_epoch(model, optimizer, scheduler, scaler, epoch + 1, val_acc, best_val_acc, history)
         best_val_acc = max(val_acc, best_val_acc)
-        log(_epoch_line(arch, args.epochs, history[-1]), flush=True)
+        log(_epoch_line(arch, settings.epochs, history[-1]), flush=True)
     return _test_best(run, model, loaders, evaluate_fn, calibrate, amp, device, world, log,
-                      {'epochs': args.epochs, 'precision': precision, 'best_val_acc': best_val_acc,
+                      {'epochs': settings.epochs, 'precision': precision, 'best_val_acc': best_val_acc,
                        'train_images': len(train_loader.indices)})
 
 

@@ -139,6 +139,14 @@ def test_label_smoothing_reaches_the_student_loss_and_is_not_offered_to_the_sele
     assert cli.training_parser('x', out='o', epochs=1, lr=0.1).parse_args(['--label-smoothing', '0.1']).label_smoothing
 
 
+def test_the_loop_takes_its_settings_from_the_flags_and_records_every_flag():
+    args = cli.training_parser('x', out='o', epochs=3, lr=0.2).parse_args(['--label-smoothing', '0.1', '--amp', 'off'])
+    settings = cli.train_settings(args)
+    assert (settings.out, settings.epochs, settings.lr, settings.amp) == ('o', 3, 0.2, 'off')
+    assert settings.config() == vars(args)  # label smoothing too: a resume must match it, a later stage inherit it
+    assert 'label_smoothing' not in cli.TrainSettings(out='o', epochs=1, batch_size=2, lr=0.1).config()
+
+
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):
     a_file = tmp_path / 'file'
     a_file.write_text('')

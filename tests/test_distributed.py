@@ -1,7 +1,6 @@
 """Training under torchrun (gloo on CPU) matches a single process with the same global batch."""
 import os
 import socket
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ import torch.multiprocessing as mp
 
 from conftest import ROOT, TINY, make_image_folder, run_script
 from distill.data import ImageSet, Prepared, make_split
-from distill.engine import fit
+from distill.engine import TrainSettings, fit
 from distill.losses import classification_step, distillation_step
 from distill.teachers import CachedTeacher, OnlineTeacher
 
@@ -40,9 +39,8 @@ def _run(rank, out, teacher_logits='none', teacher_path='', world=1, port=0):
                    CachedTeacher(teacher, teacher_path, {'digest': 'test'}, 0, f'{out}-cache'))
         on_epoch_start = teacher.start_epoch
     step = (lambda m: distillation_step(m, teacher, 4.0, 0.5)) if teacher else classification_step
-    args = SimpleNamespace(device='cpu', amp='off', out=out, resume=False, overwrite=False, batch_size=8, lr=0.1,
-                           weight_decay=5e-4, momentum=0.9, epochs=2, warmup_epochs=1, seed=0, compile=False)
-    fit(args, 'linear', model, step, _data(), on_epoch_start=on_epoch_start)
+    settings = TrainSettings(out=out, epochs=2, batch_size=8, lr=0.1, device='cpu', amp='off')
+    fit(settings, 'linear', model, step, _data(), on_epoch_start=on_epoch_start)
     with open(f'{out}-rank{rank}-teacher-images', 'w') as f:  # how many images this rank's teacher ran on
         f.write(str(sum(seen)))
     if world > 1:
