@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one GPU check: the fast preset end to end, the experts' logits for routing work on a CPU, the tests of
-# CUDA paths, routing with and without the teacher as fallback, the no-KD twins, then the training benchmark;
-# every result written to files.
+# CUDA paths, routing with and without the teacher as fallback, the models compiled, the no-KD twins, then the
+# training benchmark; every result written to files.
 #
 #   bash benchmarks/gpu_check.sh ARCHIVE [OUT] [BUDGET_S]            # one H100: the routing within 10 minutes, then the twins
 #   bash benchmarks/gpu_check.sh --dry-run ARCHIVE [OUT] [BUDGET_S]  # the same steps at tiny size on a CPU, 8 minutes
@@ -128,6 +128,9 @@ cuda_tests scripts
 optional 130 bench-infer python benchmarks/run.py "${bench[@]}" --parts infer --selector "$root/selector" \
     --device "$device" --out "$out/bench-infer.json"
 bench_routed cheapest-fallback
+# Whether compiling (inductor, frozen weights) changes which model is fast here: each model compiled and not, in turns.
+optional 150 bench-compiled python benchmarks/run.py "${bench[@]}" --parts routed --compile --selector "$root/selector" \
+    --device "$device" --out "$out/bench-compiled.json"
 optional 150 twins python pipeline.py --preset "$preset" --data-dir "$archive" --root "$root" --results "$out" \
     --device "$device"
 fallback fallback "${students[@]}"
