@@ -8,6 +8,7 @@ import pytest
 
 import distill.cli as cli
 from distill import UserError
+from distill.engine import TrainSettings
 from conftest import ROOT, run_script
 
 
@@ -144,7 +145,7 @@ def test_the_loop_takes_its_settings_from_the_flags_and_records_every_flag():
     settings = cli.train_settings(args)
     assert (settings.out, settings.epochs, settings.lr, settings.amp) == ('o', 3, 0.2, 'off')
     assert settings.config() == vars(args)  # label smoothing too: a resume must match it, a later stage inherit it
-    assert 'label_smoothing' not in cli.TrainSettings(out='o', epochs=1, batch_size=2, lr=0.1).config()
+    assert 'label_smoothing' not in TrainSettings(out='o', epochs=1, batch_size=2, lr=0.1).config()
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):
