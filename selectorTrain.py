@@ -89,7 +89,7 @@ def main(argv=None):
     selector = build_model('selector', len(experts), **model_args)
     selector_macs = count_macs(selector, inputs['val'][:1])
     costs = {kind: cost_vector([e.cost for e in experts], kind) for kind in COST_KINDS}
-    score = SelectorScore()
+    score = SelectorScore(costs[args.cost])
     tune_on = {part: len(data.parts[part]) for part in args.cascade_tune_on}  # each split once, without route's copies
     cascade_tuning = cascade_inputs(outputs, correct, tune_on) if set(tune_on) != {'val'} else None
 
@@ -102,8 +102,8 @@ def main(argv=None):
                                  costs[args.cost], selector_costs[args.cost], args.max_accuracy_drop / 100,
                                  args.val_margin, cascade_tuning)
         routing['cost'], routing['cascade_tuned_on'] = args.cost, list(tune_on)
-        score.extra, score.cost_weight = extra_costs(costs[args.cost]), routing['cost_weight']
-        routing = measure_routing(routing, experts, best_selector.eval(), score.extra,
+        score.cost_weight = routing['cost_weight']
+        routing = measure_routing(routing, experts, best_selector.eval(), extra_costs(costs[args.cost]),
                                   loaders['val'].classes_in_turn(2048), args.batch_size, amp)
         report = routing_report(outputs['val'][0], outputs['val'][1], scores, costs, selector_costs, routing)
         print(format_report(report, [e.name for e in experts], 'val split, best epoch:'))

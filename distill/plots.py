@@ -86,10 +86,10 @@ def accuracy_vs_time(curves: dict, points: dict, path: str) -> str:
     and routing, as measured. Every line and point is named."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for mode, sweep in curves.items():
-        if len(sweep) <= 40:
+        if not isinstance(sweep[0][0], list) or len(sweep[0][0]) == 1:  # one setting: a curve
             front = sorted((c, a) for _, a, c in sweep)
-            ax.plot([1000 * c for c, _ in front], [100 * a for _, a in front], '.-', alpha=0.6,
-                    label=f'{mode}, every setting (time from the mix)')
+            ax.plot([1000 * c for c, _ in front], [100 * a for _, a in front], '.-' if len(front) <= 40 else '-',
+                    alpha=0.6, label=f'{mode}, every setting (time from the mix)')
         else:  # a many-stage cascade: its settings as a cloud
             ax.scatter([1000 * c for _, _, c in sweep], [100 * a for _, a, _ in sweep], s=4, alpha=0.3,
                        label=f'{mode}, every setting (time from the mix)')

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from distill.routing.decisions import (cascade_choice, cascade_cost, choose_point, choose_routing, confidences,
-                                       expert_correctness, extra_costs, paired_margin, pick_mode, selector_choice,
-                                       selector_cost, selector_inputs)
+                                       COST_WEIGHTS, deferral_accuracy, expert_correctness, extra_costs, paired_margin,
+                                       pick_mode, selector_choice, selector_cost, selector_inputs, selector_sweep)
 
 
 def test_targets_say_which_experts_are_right():
@@ -31,6 +31,40 @@ def test_the_selector_trades_predicted_correctness_against_the_extra_cost():
     assert selector_choice(scores, extra, 0.05).tolist() == [0, 1, 0]  # a small gain is not worth the cost
     assert selector_choice(scores, extra, 10.0).tolist() == [0, 0, 0]
     assert selector_cost(torch.tensor([0, 1]), torch.tensor([1.0, 4.0]), 0.5).tolist() == [1.5, 5.5]
+
+
+@pytest.mark.parametrize('num_experts', [2, 3])
+def test_deferral_accuracy_scores_the_ranking_not_the_routing_at_weight_0(num_experts):
+    gen = torch.Generator().manual_seed(0)
+    correct = [(torch.rand(3000, generator=gen) < 0.8).float()]
+    for _ in range(num_experts - 1):  # each costlier expert right wherever the cheaper ones are, and on more
+        correct.append(torch.maximum(correct[-1], (torch.rand(3000, generator=gen) < 0.5).float()))
+    correct = torch.stack(correct, 1)
+    costs = torch.arange(1.0, num_experts + 1)
+    # Knows exactly where each expert is right, but always rates the costliest a little higher: at weight 0
+    # every image goes there, as with a selector that learned nothing.
+    knowing = 6 * correct - 3 + torch.linspace(0, 0.5, num_experts)
+    assert selector_choice(knowing, extra_costs(costs), 0.0).eq(num_experts - 1).all()
+    chance = torch.randn(3000, num_experts, generator=gen)
+    ends = (correct[:, 0].mean().item() + correct[:, -1].mean().item()) / 2  # chance's straight line, on average
+    assert deferral_accuracy(chance, correct, costs) == pytest.approx(ends, abs=0.01)
+    assert deferral_accuracy(knowing, correct, costs) > ends + 0.03
+    assert deferral_accuracy(knowing, correct, costs) <= correct.max(1).values.mean().item()
+
+
+def test_the_selector_sweep_finds_the_point_between_the_fixed_weights():
+    # A perfect ranking with small margins: the later expert is a little likelier right everywhere, a little
+    # more where the cheap one errs. Every fixed weight sends all images one way or the other.
+    cheap_right = torch.arange(100) % 4 != 0
+    correct = torch.stack([cheap_right.float(), torch.ones(100)], 1)
+    p_later = 0.5 + torch.where(cheap_right, 0.001, 0.003)
+    scores = torch.logit(torch.stack([torch.full((100,), 0.5), p_later], 1))
+    costs = torch.tensor([1.0, 3.0])
+
+    def cheapest_at_full_accuracy(points):
+        return min(cost for _, accuracy, cost in points if accuracy == 1.0)
+    assert cheapest_at_full_accuracy(selector_sweep(scores, correct, costs, weights=COST_WEIGHTS)) == 4.0
+    assert cheapest_at_full_accuracy(selector_sweep(scores, correct, costs)) == pytest.approx(1 + 3 * 0.25)
 
 
 def test_the_selector_reads_the_cheap_experts_probabilities_largest_first():
@@ -98,8 +132,6 @@ def test_the_cascade_may_be_tuned_on_more_held_out_images_and_is_still_compared_
     assert alone['mode'] == 'cascade' and alone['thresholds'] == [0.5]
     routing = choose_routing(conf, torch.zeros(3, 2), correct, costs, 0.0, 0.0, cascade_tuning=tuning)
     assert routing['thresholds'] == [0.7] and routing['val']['cascade'] == pytest.approx((1.0, 1 + 2 / 3 * 4))
-
-
 
 
 def test_confidences_are_each_experts_top_probability():

@@ -19,13 +19,15 @@ def test_the_selector_learns_from_its_inputs_and_its_val_score_rises():
     val = TensorLoader(inputs[500:], correct[500:], 50)
     optimizer = build_optimizer(selector, 0.05, 5e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(5 * len(train), len(train)))
-    score = SelectorScore()
+    score = SelectorScore(torch.tensor([1.0, 2.0]))
     before = score(selector, val)[1]
     for epoch in range(5):
         train.set_epoch(epoch)
         train_one_epoch(selector, train, optimizer, scheduler, selection_step(selector, 2.0))
-    after = score(selector, val)[1]
-    assert after > 0.9 and after > before + 0.2, (before, after)
+    after = score(selector, val)[1]  # its accuracy over its cost range: from 50% at either end to 100% between
+    assert after > 0.7 and after > before + 0.15, (before, after)
+    score.cost_weight = 0.0  # an operating point: each image to the expert it rates likelier right
+    assert score(selector, val)[1] > 0.9
 
 
 def test_cascade_inputs_are_the_plain_images_of_each_split():

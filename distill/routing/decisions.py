@@ -99,11 +99,37 @@ def cascade_sweep(conf, correct, costs, grid=THRESHOLDS) -> list:
     return points
 
 
-def selector_sweep(scores, correct, costs, selector_cost_=0.0, weights=COST_WEIGHTS) -> list:
-    """[(cost weight, accuracy, cost)] of selector routing at each weight."""
+def switch_weights(scores, costs, count: int = 256) -> list:
+    """Cost weights at which the selector's choices change, spread evenly over the images (at most count, each
+    side of its switch), with the fixed grid and both ends: every image on the costliest expert (very negative)
+    and on the cheapest (very large). Sweeping these traces the selector's whole accuracy-cost curve; a fixed
+    grid of weights can step over the stretch where its cheapest good point lies."""
+    extra = extra_costs(costs).to(scores.device)
+    p_right = torch.sigmoid(scores.float())
+    switches = ((p_right[:, 1:] - p_right[:, :1]) / extra[1:].clamp(min=1e-12)).flatten().sort().values
+    steps = switches[torch.linspace(0, len(switches) - 1, min(count, len(switches))).round().long()].tolist()
+    return sorted({-1e9, 1e9, *COST_WEIGHTS, *(w - 1e-7 for w in steps), *(w + 1e-7 for w in steps)})
+
+
+def selector_sweep(scores, correct, costs, selector_cost_=0.0, weights=None) -> list:
+    """[(cost weight, accuracy, cost)] of selector routing at each weight (default: switch_weights)."""
     extra = extra_costs(costs)
+    weights = switch_weights(scores, costs) if weights is None else weights
     return [(w, *outcome(choice, correct, selector_cost(choice, costs, selector_cost_)))
             for w in weights for choice in [selector_choice(scores, extra, w)]]
+
+
+def deferral_accuracy(scores, correct, costs) -> float:
+    """The selector's routed accuracy averaged over its whole cost range, from every image kept by the cheapest
+    expert to every image sent to the costliest: the area under its accuracy-cost curve, per unit of cost. It
+    measures how well the selector ranks images, which every operating point relies on; routed accuracy at one
+    weight does not (at weight 0 a selector sends every image to the strongest expert, however it ranks them).
+    A ranking no better than chance scores the straight line between the curve's two ends."""
+    if len(costs) < 2 or extra_costs(costs)[1:].min() <= 0:  # nothing to trade: the routing at weight 0
+        return outcome(selector_choice(scores, extra_costs(costs), 0.0), correct, torch.zeros(1))[0]
+    points = sorted((cost, accuracy) for _, accuracy, cost in selector_sweep(scores, correct, costs))
+    cost, accuracy = torch.tensor(points, dtype=torch.float64).unbind(1)
+    return (torch.trapezoid(accuracy, cost) / (cost[-1] - cost[0])).item()
 
 
 def choose_point(points: list, target: float, margins=None):

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from ..engine import predict_logits
 from ..runtime import autocast
-from .decisions import confidences, expert_correctness, selector_choice, selector_inputs
+from .decisions import (confidences, deferral_accuracy, expert_correctness, extra_costs, selector_choice,
+                        selector_inputs)
 
 
 def cascade_inputs(outputs: dict, correct: dict, sizes: dict) -> tuple:
@@ -54,15 +55,18 @@ def selection_step(selector, disagreement_weight: float = 1.0):
 
 
 class SelectorScore:
-    """evaluate_fn for the engine on a TensorLoader of (selector inputs, expert correctness):
-    (mean BCE, accuracy of selector routing at cost_weight; 0, pure predicted accuracy, until tuned)."""
+    """evaluate_fn for the engine on a TensorLoader of (selector inputs, expert correctness): (mean BCE, a
+    routed accuracy). While the selector trains, its accuracy averaged over its cost range (deferral_accuracy),
+    so that the epoch kept is the one that ranks images best; once an operating point is chosen
+    (cost_weight), the routed accuracy there. costs: the experts', cheapest first."""
 
-    def __init__(self):
-        self.extra, self.cost_weight = None, 0.0
+    def __init__(self, costs: torch.Tensor):
+        self.costs, self.cost_weight = costs, None
 
     def __call__(self, selector, loader, amp=None):
         scores, correct = predict_logits(selector, loader)  # in float32 whatever amp is, as selector_scores
         loss = F.binary_cross_entropy_with_logits(scores, correct).item()
-        extra = self.extra if self.extra is not None else torch.zeros(correct.shape[1])
-        choice = selector_choice(scores, extra, self.cost_weight)
+        if self.cost_weight is None:
+            return loss, deferral_accuracy(scores, correct, self.costs)
+        choice = selector_choice(scores, extra_costs(self.costs), self.cost_weight)
         return loss, correct.gather(1, choice[:, None]).mean().item()
