@@ -34,10 +34,27 @@ def resolve_device(name: str) -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
-    """What a timing was measured on: the GPU's name, or the CPU and its thread count."""
+    """What a timing was measured on: the GPU's name, or the CPU's model, the vector units torch uses on it
+    and the thread count (two CPUs that share a model name can still differ in bf16 support)."""
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
-    return f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
+    units = torch.backends.cpu.get_cpu_capability() + (' + native bf16' if cpu_has_native_bf16() else '')
+    return f'CPU ({cpu_model()}, {units}, {torch.get_num_threads()} threads)'
+
+
+def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:
+    """The CPU's model as the OS names it. On Linux with its family and model numbers, which tell apart the
+    generations that a virtual machine calls by one name ('AMD EPYC')."""
+    try:
+        with open(cpuinfo) as f:
+            fields = dict(line.split(':', 1) for line in f.read().split('\n\n')[0].splitlines() if ':' in line)
+    except OSError:  # not Linux
+        return platform.processor() or platform.machine()
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    name = fields.get('model name') or platform.machine()  # ARM's cpuinfo has no model name
+    if 'cpu family' in fields and 'model' in fields:
+        return f"{name}, family {fields['cpu family']} model {fields['model']}"
+    return name
 
 
 def cpu_has_native_bf16() -> bool:

@@ -33,6 +33,8 @@ def test_a_cost_timed_elsewhere_is_refused_one_timed_here_accepted_and_macs_neve
     with pytest.raises(UserError, match='timed on NVIDIA H100 80GB HBM3, not on this device'):
         check_cost_device([{'device': 'NVIDIA H100 80GB HBM3'}], 'time', torch.device('cpu'), 'sel.pt')
     check_cost_device([{'device': device_name(torch.device('cpu'))}], 'time', torch.device('cpu'), 'sel.pt')
+    with pytest.raises(UserError, match=r'timed on CPU \(x86_64, 2 threads\), not on this device'):  # before the model
+        check_cost_device([{'device': 'CPU (x86_64, 2 threads)'}], 'time', torch.device('cpu'), 'sel.pt')
     check_cost_device([{'device': 'another machine'}], 'macs', torch.device('cpu'), 'sel.pt')
 
 

@@ -30,6 +30,35 @@ def test_a_device_this_machine_cannot_use_is_one_clear_error(name, message, monk
         runtime.resolve_device(name)
 
 
+EPYC = 'processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}\nmodel name\t: AMD EPYC\n'
+
+
+def test_cpus_a_virtual_machine_names_alike_are_told_apart_by_family_and_model(tmp_path):
+    genoa, milan = tmp_path / 'genoa', tmp_path / 'milan'
+    genoa.write_text('\n'.join(EPYC.format(n=n, model=17) for n in range(2)))
+    milan.write_text(EPYC.format(n=0, model=1))
+    assert runtime.cpu_model(str(genoa)) == 'AMD EPYC, family 25 model 17'
+    assert runtime.cpu_model(str(milan)) == 'AMD EPYC, family 25 model 1'
+
+
+def test_a_cpu_without_cpuinfo_model_fields_is_named_by_its_machine(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime.platform, 'machine', lambda: 'aarch64')
+    arm = tmp_path / 'arm'
+    arm.write_text('processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n')
+    assert runtime.cpu_model(str(arm)) == 'aarch64'
+    monkeypatch.setattr(runtime.platform, 'processor', lambda: '')
+    assert runtime.cpu_model(str(tmp_path / 'absent')) == 'aarch64'
+
+
+@pytest.mark.parametrize('native', [True, False])
+def test_a_cpu_timing_names_the_model_vector_units_and_threads(monkeypatch, native):
+    monkeypatch.setattr(runtime, 'cpu_model', lambda: 'AMD EPYC, family 25 model 17')
+    monkeypatch.setattr(runtime, 'cpu_has_native_bf16', lambda: native)
+    monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: 'AVX512')
+    assert runtime.device_name(CPU) == (f"CPU (AMD EPYC, family 25 model 17, AVX512{' + native bf16' * native}, "
+                                        f"{torch.get_num_threads()} threads)")
+
+
 def test_any_torch_device_string_is_accepted(monkeypatch):
     assert runtime.resolve_device('cpu') == CPU and runtime.resolve_device('auto').type in ('cpu', 'cuda')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
