@@ -16,10 +16,11 @@ from distill.data import prepare_data
 from distill.loaders import TensorLoader, split_loader
 from distill.engine import fit, predict_logits
 from distill.metrics import count_macs, time_model
-from distill.routing.decisions import SELECTOR_INPUTS, choose_routing, confidences, extra_costs, selector_scores
+from distill.routing.decisions import (SELECTOR_INPUTS, choose_routing, confidences, extra_costs, ranking_references,
+                                      selector_scores)
 from distill.routing.experts import (COST_KINDS, Expert, check_routable, check_route_split, cost_vector, load_experts,
                                      measure_costs, teacher_of)
-from distill.routing.report import format_report, routing_report, routing_summary
+from distill.routing.report import format_report, ranking_line, routing_report, routing_summary
 from distill.routing.router import measure_routing
 from distill.routing.selection import SelectorScore, cascade_inputs, routing_data, selection_step
 from distill.runtime import amp_dtype, resolve_device
@@ -90,6 +91,8 @@ def main(argv=None):
     selector_macs = count_macs(selector, inputs['val'][:1])
     costs = {kind: cost_vector([e.cost for e in experts], kind) for kind in COST_KINDS}
     score = SelectorScore(costs[args.cost])
+    references = ranking_references(confidences(outputs['val'][0]).cpu(), correct['val'].cpu(), costs[args.cost])
+    print(ranking_line(references, experts[0].name))
     tune_on = {part: len(data.parts[part]) for part in args.cascade_tune_on}  # each split once, without route's copies
     cascade_tuning = cascade_inputs(outputs, correct, tune_on) if set(tune_on) != {'val'} else None
 
@@ -108,7 +111,7 @@ def main(argv=None):
         report = routing_report(outputs['val'][0], outputs['val'][1], scores, costs, selector_costs, routing)
         print(format_report(report, [e.name for e in experts], 'val split, best epoch:'))
         print(routing_summary(routing, [e.name for e in experts]))
-        return {'routing': routing, 'selector_cost': selector_costs}
+        return {'routing': routing, 'selector_cost': selector_costs, 'ranking_references': references}
     extra = {'experts': [e.describe() for e in experts], 'selector_macs': selector_macs, 'model_args': model_args,
              'selector_inputs': SELECTOR_INPUTS}
     fit(train_settings(args), 'selector', selector, lambda trained: selection_step(trained, args.disagreement_weight),

@@ -4,7 +4,8 @@ import torch
 
 from distill.routing.decisions import (cascade_choice, cascade_cost, choose_point, choose_routing, confidences,
                                        COST_WEIGHTS, deferral_accuracy, expert_correctness, extra_costs, paired_margin,
-                                       pick_mode, selector_choice, selector_cost, selector_inputs, selector_sweep)
+                                       pick_mode, ranking_references, selector_choice, selector_cost, selector_inputs,
+                                       selector_sweep)
 
 
 def test_targets_say_which_experts_are_right():
@@ -50,6 +51,20 @@ def test_deferral_accuracy_scores_the_ranking_not_the_routing_at_weight_0(num_ex
     assert deferral_accuracy(chance, correct, costs) == pytest.approx(ends, abs=0.01)
     assert deferral_accuracy(knowing, correct, costs) > ends + 0.03
     assert deferral_accuracy(knowing, correct, costs) <= correct.max(1).values.mean().item()
+
+
+def test_a_selector_is_judged_against_chance_the_cheap_experts_confidence_and_the_best_ranking():
+    # right: both, only the costlier, only the cheap one, neither; the cheap expert least sure of image 1
+    correct = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    conf = torch.tensor([[0.9, 1.0], [0.3, 1.0], [0.6, 1.0], [0.8, 1.0]])
+    references = ranking_references(conf, correct, torch.tensor([1.0, 3.0]))
+    # Per image, cost 1 kept and 4 sent on; each image sent on moves the cost by 0.75. The best ranking sends
+    # image 1 (+0.25 accuracy), then 0 and 3 (no change), then 2 (-0.25); confidence sends 1, then 2, 3, 0.
+    assert references['chance'] == pytest.approx(0.5)
+    assert references['best possible'] == pytest.approx((0.625 * 0.75 + 0.75 * 1.5 + 0.625 * 0.75) / 3)
+    assert references['confidence'] == pytest.approx((0.625 * 0.75 * 2 + 0.5 * 1.5) / 3)
+    three = torch.ones(4, 3)
+    assert ranking_references(three, three, torch.tensor([1.0, 2.0, 3.0])) == {}
 
 
 def test_the_selector_sweep_finds_the_point_between_the_fixed_weights():

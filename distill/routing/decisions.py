@@ -132,6 +132,19 @@ def deferral_accuracy(scores, correct, costs) -> float:
     return (torch.trapezoid(accuracy, cost) / (cost[-1] - cost[0])).item()
 
 
+def ranking_references(conf: torch.Tensor, correct: torch.Tensor, costs) -> dict:
+    """deferral_accuracy of the rankings a selector of two experts is judged by: chance (the straight line),
+    the cheapest expert's own top probability (what the cascade ranks by, with no training) and the best
+    possible ranking (first the images only the costlier expert gets right). Empty for more experts, where
+    the cascade is not one ranking."""
+    if correct.shape[1] != 2:
+        return {}
+    rankings = {'chance': torch.zeros_like(correct),
+                'confidence': torch.stack([torch.logit(conf[:, 0].float(), eps=1e-6), torch.zeros_like(conf[:, 0])], 1),
+                'best possible': 20 * (2 * correct - 1)}  # sigmoid: 1 where right, 0 where wrong
+    return {name: deferral_accuracy(scores, correct, costs) for name, scores in rankings.items()}
+
+
 def choose_point(points: list, target: float, margins=None):
     """(point, how well it meets target) on held-out images: the cheapest point whose accuracy clears target by
     its margin (2); else the cheapest that reaches target (1); else the most accurate, then cheapest (0).

@@ -101,3 +101,14 @@ def unpaid_routing_note(state: dict, mode: str, device) -> str | None:
         return None
     return (f"note: selectorTrain.py timed {mode} routing on this device at {seconds[mode] / seconds['alone']:.2f}x "
             f"the time of {best} alone; --expert {best} runs {best} alone")
+
+
+def ranking_line(references: dict, cheapest: str) -> str:
+    """What the selector's per-epoch val score (its ranking: routed accuracy averaged over its cost range) is
+    to be read against."""
+    if not references:
+        return "the selector's val score: routed accuracy averaged over its cost range"
+    names = {'chance': 'a chance ranking', 'confidence': f"{cheapest}'s confidence (the cascade's ranking, untrained)",
+             'best possible': 'the best possible ranking'}
+    return ("the selector's val score, routed accuracy averaged over its cost range, against "
+            + ', '.join(f'{names[name]} {value:.2%}' for name, value in references.items()))
