@@ -99,9 +99,9 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, teacher=
     write_report(results_dir, name, result, markdown(result))
     figures_dir = os.path.join(images_dir or results_dir, name)
     runs = {n: os.path.join(os.path.dirname(m.path), 'metrics.csv') for n, m in models.items()}
-    runs['selector'] = os.path.join(os.path.dirname(selector_path), 'metrics.csv')
+    selector_run = (os.path.join(os.path.dirname(selector_path), 'metrics.csv'), state.get('ranking_references', {}))
     report_figures(figures_dir, runs, predictions, result['per_class'], test.labels.cpu(), test.classes,
                    [e.name for e in experts], report['choice'], sweeps,
-                   {n: {**row, 'time': measured_time(result, n)} for n, row in rows.items()})
+                   {n: {**row, 'time': measured_time(result, n)} for n, row in rows.items()}, selector_run)
     print(f'wrote {results_dir}/{name}.json, .md and figures in {figures_dir}/')
     return result

@@ -41,6 +41,26 @@ def training_curves(runs: dict, path: str) -> str:
     return _save(fig, path)
 
 
+def selector_curve(metrics_csv: str, references: dict, path: str) -> str:
+    """The selector's loss and val score (its ranking: routed accuracy averaged over its cost range) per epoch,
+    against the rankings it is judged by (ranking_references), drawn as lines across."""
+    with open(metrics_csv) as f:
+        rows = list(csv.DictReader(f))
+    epochs = [int(r['epoch']) for r in rows]
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [float(r['train_loss']) for r in rows], 'o-', ms=3, label='train (route images and copies)')
+    ax_loss.plot(epochs, [float(r['val_loss']) for r in rows], 'o--', ms=3, label='val')
+    ax_score.plot(epochs, [100 * float(r['val_acc']) for r in rows], 'o-', ms=3, label='selector')
+    for (name, value), style in zip(references.items(), itertools.cycle([':', '--', '-.'])):
+        ax_score.axhline(100 * value, ls=style, color='gray', label=name)
+    ax_loss.set(xlabel='epoch', ylabel='binary cross-entropy', title='which expert is right: loss')
+    ax_score.set(xlabel='epoch', ylabel='val accuracy over the cost range (%)', title='how well it ranks val images')
+    for ax in (ax_loss, ax_score):
+        ax.legend(fontsize=7)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return _save(fig, path)
+
+
 def confusion_matrices(matrices: dict, classes: list, path: str) -> str:
     """matrices: name -> C x C counts (rows true, columns predicted), shown row-normalised."""
     fig, axes = plt.subplots(1, len(matrices), figsize=(4.6 * len(matrices), 5), squeeze=False, layout='constrained')
@@ -103,10 +123,11 @@ def accuracy_vs_time(curves: dict, points: dict, path: str) -> str:
 
 
 def report_figures(folder: str, runs: dict, predictions: dict, per_class: dict, labels, classes: list, experts: list,
-                   choice, sweeps: dict, rows: dict) -> list:
-    """evaluate.py's five figures. predictions: name -> predicted class per test image (the first entry,
-    the experts and 'routed' get confusion matrices); per_class: name -> accuracy per class; choice:
-    the expert each image was routed to; rows: evaluate's accuracy and time per model and routing."""
+                   choice, sweeps: dict, rows: dict, selector_run: tuple | None = None) -> list:
+    """evaluate.py's figures. runs: model -> metrics.csv; predictions: name -> predicted class per test image
+    (the first entry, the experts and 'routed' get confusion matrices); per_class: name -> accuracy per class;
+    choice: the expert each image was routed to; rows: evaluate's accuracy and time per model and routing;
+    selector_run: (its metrics.csv, its ranking_references) where it has one."""
     n = len(classes)
     shown = [*predictions][:1] + [e for e in experts if e != [*predictions][0]] + ['routed']
     shares = dict(zip(experts, share_per_class(choice, labels, len(experts), n)))
@@ -119,4 +140,5 @@ def report_figures(folder: str, runs: dict, predictions: dict, per_class: dict, 
         per_class_bars(per_class, classes, os.path.join(folder, 'per_class_accuracy.png'), 'test accuracy (%)'),
         per_class_bars(shares, classes, os.path.join(folder, 'routing_share.png'), 'images routed (%)', stacked=True),
         accuracy_vs_time(sweeps, points, os.path.join(folder, 'accuracy_vs_time.png')),
-    ]
+    ] + ([selector_curve(*selector_run, os.path.join(folder, 'selector_curve.png'))]
+         if selector_run and os.path.exists(selector_run[0]) else [])

@@ -9,7 +9,7 @@ from conftest import ROOT, needs_cuda, run_main, run_script
 
 
 FIGURES = {'training_curves.png', 'confusion.png', 'per_class_accuracy.png', 'routing_share.png',
-           'accuracy_vs_time.png'}
+           'accuracy_vs_time.png', 'selector_curve.png'}
 
 
 def test_evaluate_writes_the_report_and_every_figure(tiny_runs):
@@ -36,6 +36,9 @@ def test_evaluate_writes_the_report_and_every_figure(tiny_runs):
     assert {p.name for p in figures.iterdir()} == FIGURES
     assert all((figures / f).stat().st_size > 5000 for f in FIGURES)
     assert report['accuracy']['densenet121 (no KD)'] and report['accuracy']['googlenet (no KD)']
+    references = json.loads((work / 'checkpoints' / 'selector' / 'summary.json').read_text())['ranking_references']
+    assert set(references) == {'chance', 'confidence', 'best possible'}  # the selector's val curve is read by these
+    assert references['chance'] <= references['best possible']
 
 
 

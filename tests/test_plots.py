@@ -26,3 +26,17 @@ def test_a_figure_that_fails_midway_leaves_the_old_one_whole(tmp_path, monkeypat
     with pytest.raises(OSError):
         plots.confusion_matrices({'a': torch.eye(2, dtype=torch.long)}, ['x', 'y'], str(path))
     assert path.read_bytes() == b'the figure of the last run' and len(list(tmp_path.iterdir())) == 1
+
+
+def test_the_selector_curve_draws_its_val_score_against_every_reference(tmp_path, monkeypatch):
+    metrics = tmp_path / 'metrics.csv'
+    metrics.write_text('epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds,train_img_per_s\n'
+                       '1,0.38,nan,0.29,0.8845,0.05,0.6,51204\n2,0.27,nan,0.28,0.8850,0.04,0.5,59383\n')
+    drawn = {}
+    monkeypatch.setattr(plots, '_save', lambda fig, path, tight=True: drawn.setdefault('fig', fig) and path)
+    references = {'chance': 0.874, 'confidence': 0.8846, 'best possible': 0.9012}
+    plots.selector_curve(str(metrics), references, str(tmp_path / 'curve.png'))
+    score = drawn['fig'].axes[1]
+    lines = {line.get_label(): line.get_ydata() for line in score.get_lines()}
+    assert list(lines['selector']) == pytest.approx([88.45, 88.50])
+    assert all(list(lines[name]) == pytest.approx([100 * value] * 2) for name, value in references.items())
