@@ -65,9 +65,10 @@ def time_in_turns(fns: dict, images: torch.Tensor, amp=None, rounds: int = 5, la
                   warmup: int = 2) -> dict:
     """name -> seconds per image at this batch, images/s and (with latency) milliseconds for one image alone,
     each the best of `rounds` after `warmup` calls, the functions taking turns within each round so that
-    drift in the machine's speed hits them all alike."""
-    def best(x):
-        seconds = dict.fromkeys(fns, float('inf'))
+    drift in the machine's speed hits them all alike; and every round's seconds per image, from which a ratio
+    of two functions can be taken round by round (round_ratios) to show how much it moves."""
+    def each_round(x):
+        seconds = {name: [] for name in fns}
         with autocast(x.device, amp):
             for fn in fns.values():  # warm-up: cuDNN autotuning, the allocator, oneDNN's primitives
                 for _ in range(warmup):
@@ -78,12 +79,20 @@ def time_in_turns(fns: dict, images: torch.Tensor, amp=None, rounds: int = 5, la
                     start = time.perf_counter()
                     fn(x)
                     synchronize(x.device)
-                    seconds[name] = min(seconds[name], time.perf_counter() - start)
+                    seconds[name].append(time.perf_counter() - start)
         return seconds
-    many = best(images)
-    one = best(images[:1]) if latency else dict.fromkeys(fns, float('nan'))
-    return {name: {'seconds_per_image': many[name] / len(images), 'images_per_s': len(images) / many[name],
-                   'latency_ms': 1000 * one[name], 'batch_size': len(images)} for name in fns}
+    many = each_round(images)
+    one = each_round(images[:1]) if latency else {name: [float('nan')] for name in fns}
+    return {name: {'seconds_per_image': min(many[name]) / len(images), 'images_per_s': len(images) / min(many[name]),
+                   'latency_ms': 1000 * min(one[name]), 'batch_size': len(images),
+                   'rounds_seconds_per_image': [s / len(images) for s in many[name]]} for name in fns}
+
+
+def round_ratios(timed: dict, reference: dict) -> list:
+    """The ratio of two time_in_turns entries in each round, where both ran one after the other: how far a
+    measured ratio moves with the machine (empty for timings without rounds)."""
+    return [t / r for t, r in zip(timed.get('rounds_seconds_per_image', []),
+                                  reference.get('rounds_seconds_per_image', []))]
 
 
 def time_model(fn, images: torch.Tensor, amp=None, rounds: int = 5) -> dict:

@@ -5,36 +5,55 @@ import statistics
 
 from . import UserError
 from .checkpoint import atomic_write, changed_settings, write_json
+from .metrics import round_ratios
 from .routing.report import gap_closed_text, measured_ratios
+
+
+def timed_entry(result: dict, name: str) -> dict | None:
+    """evaluate.py's timing of a model or a routing mode (a row of the report), where it timed one."""
+    row = result['rows'][name]
+    mode = row.get('mode') or (name if name in ('cascade', 'selector') else None)
+    return result['speed'].get(f'routed ({mode})' if mode else name)
 
 
 def measured_time(result: dict, name: str):
     """Seconds per image as timed, for a model or a routing mode; else the mix's expected time."""
-    row = result['rows'][name]
-    mode = row.get('mode') or (name if name in ('cascade', 'selector') else None)
-    timed = result['speed'].get(f'routed ({mode})' if mode else name)
-    return timed['seconds_per_image'] if timed else row.get('time', float('nan'))
+    timed = timed_entry(result, name)
+    return timed['seconds_per_image'] if timed else result['rows'][name].get('time', float('nan'))
+
+
+def ratio_text(seconds: float, reference: float, timed: dict | None = None, timed_reference: dict | None = None) -> str:
+    """'0.86x', and where both were timed in rounds, the range of the ratio over them: '0.86x (0.83-0.90)'."""
+    if reference is None or seconds != seconds:
+        return '—'
+    per_round = round_ratios(timed or {}, timed_reference or {})
+    return f'{seconds / reference:.2f}x' + (f' ({min(per_round):.2f}-{max(per_round):.2f})' if len(per_round) > 1
+                                            else '')
 
 
 def markdown(result: dict) -> str:
     rows = result['rows']
     teacher = measured_time(result, 'teacher') if 'teacher' in rows else None
     best = measured_time(result, 'best single')
+    timed_teacher = timed_entry(result, 'teacher') if 'teacher' in rows else None
+    timed_best = result['speed'].get(result['best_single'])
     lines = [f"# {result['name']}", '',
              f"Test split: {result['test_images']} images of `{result['dataset']}`. Timed on {result['device']}, "
              f"{result['timing_images']} test images, the classes in turn, in calls of "
              f"{result['batch_size']}, {result.get('precision', 'float32')}; every model and routing mode in turns, "
-             f"best of {result['timing_rounds']} rounds. Default routing mode (chosen on val): {result['mode']}."
+             f"best of {result['timing_rounds']} rounds (in brackets, a ratio's range over them). Default routing "
+             f"mode (chosen on val): {result['mode']}."
              + val_timing_text(result['routing']), '',
              '| model or routing | test accuracy | ms / image | time vs teacher | time vs best single | MMACs / image |',
              '|---|---|---|---|---|---|']
     for name, row in rows.items():
         t = measured_time(result, name)
         label = f"routed ({row['mode']}, default)" if name == 'routed' else name
-        ratio = (lambda ref: '—' if ref is None or t != t else f'{t / ref:.2f}x')
+        timed = timed_entry(result, name)
         macs = row.get('macs', float('nan'))
         lines.append(f"| {label} | {100 * row['accuracy']:.2f}% | {'—' if t != t else f'{1000 * t:.3f}'} | "
-                     f"{ratio(teacher)} | {ratio(best)} | {'—' if macs != macs else f'{macs / 1e6:.1f}'} |")
+                     f"{ratio_text(t, teacher, timed, timed_teacher)} | {ratio_text(t, best, timed, timed_best)} | "
+                     f"{'—' if macs != macs else f'{macs / 1e6:.1f}'} |")
     lines += ['', 'Of the gap between the best single expert (chosen on val) and the oracle, closed on test: ' +
               gap_closed_text(result['gap_closed']) + '.'] + teacher_verdict(result)
     lines += ['', 'Share of images each mode sends to each expert: ' + '; '.join(
@@ -101,8 +120,9 @@ def gathered_markdown(result: dict) -> list:
              '|---|---|---|---|']
     for name in [n for mode in modes for n in (mode, f'{mode}, gathered')]:
         t = speed[name]['seconds_per_image']
-        vs_teacher = f"{t / teacher['seconds_per_image']:.2f}x" if teacher else '—'
-        lines.append(f"| {name} | {1000 * t:.3f} | {vs_teacher} | {t / best['seconds_per_image']:.2f}x |")
+        vs_teacher = ratio_text(t, teacher['seconds_per_image'], speed[name], teacher) if teacher else '—'
+        lines.append(f"| {name} | {1000 * t:.3f} | {vs_teacher} | "
+                     f"{ratio_text(t, best['seconds_per_image'], speed[name], best)} |")
     return lines
 
 

@@ -30,7 +30,10 @@ def test_evaluate_writes_the_report_and_every_figure(tiny_runs):
     assert all(row['batch_size'] == report['test_images'] for row in speed.values())
     assert f"time vs best single ({report['best_single']})" in (work / 'results' / 'quick.md').read_text()
     assert f"best of {report['timing_rounds']} rounds" in (work / 'results' / 'quick.md').read_text()
-    assert re.search(r'selectorTrain.py timed both on \d+ val images .* cascade [\d.]+x, selector [\d.]+x',
+    assert re.search(r'\| routed \(\w+, default\) \|.*\| [\d.]+x \([\d.]+-[\d.]+\) \|',
+                     (work / 'results' / 'quick.md').read_text())  # the ratio with its range over the rounds
+    assert re.search(r'selectorTrain.py timed both on \d+ val images .* cascade [\d.]+x \([\d.]+-[\d.]+\), '
+                     r'selector [\d.]+x \([\d.]+-[\d.]+\)',
                      (work / 'results' / 'quick.md').read_text())  # what picked the default mode
     figures = work / 'results' / 'quick'  # beside the report, not in the tracked images/ folder
     assert {p.name for p in figures.iterdir()} == FIGURES

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from distill.metrics import in_calls, time_in_turns
+from distill.metrics import in_calls, round_ratios, time_in_turns
 
 
 def test_functions_are_timed_in_turns_and_a_slower_one_measures_slower():
@@ -26,6 +26,10 @@ def test_functions_are_timed_in_turns_and_a_slower_one_measures_slower():
     assert timed['fast']['batch_size'] == 4 and math.isnan(timed['fast']['latency_ms'])
     with_latency = time_in_turns({'slow': make('slow', 0.01)}, images, rounds=1)
     assert with_latency['slow']['latency_ms'] >= 10
+    slow = timed['slow']['rounds_seconds_per_image']  # every round kept, the best of them reported
+    assert len(slow) == 3 and min(slow) == timed['slow']['seconds_per_image']
+    assert len(round_ratios(timed['slow'], timed['fast'])) == 3 and min(round_ratios(timed['slow'], timed['fast'])) > 1
+    assert round_ratios({'seconds_per_image': 1.0}, timed['fast']) == []  # a timing stored before rounds were kept
 
 
 

@@ -2,7 +2,7 @@
 import pytest
 
 from distill import UserError
-from distill.report import aggregate, aggregate_markdown, seeds_of, teacher_verdict
+from distill.report import aggregate, aggregate_markdown, ratio_text, seeds_of, teacher_verdict
 
 CONFIG = {'dataset': 'folder', 'epochs': 3, 'lr': 0.05, 'seed': 0, 'out': 'checkpoints/seed0/selector',
           'experts': ['checkpoints/seed0/densenet121/best.pt']}
@@ -49,3 +49,11 @@ def test_the_report_says_where_the_teacher_alone_beats_the_routing(teacher_acc, 
     assert bool(lines) == says
     if says:
         assert 'On GPU X the teacher alone beats the default routing' in lines[1] and 'in 0.67x its time' in lines[1]
+
+
+def test_a_measured_ratio_is_shown_with_its_range_over_the_timing_rounds():
+    routed = {'seconds_per_image': 0.8, 'rounds_seconds_per_image': [0.8, 0.9, 0.85]}
+    alone = {'seconds_per_image': 1.0, 'rounds_seconds_per_image': [1.0, 1.0, 0.95]}
+    assert ratio_text(0.8, 1.0, routed, alone) == '0.80x (0.80-0.90)'
+    assert ratio_text(0.8, 1.0, {'seconds_per_image': 0.8}, alone) == '0.80x'  # timed before rounds were kept
+    assert ratio_text(0.8, None) == '—' and ratio_text(float('nan'), 1.0) == '—'

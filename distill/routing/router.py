@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import UserError
-from ..metrics import in_calls, time_in_turns
+from ..metrics import in_calls, round_ratios, time_in_turns
 from ..runtime import device_name, read_later
 from .decisions import (MODES, check_thresholds, extra_costs, pick_mode, selector_choice, selector_inputs,
                         selector_scores)
@@ -164,6 +164,7 @@ def measure_routing(routing: dict, experts: list, selector, extra: torch.Tensor,
     fns['alone'] = in_calls(experts[routing['reference']], batch_size)
     timed = time_in_turns(fns, images, amp, rounds=3, warmup=1, latency=False)
     seconds = {name: t['seconds_per_image'] for name, t in timed.items()}
+    ranges = {mode: [min(r), max(r)] for mode in routers for r in [round_ratios(timed[mode], timed['alone'])]}
     measured = {'seconds_per_image': seconds, 'device': device_name(images.device), 'batch_size': batch_size,
-                'images': len(images)}
+                'images': len(images), 'ratio_ranges': ranges}
     return {**pick_mode(routing, seconds), 'measured': measured}
