@@ -92,7 +92,7 @@ def main(argv=None):
     costs = {kind: cost_vector([e.cost for e in experts], kind) for kind in COST_KINDS}
     score = SelectorScore(costs[args.cost])
     references = ranking_references(confidences(outputs['val'][0]).cpu(), correct['val'].cpu(), costs[args.cost])
-    print(ranking_line(references, experts[0].name))
+    print(ranking_line(references))
     tune_on = {part: len(data.parts[part]) for part in args.cascade_tune_on}  # each split once, without route's copies
     cascade_tuning = cascade_inputs(outputs, correct, tune_on) if set(tune_on) != {'val'} else None
 

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .checkpoint import atomic_write  # noqa: E402
 from .metrics import confusion_matrix, share_per_class  # noqa: E402
+from .routing.decisions import RANKING_REFERENCES  # noqa: E402
 
 
 def _save(fig, path: str, tight: bool = True) -> str:
@@ -52,7 +53,7 @@ def selector_curve(metrics_csv: str, references: dict, path: str) -> str:
     ax_loss.plot(epochs, [float(r['val_loss']) for r in rows], 'o--', ms=3, label='val')
     ax_score.plot(epochs, [100 * float(r['val_acc']) for r in rows], 'o-', ms=3, label='selector')
     for (name, value), style in zip(references.items(), itertools.cycle([':', '--', '-.'])):
-        ax_score.axhline(100 * value, ls=style, color='gray', label=name)
+        ax_score.axhline(100 * value, ls=style, color='gray', label=RANKING_REFERENCES.get(name, name))
     ax_loss.set(xlabel='epoch', ylabel='binary cross-entropy', title='which expert is right: loss')
     ax_score.set(xlabel='epoch', ylabel='val accuracy over the cost range (%)', title='how well it ranks val images')
     for ax in (ax_loss, ax_score):
@@ -133,8 +134,8 @@ def report_figures(folder: str, runs: dict, predictions: dict, per_class: dict, 
     shares = dict(zip(experts, share_per_class(choice, labels, len(experts), n)))
     points = {name: (row['time'], row['accuracy']) for name, row in rows.items()
               if name not in ('oracle', 'random', 'routed') and row.get('time') == row.get('time')}
-    return [
-        training_curves({k: v for k, v in runs.items() if os.path.exists(v)}, os.path.join(folder, 'training_curves.png')),
+    runs = {k: v for k, v in runs.items() if os.path.exists(v)}  # experts brought back as weights alone have none
+    return ([training_curves(runs, os.path.join(folder, 'training_curves.png'))] if runs else []) + [
         confusion_matrices({name: confusion_matrix(predictions[name], labels, n) for name in shown}, classes,
                            os.path.join(folder, 'confusion.png')),
         per_class_bars(per_class, classes, os.path.join(folder, 'per_class_accuracy.png'), 'test accuracy (%)'),

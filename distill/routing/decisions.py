@@ -132,6 +132,10 @@ def deferral_accuracy(scores, correct, costs) -> float:
     return (torch.trapezoid(accuracy, cost) / (cost[-1] - cost[0])).item()
 
 
+RANKING_REFERENCES = {'chance': 'a chance ranking', 'confidence': "the cheap expert's confidence (the cascade's, untrained)",
+                      'best possible': 'the best possible ranking'}
+
+
 def ranking_references(conf: torch.Tensor, correct: torch.Tensor, costs) -> dict:
     """deferral_accuracy of the rankings a selector of two experts is judged by: chance (the straight line),
     the cheapest expert's own top probability (what the cascade ranks by, with no training) and the best

@@ -5,8 +5,8 @@ import math
 import torch
 
 from ..runtime import device_name
-from .decisions import (MODES, cascade_choice, cascade_cost, confidences, expert_correctness, extra_costs, outcome,
-                        selector_choice, selector_cost)
+from .decisions import (MODES, RANKING_REFERENCES, cascade_choice, cascade_cost, confidences, expert_correctness,
+                        extra_costs, outcome, selector_choice, selector_cost)
 
 
 def routing_report(expert_logits: list, labels, scores, costs_by_kind: dict, selector_costs: dict, routing: dict,
@@ -104,12 +104,10 @@ def unpaid_routing_note(state: dict, mode: str, device) -> str | None:
             f"the time of {best} alone; --expert {best} runs {best} alone")
 
 
-def ranking_line(references: dict, cheapest: str) -> str:
+def ranking_line(references: dict) -> str:
     """What the selector's per-epoch val score (its ranking: routed accuracy averaged over its cost range) is
     to be read against."""
     if not references:
         return "the selector's val score: routed accuracy averaged over its cost range"
-    names = {'chance': 'a chance ranking', 'confidence': f"{cheapest}'s confidence (the cascade's ranking, untrained)",
-             'best possible': 'the best possible ranking'}
     return ("the selector's val score, routed accuracy averaged over its cost range, against "
-            + ', '.join(f'{names[name]} {value:.2%}' for name, value in references.items()))
+            + ', '.join(f'{RANKING_REFERENCES[name]} {value:.2%}' for name, value in references.items()))
