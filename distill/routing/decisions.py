@@ -132,7 +132,8 @@ def deferral_accuracy(scores, correct, costs) -> float:
     return (torch.trapezoid(accuracy, cost) / (cost[-1] - cost[0])).item()
 
 
-RANKING_REFERENCES = {'chance': 'a chance ranking', 'confidence': "the cheap expert's confidence (the cascade's, untrained)",
+RANKING_REFERENCES = {'chance': 'a chance ranking',
+                      'confidence': "the cheap expert's confidence (the cascade's, untrained)",
                       'best possible': 'the best possible ranking'}
 
 

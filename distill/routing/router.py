@@ -164,7 +164,10 @@ def measure_routing(routing: dict, experts: list, selector, extra: torch.Tensor,
     fns['alone'] = in_calls(experts[routing['reference']], batch_size)
     timed = time_in_turns(fns, images, amp, rounds=3, warmup=1, latency=False)
     seconds = {name: t['seconds_per_image'] for name, t in timed.items()}
-    ranges = {mode: [min(r), max(r)] for mode in routers for r in [round_ratios(timed[mode], timed['alone'])]}
+    ranges = {}
+    for mode in routers:
+        per_round = round_ratios(timed[mode], timed['alone'])
+        ranges[mode] = [min(per_round), max(per_round)]
     measured = {'seconds_per_image': seconds, 'device': device_name(images.device), 'batch_size': batch_size,
                 'images': len(images), 'ratio_ranges': ranges}
     return {**pick_mode(routing, seconds), 'measured': measured}
