@@ -20,7 +20,7 @@ from distill.routing.decisions import (SELECTOR_INPUTS, choose_routing, confiden
                                       selector_scores)
 from distill.routing.experts import (COST_KINDS, Expert, check_routable, check_route_split, cost_vector, load_experts,
                                      measure_costs, teacher_of)
-from distill.routing.report import format_report, ranking_line, routing_report, routing_summary
+from distill.routing.report import format_report, ranking_line, ranking_verdict, routing_report, routing_summary
 from distill.routing.router import measure_routing
 from distill.routing.selection import SelectorScore, cascade_inputs, routing_data, selection_step
 from distill.runtime import amp_dtype, resolve_device
@@ -114,9 +114,10 @@ def main(argv=None):
         return {'routing': routing, 'selector_cost': selector_costs, 'ranking_references': references}
     extra = {'experts': [e.describe() for e in experts], 'selector_macs': selector_macs, 'model_args': model_args,
              'selector_inputs': SELECTOR_INPUTS}
-    fit(train_settings(args), 'selector', selector, lambda trained: selection_step(trained, args.disagreement_weight),
-        data, train_part='route', loaders=selector_loaders, evaluate_fn=score, num_outputs=len(experts), extra=extra,
-        device=device, calibrate=tune_routing)
+    summary = fit(train_settings(args), 'selector', selector, lambda trained: selection_step(
+        trained, args.disagreement_weight), data, train_part='route', loaders=selector_loaders, evaluate_fn=score,
+        num_outputs=len(experts), extra=extra, device=device, calibrate=tune_routing)
+    print(ranking_verdict(summary['best_val_acc'], references))
 
 
 if __name__ == '__main__':

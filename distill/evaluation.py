@@ -94,6 +94,8 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, teacher=
                               for n, m in models.items()},
               'share': {mode: dict(zip([e.name for e in experts], s)) for mode, s in report['share'].items()},
               'sweeps': sweeps, 'classes': test.classes, 'gap_closed': report['gap_closed'],
+              'ranking_on_val': ({'selector': state['best_val_acc'], **state['ranking_references']}
+                                 if state.get('ranking_references') else {}),  # older selectors scored epochs otherwise
               'per_class': {n: per_class_accuracy(p, test.labels.cpu(), len(test.classes))
                             for n, p in predictions.items()}}
     write_report(results_dir, name, result, markdown(result))

@@ -6,7 +6,7 @@ import statistics
 from . import UserError
 from .checkpoint import atomic_write, changed_settings, write_json
 from .metrics import round_ratios
-from .routing.report import gap_closed_text, measured_ratios
+from .routing.report import gap_closed_text, measured_ratios, ranking_verdict
 
 
 def timed_entry(result: dict, name: str) -> dict | None:
@@ -56,6 +56,10 @@ def markdown(result: dict) -> str:
                      f"{'—' if macs != macs else f'{macs / 1e6:.1f}'} |")
     lines += ['', 'Of the gap between the best single expert (chosen on val) and the oracle, closed on test: ' +
               gap_closed_text(result['gap_closed']) + '.'] + teacher_verdict(result)
+    if result.get('ranking_on_val'):
+        references = {k: v for k, v in result['ranking_on_val'].items() if k != 'selector'}
+        verdict = ranking_verdict(result['ranking_on_val']['selector'], references)
+        lines += ['', verdict[0].upper() + verdict[1:] + '.']
     lines += ['', 'Share of images each mode sends to each expert: ' + '; '.join(
         f"{mode}: " + ', '.join(f'{n} {100 * s:.1f}%' for n, s in share.items())
         for mode, share in result['share'].items()), '', '## Compression', '',

@@ -42,6 +42,7 @@ def test_evaluate_writes_the_report_and_every_figure(tiny_runs):
     references = json.loads((work / 'checkpoints' / 'selector' / 'summary.json').read_text())['ranking_references']
     assert set(references) == {'chance', 'confidence', 'best possible'}  # the selector's val curve is read by these
     assert references['chance'] <= references['best possible']
+    assert "The selector ranks val images at" in (work / 'results' / 'quick.md').read_text()
 
 
 

@@ -1,7 +1,7 @@
 """distill/routing/report.py: both modes against their references, and the gap to the oracle they close."""
 import torch
 
-from distill.routing.report import gap_closed_text, routing_report
+from distill.routing.report import gap_closed_text, ranking_verdict, routing_report
 
 
 def test_the_report_compares_both_modes_with_their_references():
@@ -22,3 +22,15 @@ def test_the_report_compares_both_modes_with_their_references():
     assert gap_closed_text(report['gap_closed']) == 'cascade 100%, selector 100%'
     same = routing_report([b, b], labels, scores, costs, {'time': 0.5, 'macs': 1.0}, routing)
     assert gap_closed_text(same['gap_closed']).startswith('no gap')  # not 'nan%'
+
+
+def test_the_selectors_ranking_is_placed_between_the_cascades_and_the_best_possible():
+    references = {'chance': 0.8757, 'confidence': 0.8845, 'best possible': 0.9139}
+    assert ranking_verdict(0.8845, references) == (
+        "the selector ranks val images at 88.45%: +0.00 points from the cheap expert's confidence (88.45%, the "
+        "cascade's ranking), 0% of the way to the best possible ranking (91.39%)")
+    halfway = ranking_verdict(0.8992, references)
+    assert '+1.47 points' in halfway and '50% of the way' in halfway
+    assert 'of the way' not in ranking_verdict(0.9, {**references, 'best possible': 0.8845})  # no room above
+    assert ranking_verdict(0.9, {}) == ('the selector ranks val images at 90.00% (no reference rankings for more '
+                                        'than two experts)')

@@ -111,3 +111,16 @@ def ranking_line(references: dict) -> str:
         return "the selector's val score: routed accuracy averaged over its cost range"
     return ("the selector's val score, routed accuracy averaged over its cost range, against "
             + ', '.join(f'{RANKING_REFERENCES[name]} {value:.2%}' for name, value in references.items()))
+
+
+def ranking_verdict(score: float, references: dict) -> str:
+    """Where the selector's best val score stands between the cheap expert's confidence (what the cascade ranks
+    by, untrained) and the best possible ranking (two experts; with more there are no references)."""
+    if not references:
+        return f'the selector ranks val images at {score:.2%} (no reference rankings for more than two experts)'
+    ahead = score - references['confidence']
+    room = references['best possible'] - references['confidence']
+    share = (f", {ahead / room:.0%} of the way to the best possible ranking ({references['best possible']:.2%})"
+             if room > 0 else '')
+    return (f"the selector ranks val images at {score:.2%}: {100 * ahead:+.2f} points from the cheap expert's "
+            f"confidence ({references['confidence']:.2%}, the cascade's ranking){share}")
