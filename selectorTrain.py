@@ -18,9 +18,10 @@ from distill.engine import fit, predict_logits
 from distill.metrics import count_macs, time_model
 from distill.routing.decisions import (SELECTOR_INPUTS, choose_routing, confidences, extra_costs, ranking_references,
                                       selector_scores)
-from distill.routing.experts import (COST_KINDS, Expert, check_routable, check_route_split, cost_vector, load_experts,
-                                     measure_costs, teacher_of)
-from distill.routing.report import format_report, ranking_line, ranking_verdict, routing_report, routing_summary
+from distill.routing.experts import (COST_KINDS, Expert, check_routable, check_route_split, cost_vector,
+                                     fallback_teacher, load_experts, measure_costs)
+from distill.routing.report import (experts_line, format_report, ranking_line, ranking_verdict, routing_report,
+                                    routing_summary)
 from distill.routing.router import measure_routing
 from distill.routing.selection import SelectorScore, cascade_inputs, routing_data, selection_step
 from distill.runtime import amp_dtype, resolve_device
@@ -34,6 +35,8 @@ def parse_args(argv=None):
                         help='student checkpoints or run directories')
     parser.add_argument('--include-teacher', action='store_true',
                         help="add the experts' teacher as the costliest, last-resort expert")
+    parser.add_argument('--teacher', help='the last-resort teacher, where it is not where the experts name it: its '
+                        'checkpoint or run directory (implies --include-teacher)')
     parser.add_argument('--cost', choices=COST_KINDS, default='time',
                         help='what an expert costs: its time per image measured on this device, or its MACs')
     parser.add_argument('--max-accuracy-drop', type=float, default=0.0,
@@ -57,6 +60,7 @@ def parse_args(argv=None):
     check_range('val_margin', args.val_margin, low=0)
     check_range('route_views', args.route_views, low=0)
     args.experts = [checkpoint_path(p) for p in args.experts]
+    args.teacher = args.teacher and checkpoint_path(args.teacher)
     return args
 
 
@@ -66,8 +70,8 @@ def main(argv=None):
     device = resolve_device(args.device)
     amp = amp_dtype(args.amp, device)  # the experts are scored and timed at the precision they will run at
     experts = load_experts(args.experts, device)
-    if args.include_teacher:
-        experts.append(Expert(teacher_of(experts), device, experts[0].reference()))
+    if args.include_teacher or args.teacher:
+        experts.append(Expert(fallback_teacher(experts, args.teacher), device, experts[0].reference()))
     check_routable(experts)
     check_spared(args.out, [e.path for e in experts])
     inherit_data_settings(args, argv, experts[0].state['config'], args.experts[0])
@@ -76,9 +80,7 @@ def main(argv=None):
     loaders = {part: split_loader(data, part, args.batch_size, device) for part in ('route', 'val', 'test')}
     measure_costs(experts, next(iter(loaders['val']))[0], amp)
     experts.sort(key=lambda e: e.cost['seconds_per_image' if args.cost == 'time' else 'macs'])
-    print('experts, cheapest first: ' + ', '.join(
-        f"{e.name} {1e3 * e.cost['seconds_per_image']:.3f} ms/img, {e.macs / 1e6:.0f} MMACs" for e in experts)
-        + f" ({experts[0].cost['device']}, batch {experts[0].cost['batch_size']})")
+    print(experts_line(experts))
 
     outputs, correct, inputs = routing_data(experts, loaders, args.route_views, device, amp)
     print(f"route split and {args.route_views} cropped and flipped copies ({len(inputs['route']):,} images): expert "

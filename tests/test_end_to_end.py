@@ -166,6 +166,24 @@ def test_a_selector_with_the_teacher_as_last_resort(tiny_runs):
     assert state['model_args']['in_features'] == classes  # the cheapest expert's probabilities
 
 
+def test_students_moved_away_from_their_teacher_take_it_as_teacher(tiny_runs, capsys):
+    import shutil
+
+    import selectorTrain
+    work, _ = tiny_runs
+    for name in ('densenet121', 'googlenet'):  # without the teacher beside them
+        shutil.copytree(work / 'checkpoints' / name, f'moved/{name}')
+    students = ['moved/densenet121', 'moved/googlenet']
+    with pytest.raises(SystemExit) as exit_info:
+        selectorTrain.main(['--experts', *students, '--include-teacher', '--epochs', '1', '--out', 'lost'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1
+    assert "is not here; pass its checkpoint or run directory with --teacher PATH, or drop --include-teacher" in err[0]
+    selectorTrain.main(['--experts', *students, '--teacher', str(work / 'checkpoints' / 'teacher'), '--epochs', '1',
+                        '--cost', 'macs', '--out', 'found'])
+    assert torch.load('found/best.pt', weights_only=True)['experts'][-1]['arch'] == 'resnet50'
+
+
 def test_a_selector_for_experts_without_a_route_split_is_one_clear_line(image_folder, capsys):
     import selectorTrain
     import teacherTrain

@@ -103,6 +103,16 @@ def teacher_of(experts: list) -> str:
     return os.path.relpath(named.pop())
 
 
+def fallback_teacher(experts: list, given: str | None = None) -> str:
+    """The last-resort expert: the teacher checkpoint given, else the one the experts were distilled from, which
+    must then be where they name it (found from where they lie now)."""
+    path = given or teacher_of(experts)
+    if not os.path.isfile(path):
+        raise UserError(f"the teacher '{path}' is not here; pass its checkpoint or run directory with --teacher PATH"
+                        + ('' if given else ', or drop --include-teacher'))
+    return path
+
+
 def load_selector(path: str) -> dict:
     """A selector checkpoint, with its experts' paths found from where it lies now; anything else is
     refused in one line."""

@@ -104,6 +104,13 @@ def unpaid_routing_note(state: dict, mode: str, device) -> str | None:
             f"the time of {best} alone; --expert {best} runs {best} alone")
 
 
+def experts_line(experts: list) -> str:
+    """The experts as selectorTrain.py timed them, cheapest first, and where."""
+    return ('experts, cheapest first: ' + ', '.join(
+        f"{e.name} {1e3 * e.cost['seconds_per_image']:.3f} ms/img, {e.macs / 1e6:.0f} MMACs" for e in experts)
+        + f" ({experts[0].cost['device']}, batch {experts[0].cost['batch_size']})")
+
+
 def ranking_line(references: dict) -> str:
     """What the selector's per-epoch val score (its ranking: routed accuracy averaged over its cost range) is
     to be read against."""
