@@ -20,8 +20,8 @@ from distill.routing.decisions import (SELECTOR_INPUTS, choose_routing, confiden
                                       selector_scores)
 from distill.routing.experts import (COST_KINDS, Expert, check_routable, check_route_split, cost_vector,
                                      fallback_teacher, load_experts, measure_costs)
-from distill.routing.report import (experts_line, format_report, ranking_line, ranking_verdict, routing_report,
-                                    routing_summary)
+from distill.routing.report import (experts_line, format_report, ranking_line, ranking_verdict, route_line,
+                                    routing_report, routing_summary)
 from distill.routing.router import measure_routing
 from distill.routing.selection import SelectorScore, cascade_inputs, routing_data, selection_step
 from distill.runtime import amp_dtype, resolve_device
@@ -83,8 +83,7 @@ def main(argv=None):
     print(experts_line(experts))
 
     outputs, correct, inputs = routing_data(experts, loaders, args.route_views, device, amp)
-    print(f"route split and {args.route_views} cropped and flipped copies ({len(inputs['route']):,} images): expert "
-          'accuracy ' + ', '.join(f'{e.name} {acc:.2%}' for e, acc in zip(experts, correct['route'].mean(0).tolist())))
+    print(route_line(experts, correct['route'], args.route_views))
     selector_loaders = {'train' if part == 'route' else part: TensorLoader(
         inputs[part], correct[part], args.batch_size, train=part == 'route', seed=args.seed) for part in inputs}
     torch.manual_seed(args.seed)

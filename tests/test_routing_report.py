@@ -1,7 +1,7 @@
 """distill/routing/report.py: both modes against their references, and the gap to the oracle they close."""
 import torch
 
-from distill.routing.report import gap_closed_text, ranking_verdict, routing_report
+from distill.routing.report import experts_line, gap_closed_text, ranking_verdict, route_line, routing_report
 
 
 def test_the_report_compares_both_modes_with_their_references():
@@ -34,3 +34,15 @@ def test_the_selectors_ranking_is_placed_between_the_cascades_and_the_best_possi
     assert 'of the way' not in ranking_verdict(0.9, {**references, 'best possible': 0.8845})  # no room above
     assert ranking_verdict(0.9, {}) == ('the selector ranks val images at 90.00% (no reference rankings for more '
                                         'than two experts)')
+
+
+def test_selector_training_names_each_experts_cost_and_accuracy_on_what_it_learns_from():
+    class E:
+        def __init__(self, name, seconds, macs):
+            self.name, self.macs = name, macs
+            self.cost = {'seconds_per_image': seconds, 'device': 'GPU X', 'batch_size': 256}
+    experts = [E('googlenet', 0.001, 452e6), E('densenet121', 0.0025, 888e6)]
+    assert experts_line(experts) == ('experts, cheapest first: googlenet 1.000 ms/img, 452 MMACs, densenet121 '
+                                     '2.500 ms/img, 888 MMACs (GPU X, batch 256)')
+    correct = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert route_line(experts, correct, 1).endswith('(4 images): expert accuracy googlenet 50.00%, densenet121 75.00%')

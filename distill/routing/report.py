@@ -111,6 +111,12 @@ def experts_line(experts: list) -> str:
         + f" ({experts[0].cost['device']}, batch {experts[0].cost['batch_size']})")
 
 
+def route_line(experts: list, correct, views: int) -> str:
+    """How often each expert is right on what the selector learns from: the route images and their copies."""
+    return (f'route split and {views} cropped and flipped copies ({len(correct):,} images): expert accuracy '
+            + ', '.join(f'{e.name} {acc:.2%}' for e, acc in zip(experts, correct.mean(0).tolist())))
+
+
 def ranking_line(references: dict) -> str:
     """What the selector's per-epoch val score (its ranking: routed accuracy averaged over its cost range) is
     to be read against."""
