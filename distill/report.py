@@ -26,7 +26,7 @@ def ratio_text(seconds: float, reference: float, timed: dict | None = None, time
     """'0.86x', and where both were timed in rounds, the range of the ratio over them: '0.86x (0.83-0.90)'."""
     if reference is None or seconds != seconds:
         return '—'
-    per_round = round_ratios(timed or {}, timed_reference or {})
+    per_round = round_ratios(timed or {}, timed_reference or {}) if timed is not timed_reference else []
     return f'{seconds / reference:.2f}x' + (f' ({min(per_round):.2f}-{max(per_round):.2f})' if len(per_round) > 1
                                             else '')
 

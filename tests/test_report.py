@@ -56,4 +56,5 @@ def test_a_measured_ratio_is_shown_with_its_range_over_the_timing_rounds():
     alone = {'seconds_per_image': 1.0, 'rounds_seconds_per_image': [1.0, 1.0, 0.95]}
     assert ratio_text(0.8, 1.0, routed, alone) == '0.80x (0.80-0.90)'
     assert ratio_text(0.8, 1.0, {'seconds_per_image': 0.8}, alone) == '0.80x'  # timed before rounds were kept
+    assert ratio_text(1.0, 1.0, alone, alone) == '1.00x'  # the reference against itself has no range
     assert ratio_text(0.8, None) == '—' and ratio_text(float('nan'), 1.0) == '—'
