@@ -61,7 +61,7 @@ def training_parser(description: str, *, out: str, epochs: int, lr: float, batch
     data.add_argument('--subset', type=int, help='use the first N training images, class-balanced' + default('all'))
     data.add_argument('--test-subset', type=int, help='use the first N test images, class-balanced' + default('all'))
     data.add_argument('--image-size', type=int,
-                      help='resize images to S x S' + default("the data's own size, 32 for CIFAR"))
+                      help='resize every image whole to S x S' + default("32, CIFAR's size"))
     held_out = default('10%% of the training images, at most 5000')
     data.add_argument('--val-size', type=int, help='held-out images for picking the best epoch' + held_out)
     data.add_argument('--route-size', type=int, help='held-out images for the selector' + held_out)
