@@ -20,8 +20,8 @@ from .checkpoint import (atomic_write, changed_settings, check_compatible, load_
 from .data import Prepared
 from .loaders import split_loader
 from .metrics import count_macs, count_params
-from .runtime import (amp_dtype, autocast, barrier, configure, init_distributed, place, precision_name, reduce_sums,
-                      resolve_device)
+from .runtime import (amp_dtype, autocast, barrier, configure, device_name, init_distributed, place, precision_name,
+                      reduce_sums, resolve_device)
 
 METRIC_FIELDS = ('epoch', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr', 'seconds', 'train_img_per_s')
 FINITE_CHECK_EVERY = 50  # steps between host checks of the loss: one sync per check, not per step
@@ -238,6 +238,11 @@ def fit(settings: TrainSettings, arch: str, model, make_step, data: Prepared, *,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupCosine(settings.epochs * steps, round(settings.warmup_epochs * steps)))
     scaler = torch.amp.GradScaler('cuda') if amp == torch.float16 else None
+    plural = lambda n, word: f"{n} {word}{'s' * (n != 1)}"
+    log(f"{arch}: {len(train_loader.indices)} training, {len(loaders['val'].indices)} val and "
+        f"{len(loaders['test'].indices)} test images of {len(data.classes)} classes at {data.image_size} px; "
+        f"{plural(settings.epochs, 'epoch')} of {plural(steps, 'step')} on {device_name(device)} in {precision} "
+        f"-> {settings.out}", flush=True)
     start_epoch, best_val_acc, history = 0, -1.0, []
     if settings.resume and os.path.exists(run.last):
         start_epoch, best_val_acc, history = run.restore(model, optimizer, scheduler, scaler, device)

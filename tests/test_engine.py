@@ -7,7 +7,7 @@ import torch
 import distill.engine as engine
 import teacherTrain
 from distill.engine import WarmupCosine
-from distill.runtime import fuse_for_inference
+from distill.runtime import device_name, fuse_for_inference
 from conftest import make_image_folder
 
 
@@ -151,7 +151,10 @@ def test_resuming_with_other_settings_is_refused_in_one_line(finished_run, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and '--epochs 1 (now 3), --lr 0.05 (now 0.1)' in err[0] and '--overwrite' in err[0]
     teacherTrain.main(_tiny_run(folder, run, '--epochs', '1', '--resume', '--amp', 'off'))  # precision may change
-    assert 'resumed' in capsys.readouterr().out
+    header, resumed = capsys.readouterr().out.splitlines()[:2]
+    assert resumed.startswith('resumed')
+    assert header == (f'googlenet: 24 training, 6 val and 12 test images of 3 classes at 8 px; 1 epoch of 3 steps on '
+                      f"{device_name(torch.device('cpu'))} in float32 -> {run}")
 
 
 def test_bf16_autocast_on_cpu_runs_the_convolutions_in_bf16_and_keeps_float32_weights():
