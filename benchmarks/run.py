@@ -35,12 +35,13 @@ def fake_data(n, size=32, classes=10):
 @main_guard
 def main():
     p = Parser(description=__doc__.splitlines()[0])
-    p.add_argument('--quick', action='store_true')
+    p.add_argument('--quick', action='store_true',
+                   help='64 images at batch 32: checks that every figure runs, in a few minutes (figures are noisy)')
     p.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS),
                    help='which figures: training (engine vs reference, FLOP/s, threads), KD cost, inference (each '
                         'model and routing mode, with variants: BatchNorm folding, float32, NCHW), routed (inference '
                         'without the variants), decode (reading photos: whole, or at reduced scale)')
-    p.add_argument('--device', default='auto')
+    p.add_argument('--device', default='auto', help='auto (a GPU if there is one), cpu, cuda or cuda:N')
     p.add_argument('--selector', help='a trained selector checkpoint, for routed inference with a real routing mix')
     p.add_argument('--compile', action='store_true',
                    help='also measure torch.compile for training and (with weight freezing) inference; minutes more')
