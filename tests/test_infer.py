@@ -241,3 +241,23 @@ def test_infer_notes_where_selector_train_timed_routing_slower_than_the_best_exp
     result = run_main(INFER, messy_folder, '--selector', timed, '--route', 'cascade', '--threshold',
                       '0.5', '--out', '-', '--device', 'cpu', cwd=work)
     assert 'note: selectorTrain.py timed' not in result.stderr  # another operating point than the one timed
+
+
+def test_the_python_example_in_docs_usage_predicts_what_infer_does(tiny_runs, messy_folder, monkeypatch):
+    work, _ = tiny_runs
+    (work / 'my_pictures').mkdir(exist_ok=True)
+    shutil.copy(messy_folder / 'nested' / 'photo.jpg', work / 'my_pictures' / 'cat.jpg')
+    shutil.copy(messy_folder / 'photo.png', work / 'my_pictures' / 'ship.png')
+    example = (ROOT / 'docs' / 'usage.md').read_text().split('```python\n')[1].split('```')[0]
+    monkeypatch.chdir(work)
+    names = {}
+    exec(example, names)
+    out = work / 'my_pictures.csv'
+    run_main(INFER, work / 'my_pictures', '--expert', 'googlenet', '--amp', 'off', '--out', out, cwd=work)
+    with open(out) as f:
+        by_infer = {row['path'].rsplit('/', 1)[1]: row for row in csv.DictReader(f)}
+    rows = [by_infer['cat.jpg'], by_infer['ship.png']]
+    assert names['predicted'] == [row['prediction'] for row in rows]
+    confidences = names['probabilities'].max(1).values.tolist()
+    assert confidences == pytest.approx([float(row['confidence']) for row in rows], abs=1e-4)
+
