@@ -238,10 +238,9 @@ def fit(settings: TrainSettings, arch: str, model, make_step, data: Prepared, *,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupCosine(settings.epochs * steps, round(settings.warmup_epochs * steps)))
     scaler = torch.amp.GradScaler('cuda') if amp == torch.float16 else None
-    plural = lambda n, word: f"{n} {word}{'s' * (n != 1)}"
     log(f"{arch}: {len(train_loader.indices)} training, {len(loaders['val'].indices)} val and "
         f"{len(loaders['test'].indices)} test images of {len(data.classes)} classes at {data.image_size} px; "
-        f"{plural(settings.epochs, 'epoch')} of {plural(steps, 'step')} on {device_name(device)} in {precision} "
+        f"{_count(settings.epochs, 'epoch')} of {_count(steps, 'step')} on {device_name(device)} in {precision} "
         f"-> {settings.out}", flush=True)
     start_epoch, best_val_acc, history = 0, -1.0, []
     if settings.resume and os.path.exists(run.last):
@@ -279,6 +278,10 @@ def fit(settings: TrainSettings, arch: str, model, make_step, data: Prepared, *,
     return _test_best(run, model, loaders, evaluate_fn, calibrate, amp, device, world, log,
                       {'epochs': settings.epochs, 'precision': precision, 'best_val_acc': best_val_acc,
                        'train_images': len(train_loader.indices)})
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
 
 
 def _epoch_line(arch: str, epochs: int, row: dict) -> str:

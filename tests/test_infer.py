@@ -260,4 +260,3 @@ def test_the_python_example_in_docs_usage_predicts_what_infer_does(tiny_runs, me
     assert names['predicted'] == [row['prediction'] for row in rows]
     confidences = names['probabilities'].max(1).values.tolist()
     assert confidences == pytest.approx([float(row['confidence']) for row in rows], abs=1e-4)
-
