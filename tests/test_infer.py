@@ -253,7 +253,8 @@ def test_the_python_example_in_docs_usage_predicts_what_infer_does(tiny_runs, me
     names = {}
     exec(example, names)
     out = work / 'my_pictures.csv'
-    run_main(INFER, work / 'my_pictures', '--expert', 'googlenet', '--amp', 'off', '--out', out, cwd=work)
+    run_main(INFER, work / 'my_pictures', '--expert', 'googlenet', '--amp', 'off', '--device', 'cpu', '--out', out,
+             cwd=work)
     with open(out) as f:
         by_infer = {row['path'].rsplit('/', 1)[1]: row for row in csv.DictReader(f)}
     rows = [by_infer['cat.jpg'], by_infer['ship.png']]
