@@ -18,6 +18,8 @@ from distill.predict import build_classifier, default_workers, files_to_classify
 from distill.routing.decisions import MODES
 from distill.runtime import amp_dtype, autocast, resolve_device
 
+SHOWN_SKIPPED = 5  # lines naming unreadable files; a photo folder with a sidecar file per photo has thousands
+
 
 def parse_args(argv=None):
     p = Parser(description=__doc__.splitlines()[0])
@@ -91,8 +93,11 @@ def main(argv=None):
                     yield {'path': path, 'prediction': '', 'confidence': None, 'expert': '', 'error': why}
                 bar.update(len(read) + len(failed))
     write_rows(args.out, args.format, rows())
-    for path, why in failures:
+    for path, why in failures[:SHOWN_SKIPPED]:
         print(f'skipped {path}: {why}', file=sys.stderr)
+    if len(failures) > SHOWN_SKIPPED:
+        print(f'skipped {len(failures) - SHOWN_SKIPPED} more unreadable files; the table lists each, with why',
+              file=sys.stderr)
     done = len(files) - len(failures)
     print(f"{done} image{'s' * (done != 1)} classified, {len(failures)} unreadable"
           + ('' if args.out == '-' else f' -> {args.out}'), file=sys.stderr if args.out == '-' else sys.stdout)

@@ -127,6 +127,21 @@ def test_a_folder_with_no_readable_image_exits_non_zero_and_its_table_says_why(t
             'empty.jpg', 'notes.txt']
 
 
+def test_a_folder_with_a_sidecar_file_per_photo_names_a_few_on_stderr_and_every_one_in_the_table(tiny_runs, tmp_path):
+    work, _ = tiny_runs
+    folder = tmp_path / 'takeout'
+    folder.mkdir()
+    for i in range(8):
+        Image.new('RGB', (12, 12), (30 * i, 0, 0)).save(folder / f'{i}.jpg')
+        (folder / f'{i}.jpg.json').write_text('{"title": "photo"}')
+    result = run_main(INFER, folder, '--out', tmp_path / 'p.csv', cwd=work)
+    named = [line for line in result.stderr.splitlines() if line.startswith('skipped /')]
+    assert len(named) == 5 and 'skipped 3 more unreadable files; the table lists each' in result.stderr
+    assert '8 images classified, 8 unreadable' in result.stdout
+    with open(tmp_path / 'p.csv') as f:
+        assert sum(bool(row['error']) for row in csv.DictReader(f)) == 8
+
+
 def test_one_image_file_instead_of_a_folder(tiny_runs, messy_folder, tmp_path):
     work, _ = tiny_runs
     run_main(INFER, messy_folder / 'gray.png', '--out', tmp_path / 'one' / 'p.csv', cwd=work)
