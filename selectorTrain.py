@@ -16,8 +16,8 @@ from distill.data import prepare_data
 from distill.loaders import TensorLoader, split_loader
 from distill.engine import fit, predict_logits
 from distill.metrics import count_macs, time_model
-from distill.routing.decisions import (SELECTOR_INPUTS, choose_routing, confidences, extra_costs, ranking_references,
-                                      selector_scores)
+from distill.routing.decisions import (ANSWERS, SELECTOR_INPUTS, choose_routing, confidences, extra_costs,
+                                      ranking_references, selector_scores)
 from distill.routing.experts import (COST_KINDS, Expert, check_routable, check_route_split, cost_vector,
                                      fallback_teacher, load_experts, measure_costs)
 from distill.routing.report import (experts_line, format_report, ranking_line, ranking_verdict, route_line,
@@ -54,6 +54,9 @@ def parse_args(argv=None):
                              "also uses the route split, which the selector learns from (docs/routing.md)")
     parser.add_argument('--disagreement-weight', type=float, default=1.0,
                         help='weight, in the loss, of route images on which the experts disagree')
+    parser.add_argument('--answer', choices=ANSWERS, default='committee',
+                        help='an image sent on is answered by the average of its expert and the cheapest one (both '
+                             'have run), or by its expert alone')
     args = validate_args(parser.parse_args(argv))
     check_range('max_accuracy_drop', args.max_accuracy_drop, 0, 100)
     check_range('disagreement_weight', args.disagreement_weight, low=0)
@@ -82,8 +85,8 @@ def main(argv=None):
     experts.sort(key=lambda e: e.cost['seconds_per_image' if args.cost == 'time' else 'macs'])
     print(experts_line(experts))
 
-    outputs, correct, inputs = routing_data(experts, loaders, args.route_views, device, amp)
-    print(route_line(experts, correct['route'], args.route_views))
+    outputs, correct, alone, inputs = routing_data(experts, loaders, args.route_views, device, amp, args.answer)
+    print(route_line(experts, alone['route'], args.route_views))
     selector_loaders = {'train' if part == 'route' else part: TensorLoader(
         inputs[part], correct[part], args.batch_size, train=part == 'route', seed=args.seed) for part in inputs}
     torch.manual_seed(args.seed)
@@ -95,7 +98,7 @@ def main(argv=None):
     references = ranking_references(confidences(outputs['val'][0]).cpu(), correct['val'].cpu(), costs[args.cost])
     print(ranking_line(references))
     tune_on = {part: len(data.parts[part]) for part in args.cascade_tune_on}  # each split once, without route's copies
-    cascade_tuning = cascade_inputs(outputs, correct, tune_on) if set(tune_on) != {'val'} else None
+    cascade_tuning = cascade_inputs(outputs, correct, alone, tune_on) if set(tune_on) != {'val'} else None
 
     def tune_routing(best_selector):  # on val, before fit touches the test set
         scores = predict_logits(best_selector, selector_loaders['val'])[0]  # float32, as selector_scores
@@ -104,8 +107,8 @@ def main(argv=None):
         selector_costs = {'macs': selector_macs, 'time': selector_time}
         routing = choose_routing(confidences(outputs['val'][0]).cpu(), scores.cpu(), correct['val'].cpu(),
                                  costs[args.cost], selector_costs[args.cost], args.max_accuracy_drop / 100,
-                                 args.val_margin, cascade_tuning)
-        routing['cost'], routing['cascade_tuned_on'] = args.cost, list(tune_on)
+                                 args.val_margin, cascade_tuning, alone['val'].cpu())
+        routing.update(cost=args.cost, cascade_tuned_on=list(tune_on), answer=args.answer)
         score.cost_weight = routing['cost_weight']
         routing = measure_routing(routing, experts, best_selector.eval(), extra_costs(costs[args.cost]),
                                   loaders['val'].classes_in_turn(2048), args.batch_size, amp)

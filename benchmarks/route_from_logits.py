@@ -77,7 +77,7 @@ def main():
         costs = torch.tensor([1 / rate[n] for n in chain], dtype=torch.float64)
         conf, correct = load_parts(logits, chain, args.tune_on)
         last = len(chain) - 1
-        (thresholds, val_acc, _), level = choose_cascade(conf, correct, costs, last, 0.0, args.val_margin)
+        (thresholds, val_acc, _), level = choose_cascade(conf, correct, costs, correct[:, last], 0.0, args.val_margin)
         conf, correct = load_parts(logits, chain, ['test'])
         choice = cascade_choice(conf, thresholds)
         test_acc, cost = outcome(choice, correct, cascade_cost(choice, costs))

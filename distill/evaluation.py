@@ -12,8 +12,8 @@ from .loaders import Loader
 from .metrics import in_calls, per_class_accuracy, time_in_turns
 from .plots import report_figures
 from .report import markdown, measured_time, write_report
-from .routing.decisions import (MODES, cascade_sweep, confidences, expert_correctness, selector_inputs, selector_scores,
-                                selector_sweep)
+from .routing.decisions import (MODES, answer_logits, answer_of, cascade_sweep, confidences, expert_correctness,
+                                selector_inputs, selector_scores, selector_sweep)
 from .routing.experts import Expert, cost_vector, load_experts, load_selector, teacher_of
 from .routing.report import routing_report
 from .routing.router import router_for
@@ -74,7 +74,8 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, teacher=
     selector_cost = {'time': 0.0, 'macs': state['selector_macs']}
     best_on_val = max(range(len(experts)), key=lambda i: experts[i].state['best_val_acc'])
     report = routing_report(expert_logits, labels, scores, costs, selector_cost, routing, config['seed'], best_on_val)
-    correct = expert_correctness(expert_logits, labels).cpu()
+    answers = answer_logits(expert_logits, answer_of(routing))  # where each expert is chosen, as routed
+    correct = expert_correctness(answers, labels).cpu()
     sweeps = {'cascade': cascade_sweep(confidences(expert_logits).cpu(), correct, costs['time']),
               'selector': selector_sweep(scores.cpu(), correct, costs['time'])}
 
@@ -82,7 +83,7 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, teacher=
                 'macs': models[n].macs} for n, out in logits.items()}
     rows.update({k: v for k, v in report['rows'].items() if not k.startswith('expert:')})
     predictions = {n: out.argmax(1).cpu() for n, out in logits.items()}
-    predictions['routed'] = torch.stack([predictions[e.name] for e in experts], 1).gather(
+    predictions['routed'] = torch.stack([out.argmax(1).cpu() for out in answers], 1).gather(
         1, report['choice'][:, None]).squeeze(1)
     result = {'name': name, 'selector': selector_path, 'seed': config['seed'], 'dataset': config['dataset'],
               'test_images': len(test), 'device': device_name(device), 'batch_size': min(batch_size, len(test)),

@@ -126,7 +126,7 @@ def test_routing_is_chosen_on_val_and_stored_with_the_selector(tiny_runs, monkey
     experts = [str(work / 'checkpoints' / name) for name in ('densenet121', 'googlenet')]  # run directories
     seen = []
     monkeypatch.setattr(selectorTrain, 'choose_routing',
-                        lambda conf, *rest: seen.append((len(conf), rest[-1] and len(rest[-1][0]))) or {
+                        lambda conf, *rest: seen.append((len(conf), rest[-2] and len(rest[-2][0]))) or {
                             **choose_routing(conf, *rest), 'levels': {'cascade': 0, 'selector': 2}, 'cost_weight': 0.5})
     selectorTrain.main(['--experts', *experts, '--epochs', '1', '--out', 'val-only', '--cascade-tune-on', 'val'])
     selectorTrain.main(['--experts', *experts, '--epochs', '2', '--max-accuracy-drop', '2', '--out', 'auto'])
@@ -135,7 +135,7 @@ def test_routing_is_chosen_on_val_and_stored_with_the_selector(tiny_runs, monkey
     assert seen == [(6, None), (6, 15)]
     state = torch.load('auto/best.pt', weights_only=True)
     assert state['routing']['mode'] == 'selector' and state['routing']['cost_weight'] == 0.5
-    assert state['routing']['cascade_tuned_on'] == ['route', 'val']
+    assert state['routing']['cascade_tuned_on'] == ['route', 'val'] and state['routing']['answer'] == 'committee'
     measured = state['routing']['measured']  # both modes timed on val beside the best expert alone, on this device
     assert set(measured['seconds_per_image']) == {'cascade', 'selector', 'alone'} and measured['images'] == 6
     assert measured['device'] == device_name(torch.device('cpu'))

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from distill.routing.decisions import (cascade_choice, cascade_cost, choose_point, choose_routing, confidences,
-                                       COST_WEIGHTS, deferral_accuracy, expert_correctness, extra_costs, paired_margin,
+                                       COST_WEIGHTS, answer_logits, answer_of, deferral_accuracy, expert_correctness,
+                                       extra_costs, paired_margin,
                                        pick_mode, ranking_references, selector_choice, selector_cost, selector_inputs,
                                        selector_sweep)
 
@@ -107,13 +108,13 @@ def test_a_margin_refuses_a_point_that_reaches_the_target_only_within_vals_noise
     mixed = torch.cat([torch.ones(80, dtype=torch.long), torch.zeros(20, dtype=torch.long)])
     points = [('cheap', 0.81, 1.0), ('mixed', 0.91, 2.0)]
     for z, expected in ((0.0, points[0]), (1.645, points[1])):
-        margins = [paired_margin(choice, correct, 1, z) for choice in (cheap, mixed)]
+        margins = [paired_margin(choice, correct, correct[:, 1], z) for choice in (cheap, mixed)]
         assert choose_point(points, 0.80, margins) == (expected, 2)
-    assert paired_margin(cheap, correct, 1, 1.0) == pytest.approx(22 ** 0.5 / 100)  # one more than seen
+    assert paired_margin(cheap, correct, correct[:, 1], 1.0) == pytest.approx(22 ** 0.5 / 100)  # one more than seen
     # where no point clears the target by its margin, the cheapest that reaches it, as without one; the
     # reference itself never clears its own accuracy
     reference = ('reference', 0.80, 3.0)
-    margins = [paired_margin(c, correct, 1, 1.645) for c in (cheap, torch.ones(100, dtype=torch.long))]
+    margins = [paired_margin(c, correct, correct[:, 1], 1.645) for c in (cheap, torch.ones(100, dtype=torch.long))]
     assert choose_point([points[0], reference], 0.80, margins) == (points[0], 1)
 
 
@@ -140,8 +141,8 @@ def test_the_cascade_may_be_tuned_on_more_held_out_images_and_is_still_compared_
     # set half of them are wrong, so the cascade passes them on, and its val outcome is what is compared.
     conf = torch.tensor([[0.99, 0.9], [0.6, 0.9], [0.3, 0.9]])
     correct = torch.tensor([[1., 1], [1., 1], [0., 1]])
-    tuning = (torch.tensor([[0.99, 0.9]] * 2 + [[0.6, 0.9]] * 4 + [[0.3, 0.9]]),
-              torch.tensor([[1., 1]] * 4 + [[0., 1]] * 3))
+    tuning_correct = torch.tensor([[1., 1]] * 4 + [[0., 1]] * 3)
+    tuning = (torch.tensor([[0.99, 0.9]] * 2 + [[0.6, 0.9]] * 4 + [[0.3, 0.9]]), tuning_correct, tuning_correct)
     costs = torch.tensor([1.0, 4.0])
     alone = choose_routing(conf, torch.zeros(3, 2), correct, costs, 0.0, 0.0)
     assert alone['mode'] == 'cascade' and alone['thresholds'] == [0.5]
@@ -152,3 +153,30 @@ def test_the_cascade_may_be_tuned_on_more_held_out_images_and_is_still_compared_
 def test_confidences_are_each_experts_top_probability():
     conf = confidences([torch.tensor([[0.0, 0.0]]), torch.tensor([[10.0, 0.0]])])
     assert conf[0, 0] == pytest.approx(0.5) and conf[0, 1] > 0.99
+
+
+def test_a_committee_answers_a_costlier_experts_images_with_its_average_with_the_cheapest():
+    cheap, costly, third = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, 3.0]])
+    assert answer_logits([cheap, costly], 'expert')[1] is costly
+    answers = answer_logits([cheap, costly, third], 'committee')
+    assert torch.equal(answers[0], cheap)
+    for k, theirs in ((1, costly), (2, third)):
+        assert torch.allclose(answers[k].exp(), (cheap.softmax(1) + theirs.softmax(1)) / 2)
+    assert answer_of({}) == 'expert' and answer_of({'answer': 'committee'}) == 'committee'  # older selectors
+
+
+def test_committee_answers_reach_the_costlier_experts_own_accuracy_more_cheaply():
+    # Images 2 and 3 are right only in the committee's answer (image 2: both experts wrong alone, their average
+    # right). The target stays the costlier expert alone (3 of 4): answering with the committee, the cascade
+    # reaches it sending two images on; answering with the costlier expert alone it must send three.
+    conf = torch.tensor([[0.99, 0.9], [0.7, 0.9], [0.6, 0.9], [0.3, 0.9]])
+    alone = torch.tensor([[1., 1], [0., 1], [0., 0], [0., 1]])
+    committee = torch.tensor([[1., 1], [0., 1], [0., 1], [0., 1]])
+    costs = torch.tensor([1.0, 4.0])
+    routing = choose_routing(conf, torch.zeros(4, 2), committee, costs, 0.0, 0.0, alone=alone)
+    assert routing['target_accuracy'] == 0.75 and routing['thresholds'] == [0.7]
+    assert routing['val']['cascade'] == (0.75, 3.0)
+    as_alone = choose_routing(conf, torch.zeros(4, 2), alone, costs, 0.0, 0.0)
+    assert as_alone['thresholds'] == [0.75] and as_alone['val']['cascade'] == (0.75, 4.0)
+    stricter = choose_routing(conf, torch.zeros(4, 2), committee, costs, 0.0, 0.0)  # target: the committee's own
+    assert stricter['target_accuracy'] == 1.0

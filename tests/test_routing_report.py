@@ -24,6 +24,22 @@ def test_the_report_compares_both_modes_with_their_references():
     assert gap_closed_text(same['gap_closed']).startswith('no gap')  # not 'nan%'
 
 
+def test_a_committee_routing_is_scored_on_its_answers_and_each_expert_alone_on_its_own():
+    labels = torch.tensor([0, 2])
+    cheap = torch.tensor([[5.0, 0, 0], [0.0, 2, 1.5]])  # image 1: sure of neither, class 2 a close second
+    costly = torch.tensor([[5.0, 0, 0], [0.0, 1.9, 2]])  # image 1: right, but barely
+    wrong = torch.tensor([[5.0, 0, 0], [0.0, 2, 0]])  # image 1: wrong, and sure of it
+    costs = {'time': torch.tensor([1.0, 3.0]), 'macs': torch.tensor([10.0, 30.0])}
+    routing = {'mode': 'cascade', 'thresholds': [0.9], 'cost_weight': 0.0, 'cost': 'time', 'answer': 'committee'}
+    args = (labels, torch.zeros(2, 2), costs, {'time': 0.0, 'macs': 0.0})
+    rows = routing_report([cheap, costly], *args, routing)['rows']
+    assert rows['expert:1']['accuracy'] == 1.0 and rows['cascade']['accuracy'] == 0.5  # the average says class 1
+    rows = routing_report([cheap, wrong], *args, routing)['rows']
+    assert rows['expert:1']['accuracy'] == 0.5 and rows['cascade']['accuracy'] == 0.5
+    rows = routing_report([cheap, costly], *args, {**routing, 'answer': 'expert'})['rows']
+    assert rows['cascade']['accuracy'] == 1.0 and rows['oracle']['accuracy'] == 1.0
+
+
 def test_the_selectors_ranking_is_placed_between_the_cascades_and_the_best_possible():
     references = {'chance': 0.8757, 'confidence': 0.8845, 'best possible': 0.9139}
     assert ranking_verdict(0.8845, references) == (

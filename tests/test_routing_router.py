@@ -7,7 +7,7 @@ import torch
 
 from conftest import needs_cuda
 from distill import UserError
-from distill.routing.decisions import extra_costs, selector_choice, selector_scores
+from distill.routing.decisions import ANSWERS, extra_costs, selector_choice, selector_scores
 from distill.routing.report import routing_summary
 from distill.routing.router import Router, measure_routing, router_for
 
@@ -85,16 +85,33 @@ def test_the_selector_chooses_as_in_float32_under_a_bfloat16_autocast():
     assert choice.tolist() == [1] * 6 and selector_choice(scores, torch.zeros(2), 0.0).tolist() == [1] * 6
 
 
+def test_an_image_sent_on_is_answered_by_the_committee_of_its_expert_and_the_cheapest():
+    images = torch.randn(10, 3, 4, 4)
+    experts = [Counting(0), Counting(1), Counting(2, sure=False)]
+    logits, choice = Router(experts, 'cascade', thresholds=[0.9, 0.5], answer='committee')(images)
+    alone, same_choice = Router(experts, 'cascade', thresholds=[0.9, 0.5], answer='expert')(images)
+    assert torch.equal(choice, same_choice) and set(choice.tolist()) == {0, 2}  # what 0 passes on, 1 is not sure of
+    cheap = torch.softmax(experts[0](images), 1)
+    for k in (0, 2):
+        mine = choice == k
+        expected = alone[mine] if k == 0 else torch.log((cheap[mine] + torch.softmax(alone[mine], 1)) / 2)
+        assert torch.allclose(logits[mine], expected, atol=1e-6)
+    assert torch.allclose(torch.softmax(logits, 1).sum(1), torch.ones(10))  # a log-probability is a valid logit
+
+
+@pytest.mark.parametrize('answer', ANSWERS)
 @pytest.mark.parametrize('mode, experts, thresholds', [
     ('cascade', lambda: [Counting(0), Counting(1)], [0.9]),
     ('cascade', lambda: [Counting(0), Counting(1), Counting(2, sure=False)], [0.9, 0.5]),
     ('cascade', lambda: [Counting(0), Counting(1)], [1.0]),  # every image goes on
     ('selector', lambda: [Counting(0), Counting(1), Counting(2)], None)])
-def test_a_stream_answers_as_batch_by_batch_routing_with_later_experts_on_gathered_batches(mode, experts, thresholds):
+def test_a_stream_answers_as_batch_by_batch_routing_with_later_experts_on_gathered_batches(mode, experts, thresholds,
+                                                                                          answer):
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randn(n, 3, 4, 4, generator=gen) for n in (5, 0, 7, 3, 9, 1)]
     kwargs = dict(thresholds=thresholds) if mode == 'cascade' else dict(
         selector=Sureness(), extra=extra_costs(torch.tensor([1., 2, 3])))
+    kwargs['answer'] = answer
     one_by_one, streamed = Router(experts(), mode, **kwargs), Router(experts(), mode, **kwargs)
     answers = list(streamed.stream(((x, i) for i, x in enumerate(batches)), batch_size=4))
     assert [tag for tag, _, _ in answers] == list(range(len(batches)))  # every batch, in input order

@@ -34,7 +34,9 @@ def test_cascade_inputs_are_the_plain_images_of_each_split():
     logits = {'route': torch.randn(12, 3), 'val': torch.randn(4, 3)}  # route: 3 images, then 3 copies of them
     outputs = {part: ([x, 2 * x], None) for part, x in logits.items()}
     correct = {part: torch.rand(len(x), 2) for part, x in logits.items()}
-    conf, right = cascade_inputs(outputs, correct, {'route': 3, 'val': 4})
+    alone = {part: torch.rand(len(x), 2) for part, x in logits.items()}
+    conf, right, right_alone = cascade_inputs(outputs, correct, alone, {'route': 3, 'val': 4})
     assert torch.equal(right, torch.cat([correct['route'][:3], correct['val']]))
+    assert torch.equal(right_alone, torch.cat([alone['route'][:3], alone['val']]))
     plain = torch.cat([logits['route'][:3], logits['val']])
     assert torch.allclose(conf, confidences([plain, 2 * plain]))

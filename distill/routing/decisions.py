@@ -16,9 +16,32 @@ SELECTOR_INPUTS = 'sorted-probabilities'  # stored in a selector's checkpoint: w
 THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.0)
 
 
+# How an image sent on to a costlier expert is answered: by the average of its probabilities and the cheapest
+# expert's, which has run on the image in either mode (Wang et al.'s committees; docs/routing.md), or by it alone.
+ANSWERS = ('committee', 'expert')
+
+
 def expert_correctness(expert_logits: list, labels: torch.Tensor) -> torch.Tensor:
     """N x E float tensor: 1 where expert e classifies image n correctly."""
     return torch.stack([(logits.argmax(1) == labels).float() for logits in expert_logits], 1)
+
+
+def answer_logits(expert_logits: list, answer: str = 'committee') -> list:
+    """What the routing answers where each expert is chosen: the expert's own logits, or (committee) for a
+    costlier expert the log of its probabilities averaged with the cheapest expert's, a valid logit."""
+    if answer == 'expert':
+        return expert_logits
+    first = F.softmax(expert_logits[0].float(), 1)
+    return [expert_logits[0]] + [committee_logits(first, logits) for logits in expert_logits[1:]]
+
+
+def answer_of(routing: dict) -> str:
+    """How a stored routing answers the images it sends on; selectors tuned before committees answered alone."""
+    return routing.get('answer', 'expert')
+
+
+def committee_logits(first_probabilities: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    return torch.log((first_probabilities + F.softmax(logits.float(), 1)) / 2)
 
 
 def confidences(expert_logits: list) -> torch.Tensor:
@@ -162,44 +185,48 @@ def choose_point(points: list, target: float, margins=None):
     return max(points, key=lambda p: (p[1], -p[2])), 0
 
 
-def paired_margin(choice, correct, reference: int, z: float) -> float:
+def paired_margin(choice, correct, reference_right: torch.Tensor, z: float) -> float:
     """z standard errors of the difference, image by image, between a routing's accuracy and the reference
-    expert's: the cheapest point that only just reaches the target on val is, on fresh images, as often below it.
-    One disagreement more than seen, so that a point that never differs from the reference is not thereby
-    shown to be better than it."""
+    expert's (reference_right: where it alone is right): the cheapest point that only just reaches the target on
+    val is, on fresh images, as often below it. One disagreement more than seen, so that a point that never
+    differs from the reference is not thereby shown to be better than it."""
     routed = correct.gather(1, choice[:, None].to(correct.device)).squeeze(1)
-    return z * math.sqrt((routed != correct[:, reference]).sum().item() + 1) / len(routed)
+    return z * math.sqrt((routed != reference_right.to(routed.device)).sum().item() + 1) / len(routed)
 
 
-def choose_cascade(conf, correct, costs, reference: int, max_drop: float, margin_z: float) -> tuple:
+def choose_cascade(conf, correct, costs, reference_right: torch.Tensor, max_drop: float, margin_z: float) -> tuple:
     """(thresholds, accuracy, cost), level: the cascade tuned on these images to reach the reference expert's
-    accuracy on them, less max_drop (choose_point)."""
-    target = correct[:, reference].mean().item() - max_drop
+    accuracy on them (reference_right: where it alone is right), less max_drop (choose_point)."""
+    target = reference_right.float().mean().item() - max_drop
     points = cascade_sweep(conf, correct, costs)
-    return choose_point(points, target, [paired_margin(cascade_choice(conf, p[0]), correct, reference, margin_z)
-                                         for p in points])
+    return choose_point(points, target, [paired_margin(cascade_choice(conf, p[0]), correct, reference_right,
+                                                       margin_z) for p in points])
 
 
 def choose_routing(conf, scores, correct, costs, selector_cost_: float, max_drop: float, margin_z: float = 0.0,
-                   cascade_tuning: tuple | None = None) -> dict:
+                   cascade_tuning: tuple | None = None, alone=None) -> dict:
     """Both modes tuned to reach the best single expert's accuracy (best on val), less max_drop, as cheaply as
-    they can: cleared by margin_z paired standard errors where some point can, else only reached. The selector
-    is tuned on val; the cascade on cascade_tuning, (conf, correct) of other held-out images or None for val's
-    (it trains nothing, so it may use the images the selector learned from). The default mode is the one that
-    meets the target better on val, then the cheaper (or, if neither reaches it, the more accurate)."""
-    best = int(correct.mean(0).argmax())
-    target = correct[:, best].mean().item() - max_drop
+    they can: cleared by margin_z paired standard errors where some point can, else only reached. correct: where
+    each expert's answer as routed is right (answer_logits); alone: where each expert alone is right, which sets
+    the target (default: correct). The selector is tuned on val; the cascade on cascade_tuning, (conf, correct,
+    alone) of other held-out images or None for val's (it trains nothing, so it may use the images the selector
+    learned from). The default mode is the one that meets the target better on val, then the cheaper (or, if
+    neither reaches it, the more accurate)."""
+    alone = correct if alone is None else alone
+    best = int(alone.mean(0).argmax())
+    target = alone[:, best].mean().item() - max_drop
     extra = extra_costs(costs)
     selector_points = selector_sweep(scores, correct, costs, selector_cost_)
-    selector_margins = [paired_margin(selector_choice(scores, extra, p[0]), correct, best, margin_z)
+    selector_margins = [paired_margin(selector_choice(scores, extra, p[0]), correct, alone[:, best], margin_z)
                         for p in selector_points]
-    chosen = {'cascade': choose_cascade(*(cascade_tuning or (conf, correct)), costs, best, max_drop, margin_z),
+    tune_conf, tune_correct, tune_alone = cascade_tuning or (conf, correct, alone)
+    chosen = {'cascade': choose_cascade(tune_conf, tune_correct, costs, tune_alone[:, best], max_drop, margin_z),
               'selector': choose_point(selector_points, target, selector_margins)}
     if cascade_tuning is not None:  # compared with the selector on val, where the selector was tuned
         point = chosen['cascade'][0][0]
         choice = cascade_choice(conf, point)
         chosen['cascade'] = choose_point([(point, *outcome(choice, correct, cascade_cost(choice, costs)))], target,
-                                         [paired_margin(choice, correct, best, margin_z)])
+                                         [paired_margin(choice, correct, alone[:, best], margin_z)])
 
     return pick_mode({'thresholds': chosen['cascade'][0][0], 'cost_weight': chosen['selector'][0][0],
                       'reference': best, 'target_accuracy': target, 'margin_z': margin_z,

@@ -5,8 +5,8 @@ import math
 import torch
 
 from ..runtime import device_name
-from .decisions import (MODES, RANKING_REFERENCES, cascade_choice, cascade_cost, confidences, expert_correctness,
-                        extra_costs, outcome, selector_choice, selector_cost)
+from .decisions import (MODES, RANKING_REFERENCES, answer_of, answer_logits, cascade_choice, cascade_cost, confidences,
+                        expert_correctness, extra_costs, outcome, selector_choice, selector_cost)
 
 
 def routing_report(expert_logits: list, labels, scores, costs_by_kind: dict, selector_costs: dict, routing: dict,
@@ -15,7 +15,8 @@ def routing_report(expert_logits: list, labels, scores, costs_by_kind: dict, sel
     precomputed outputs. Rows: each expert alone, cascade, selector, the default mode, oracle (any expert
     right), random routing, best single expert (pass `best`, chosen on val, when reporting on test) and
     max confidence (runs every expert). Also the share of images each mode sends to each expert."""
-    correct = expert_correctness(expert_logits, labels).cpu()
+    alone = expert_correctness(expert_logits, labels).cpu()
+    correct = expert_correctness(answer_logits(expert_logits, answer_of(routing)), labels).cpu()  # as routed
     conf = confidences(expert_logits).cpu()
     n, e = correct.shape
     choices = {'cascade': cascade_choice(conf, routing['thresholds']),
@@ -23,20 +24,20 @@ def routing_report(expert_logits: list, labels, scores, costs_by_kind: dict, sel
                                            routing['cost_weight'])}
     rows = {}
 
-    def add(name, choice, cost_fn):
-        rows[name] = {'accuracy': outcome(choice, correct, torch.zeros(n))[0],
+    def add(name, choice, cost_fn, right=correct):
+        rows[name] = {'accuracy': outcome(choice, right, torch.zeros(n))[0],
                       **{kind: cost_fn(choice, kind).double().mean().item() for kind in costs_by_kind}}
     for i in range(e):
-        add(f'expert:{i}', torch.full((n,), i), lambda c, kind: costs_by_kind[kind][c])
+        add(f'expert:{i}', torch.full((n,), i), lambda c, kind: costs_by_kind[kind][c], alone)
     add('cascade', choices['cascade'], lambda c, kind: cascade_cost(c, costs_by_kind[kind]))
     add('selector', choices['selector'], lambda c, kind: selector_cost(c, costs_by_kind[kind], selector_costs[kind]))
     rows['routed'] = {**rows[routing['mode']], 'mode': routing['mode']}
-    rows['oracle'] = {'accuracy': correct.max(1).values.mean().item(), **{k: math.nan for k in costs_by_kind}}
+    rows['oracle'] = {'accuracy': alone.max(1).values.mean().item(), **{k: math.nan for k in costs_by_kind}}
     random_choice = torch.randint(0, e, (n,), generator=torch.Generator().manual_seed(seed))
-    add('random', random_choice, lambda c, kind: costs_by_kind[kind][c])
-    best = int(correct.mean(0).argmax()) if best is None else best
-    add('best single', torch.full((n,), best), lambda c, kind: costs_by_kind[kind][c])
-    add('max confidence', conf.argmax(1), lambda c, kind: costs_by_kind[kind].sum().expand(n))
+    add('random', random_choice, lambda c, kind: costs_by_kind[kind][c], alone)
+    best = int(alone.mean(0).argmax()) if best is None else best
+    add('best single', torch.full((n,), best), lambda c, kind: costs_by_kind[kind][c], alone)
+    add('max confidence', conf.argmax(1), lambda c, kind: costs_by_kind[kind].sum().expand(n), alone)
     share = {mode: (torch.bincount(c, minlength=e).float() / n).tolist() for mode, c in choices.items()}
     headroom = rows['oracle']['accuracy'] - rows['best single']['accuracy']
     gap_closed = {mode: (rows[mode]['accuracy'] - rows['best single']['accuracy']) / headroom if headroom > 0

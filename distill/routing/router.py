@@ -8,21 +8,25 @@ import torch.nn.functional as F
 from .. import UserError
 from ..metrics import in_calls, round_ratios, time_in_turns
 from ..runtime import device_name, read_later
-from .decisions import (MODES, check_thresholds, extra_costs, pick_mode, selector_choice, selector_inputs,
-                        selector_scores)
+from .decisions import (MODES, answer_of, check_thresholds, committee_logits, extra_costs, pick_mode,
+                        selector_choice, selector_inputs, selector_scores)
 from .experts import check_cost_device, cost_vector, measure_costs
 
 
 class Router:
     """images -> (logits, choice): each image answered by one expert, each expert run only where needed."""
 
-    def __init__(self, experts: list, mode: str, thresholds=None, selector=None, extra=None, cost_weight=0.0):
+    def __init__(self, experts: list, mode: str, thresholds=None, selector=None, extra=None, cost_weight=0.0,
+                 answer: str = 'expert'):
+        """answer: how an image sent on is answered (ANSWERS): by the expert it reaches, or by the committee of
+        that expert and the cheapest one, whose probabilities travel with the image."""
         if mode not in MODES:
             raise UserError(f"unknown routing mode '{mode}'; choose one of {', '.join(MODES)}")
         if mode == 'cascade':
             check_thresholds(thresholds, len(experts))
         self.experts, self.mode, self.thresholds = experts, mode, thresholds
         self.selector, self.extra, self.cost_weight = selector, extra, cost_weight
+        self.committee = answer == 'committee'
 
     def __call__(self, images):
         """One batch on its own: (logits, choice), as stream() answers a single batch."""
@@ -42,17 +46,22 @@ class Router:
         last = len(self.experts) - 1
         jobs, queues, unread = collections.deque(), [[] for _ in self.experts], collections.deque()
 
-        def launch(k, images, entries):  # entries: (job, positions in its batch) whose images these are, in order
+        def launch(k, images, entries, cheap_probs=None):
+            """entries: (job, positions in its batch) whose images these are, in order; cheap_probs: the cheapest
+            expert's probabilities of these images, for a committee's answer."""
             out = self.experts[k](images).float()
             target = self._targets(k, out)  # for each image: k where its answer stands, else the next expert
+            if self.committee:
+                cheap_probs = F.softmax(out, 1) if k == 0 else cheap_probs
+                out = out if k == 0 else committee_logits(cheap_probs, out)
             sizes = [len(positions) for _, positions in entries]
             if k == last:  # every image stays: nothing to ask the GPU
-                return settle(k, images, entries, out, target, lambda: [[0] * last + [n] for n in sizes])
+                return settle(k, images, entries, out, target, lambda: [[0] * last + [n] for n in sizes], cheap_probs)
             experts = torch.arange(len(self.experts), device=target.device)
             counts = read_later(torch.stack([(part[:, None] == experts).sum(0) for part in target.split(sizes)]))
-            unread.append((k, images, entries, out, target, counts))
+            unread.append((k, images, entries, out, target, counts, cheap_probs))
 
-        def settle(k, images, entries, out, target, counts):
+        def settle(k, images, entries, out, target, counts, cheap_probs):
             start = 0
             for (job, positions), going in zip(entries, counts()):
                 rows = slice(start, start + len(positions))
@@ -69,16 +78,18 @@ class Router:
                     if going[later]:
                         mine = order[first:first + going[later]]
                         first += going[later]
-                        queues[later].append((job, positions[mine], images[rows].index_select(0, mine)))
+                        queues[later].append((job, positions[mine], images[rows].index_select(0, mine),
+                                              None if cheap_probs is None else cheap_probs[rows].index_select(0, mine)))
 
         def settle_all(keep_newest=False):
             while len(unread) > keep_newest:
                 settle(*unread.popleft())
 
         def flush(k, at_end=False):
-            if sum(len(p) for _, p, _ in queues[k]) >= (1 if at_end else batch_size):
+            if sum(len(p) for _, p, _, _ in queues[k]) >= (1 if at_end else batch_size):
                 entries, queues[k] = queues[k], []
-                launch(k, torch.cat([x for _, _, x in entries]), [(job, p) for job, p, _ in entries])
+                cheap_probs = torch.cat([probs for *_, probs in entries]) if self.committee else None
+                launch(k, torch.cat([x for _, _, x, _ in entries]), [(job, p) for job, p, _, _ in entries], cheap_probs)
 
         def finished(job):
             return job['tag'], job['logits'], job['choice']
@@ -137,7 +148,7 @@ def router_for(state: dict, experts: list, selector, *, mode=None, thresholds=No
     if mode == 'cascade':
         if cost_weight is not None or cost != 'stored':
             raise UserError('--cost-weight and --cost tune the selector mode; the cascade uses --threshold')
-        return Router(experts, 'cascade', thresholds=thresholds or routing['thresholds'])
+        return Router(experts, 'cascade', thresholds=thresholds or routing['thresholds'], answer=answer_of(routing))
     if thresholds:
         raise UserError('--threshold tunes the cascade; the selector mode uses --cost-weight')
     kind, metas = ('macs' if cost == 'macs' else routing['cost']), state['experts']
@@ -149,7 +160,7 @@ def router_for(state: dict, experts: list, selector, *, mode=None, thresholds=No
         metas = [e.cost for e in experts]
     check_cost_device(metas, kind, device, where)
     return Router(experts, 'selector', selector=selector, extra=extra_costs(cost_vector(metas, kind)).to(device),
-                  cost_weight=routing['cost_weight'] if cost_weight is None else cost_weight)
+                  cost_weight=routing['cost_weight'] if cost_weight is None else cost_weight, answer=answer_of(routing))
 
 
 def measure_routing(routing: dict, experts: list, selector, extra: torch.Tensor, images: torch.Tensor,
@@ -157,9 +168,9 @@ def measure_routing(routing: dict, experts: list, selector, extra: torch.Tensor,
     """routing with both modes timed at its operating points on held-out images, as infer.py routes a folder (calls
     of batch_size, the later experts on images gathered across calls), beside the reference expert alone in the
     same turns; the default mode picked again by those times, not by the modelled cost."""
-    routers = {'cascade': Router(experts, 'cascade', thresholds=routing['thresholds']),
+    routers = {'cascade': Router(experts, 'cascade', thresholds=routing['thresholds'], answer=answer_of(routing)),
                'selector': Router(experts, 'selector', selector=selector, extra=extra.to(images.device),
-                                  cost_weight=routing['cost_weight'])}
+                                  cost_weight=routing['cost_weight'], answer=answer_of(routing))}
     fns = {mode: (lambda x, router=router: router.folder(x, batch_size)) for mode, router in routers.items()}
     fns['alone'] = in_calls(experts[routing['reference']], batch_size)
     timed = time_in_turns(fns, images, amp, rounds=3, warmup=1, latency=False)

@@ -7,15 +7,17 @@ import torch.nn.functional as F
 
 from ..engine import predict_logits
 from ..runtime import autocast
-from .decisions import (confidences, deferral_accuracy, expert_correctness, extra_costs, selector_choice,
-                        selector_inputs)
+from .decisions import (answer_logits, confidences, deferral_accuracy, expert_correctness, extra_costs,
+                        selector_choice, selector_inputs)
 
 
-def cascade_inputs(outputs: dict, correct: dict, sizes: dict) -> tuple:
-    """(confidences, correctness) of the first sizes[part] images of each part, as choose_routing's cascade_tuning:
-    the held-out images themselves, not the augmented copies that follow them in routing_data's route."""
-    return tuple(torch.cat(pair).cpu() for pair in zip(*[
-        (confidences([logits[:n] for logits in outputs[part][0]]), correct[part][:n]) for part, n in sizes.items()]))
+def cascade_inputs(outputs: dict, correct: dict, alone: dict, sizes: dict) -> tuple:
+    """(confidences, correctness as routed, correctness alone) of the first sizes[part] images of each part, as
+    choose_routing's cascade_tuning: the held-out images themselves, not the augmented copies that follow them
+    in routing_data's route."""
+    return tuple(torch.cat(parts).cpu() for parts in zip(*[
+        (confidences([logits[:n] for logits in outputs[part][0]]), correct[part][:n], alone[part][:n])
+        for part, n in sizes.items()]))
 
 
 @torch.inference_mode()
@@ -30,16 +32,18 @@ def expert_outputs(experts: list, batches, device, amp=None):
     return [torch.cat(out) for out in logits], torch.cat(labels)
 
 
-def routing_data(experts: list, loaders: dict, route_views: int, device, amp=None):
-    """For each split, ([each expert's logits], labels), the experts' correctness and the selector's inputs. The
-    experts run once on each split and on route_views cropped and flipped copies of the route images, as
-    more examples for the selector."""
+def routing_data(experts: list, loaders: dict, route_views: int, device, amp=None, answer: str = 'committee'):
+    """For each split, ([each expert's logits], labels), where each expert's answer as routed is right
+    (answer_logits), where each expert alone is right, and the selector's inputs. The experts run once on each
+    split and on route_views cropped and flipped copies of the route images, as more examples for the selector."""
     sources = {part: [loader] for part, loader in loaders.items()}
     sources['route'] += [loaders['route'].augmented(view) for view in range(1, route_views + 1)]
     outputs = {part: expert_outputs(experts, itertools.chain(*batches), device, amp)
                for part, batches in sources.items()}
-    correct = {part: expert_correctness(logits, labels) for part, (logits, labels) in outputs.items()}
-    return outputs, correct, {part: selector_inputs(logits[0]) for part, (logits, _) in outputs.items()}
+    correct = {part: expert_correctness(answer_logits(logits, answer), labels) for part, (logits, labels) in
+               outputs.items()}
+    alone = {part: expert_correctness(logits, labels) for part, (logits, labels) in outputs.items()}
+    return outputs, correct, alone, {part: selector_inputs(logits[0]) for part, (logits, _) in outputs.items()}
 
 
 def selection_step(selector, disagreement_weight: float = 1.0):
