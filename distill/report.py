@@ -6,7 +6,7 @@ import statistics
 from . import UserError
 from .checkpoint import atomic_write, changed_settings, write_json
 from .metrics import round_ratios
-from .routing.report import gap_closed_text, measured_ratios, ranking_verdict
+from .routing.report import answer_text, gap_closed_text, measured_ratios, ranking_verdict
 
 
 def timed_entry(result: dict, name: str) -> dict | None:
@@ -42,7 +42,7 @@ def markdown(result: dict) -> str:
              f"{result['timing_images']} test images, the classes in turn, in calls of "
              f"{result['batch_size']}, {result.get('precision', 'float32')}; every model and routing mode in turns, "
              f"best of {result['timing_rounds']} rounds (in brackets, a ratio's range over them). Default routing "
-             f"mode (chosen on val): {result['mode']}."
+             f"mode (chosen on val): {result['mode']}; {answer_text(result['routing'])}."
              + val_timing_text(result['routing']), '',
              '| model or routing | test accuracy | ms / image | time vs teacher | time vs best single | MMACs / image |',
              '|---|---|---|---|---|---|']

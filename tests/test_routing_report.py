@@ -1,7 +1,8 @@
 """distill/routing/report.py: both modes against their references, and the gap to the oracle they close."""
 import torch
 
-from distill.routing.report import experts_line, gap_closed_text, ranking_verdict, route_line, routing_report
+from distill.routing.report import (answer_text, experts_line, gap_closed_text, ranking_verdict, route_line,
+                                   routing_report)
 
 
 def test_the_report_compares_both_modes_with_their_references():
@@ -38,6 +39,7 @@ def test_a_committee_routing_is_scored_on_its_answers_and_each_expert_alone_on_i
     assert rows['expert:1']['accuracy'] == 0.5 and rows['cascade']['accuracy'] == 0.5
     rows = routing_report([cheap, costly], *args, {**routing, 'answer': 'expert'})['rows']
     assert rows['cascade']['accuracy'] == 1.0 and rows['oracle']['accuracy'] == 1.0
+    assert 'average of its expert' in answer_text(routing) and 'alone' in answer_text({})  # older selectors
 
 
 def test_the_selectors_ranking_is_placed_between_the_cascades_and_the_best_possible():

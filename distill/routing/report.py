@@ -88,7 +88,14 @@ def routing_summary(routing: dict, names: list) -> str:
     cleared = 'cleared by' if routing['cleared_margin'] else 'not cleared by'
     return (f"{measured}\ndefault mode on val: {routing['mode']} (cascade thresholds {routing['thresholds']} chosen "
             f"on {' + '.join(routing['cascade_tuned_on'])}, selector cost weight {routing['cost_weight']:g}, target "
-            f"accuracy {routing['target_accuracy']:.2%}, {cleared} {routing['margin_z']:g} standard errors)")
+            f"accuracy {routing['target_accuracy']:.2%}, {cleared} {routing['margin_z']:g} standard errors; "
+            f"{answer_text(routing)})")
+
+
+def answer_text(routing: dict) -> str:
+    if answer_of(routing) == 'committee':
+        return "an image sent on answered by the average of its expert's probabilities and the cheapest one's"
+    return 'an image sent on answered by its expert alone'
 
 
 def unpaid_routing_note(state: dict, mode: str, device) -> str | None:
