@@ -20,8 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distill import UserError  # noqa: E402
 from distill.checkpoint import load_checkpoint  # noqa: E402
 from distill.cli import Parser, check_range, main_guard  # noqa: E402
-from distill.routing.decisions import (cascade_choice, cascade_cost, choose_cascade, confidences,  # noqa: E402
-                                       expert_correctness, outcome)
+from distill.routing.decisions import (ANSWERS, answer_logits, cascade_choice, cascade_cost,  # noqa: E402
+                                       choose_cascade, confidences, expert_correctness, outcome)
 
 
 def model_rates(report: dict) -> dict:
@@ -32,10 +32,12 @@ def model_rates(report: dict) -> dict:
             if key.startswith('infer.') and key.endswith('.img_s') and key.count('.') == 2}
 
 
-def load_parts(logits: dict, names: list, parts: list):
+def load_parts(logits: dict, names: list, parts: list, answer: str):
+    """(confidences, where each model's answer as routed is right, where each alone is right)."""
     outputs = [torch.cat([logits[n][part].float() for part in parts]) for n in names]
     labels = torch.cat([logits[names[0]]['labels'][part] for part in parts])
-    return confidences(outputs), expert_correctness(outputs, labels)
+    return confidences(outputs), expert_correctness(answer_logits(outputs, answer), labels), expert_correctness(
+        outputs, labels)
 
 
 @main_guard
@@ -49,6 +51,7 @@ def main():
     p.add_argument('--val-margin', type=float, default=1.645, help='as in selectorTrain.py')
     p.add_argument('--tune-on', nargs='+', choices=('route', 'val'), default=['val'],
                    help='the held-out images the threshold is chosen on')
+    p.add_argument('--answer', choices=ANSWERS, default='committee', help='as in selectorTrain.py')
     args = p.parse_args()
     check_range('val_margin', args.val_margin, low=0)
     try:
@@ -75,17 +78,17 @@ def main():
     print('|---|---|---|---|---|---|---|---|---|')
     for chain in args.chain:
         costs = torch.tensor([1 / rate[n] for n in chain], dtype=torch.float64)
-        conf, correct = load_parts(logits, chain, args.tune_on)
+        conf, correct, alone = load_parts(logits, chain, args.tune_on, args.answer)
         last = len(chain) - 1
-        (thresholds, val_acc, _), level = choose_cascade(conf, correct, costs, correct[:, last], 0.0, args.val_margin)
-        conf, correct = load_parts(logits, chain, ['test'])
+        (thresholds, val_acc, _), level = choose_cascade(conf, correct, costs, alone[:, last], 0.0, args.val_margin)
+        conf, correct, alone = load_parts(logits, chain, ['test'], args.answer)
         choice = cascade_choice(conf, thresholds)
         test_acc, cost = outcome(choice, correct, cascade_cost(choice, costs))
         share = torch.bincount(choice, minlength=len(chain)).float() / len(choice)
         met = ('not reached', 'reached', 'cleared by the margin')[level]
         vs_teacher = f'{cost * teacher:.2f}x' if teacher else '—'
         print(f"| {' → '.join(chain)} | {thresholds} | {met} | {val_acc:.2%} | {test_acc:.2%} | "
-              f"{correct[:, last].mean().item():.2%} | {cost * rate[chain[-1]]:.2f}x | {vs_teacher} | "
+              f"{alone[:, last].mean().item():.2%} | {cost * rate[chain[-1]]:.2f}x | {vs_teacher} | "
               f"{', '.join(f'{n} {s:.0%}' for n, s in zip(chain, share.tolist()))} |")
 
 

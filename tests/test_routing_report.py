@@ -2,7 +2,7 @@
 import torch
 
 from distill.routing.report import (answer_text, experts_line, gap_closed_text, ranking_verdict, route_line,
-                                   routing_report)
+                                    routing_report)
 
 
 def test_the_report_compares_both_modes_with_their_references():

@@ -105,8 +105,8 @@ def test_an_image_sent_on_is_answered_by_the_committee_of_its_expert_and_the_che
     ('cascade', lambda: [Counting(0), Counting(1), Counting(2, sure=False)], [0.9, 0.5]),
     ('cascade', lambda: [Counting(0), Counting(1)], [1.0]),  # every image goes on
     ('selector', lambda: [Counting(0), Counting(1), Counting(2)], None)])
-def test_a_stream_answers_as_batch_by_batch_routing_with_later_experts_on_gathered_batches(mode, experts, thresholds,
-                                                                                          answer):
+def test_a_stream_answers_as_batch_by_batch_routing_with_later_experts_on_gathered_batches(
+        mode, experts, thresholds, answer):
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randn(n, 3, 4, 4, generator=gen) for n in (5, 0, 7, 3, 9, 1)]
     kwargs = dict(thresholds=thresholds) if mode == 'cascade' else dict(
