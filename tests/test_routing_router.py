@@ -136,21 +136,23 @@ def test_a_stream_runs_the_first_expert_on_the_next_batch_before_answering_this_
 
 
 @needs_cuda
+@pytest.mark.parametrize('answer', ANSWERS)
 @pytest.mark.parametrize('mode, experts, thresholds', [
     ('cascade', lambda: [Counting(0), Counting(1)], [0.9]),
     ('cascade', lambda: [Counting(0), Counting(1), Counting(2, sure=False)], [0.9, 0.5]),
     ('selector', lambda: [Counting(0), Counting(1), Counting(2)], None)])
-def test_a_stream_on_a_gpu_waits_for_it_only_to_read_counts_and_answers_as_on_the_cpu(mode, experts, thresholds,
-                                                                                       monkeypatch):
+def test_a_stream_on_a_gpu_waits_for_it_only_to_read_counts_and_answers_as_on_the_cpu(
+        mode, experts, thresholds, answer, monkeypatch):
     import distill.routing.router as router_module
     from distill.runtime import read_later
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randn(n, 3, 4, 4, generator=gen) for n in (64, 7, 64, 0, 64, 33)]
     kwargs = dict(thresholds=thresholds) if mode == 'cascade' else dict(
         selector=Sureness(), extra=extra_costs(torch.tensor([1., 2, 3])))
+    kwargs['answer'] = answer
     on_cpu = list(Router(experts(), mode, **kwargs).stream(((x, i) for i, x in enumerate(batches)), 32))
     if mode == 'selector':  # as router_for places them
-        kwargs = dict(selector=Sureness().cuda(), extra=kwargs['extra'].cuda())
+        kwargs = dict(selector=Sureness().cuda(), extra=kwargs['extra'].cuda(), answer=answer)
     router, on_gpu_batches, reads = Router(experts(), mode, **kwargs), [x.cuda() for x in batches], []
 
     def read_later_allowed(tensor):  # the one wait the stream may make; any other sync raises
