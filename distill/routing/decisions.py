@@ -26,13 +26,13 @@ def expert_correctness(expert_logits: list, labels: torch.Tensor) -> torch.Tenso
     return torch.stack([(logits.argmax(1) == labels).float() for logits in expert_logits], 1)
 
 
-def answer_logits(expert_logits: list, answer: str = 'committee') -> list:
+def answer_logits(expert_logits: list, answer: str) -> list:
     """What the routing answers where each expert is chosen: the expert's own logits, or (committee) for a
     costlier expert the log of its probabilities averaged with the cheapest expert's, a valid logit."""
     if answer == 'expert':
         return expert_logits
-    first = F.softmax(expert_logits[0].float(), 1)
-    return [expert_logits[0]] + [committee_logits(first, logits) for logits in expert_logits[1:]]
+    cheap = F.softmax(expert_logits[0].float(), 1)
+    return [expert_logits[0]] + [committee_logits(cheap, logits) for logits in expert_logits[1:]]
 
 
 def answer_of(routing: dict) -> str:
@@ -40,8 +40,8 @@ def answer_of(routing: dict) -> str:
     return routing.get('answer', 'expert')
 
 
-def committee_logits(first_probabilities: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    return torch.log((first_probabilities + F.softmax(logits.float(), 1)) / 2)
+def committee_logits(cheap_probabilities: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    return torch.log((cheap_probabilities + F.softmax(logits.float(), 1)) / 2)
 
 
 def confidences(expert_logits: list) -> torch.Tensor:

@@ -14,7 +14,8 @@ from .experts import check_cost_device, cost_vector, measure_costs
 
 
 class Router:
-    """images -> (logits, choice): each image answered by one expert, each expert run only where needed."""
+    """images -> (logits, choice): each image routed to one expert (answered by it, or by it and the cheapest as a
+    committee), each expert run only where needed."""
 
     def __init__(self, experts: list, mode: str, thresholds=None, selector=None, extra=None, cost_weight=0.0,
                  answer: str = 'expert'):

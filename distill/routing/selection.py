@@ -32,7 +32,7 @@ def expert_outputs(experts: list, batches, device, amp=None):
     return [torch.cat(out) for out in logits], torch.cat(labels)
 
 
-def routing_data(experts: list, loaders: dict, route_views: int, device, amp=None, answer: str = 'committee'):
+def routing_data(experts: list, loaders: dict, route_views: int, device, amp, answer: str):
     """For each split, ([each expert's logits], labels), where each expert's answer as routed is right
     (answer_logits), where each expert alone is right, and the selector's inputs. The experts run once on each
     split and on route_views cropped and flipped copies of the route images, as more examples for the selector."""
