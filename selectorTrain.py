@@ -13,17 +13,14 @@ import torch
 from distill.cli import (check_range, check_spared, checkpoint_path, inherit_data_settings, main_guard,
                          train_settings, training_parser, validate_args)
 from distill.data import prepare_data
+from distill.engine import fit
 from distill.loaders import TensorLoader, split_loader
-from distill.engine import fit, predict_logits
-from distill.metrics import count_macs, time_model
-from distill.routing.decisions import (ANSWERS, SELECTOR_INPUTS, choose_routing, confidences, extra_costs,
-                                      ranking_references, selector_scores)
+from distill.metrics import count_macs
+from distill.routing.decisions import ANSWERS, SELECTOR_INPUTS
 from distill.routing.experts import (COST_KINDS, Expert, check_routable, check_route_split, cost_vector,
                                      fallback_teacher, load_experts, measure_costs)
-from distill.routing.report import (experts_line, format_report, ranking_line, ranking_verdict, route_line,
-                                    routing_report, routing_summary)
-from distill.routing.router import measure_routing
-from distill.routing.selection import SelectorScore, cascade_inputs, routing_data, selection_step
+from distill.routing.report import experts_line, ranking_line, ranking_verdict, route_line
+from distill.routing.selection import RoutingTuning, routing_data, selection_step
 from distill.runtime import amp_dtype, resolve_device
 from models import build_model
 
@@ -94,34 +91,18 @@ def main(argv=None):
     selector = build_model('selector', len(experts), **model_args)
     selector_macs = count_macs(selector, inputs['val'][:1])
     costs = {kind: cost_vector([e.cost for e in experts], kind) for kind in COST_KINDS}
-    score = SelectorScore(costs[args.cost])
-    references = ranking_references(confidences(outputs['val'][0]).cpu(), correct['val'].cpu(), costs[args.cost])
-    print(ranking_line(references))
     tune_on = {part: len(data.parts[part]) for part in args.cascade_tune_on}  # each split once, without route's copies
-    cascade_tuning = cascade_inputs(outputs, correct, alone, tune_on) if set(tune_on) != {'val'} else None
-
-    def tune_routing(best_selector):  # on val, before fit touches the test set
-        scores = predict_logits(best_selector, selector_loaders['val'])[0]  # float32, as selector_scores
-        selector_time = time_model(lambda x: selector_scores(best_selector, x), inputs['val'][:args.batch_size],
-                                   amp)['seconds_per_image']
-        selector_costs = {'macs': selector_macs, 'time': selector_time}
-        routing = choose_routing(confidences(outputs['val'][0]).cpu(), scores.cpu(), correct['val'].cpu(),
-                                 costs[args.cost], selector_costs[args.cost], args.max_accuracy_drop / 100,
-                                 args.val_margin, cascade_tuning, alone['val'].cpu())
-        routing.update(cost=args.cost, cascade_tuned_on=list(tune_on), answer=args.answer)
-        score.cost_weight = routing['cost_weight']
-        routing = measure_routing(routing, experts, best_selector.eval(), extra_costs(costs[args.cost]),
-                                  loaders['val'].classes_in_turn(2048), args.batch_size, amp)
-        report = routing_report(outputs['val'][0], outputs['val'][1], scores, costs, selector_costs, routing)
-        print(format_report(report, [e.name for e in experts], 'val split, best epoch:'))
-        print(routing_summary(routing, [e.name for e in experts]))
-        return {'routing': routing, 'selector_cost': selector_costs, 'ranking_references': references}
+    timing_images = loaders['val'].classes_in_turn(2048)  # every class, as a folder infer.py routes
+    tuning = RoutingTuning(experts, (outputs, correct, alone, inputs), selector_loaders['val'], timing_images, costs,
+                           selector_macs, cost=args.cost, tune_on=tune_on, max_drop=args.max_accuracy_drop / 100,
+                           val_margin=args.val_margin, answer=args.answer, batch_size=args.batch_size, amp=amp)
+    print(ranking_line(tuning.references))
     extra = {'experts': [e.describe() for e in experts], 'selector_macs': selector_macs, 'model_args': model_args,
              'selector_inputs': SELECTOR_INPUTS}
     summary = fit(train_settings(args), 'selector', selector, lambda trained: selection_step(
-        trained, args.disagreement_weight), data, train_part='route', loaders=selector_loaders, evaluate_fn=score,
-        num_outputs=len(experts), extra=extra, device=device, calibrate=tune_routing)
-    print(ranking_verdict(summary['best_val_acc'], references))
+        trained, args.disagreement_weight), data, train_part='route', loaders=selector_loaders,
+        evaluate_fn=tuning.score, num_outputs=len(experts), extra=extra, device=device, calibrate=tuning)
+    print(ranking_verdict(summary['best_val_acc'], tuning.references))
 
 
 if __name__ == '__main__':

@@ -121,11 +121,12 @@ def test_student_with_a_missing_teacher_is_one_clear_line(image_folder):
 
 def test_routing_is_chosen_on_val_and_stored_with_the_selector(tiny_runs, monkeypatch):
     import selectorTrain
+    from distill.routing import selection
     from distill.routing.decisions import choose_routing
     work, folder = tiny_runs
     experts = [str(work / 'checkpoints' / name) for name in ('densenet121', 'googlenet')]  # run directories
     seen = []
-    monkeypatch.setattr(selectorTrain, 'choose_routing',
+    monkeypatch.setattr(selection, 'choose_routing',
                         lambda conf, *rest: seen.append((len(conf), rest[-2] and len(rest[-2][0]))) or {
                             **choose_routing(conf, *rest), 'levels': {'cascade': 0, 'selector': 2}, 'cost_weight': 0.5})
     selectorTrain.main(['--experts', *experts, '--epochs', '1', '--out', 'val-only', '--cascade-tune-on', 'val'])

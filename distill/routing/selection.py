@@ -1,14 +1,18 @@
 """The selector's data and training: every expert's outputs on the held-out splits (and on augmented copies of
-the route images), which expert is right on each, and the step and score the engine trains the selector with."""
+the route images), which expert is right on each, the step and score the engine trains the selector with, and
+the tuning of both routing modes on val that ends its training."""
 import itertools
 
 import torch
 import torch.nn.functional as F
 
 from ..engine import predict_logits
+from ..metrics import time_model
 from ..runtime import autocast
-from .decisions import (answer_logits, confidences, deferral_accuracy, expert_correctness, extra_costs,
-                        selector_choice, selector_inputs)
+from .decisions import (answer_logits, choose_routing, confidences, deferral_accuracy, expert_correctness,
+                        extra_costs, ranking_references, selector_choice, selector_inputs, selector_scores)
+from .report import format_report, routing_report, routing_summary
+from .router import measure_routing
 
 
 def cascade_inputs(outputs: dict, correct: dict, alone: dict, sizes: dict) -> tuple:
@@ -74,3 +78,43 @@ class SelectorScore:
             return loss, deferral_accuracy(scores, correct, self.costs)
         choice = selector_choice(scores, extra_costs(self.costs), self.cost_weight)
         return loss, correct.gather(1, choice[:, None]).mean().item()
+
+
+class RoutingTuning:
+    """fit's calibrate for the selector: on val, with the best epoch's selector and before the test set is touched,
+    each mode's operating point (the cascade's also on the parts in tune_on), both timed as infer.py routes a
+    folder, and the val report printed. Returns what the checkpoint keeps beside the selector; self.score, the
+    selector's evaluate_fn, scores test at the chosen point. routed: routing_data's (outputs, correct, alone,
+    inputs); selector_val: the selector's val loader; timing_images: val images to time the routing on; costs:
+    per cost kind, cheapest expert first; selector_macs: the selector's MACs per image."""
+
+    def __init__(self, experts: list, routed: tuple, selector_val, timing_images: torch.Tensor, costs: dict,
+                 selector_macs: float, *, cost: str, tune_on: dict, max_drop: float, val_margin: float, answer: str,
+                 batch_size: int, amp=None):
+        outputs, correct, alone, inputs = routed
+        self.experts, (self.val_logits, self.val_labels), self.costs = experts, outputs['val'], costs
+        self.val_correct, self.val_alone, self.val_inputs = correct['val'].cpu(), alone['val'].cpu(), inputs['val']
+        self.selector_val, self.timing_images = selector_val, timing_images
+        self.selector_macs, self.cost, self.max_drop, self.val_margin = selector_macs, cost, max_drop, val_margin
+        self.answer, self.batch_size, self.amp, self.tune_on = answer, batch_size, amp, list(tune_on)
+        self.cascade_tuning = cascade_inputs(outputs, correct, alone, tune_on) if set(tune_on) != {'val'} else None
+        self.references = ranking_references(confidences(self.val_logits).cpu(), self.val_correct, costs[cost])
+        self.score = SelectorScore(costs[cost])
+
+    def __call__(self, selector) -> dict:
+        scores = predict_logits(selector, self.selector_val)[0]  # float32, as selector_scores
+        selector_time = time_model(lambda x: selector_scores(selector, x), self.val_inputs[:self.batch_size],
+                                   self.amp)['seconds_per_image']
+        selector_costs = {'macs': self.selector_macs, 'time': selector_time}
+        routing = choose_routing(confidences(self.val_logits).cpu(), scores.cpu(), self.val_correct,
+                                 self.costs[self.cost], selector_costs[self.cost], self.max_drop, self.val_margin,
+                                 self.cascade_tuning, self.val_alone)
+        routing.update(cost=self.cost, cascade_tuned_on=self.tune_on, answer=self.answer)
+        self.score.cost_weight = routing['cost_weight']
+        routing = measure_routing(routing, self.experts, selector.eval(), extra_costs(self.costs[self.cost]),
+                                  self.timing_images, self.batch_size, self.amp)
+        names = [e.name for e in self.experts]
+        report = routing_report(self.val_logits, self.val_labels, scores, self.costs, selector_costs, routing)
+        print(format_report(report, names, 'val split, best epoch:'))
+        print(routing_summary(routing, names))
+        return {'routing': routing, 'selector_cost': selector_costs, 'ranking_references': self.references}
