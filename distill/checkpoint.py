@@ -55,8 +55,11 @@ class WriteFailed(UserError):
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = 'w'):
     """A file opened beside path that replaces path only once the block finishes, fsynced: a crash, a full
-    disk or Ctrl-C leaves the old file whole and no temporary behind."""
-    tmp = f'{path}.tmp{os.getpid()}'
+    disk or Ctrl-C leaves the old file whole and no temporary behind. A link is written through, to the file it
+    names; a device or pipe (/dev/null, a FIFO) is written directly, since it cannot be replaced."""
+    path = os.path.realpath(path)
+    special = os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
+    tmp = path if special else f'{path}.tmp{os.getpid()}'
     try:
         os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
         # Text as UTF-8; a file name that is not (bytes kept by the OS as surrogates) is written back as it was.
@@ -64,14 +67,16 @@ def atomic_write(path: str, mode: str = 'w'):
         with open(tmp, mode, **text) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            if not special:
+                os.fsync(f.fileno())
+        if not special:
+            os.replace(tmp, path)
     except OSError as err:
         if err.errno not in WRITE_ERRNOS:
             raise
         raise WriteFailed(path, err.strerror) from None
     finally:
-        if os.path.exists(tmp):
+        if not special and os.path.exists(tmp):
             os.remove(tmp)
 
 

@@ -188,7 +188,7 @@ def validate_args(args):
 
 def check_writable(path: str):
     """Refuse an output file that cannot be written before any model runs, not after; creates nothing."""
-    if os.path.isdir(path):
+    if os.path.isdir(path) or path.endswith(('/', os.sep)):
         raise UserError(f"'{path}' is a folder, not a file name; choose another output path")
     folder = existing = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(existing):

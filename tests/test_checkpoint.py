@@ -1,7 +1,10 @@
 import errno
 import io
+import json
 import os
 import signal
+import stat
+import threading
 
 import pytest
 import torch
@@ -63,6 +66,30 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch, s
     with pytest.raises(UserError, match=r"could not write '.*last.pt' \(No space left on device\); free some space"):
         save({**state, 'epoch': 2}, str(path))
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ['last.pt']
+
+
+def test_a_link_is_written_through_and_kept(tmp_path):
+    target = tmp_path / 'runs' / 'summary.json'
+    target.parent.mkdir()
+    target.write_text('old')
+    link = tmp_path / 'latest.json'
+    link.symlink_to(target)
+    write_json(str(link), {'epoch': 2})
+    assert link.is_symlink() and json.loads(target.read_text()) == {'epoch': 2}
+    assert sorted(p.name for p in target.parent.iterdir()) == ['summary.json']  # no temporary left
+
+
+@pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='needs named pipes')
+def test_a_pipe_is_written_directly_not_replaced(tmp_path):
+    pipe = tmp_path / 'table'
+    os.mkfifo(pipe)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(open(pipe).read()), daemon=True)
+    reader.start()
+    write_json(str(pipe), {'epoch': 3})
+    reader.join(timeout=10)
+    assert json.loads(received[0]) == {'epoch': 3} and stat.S_ISFIFO(os.stat(pipe).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ['table']
 
 
 @pytest.mark.parametrize('damage, message', [

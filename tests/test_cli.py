@@ -151,7 +151,8 @@ def test_the_loop_takes_its_settings_from_the_flags_and_records_every_flag():
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):
     a_file = tmp_path / 'file'
     a_file.write_text('')
-    cases = [(a_file / 'out.json', 'cannot create the folder'), (tmp_path, 'is a folder, not a file name')]
+    cases = [(a_file / 'out.json', 'cannot create the folder'), (tmp_path, 'is a folder, not a file name'),
+             (f'{tmp_path}/new/', 'is a folder, not a file name')]  # a folder that does not exist yet
     if os.path.isdir('/proc'):  # accepts os.access for root, refuses every new file
         cases.append(('/proc/out.json', "cannot write to '/proc'"))
     for path, message in cases:
