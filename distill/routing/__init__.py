@@ -13,7 +13,7 @@ side by side:
 
 One concern per module: the experts and their measured costs (experts.py); the decisions of both modes, their
 sweeps and the choice of an operating point on held-out images (decisions.py); running each expert only on
-the images routed to it (router.py); the selector's data, its training step and the tuning of both modes on val (selection.py); the reports
-(report.py). selectorTrain.py, infer.py, evaluate.py and the benchmarks all use them. To add a routing
-baseline, add its decision in decisions.py and a row in routing_report.
+the images routed to it (router.py); the selector's data, its training step and the tuning of both modes on
+val (selection.py); the reports (report.py). selectorTrain.py, infer.py, evaluate.py and the benchmarks all
+use them. To add a routing baseline, add its decision in decisions.py and a row in routing_report.
 """
