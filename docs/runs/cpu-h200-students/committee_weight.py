@@ -23,7 +23,8 @@ def routed(weight, threshold, labels, p_cheap, p_costly):
     return (answer.argmax(1) == labels).float().mean().item(), sent.float().mean().item()
 
 
-reference = {split: (p_costly.argmax(1) == labels).float().mean().item() for split, (labels, _, p_costly) in data.items()}
+reference = {split: (p_costly.argmax(1) == labels).float().mean().item()
+             for split, (labels, _, p_costly) in data.items()}
 print(f"DenseNet121 alone: route + val {100 * reference['tune']:.2f}%, test {100 * reference['test']:.2f}%")
 for weight in (0.0, 0.3, 0.35, 0.4, 0.45, 0.5):
     everything = {split: routed(weight, 2.0, *data[split])[0] for split in data}

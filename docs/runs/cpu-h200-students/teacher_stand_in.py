@@ -4,8 +4,9 @@ the teacher was, with untrained weights, is timed here in turns with the two H20
 infer.py runs experts, in calls of 256), and the rates go to benchmarks/route_from_logits.py with the logits.
 
     PYTHONPATH=. python docs/runs/cpu-h200-students/teacher_stand_in.py results/h200d-cpu/stand-in-rates.json
-    python benchmarks/route_from_logits.py results/h200d/gpu-check/logits --rates results/h200d-cpu/stand-in-rates.json \
-        --tune-on route val --chain googlenet teacher --chain googlenet densenet121 --chain googlenet densenet121 teacher
+    python benchmarks/route_from_logits.py results/h200d/gpu-check/logits \
+        --rates results/h200d-cpu/stand-in-rates.json --tune-on route val \
+        --chain googlenet teacher --chain googlenet densenet121 --chain googlenet densenet121 teacher
 """
 import sys
 import tempfile
@@ -29,8 +30,8 @@ with tempfile.TemporaryDirectory() as folder:
 images = torch.randn(256, 3, 32, 32).contiguous(memory_format=torch.channels_last)  # time depends on shape only
 timed = time_in_turns({e.name: e for e in experts}, images, amp, latency=False)
 for name, t in timed.items():
-    ratios = round_ratios(t, timed['teacher'])
-    print(f"{name}: {t['images_per_s']:,.0f} img/s, {t['seconds_per_image'] / timed['teacher']['seconds_per_image']:.2f}x "
-          f"the teacher's time ({min(ratios):.2f}-{max(ratios):.2f} over the rounds)")
+    ratios, ratio = round_ratios(t, timed['teacher']), t['seconds_per_image'] / timed['teacher']['seconds_per_image']
+    print(f"{name}: {t['images_per_s']:,.0f} img/s, {ratio:.2f}x the teacher's time "
+          f"({min(ratios):.2f}-{max(ratios):.2f} over the rounds)")
 write_json(sys.argv[1], {'device': device_name(device), 'precision': precision_name(amp),
                          'speed': {name: {'images_per_s': t['images_per_s']} for name, t in timed.items()}})

@@ -40,7 +40,8 @@ timed = time_in_turns(fns, images, amp, rounds=3, warmup=1, latency=False)
 with torch.autocast('cpu', amp):
     sent = router(images)[1].float().mean().item()
 print(f'threshold {threshold}: {sent:.1%} of the {len(images)} images sent on to the teacher')
+alone = timed['teacher alone']
 for name, t in timed.items():
-    ratios = round_ratios(t, timed['teacher alone'])
-    print(f"{name}: {t['images_per_s']:,.0f} img/s, {t['seconds_per_image'] / timed['teacher alone']['seconds_per_image']:.2f}x "
-          f"the teacher's time ({min(ratios):.2f}-{max(ratios):.2f} over the rounds)")
+    ratios, ratio = round_ratios(t, alone), t['seconds_per_image'] / alone['seconds_per_image']
+    print(f"{name}: {t['images_per_s']:,.0f} img/s, {ratio:.2f}x the teacher's time "
+          f"({min(ratios):.2f}-{max(ratios):.2f} over the rounds)")
