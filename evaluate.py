@@ -12,6 +12,7 @@ from distill.cli import (Parser, add_device_arguments, check_distinct, check_ran
                          main_guard)
 from distill.evaluation import evaluate_system
 from distill.report import aggregate, aggregate_markdown, seeds_of, write_report
+from distill.routing.decisions import MODES
 from distill.routing.experts import load_selector
 from distill.runtime import amp_dtype, resolve_device
 
@@ -25,6 +26,9 @@ def parse_args(argv=None):
     p.add_argument('--data-dir', help='where the data is now (default: as stored in the checkpoints)')
     p.add_argument('--test-subset', type=int, help='the first N test images, class-balanced (default: as the '
                                                    'selector was tested)')
+    p.add_argument('--route', choices=MODES, help='the routing mode of the routed row, the figures and the per-class '
+                                                  'accuracy (default: the one selectorTrain.py chose on val); both '
+                                                  'modes are always scored and timed')
     p.add_argument('--batch-size', type=int, default=256, help='batch for scoring and for timing')
     p.add_argument('--timing-images', type=int, default=2048,
                    help='every model and routing mode is timed on N test images, every class in turn, in calls of '
@@ -51,7 +55,7 @@ def main(argv=None):
     amp = amp_dtype(args.amp, device)
     check_writable(os.path.join(args.results_dir, f'{args.name}.json'))  # before minutes of evaluation, not after
     check_writable(os.path.join(args.images_dir or args.results_dir, args.name, 'confusion.png'))
-    options = dict(teacher=args.teacher, data_dir=args.data_dir, test_subset=args.test_subset,
+    options = dict(route=args.route, teacher=args.teacher, data_dir=args.data_dir, test_subset=args.test_subset,
                    batch_size=args.batch_size, timing_images=args.timing_images, results_dir=args.results_dir,
                    images_dir=args.images_dir)
     if len(args.selector) == 1:

@@ -39,14 +39,16 @@ def gather_models(experts: list, device, teacher: str | None = None) -> dict:
     return models
 
 
-def evaluate_system(selector_path: str, name: str, device, amp=None, *, teacher=None, data_dir=None, test_subset=None,
-                    batch_size=256, timing_images=2048, results_dir='results', images_dir=None) -> dict:
+def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=None, teacher=None, data_dir=None,
+                    test_subset=None, batch_size=256, timing_images=2048, results_dir='results',
+                    images_dir=None) -> dict:
     """One selector and its experts on the test split: results_dir/<name>.json and .md, and the figures
-    (in (images_dir or results_dir)/<name>/). teacher, data_dir, test_subset: as stored, unless given."""
+    (in (images_dir or results_dir)/<name>/). route, teacher, data_dir, test_subset: as stored, unless given;
+    route is the mode of the routed row and the figures (both modes are scored and timed either way)."""
     state = load_selector(selector_path)
     experts = load_experts([e['path'] for e in state['experts']], device)
     models = gather_models(experts, device, teacher)
-    config, routing = state['config'], state['routing']
+    config, routing = state['config'], {**state['routing'], **({'mode': route} if route else {})}
     test = load_dataset(config['dataset'], data_dir or config['data_dir'], False, state['image_size'],
                         config.get('data_cache'))
     test = test.select(balanced_subset(test.labels, test_subset or config.get('test_subset'))).to(device)
@@ -88,7 +90,8 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, teacher=
     result = {'name': name, 'selector': selector_path, 'seed': config['seed'], 'dataset': config['dataset'],
               'test_images': len(test), 'device': device_name(device), 'batch_size': min(batch_size, len(test)),
               'timing_images': len(timing), 'timing_rounds': rounds,
-              'precision': precision_name(amp), 'mode': routing['mode'], 'routing': routing, 'rows': rows,
+              'precision': precision_name(amp), 'mode': routing['mode'], 'mode_on_val': state['routing']['mode'],
+              'mode_given': bool(route), 'routing': routing, 'rows': rows,
               'accuracy': {n: (r['accuracy'], r['macs']) for n, r in rows.items()},
               'speed': speed, 'best_single': experts[best_on_val].name,
               'compression': {n: {'params': m.params, 'size_mb': m.weights_mb, 'macs': m.macs}

@@ -41,14 +41,15 @@ def markdown(result: dict) -> str:
              f"Test split: {result['test_images']} images of `{result['dataset']}`. Timed on {result['device']}, "
              f"{result['timing_images']} test images, the classes in turn, in calls of "
              f"{result['batch_size']}, {result.get('precision', 'float32')}; every model and routing mode in turns, "
-             f"best of {result['timing_rounds']} rounds (in brackets, a ratio's range over them). Default routing "
-             f"mode (chosen on val): {result['mode']}; {answer_text(result['routing'])}."
+             f"best of {result['timing_rounds']} rounds (in brackets, a ratio's range over them). {mode_text(result)}; "
+             f"{answer_text(result['routing'])}."
              + val_timing_text(result['routing']), '',
              '| model or routing | test accuracy | ms / image | time vs teacher | time vs best single | MMACs / image |',
              '|---|---|---|---|---|---|']
     for name, row in rows.items():
         t = measured_time(result, name)
-        label = f"routed ({row['mode']}, default)" if name == 'routed' else name
+        label = f"routed ({row['mode']}, {'--route' if result.get('mode_given') else 'default'})" \
+            if name == 'routed' else name
         timed = timed_entry(result, name)
         macs = row.get('macs', float('nan'))
         lines.append(f"| {label} | {100 * row['accuracy']:.2f}% | {'—' if t != t else f'{1000 * t:.3f}'} | "
@@ -81,8 +82,15 @@ def markdown(result: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def mode_text(result: dict) -> str:
+    if result.get('mode_given'):
+        return (f"Routing mode (--route): {result['mode']}; selectorTrain.py chose {result['mode_on_val']} on val as "
+                f"the default")
+    return f"Default routing mode (chosen on val): {result['mode']}"
+
+
 def teacher_verdict(result: dict) -> list:
-    """A line where the teacher alone is as accurate as the default routing and no slower than it as infer.py
+    """A line where the teacher alone is as accurate as the routing reported and no slower than it as infer.py
     runs it (gathered): there the routing does not earn its place, whatever the MACs say."""
     rows, speed = result['rows'], result['speed']
     if 'teacher' not in rows or 'routed' not in rows:
@@ -94,7 +102,7 @@ def teacher_verdict(result: dict) -> list:
     ratio = speed['teacher']['seconds_per_image'] / routed['seconds_per_image']
     if ratio > 1:
         return []
-    return ['', f"On {result['device']} the teacher alone beats the default routing: at least as accurate "
+    return ['', f"On {result['device']} the teacher alone beats the {mode} routing: at least as accurate "
                 f"({100 * rows['teacher']['accuracy']:.2f}% against {100 * rows['routed']['accuracy']:.2f}%) in "
                 f"{ratio:.2f}x its time as infer.py routes a folder (infer.py --teacher with the teacher's checkpoint "
                 f"runs it alone)."]

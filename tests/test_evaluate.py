@@ -54,6 +54,20 @@ def test_evaluate_runs_again_over_the_report_and_figures_it_wrote(tiny_runs, tmp
     assert (tmp_path / 'results' / 'report.json').is_file() and (tmp_path / 'results' / 'report').is_dir()
 
 
+def test_route_picks_the_mode_of_the_routed_row_and_the_report_says_so(tiny_runs, tmp_path):
+    work, folder = tiny_runs
+    chosen = json.loads((work / 'results' / 'quick.json').read_text())['mode']
+    other = 'cascade' if chosen == 'selector' else 'selector'
+    run_main(ROOT / 'evaluate.py', '--selector', 'checkpoints/selector', '--data-dir', folder, '--route', other,
+             '--results-dir', tmp_path, '--name', 'other', cwd=work)
+    report = json.loads((tmp_path / 'other.json').read_text())
+    assert report['mode'] == other and report['mode_on_val'] == chosen and report['rows']['routed']['mode'] == other
+    assert report['rows']['routed']['accuracy'] == report['rows'][other]['accuracy']
+    table = (tmp_path / 'other.md').read_text()
+    assert f'Routing mode (--route): {other}; selectorTrain.py chose {chosen} on val' in table
+    assert f'| routed ({other}, --route) |' in table
+
+
 def test_a_checkpoint_that_is_not_a_selector_is_one_clear_line(tiny_runs):
     work, folder = tiny_runs
     for script, extra in (('evaluate.py', []), ('infer.py', [folder])):

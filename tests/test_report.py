@@ -48,7 +48,7 @@ def test_the_report_says_where_the_teacher_alone_beats_the_routing(teacher_acc, 
     lines = teacher_verdict(result)
     assert bool(lines) == says
     if says:
-        assert 'On GPU X the teacher alone beats the default routing' in lines[1] and 'in 0.67x its time' in lines[1]
+        assert 'On GPU X the teacher alone beats the cascade routing' in lines[1] and 'in 0.67x its time' in lines[1]
 
 
 def test_a_measured_ratio_is_shown_with_its_range_over_the_timing_rounds():
