@@ -46,10 +46,10 @@ def markdown(result: dict) -> str:
              + val_timing_text(result['routing']), '',
              '| model or routing | test accuracy | ms / image | time vs teacher | time vs best single | MMACs / image |',
              '|---|---|---|---|---|---|']
+    mode_source = '--route' if result.get('mode_given') else 'default'
     for name, row in rows.items():
         t = measured_time(result, name)
-        label = f"routed ({row['mode']}, {'--route' if result.get('mode_given') else 'default'})" \
-            if name == 'routed' else name
+        label = f"routed ({row['mode']}, {mode_source})" if name == 'routed' else name
         timed = timed_entry(result, name)
         macs = row.get('macs', float('nan'))
         lines.append(f"| {label} | {100 * row['accuracy']:.2f}% | {'—' if t != t else f'{1000 * t:.3f}'} | "
