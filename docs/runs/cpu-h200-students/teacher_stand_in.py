@@ -15,23 +15,35 @@ import torch
 
 from distill.checkpoint import save_checkpoint, write_json
 from distill.metrics import round_ratios, time_in_turns
-from distill.routing.experts import load_experts
+from distill.routing.experts import Expert, load_experts
 from distill.runtime import amp_dtype, device_name, precision_name
 from models import build_model
 
-device = torch.device('cpu')
-amp = amp_dtype('auto', device)
-students = load_experts(['checkpoints/h200d/densenet121/best.pt', 'checkpoints/h200d/googlenet/best.pt'], device)
-with tempfile.TemporaryDirectory() as folder:
-    torch.manual_seed(0)
-    stand_in = {**students[0].state, 'arch': 'resnet50', 'model': build_model('resnet50', 10).state_dict()}
-    save_checkpoint(stand_in, f'{folder}/teacher/best.pt')
-    experts = students + load_experts([f'{folder}/teacher/best.pt'], device)
-images = torch.randn(256, 3, 32, 32).contiguous(memory_format=torch.channels_last)  # time depends on shape only
-timed = time_in_turns({e.name: e for e in experts}, images, amp, latency=False)
-for name, t in timed.items():
-    ratios, ratio = round_ratios(t, timed['teacher']), t['seconds_per_image'] / timed['teacher']['seconds_per_image']
-    print(f"{name}: {t['images_per_s']:,.0f} img/s, {ratio:.2f}x the teacher's time "
-          f"({min(ratios):.2f}-{max(ratios):.2f} over the rounds)")
-write_json(sys.argv[1], {'device': device_name(device), 'precision': precision_name(amp),
-                         'speed': {name: {'images_per_s': t['images_per_s']} for name, t in timed.items()}})
+
+def stand_in_teacher(expert: Expert, device) -> Expert:
+    """A ResNet50 built as the teacher was, for expert's data, with untrained weights: an Expert like any other."""
+    with tempfile.TemporaryDirectory() as folder:
+        torch.manual_seed(0)
+        save_checkpoint({**expert.state, 'arch': 'resnet50', 'model': build_model('resnet50', 10).state_dict()},
+                        f'{folder}/teacher/best.pt')
+        return Expert(f'{folder}/teacher/best.pt', device, expert.reference())
+
+
+def print_against_teacher(timed: dict, teacher: str):
+    """Each time_in_turns entry as img/s and a ratio to the teacher's time, with its range over the rounds."""
+    for name, t in timed.items():
+        ratios, ratio = round_ratios(t, timed[teacher]), t['seconds_per_image'] / timed[teacher]['seconds_per_image']
+        print(f"{name}: {t['images_per_s']:,.0f} img/s, {ratio:.2f}x the teacher's time "
+              f"({min(ratios):.2f}-{max(ratios):.2f} over the rounds)")
+
+
+if __name__ == '__main__':
+    device = torch.device('cpu')
+    amp = amp_dtype('auto', device)
+    students = load_experts(['checkpoints/h200d/densenet121/best.pt', 'checkpoints/h200d/googlenet/best.pt'], device)
+    experts = students + [stand_in_teacher(students[0], device)]
+    images = torch.randn(256, 3, 32, 32).contiguous(memory_format=torch.channels_last)  # time depends on shape only
+    timed = time_in_turns({e.name: e for e in experts}, images, amp, latency=False)
+    print_against_teacher(timed, 'teacher')
+    write_json(sys.argv[1], {'device': device_name(device), 'precision': precision_name(amp),
+                             'speed': {name: {'images_per_s': t['images_per_s']} for name, t in timed.items()}})

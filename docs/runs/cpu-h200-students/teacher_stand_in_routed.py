@@ -8,29 +8,23 @@ teacher alone, best of 3 rounds.
     PYTHONPATH=. python docs/runs/cpu-h200-students/teacher_stand_in_routed.py 0.95   # the threshold route + val chose
 """
 import sys
-import tempfile
 from types import SimpleNamespace
 
 import torch
 
-from distill.checkpoint import save_checkpoint
 from distill.data import prepare_data
 from distill.loaders import split_loader
-from distill.metrics import in_calls, round_ratios, time_in_turns
-from distill.routing.experts import Expert, load_experts
+from distill.metrics import in_calls, time_in_turns
+from distill.routing.experts import load_experts
 from distill.routing.router import Router
 from distill.runtime import amp_dtype
-from models import build_model
+from teacher_stand_in import print_against_teacher, stand_in_teacher  # beside this script
 
 threshold = float(sys.argv[1])
 device = torch.device('cpu')
 amp = amp_dtype('auto', device)
 googlenet, = load_experts(['checkpoints/h200d/googlenet/best.pt'], device)
-with tempfile.TemporaryDirectory() as folder:
-    torch.manual_seed(0)
-    save_checkpoint({**googlenet.state, 'arch': 'resnet50', 'model': build_model('resnet50', 10).state_dict()},
-                    f'{folder}/teacher/best.pt')
-    teacher = Expert(f'{folder}/teacher/best.pt', device, googlenet.reference())
+teacher = stand_in_teacher(googlenet, device)
 data = prepare_data(SimpleNamespace(**googlenet.state['config'])).to(device)
 images = split_loader(data, 'test', 256, device).classes_in_turn(2048)
 router = Router([googlenet, teacher], 'cascade', thresholds=[threshold], answer='committee')
@@ -40,8 +34,4 @@ timed = time_in_turns(fns, images, amp, rounds=3, warmup=1, latency=False)
 with torch.autocast('cpu', amp):
     sent = router(images)[1].float().mean().item()
 print(f'threshold {threshold}: {sent:.1%} of the {len(images)} images sent on to the teacher')
-alone = timed['teacher alone']
-for name, t in timed.items():
-    ratios, ratio = round_ratios(t, alone), t['seconds_per_image'] / alone['seconds_per_image']
-    print(f"{name}: {t['images_per_s']:,.0f} img/s, {ratio:.2f}x the teacher's time "
-          f"({min(ratios):.2f}-{max(ratios):.2f} over the rounds)")
+print_against_teacher(timed, 'teacher alone')
