@@ -108,7 +108,7 @@ def train_system(args, common: list, preset: dict, seed) -> str:
                                                           '--out', out]))
         experts.append(os.path.join(out, 'best.pt'))
         if args.baselines:
-            students.append((studentTrain, common + epochs + ['--arch', arch, '--alpha', '0',
+            students.append((studentTrain, common + epochs + ['--arch', arch, '--alpha', '0', '--teacher', teacher,
                                                               '--out', run_dir(root, arch, distilled=False)]))
     run_stages(students, args.force, args.jobs or preset.get('jobs', 1), os.path.join(root, 'logs'))
     selector = os.path.join(root, 'selector')

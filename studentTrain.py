@@ -2,7 +2,8 @@
 
     python studentTrain.py --arch densenet121 --teacher checkpoints/teacher
     python studentTrain.py --arch googlenet --alpha 0        # the same student without a teacher
-A student takes its data settings (dataset, split, image size) from its teacher unless they are given.
+A student takes its data settings (dataset, split, image size) from its teacher unless they are given;
+so does the twin trained with --alpha 0 when --teacher is given, so that the two are compared on one split.
 """
 import os
 
@@ -11,8 +12,8 @@ import torch
 from distill import UserError
 from distill.checkpoint import check_classifier, check_compatible, load_checkpoint, run_dir
 from distill.cli import (check_image_size, check_positive, check_range, check_spared, check_writable,
-                         checkpoint_path, inherit_data_settings, main_guard, train_settings, training_parser,
-                         validate_args)
+                         checkpoint_path, given_flags, inherit_data_settings, main_guard, train_settings,
+                         training_parser, validate_args)
 from distill.data import prepare_data
 from distill.engine import fit
 from distill.losses import distillation_step
@@ -26,7 +27,7 @@ def parse_args(argv=None):
                              out_help='run directory (default: checkpoints/<arch>, or checkpoints/<arch>-nokd '
                                       'with --alpha 0)')
     parser.add_argument('--arch', default='densenet121', choices=STUDENTS, help='the student to train')
-    parser.add_argument('--teacher', default='checkpoints/teacher/best.pt', help='teacher checkpoint or run directory')
+    parser.add_argument('--teacher', default='checkpoints/teacher/best.pt', help='teacher checkpoint or run directory; with --alpha 0, given, only its data settings are used')
     parser.add_argument('--temperature', type=float, default=4.0, help='softens both distributions in the KD term')
     parser.add_argument('--alpha', type=float, default=0.9, help='weight of the KD term; 0 trains without a teacher')
     parser.add_argument('--teacher-logits', choices=('online', 'cache'), default='online',
@@ -52,7 +53,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
-    teacher_state = load_checkpoint(args.teacher, map_location=device) if args.alpha > 0 else None
+    needs_teacher = args.alpha > 0 or 'teacher' in given_flags(argv)
+    teacher_state = load_checkpoint(args.teacher, map_location=device) if needs_teacher else None
     if teacher_state:
         check_classifier(teacher_state, args.teacher)
         inherit_data_settings(args, argv, teacher_state['config'], args.teacher)
@@ -61,7 +63,7 @@ def main(argv=None):
     check_image_size(args.arch, args.image_size, args.teacher if teacher_state else '')
     data = prepare_data(args)
     teacher_logits, extra = None, {'temperature': args.temperature, 'alpha': args.alpha, 'teacher': None}
-    if teacher_state:
+    if args.alpha > 0:
         check_compatible(teacher_state, args.teacher, num_classes=len(data.classes), split=data.split,
                          image_size=data.image_size)
         teacher = inference_model(teacher_state, args.teacher, device)

@@ -44,6 +44,17 @@ def test_student_from_the_logit_cache(tiny_runs):
     assert (work / 'checkpoints' / 'googlenet-cached' / 'summary.json').exists()
 
 
+def test_twin_given_a_teacher_takes_its_split(tiny_runs):
+    # No data flags: without the teacher's settings the twin would look for CIFAR-10 in data/.
+    work, _ = tiny_runs
+    run_main(ROOT / 'studentTrain.py', '--arch', 'googlenet', '--alpha', '0', '--teacher', 'checkpoints/teacher',
+             '--epochs', '1', '--batch-size', '8', '--out', 'checkpoints/googlenet-twin', cwd=work)
+    twin = torch.load(work / 'checkpoints' / 'googlenet-twin' / 'best.pt', weights_only=True)
+    teacher = torch.load(work / 'checkpoints' / 'teacher' / 'best.pt', weights_only=True)
+    assert twin['split'] == teacher['split'] and twin['image_size'] == teacher['image_size']
+    assert twin['teacher'] is None and twin['alpha'] == 0
+
+
 def test_selector_with_the_teacher_as_fallback(tiny_runs):
     work, folder = tiny_runs
     result = run_main(ROOT / 'selectorTrain.py', *TINY, '--data-dir', folder, '--include-teacher',
