@@ -27,7 +27,8 @@ def parse_args(argv=None):
                              out_help='run directory (default: checkpoints/<arch>, or checkpoints/<arch>-nokd '
                                       'with --alpha 0)')
     parser.add_argument('--arch', default='densenet121', choices=STUDENTS, help='the student to train')
-    parser.add_argument('--teacher', default='checkpoints/teacher/best.pt', help='teacher checkpoint or run directory; with --alpha 0, given, only its data settings are used')
+    parser.add_argument('--teacher', default='checkpoints/teacher/best.pt',
+                        help='teacher checkpoint or run directory (with --alpha 0, if given, only its data settings)')
     parser.add_argument('--temperature', type=float, default=4.0, help='softens both distributions in the KD term')
     parser.add_argument('--alpha', type=float, default=0.9, help='weight of the KD term; 0 trains without a teacher')
     parser.add_argument('--teacher-logits', choices=('online', 'cache'), default='online',
