@@ -52,7 +52,8 @@ def training_parser(description: str, *, out: str, epochs: int, lr: float, batch
     data = p.add_argument_group('data' + (f': left out, each is taken from {inherits}' if inherits else ''))
     data.add_argument('--dataset', choices=DATASETS,
                       help='cifar10 and cifar100 download with torchvision; folder reads --data-dir' + default(
-                          'folder when --data-dir is an archive or holds train/ and test/, else cifar10'))
+                          'folder when --data-dir is an archive, or it or a folder in it holds train/ and test/; '
+                          'else cifar10'))
     data.add_argument('--data-dir', default=None if inherits else 'data',
                       help='download folder for CIFAR; for folder: a directory, .tar.gz or .zip holding '
                            'train/<class>/* and test/<class>/*' + default())

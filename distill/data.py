@@ -107,13 +107,40 @@ def default_cache_dir() -> str:
     return os.environ.get('DISTILL_CACHE') or os.path.join('data', 'cache')
 
 
+def _subfolders(path: str) -> list:
+    try:
+        return sorted(e.path for e in os.scandir(path) if e.is_dir() and not e.name.startswith('.'))
+    except OSError:
+        return []
+
+
+def _laid_out(path: str) -> bool:
+    return all(os.path.isdir(os.path.join(path, split)) for split in SPLITS_IN_FOLDER)
+
+
+def _holds_images(path: str) -> bool:
+    extensions = Image.registered_extensions()
+    try:
+        return any(e.is_file() and os.path.splitext(e.name)[1].lower() in extensions for e in os.scandir(path))
+    except OSError:
+        return False
+
+
 def default_dataset(data_dir: str | None) -> str:
-    """folder for an archive or any other single file, or a folder with train/ and test/ in it (torchvision
-    downloads CIFAR into neither); else cifar10."""
+    """folder for an archive or any other single file, or a folder with train/ and test/ in it or in one of
+    its subfolders (an unpacked archive; torchvision downloads CIFAR into neither); else cifar10. A folder of
+    class folders with no train/ and test/ is refused, not filled with a CIFAR download."""
     if not data_dir:
         return 'cifar10'
-    laid_out = all(os.path.isdir(os.path.join(data_dir, split)) for split in SPLITS_IN_FOLDER)
-    return 'folder' if laid_out or data_dir.lower().endswith(ARCHIVES) or os.path.isfile(data_dir) else 'cifar10'
+    if data_dir.lower().endswith(ARCHIVES) or os.path.isfile(data_dir):
+        return 'folder'
+    subfolders = _subfolders(data_dir)
+    if _laid_out(data_dir) or any(_laid_out(sub) for sub in subfolders):
+        return 'folder'
+    if any(_holds_images(sub) for sub in subfolders[:100]):
+        raise UserError(f"'{data_dir}' holds folders of images but no train/ and test/; move them into "
+                        f"train/<class>/ and test/<class>/, some of each class's images held out for the test")
+    return 'cifar10'
 
 
 def load_dataset(name: str, data_dir: str, train: bool, image_size: int | None = None,

@@ -175,6 +175,14 @@ def test_the_dataset_left_out_is_cifar10_unless_the_data_is_an_archive_or_laid_o
     assert default_dataset(str(tmp_path / 'not-yet.TGZ')) == 'folder'
     (tmp_path / 'images.bin').write_bytes(b'')
     assert default_dataset(str(tmp_path / 'images.bin')) == 'folder'  # a file: read, and refused if unreadable
+    make_image_folder(tmp_path / 'unpacked' / 'mydata', train_per_class=1, test_per_class=1)
+    assert default_dataset(str(tmp_path / 'unpacked')) == 'folder'  # an archive unpacked into its own folder
+
+
+def test_class_folders_without_train_and_test_are_refused_not_taken_for_cifar(tmp_path):
+    make_image_folder(tmp_path, train_per_class=1, test_per_class=1)
+    with pytest.raises(UserError, match=r"'.*train' holds folders of images but no train/ and test/"):
+        default_dataset(str(tmp_path / 'train'))
 
 
 def test_subset_is_the_first_images_class_balanced():
