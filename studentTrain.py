@@ -11,9 +11,9 @@ import torch
 
 from distill import UserError
 from distill.checkpoint import check_classifier, check_compatible, load_checkpoint, run_dir
-from distill.cli import (check_image_size, check_positive, check_range, check_spared, check_writable,
-                         checkpoint_path, given_flags, inherit_data_settings, main_guard, train_settings,
-                         training_parser, validate_args)
+from distill.cli import (check_image_size, check_positive, check_range, check_run_dir, check_spared,
+                         check_writable, checkpoint_path, given_flags, inherit_data_settings, main_guard,
+                         train_settings, training_parser, validate_args)
 from distill.data import prepare_data
 from distill.engine import fit
 from distill.losses import distillation_step
@@ -44,7 +44,7 @@ def parse_args(argv=None):
     args.teacher = checkpoint_path(args.teacher)
     # The no-teacher baseline gets its own directory so that it never replaces the distilled student.
     args.out = args.out or run_dir('checkpoints', args.arch, distilled=args.alpha > 0)
-    check_writable(os.path.join(args.out, 'last.pt'))
+    check_run_dir(args)
     if args.alpha > 0:
         check_spared(args.out, [args.teacher])
     return args

@@ -14,7 +14,7 @@ from models import takes_image_size
 
 from . import UserError, flag_of
 from .data import DATASETS, default_cache_dir, default_dataset
-from .engine import TrainSettings
+from .engine import TrainSettings, check_run_free
 from .runtime import amp_dtype, resolve_device, world_size
 
 # The data settings a later stage takes from the checkpoint it builds on, unless given explicitly.
@@ -183,8 +183,15 @@ def validate_args(args):
     check_range('label_smoothing', getattr(args, 'label_smoothing', None), 0, 1)
     amp_dtype(args.amp, resolve_device(args.device))  # a device or precision this machine lacks, before any data
     if args.out is not None:  # else the script names the run after its settings, then checks
-        check_writable(os.path.join(args.out, 'last.pt'))
+        check_run_dir(args)
     return args
+
+
+def check_run_dir(args):
+    """Before any data or model: the run directory can be written, and holds no run this one would replace
+    unasked."""
+    check_writable(os.path.join(args.out, 'last.pt'))
+    check_run_free(args.out, args.resume, args.overwrite)
 
 
 def check_writable(path: str):

@@ -147,6 +147,19 @@ def check_same_run(saved: dict, asked: dict, path: str):
                         f"--overwrite or another --out")
 
 
+def check_run_free(out: str, resume: bool, overwrite: bool):
+    """A run replaces the one in `out` only when told to (--overwrite), and resumes only one that is there."""
+    last, best = os.path.join(out, 'last.pt'), os.path.join(out, 'best.pt')
+    if overwrite:
+        return
+    if os.path.exists(last) and not resume:
+        raise UserError(f"'{out}' already holds a run; pass --resume to continue it, --overwrite to "
+                        f"replace it, or --out NEW_DIR")
+    if os.path.exists(best) and not os.path.exists(last):  # weights from elsewhere, say
+        raise UserError(f"'{best}' exists, with no last.pt to resume from; pass --overwrite to replace it, "
+                        f"or --out NEW_DIR")
+
+
 class Run:
     """The files of one training run: OUT/last.pt (everything, for --resume), OUT/best.pt (weights and
     metadata only: what inference and later stages need), metrics.csv, config.json and summary.json."""
@@ -155,15 +168,6 @@ class Run:
         self.out, self.config, self.base = out, config, base
         self.last, self.best = os.path.join(out, 'last.pt'), os.path.join(out, 'best.pt')
 
-    def check_free(self, resume: bool, overwrite: bool):
-        if overwrite:
-            return
-        if os.path.exists(self.last) and not resume:
-            raise UserError(f"'{self.out}' already holds a run; pass --resume to continue it, --overwrite to "
-                            f"replace it, or --out NEW_DIR")
-        if os.path.exists(self.best) and not os.path.exists(self.last):  # weights from elsewhere, say
-            raise UserError(f"'{self.best}' exists, with no last.pt to resume from; pass --overwrite to replace it, "
-                            f"or --out NEW_DIR")
 
     def restore(self, model, optimizer, scheduler, scaler, map_location):
         """(start epoch, best val accuracy, history) from last.pt, after checking it is the same run."""
@@ -227,7 +231,7 @@ def fit(settings: TrainSettings, arch: str, model, make_step, data: Prepared, *,
               {'arch': arch, 'num_classes': num_outputs, 'class_names': data.classes, 'image_size': data.image_size,
                'mean': data.mean, 'std': data.std, 'split': data.split, 'config': config,
                'precision': precision, **(extra or {})})
-    run.check_free(settings.resume, settings.overwrite)
+    check_run_free(run.out, settings.resume, settings.overwrite)
     model = place(model, device)
     if loaders is None:
         loaders = default_loaders(data.to(device), train_part, settings.batch_size, settings.seed, device, rank,

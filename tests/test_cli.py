@@ -170,6 +170,17 @@ def test_a_training_run_whose_out_cannot_be_written_is_refused_before_any_data(t
                                  '--out', str(tmp_path / 'file')])
 
 
+@pytest.mark.parametrize('script', ['teacherTrain', 'studentTrain', 'selectorTrain'])
+@pytest.mark.parametrize('present, message', [('last.pt', 'already holds a run; pass --resume'),
+                                              ('best.pt', 'exists, with no last.pt to resume from')])
+def test_a_run_that_would_replace_another_is_refused_before_any_data(tmp_path, script, present, message):
+    # selectorTrain found out after timing its experts and classifying every held-out image.
+    (tmp_path / present).write_text('')
+    with pytest.raises(UserError, match=message):
+        __import__(script).parse_args(['--out', str(tmp_path)])
+    assert __import__(script).parse_args(['--out', str(tmp_path), '--overwrite']).overwrite
+
+
 def test_a_logit_cache_that_cannot_be_written_is_refused_before_the_teacher_runs(tmp_path):
     import studentTrain
     (tmp_path / 'file').write_text('')  # it failed with a traceback after the teacher's first pass
