@@ -168,7 +168,6 @@ class Run:
         self.out, self.config, self.base = out, config, base
         self.last, self.best = os.path.join(out, 'last.pt'), os.path.join(out, 'best.pt')
 
-
     def restore(self, model, optimizer, scheduler, scaler, map_location):
         """(start epoch, best val accuracy, history) from last.pt, after checking it is the same run."""
         state = load_checkpoint(self.last, map_location=map_location)
