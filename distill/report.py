@@ -77,9 +77,16 @@ def markdown(result: dict) -> str:
               f"(cost: {routing['cost']}).", '', '| mode | setting | accuracy | ms / image (from the mix) |',
               '|---|---|---|---|']
     for mode, points in result['sweeps'].items():
-        lines += [f'| {mode} | {setting} | {100 * a:.2f}% | {1000 * c:.3f} |' for setting, a, c in points
+        lines += [f'| {mode} | {setting_text(setting)} | {100 * a:.2f}% | {1000 * c:.3f} |' for setting, a, c in points
                   if len(points) <= 20]
     return '\n'.join(lines) + '\n'
+
+
+def setting_text(setting) -> str:
+    """A threshold, a chain's thresholds or a cost weight, to six digits (the sweep's weights run to 17)."""
+    if isinstance(setting, (list, tuple)):
+        return ', '.join(map(setting_text, setting))
+    return f'{setting:.6g}'
 
 
 def mode_text(result: dict) -> str:

@@ -2,7 +2,7 @@
 import pytest
 
 from distill import UserError
-from distill.report import aggregate, aggregate_markdown, ratio_text, seeds_of, teacher_verdict
+from distill.report import aggregate, aggregate_markdown, ratio_text, seeds_of, setting_text, teacher_verdict
 
 CONFIG = {'dataset': 'folder', 'epochs': 3, 'lr': 0.05, 'seed': 0, 'out': 'checkpoints/seed0/selector',
           'experts': ['checkpoints/seed0/densenet121/best.pt']}
@@ -58,3 +58,8 @@ def test_a_measured_ratio_is_shown_with_its_range_over_the_timing_rounds():
     assert ratio_text(0.8, 1.0, {'seconds_per_image': 0.8}, alone) == '0.80x'  # timed before rounds were kept
     assert ratio_text(1.0, 1.0, alone, alone) == '1.00x'  # the reference against itself has no range
     assert ratio_text(0.8, None) == '—' and ratio_text(float('nan'), 1.0) == '—'
+
+
+def test_a_sweep_setting_is_shown_to_six_digits():
+    assert setting_text(-0.018281977040863037) == '-0.018282' and setting_text(1e9) == '1e+09'
+    assert setting_text([0.9, 0.95]) == '0.9, 0.95' and setting_text((0.5,)) == '0.5'
