@@ -12,7 +12,7 @@ from PIL import Image
 from . import UserError
 from .checkpoint import atomic_write, check_classifier, load_checkpoint
 from .cli import check_writable, checkpoint_path
-from .data import READ_ERRORS, list_image_files, read_images
+from .data import ARCHIVES, READ_ERRORS, list_image_files, read_images
 from .routing.experts import load_experts, load_selector
 from .routing.report import unpaid_routing_note
 from .routing.router import router_for
@@ -65,6 +65,8 @@ def files_to_classify(image_dir: str, out: str) -> list:
     table written there by an earlier run is left out; an image named as the table is refused, not replaced."""
     if not os.path.exists(image_dir):
         raise UserError(f"image folder '{image_dir}' does not exist; pass a folder of images")
+    if not os.path.isdir(image_dir) and image_dir.lower().endswith(ARCHIVES):
+        raise UserError(f"'{image_dir}' is an archive; unpack it and pass the folder of images it holds")
     files = list_image_files(image_dir) if os.path.isdir(image_dir) else [image_dir]
     if out != '-':
         check_writable(out)
