@@ -74,10 +74,19 @@ def read_image(source, size: int, reduced_jpeg: bool = True) -> torch.Tensor:
 
 
 def list_image_files(folder: str) -> list:
-    """Every non-hidden file under folder, recursively, in a stable order."""
-    return sorted(os.path.join(root, name) for root, dirs, names in os.walk(folder)
-                  if not any(part.startswith('.') for part in os.path.relpath(root, folder).split(os.sep) if part != '.')
-                  for name in names if not name.startswith('.'))
+    """Every non-hidden file under folder, recursively, in a stable order; linked folders are followed, each
+    folder once (a link to a folder above would loop)."""
+    files, seen = [], {os.path.realpath(folder)}
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        kept = []
+        for name in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, name))
+            if not name.startswith('.') and real not in seen:
+                seen.add(real)
+                kept.append(name)
+        dirs[:] = kept
+        files += [os.path.join(root, name) for name in names if not name.startswith('.')]
+    return sorted(files)
 
 
 def read_images(paths, size: int, reduced_jpeg: bool = True):

@@ -1,5 +1,6 @@
 import hashlib
 import io
+import os
 import re
 import tarfile
 import zipfile
@@ -11,8 +12,8 @@ from PIL import Image
 from torchvision import datasets
 
 from distill import UserError
-from distill.data import (balanced_subset, channel_stats, default_dataset, interleave_classes, load_dataset,
-                          make_split, read_image)
+from distill.data import (balanced_subset, channel_stats, default_dataset, interleave_classes, list_image_files,
+                          load_dataset, make_split, read_image)
 from conftest import SHARED_ARCHIVE, make_image_folder, needs_cuda, write_cifar
 
 
@@ -252,3 +253,15 @@ def test_the_decoded_folder_cache_goes_where_data_cache_says(image_folder, tmp_p
                            seed=0, val_size=3, route_size=3, data_cache=str(tmp_path / 'elsewhere'))
     prepare_data(args)
     assert len(list((tmp_path / 'elsewhere').glob('folder-*.pt'))) == 1 and not (tmp_path / 'data').exists()
+
+
+def test_a_folder_to_classify_is_listed_with_its_linked_folders_once_and_without_hidden_files(tmp_path):
+    folder, elsewhere = tmp_path / 'pictures', tmp_path / 'elsewhere'
+    for path in (folder / 'a.png', folder / '.hidden.png', folder / '.cache' / 'b.png', elsewhere / 'c.png'):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b'')
+    (folder / 'more').symlink_to(elsewhere)  # a user's pictures kept elsewhere: os.walk skipped them
+    (folder / 'again').symlink_to(elsewhere)
+    (folder / 'up').symlink_to(folder)  # would loop
+    listed = [os.path.relpath(p, folder) for p in list_image_files(str(folder))]
+    assert listed == ['a.png', 'again/c.png']  # the first link in name order
