@@ -74,8 +74,8 @@ def read_image(source, size: int, reduced_jpeg: bool = True) -> torch.Tensor:
 
 
 def list_image_files(folder: str) -> list:
-    """Every non-hidden file under folder, recursively, in a stable order; linked folders are followed, each
-    folder once (a link to a folder above would loop)."""
+    """Every non-hidden file under folder, recursively, in a stable order: what infer.py classifies and a
+    data folder holds. Linked folders are followed, each folder once (a link to a folder above would loop)."""
     files, seen = [], {os.path.realpath(folder)}
     for root, dirs, names in os.walk(folder, followlinks=True):
         kept = []
@@ -194,13 +194,10 @@ def _folder_entries(parts):
 def _iter_folder_files(path: str):
     """Yield (split, class, display_name, opener) for every file in a folder, a .zip or a tar archive."""
     if os.path.isdir(path):
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for name in sorted(files):
-                full = os.path.join(root, name)
-                entry = _folder_entries(os.path.relpath(full, path).split(os.sep))
-                if entry:
-                    yield (*entry, full, lambda full=full: full)
+        for full in list_image_files(path):
+            entry = _folder_entries(os.path.relpath(full, path).split(os.sep))
+            if entry:
+                yield (*entry, full, lambda full=full: full)
         return
     try:
         if zipfile.is_zipfile(path):
@@ -270,8 +267,7 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
 def _fingerprint(path: str, size: int) -> str:
     """Changes when any file changes (a folder's own mtime misses edits deep inside it) or the decoding does."""
     digest = hashlib.sha1(f'{os.path.abspath(path)}|{size}|reduced-jpeg'.encode())
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    files = [path] if os.path.isfile(path) else list_image_files(path)
     for name in files:
         try:
             stat = os.stat(name)

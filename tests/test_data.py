@@ -265,3 +265,14 @@ def test_a_folder_to_classify_is_listed_with_its_linked_folders_once_and_without
     (folder / 'up').symlink_to(folder)  # would loop
     listed = [os.path.relpath(p, folder) for p in list_image_files(str(folder))]
     assert listed == ['a.png', 'again/c.png']  # the first link in name order
+
+
+def test_class_folders_that_are_links_are_read(tmp_path):
+    real = make_image_folder(tmp_path / 'real', train_per_class=2, test_per_class=1)
+    linked = tmp_path / 'linked'
+    (linked / 'train').mkdir(parents=True)
+    for cls in ('cat', 'dog', 'ship'):  # a class kept elsewhere was left out without a word
+        (linked / 'train' / cls).symlink_to(real / 'train' / cls)
+    (linked / 'test').symlink_to(real / 'test')
+    loaded = load_dataset('folder', str(linked), train=True, cache_dir=str(tmp_path / 'cache'))
+    assert loaded.classes == ['cat', 'dog', 'ship'] and len(loaded) == 6
