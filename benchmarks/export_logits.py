@@ -18,7 +18,7 @@ from distill.data import prepare_data  # noqa: E402
 from distill.loaders import split_loader  # noqa: E402
 from distill.engine import predict_logits  # noqa: E402
 from distill.routing.experts import (Expert, check_experts_distinct, load_experts, load_selector,  # noqa: E402
-                                     teacher_of)
+                                     selector_experts, teacher_of)
 from distill.runtime import amp_dtype, resolve_device  # noqa: E402
 
 RESUME_ONLY = ('optimizer', 'scheduler', 'scaler', 'history', 'rng')  # in last.pt, for --resume
@@ -41,8 +41,9 @@ def main():
         experts = load_experts([checkpoint_path(path) for path in args.experts], device)
         config = experts[0].state['config']
     else:
-        state = load_selector(checkpoint_path(args.selector))
-        experts, config = load_experts([e['path'] for e in state['experts']], device), state['config']
+        selector_path = checkpoint_path(args.selector)
+        state = load_selector(selector_path)
+        experts, config = selector_experts(state, selector_path, device), state['config']
     check_experts_distinct(experts)
     students = [e for e in experts if e.state.get('teacher')]
     models = {e.name: e for e in experts}

@@ -17,7 +17,7 @@ from distill.data import interleave_classes, load_dataset, read_images
 from distill.loaders import Loader, normalise
 from distill.metrics import in_calls, time_in_turns
 from distill.routing.decisions import MODES
-from distill.routing.experts import Expert, load_experts, load_selector, teacher_of
+from distill.routing.experts import Expert, load_selector, selector_experts, teacher_of
 from distill.routing.router import router_for
 from distill.runtime import autocast, fast_inference, fuse_for_inference, inference_model, place
 from models import STUDENTS, TEACHER, build_model
@@ -143,7 +143,7 @@ def routing_models(selector_path, data, n, device, amp):
         return models['teacher'], list(models.values())[1:], {}, images, {k: m.raw for k, m in models.items()}
     selector_path = checkpoint_path(selector_path)
     state = load_selector(selector_path)
-    experts = load_experts([e['path'] for e in state['experts']], device)
+    experts = selector_experts(state, selector_path, device)
     students = [e for e in experts if e.state.get('teacher')]
     teacher = Expert(teacher_of(students), device, experts[0].reference())
     selector = inference_model(state, selector_path, device)

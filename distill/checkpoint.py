@@ -5,6 +5,7 @@ torch.load(weights_only=True) and can be rebuilt into its model without extra fl
 """
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
@@ -126,6 +127,15 @@ def linked_path(path: str, owner: str, owner_state: dict) -> str | None:
 # --resume may change them, pipeline.py does not retrain for them, and seeds differ in them and in --seed.
 INCIDENTAL_SETTINGS = frozenset({'resume', 'overwrite', 'out', 'device', 'amp', 'compile', 'data_dir', 'data_cache',
                                  'cache_dir', 'teacher', 'teacher_logits', 'experts', 'test_subset'})
+
+
+def weights_digest(weights: dict) -> str:
+    """Names what a model has learned: a retrained checkpoint at the same path gets another digest."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(weights.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
 
 
 def changed_settings(saved: dict, asked: dict, also_incidental=()) -> list:

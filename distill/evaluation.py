@@ -14,7 +14,7 @@ from .plots import report_figures
 from .report import markdown, measured_time, write_report
 from .routing.decisions import (MODES, answer_logits, answer_of, cascade_sweep, confidences, expert_correctness,
                                 selector_inputs, selector_scores, selector_sweep)
-from .routing.experts import Expert, cost_vector, load_experts, load_selector, teacher_of
+from .routing.experts import Expert, cost_vector, load_selector, selector_experts, teacher_of
 from .routing.report import routing_report
 from .routing.router import router_for
 from .routing.selection import expert_outputs
@@ -46,7 +46,7 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=No
     (in (images_dir or results_dir)/<name>/). route, teacher, data_dir, test_subset: as stored, unless given;
     route is the mode of the routed row and the figures (both modes are scored and timed either way)."""
     state = load_selector(selector_path)
-    experts = load_experts([e['path'] for e in state['experts']], device)
+    experts = selector_experts(state, selector_path, device)
     models = gather_models(experts, device, teacher)
     config, routing = state['config'], {**state['routing'], **({'mode': route} if route else {})}
     test = load_dataset(config['dataset'], data_dir or config['data_dir'], False, state['image_size'],

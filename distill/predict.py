@@ -13,7 +13,7 @@ from . import UserError
 from .checkpoint import atomic_write, check_classifier, load_checkpoint
 from .cli import check_writable, checkpoint_path
 from .data import ARCHIVES, READ_ERRORS, list_image_files, read_images
-from .routing.experts import load_experts, load_selector
+from .routing.experts import load_selector, selector_experts
 from .routing.report import unpaid_routing_note
 from .routing.router import router_for
 from .runtime import fast_inference, inference_model
@@ -33,7 +33,7 @@ def build_classifier(selector_path: str, device, amp, *, teacher=None, expert=No
         model = fast_inference(inference_model(state, path, device), device)
         return one_model(model, os.path.basename(os.path.dirname(os.path.abspath(path)))), state
     state = load_selector(selector_path)
-    experts = load_experts([e['path'] for e in state['experts']], device)
+    experts = selector_experts(state, selector_path, device)
     names = [e.name for e in experts]
     if expert:
         matches = [e for e in experts if expert in (e.name, e.state['arch'])]

@@ -1,4 +1,6 @@
 """distill/routing/experts.py: experts rebuilt from checkpoints, checked to belong together, timed on this device."""
+import shutil
+
 import pytest
 import torch
 
@@ -6,7 +8,7 @@ from distill import UserError
 from distill.checkpoint import save_checkpoint
 from distill.routing.decisions import SELECTOR_INPUTS
 from distill.routing.experts import (check_cost_device, check_routable, cost_vector, load_experts, load_selector,
-                                     measure_costs, teacher_of)
+                                     measure_costs, selector_experts, teacher_of)
 from distill.runtime import device_name
 
 
@@ -77,3 +79,20 @@ def test_a_selector_trained_on_other_inputs_or_its_last_pt_is_refused_in_one_lin
     save_checkpoint({**last, 'selector_inputs': SELECTOR_INPUTS, 'optimizer': {}}, str(tmp_path / 'last.pt'))
     with pytest.raises(UserError, match="last.pt' is the selector's training state, for --resume; pass the best.pt"):
         load_selector(str(tmp_path / 'last.pt'))
+
+
+def test_a_selector_refuses_an_expert_retrained_since_it_was_tuned(tiny_runs, tmp_path):
+    work, _ = tiny_runs
+    shutil.copytree(work / 'checkpoints', tmp_path / 'checkpoints', ignore=shutil.ignore_patterns('logit-cache'))
+    selector = str(tmp_path / 'checkpoints' / 'selector' / 'best.pt')
+    state = load_selector(selector)
+    assert [e.name for e in selector_experts(state, selector, 'cpu')] == [e['name'] for e in state['experts']]
+    student = tmp_path / 'checkpoints' / 'googlenet' / 'best.pt'
+    retrained = torch.load(student, weights_only=True)
+    retrained['model'] = {k: v + 1 if v.is_floating_point() else v for k, v in retrained['model'].items()}
+    save_checkpoint(retrained, str(student))  # same path, same settings, other weights
+    with pytest.raises(UserError, match=r"'.*googlenet/best.pt' has changed since selector '.*' was tuned on it"):
+        selector_experts(load_selector(selector), selector, 'cpu')
+    for expert in state['experts']:
+        del expert['weights']  # a selector written before the digest is not checked
+    assert len(selector_experts(state, selector, 'cpu')) == len(state['experts'])

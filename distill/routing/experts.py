@@ -6,7 +6,8 @@ import os
 import torch
 
 from .. import UserError
-from ..checkpoint import check_classifier, check_compatible, linked_path, load_checkpoint, model_from_checkpoint
+from ..checkpoint import (check_classifier, check_compatible, linked_path, load_checkpoint, model_from_checkpoint,
+                          weights_digest)
 from ..metrics import count_macs, count_params, time_in_turns, weights_mb
 from ..runtime import device_name, fast_inference, fuse_for_inference, place
 from .decisions import SELECTOR_INPUTS
@@ -32,6 +33,7 @@ class Expert:
         self.params, self.weights_mb = count_params(model), weights_mb(model)  # as trained, before folding
         self.model = fuse_for_inference(model, self.device)
         self.name = os.path.basename(os.path.dirname(os.path.abspath(path))) or self.state['arch']
+        self.weights = weights_digest(self.state['model'])
         self.macs = count_macs(self.model, self.state['image_size'], self.device)
         self.cost = {'macs': self.macs}
         self.forward = fast_inference(self.model, self.device)
@@ -44,7 +46,7 @@ class Expert:
 
     def describe(self) -> dict:
         """What a selector checkpoint stores of this expert."""
-        return {'path': self.path, 'name': self.name, 'arch': self.state['arch'], **self.cost}
+        return {'path': self.path, 'name': self.name, 'arch': self.state['arch'], 'weights': self.weights, **self.cost}
 
 
 def load_experts(paths, device) -> list:
@@ -52,6 +54,17 @@ def load_experts(paths, device) -> list:
         raise UserError('no experts given; pass --experts CKPT [CKPT ...]')
     first = Expert(paths[0], device)
     return [first] + [Expert(p, device, first.reference()) for p in paths[1:]]
+
+
+def selector_experts(state: dict, selector_path: str, device) -> list:
+    """The experts a selector (from load_selector) routes to, refused where one has been retrained since: its
+    thresholds, cost weight and timings were chosen for the weights it was trained with."""
+    experts = load_experts([e['path'] for e in state['experts']], device)
+    for expert, stored in zip(experts, state['experts']):
+        if stored.get('weights', expert.weights) != expert.weights:  # selectors before the digest: unchecked
+            raise UserError(f"'{expert.path}' has changed since selector '{selector_path}' was tuned on it; retrain "
+                            f"the selector, or restore the checkpoint it was trained with")
+    return experts
 
 
 def check_experts_distinct(experts: list):
