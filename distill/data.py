@@ -138,7 +138,7 @@ def _holds_images(path: str) -> bool:
 def default_dataset(data_dir: str | None) -> str:
     """folder for an archive or any other single file, or a folder with train/ and test/ in it or in one of
     its subfolders (an unpacked archive; torchvision downloads CIFAR into neither); else cifar10. A folder of
-    class folders with no train/ and test/ is refused, not filled with a CIFAR download."""
+    class folders alone, with no train/ and test/, is refused, not filled with a CIFAR download."""
     if not data_dir:
         return 'cifar10'
     if data_dir.lower().endswith(ARCHIVES) or os.path.isfile(data_dir):
@@ -146,7 +146,7 @@ def default_dataset(data_dir: str | None) -> str:
     subfolders = _subfolders(data_dir)
     if _laid_out(data_dir) or any(_laid_out(sub) for sub in subfolders):
         return 'folder'
-    if any(_holds_images(sub) for sub in subfolders[:100]):
+    if len(subfolders) >= 2 and all(map(_holds_images, subfolders)):  # laid out as class folders, not as data/
         raise UserError(f"'{data_dir}' holds folders of images but no train/ and test/; move them into "
                         f"train/<class>/ and test/<class>/, some of each class's images held out for the test")
     return 'cifar10'

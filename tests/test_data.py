@@ -184,6 +184,8 @@ def test_class_folders_without_train_and_test_are_refused_not_taken_for_cifar(tm
     make_image_folder(tmp_path, train_per_class=1, test_per_class=1)
     with pytest.raises(UserError, match=r"'.*train' holds folders of images but no train/ and test/"):
         default_dataset(str(tmp_path / 'train'))
+    (tmp_path / 'train' / 'cache').mkdir()  # as in data/: CIFAR's download folder beside a folder of pictures
+    assert default_dataset(str(tmp_path / 'train')) == 'cifar10'
 
 
 def test_subset_is_the_first_images_class_balanced():
