@@ -9,6 +9,7 @@ interrupted one resumes; a changed one is retrained. --force retrains everything
 """
 import argparse
 import os
+import sys
 
 import evaluate
 import infer
@@ -52,8 +53,8 @@ def parse_args(argv=None):
                    help='how long to train: smoke (minutes, checks that every step runs), quick (minutes on a CPU), '
                         'medium (about two hours on a 2-core CPU), fast (about 9 minutes on one H100), full (the '
                         'classic 200-epoch recipe)')
-    p.add_argument('--dataset', help='cifar10, cifar100 or folder (default: folder when --data-dir is an archive or '
-                                     'holds train/ and test/, else cifar10)')
+    p.add_argument('--dataset', help='cifar10, cifar100 or folder (default: folder when --data-dir is an archive, or '
+                                     'it or a folder in it holds train/ and test/; else cifar10)')
     p.add_argument('--data-dir', default='data', help='download folder for CIFAR, or an image folder, .tar.gz or .zip')
     p.add_argument('--root', default='checkpoints', help='where the run directories go')
     p.add_argument('--results', default='results', help='where the reports, figures and predictions go')
@@ -73,7 +74,9 @@ def parse_args(argv=None):
 @main_guard
 def main(argv=None):
     args = parse_args(argv)
-    resolve_device(args.device)  # a bad --device is one line now, not after the first stage
+    if resolve_device(args.device).type == 'cpu' and args.preset in ('fast', 'full'):  # a bad --device: one line now
+        print(f'note: --preset {args.preset} is sized for a GPU; on a CPU, CIFAR-10 takes it many hours (quick and '
+              f'medium fit a CPU)', file=sys.stderr)
     check_range('jobs', args.jobs, low=1)
     check_distinct('students', args.students)
     check_distinct('seeds', args.seeds or [])

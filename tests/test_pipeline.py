@@ -112,3 +112,13 @@ def test_one_student_is_routed_with_the_teacher_as_its_fallback(students, tmp_pa
     experts = selector_argv[selector_argv.index('--experts') + 1:selector_argv.index('--out')]
     fallback = ['--include-teacher'] if len(students) == 1 else []
     assert experts == [str(tmp_path / s / 'best.pt') for s in students] + fallback
+
+
+@pytest.mark.parametrize('preset, noted', [('fast', True), ('full', True), ('quick', False)])
+def test_a_gpu_preset_on_a_cpu_says_so_before_it_trains(monkeypatch, capsys, image_folder, preset, noted):
+    def stop(*args):
+        raise KeyboardInterrupt  # main_guard's one line, before any stage
+    monkeypatch.setattr(pipeline, 'train_system', stop)
+    with pytest.raises(SystemExit):
+        pipeline.main(['--preset', preset, '--device', 'cpu', '--data-dir', str(image_folder)])
+    assert (f'note: --preset {preset} is sized for a GPU' in capsys.readouterr().err) == noted
