@@ -17,7 +17,7 @@ from .checkpoint import changed_settings
 
 def stage_argv(script, argv: list, force: bool) -> list | None:
     """The argv to run script with, or None when its OUT holds a finished run made with the same settings."""
-    args = script.parse_args(argv)
+    args = script.parse_args(argv + ['--overwrite'])  # its settings; whether it replaces a run is decided here
     summary, config_path = os.path.join(args.out, 'summary.json'), os.path.join(args.out, 'config.json')
     if os.path.exists(config_path) and not force:
         with open(config_path) as f:
