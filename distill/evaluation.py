@@ -4,6 +4,7 @@ import os
 
 import torch
 
+from . import UserError
 from .checkpoint import run_dir
 from .cli import checkpoint_path
 from .data import balanced_subset, load_dataset
@@ -39,6 +40,10 @@ def gather_models(experts: list, device, teacher: str | None = None) -> dict:
     return models
 
 
+def classes_text(classes: list, shown: int = 5) -> str:
+    return ', '.join(classes[:shown]) + (', ...' if len(classes) > shown else '')
+
+
 def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=None, teacher=None, data_dir=None,
                     test_subset=None, batch_size=256, timing_images=2048, results_dir='results',
                     images_dir=None) -> dict:
@@ -51,6 +56,10 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=No
     config, routing = state['config'], {**state['routing'], **({'mode': route} if route else {})}
     test = load_dataset(config['dataset'], data_dir or config['data_dir'], False, state['image_size'],
                         config.get('data_cache'))
+    if test.classes != state['class_names']:
+        raise UserError(f"the data at '{data_dir or config['data_dir']}' has the classes {classes_text(test.classes)}, "
+                        f"where the experts learned {classes_text(state['class_names'])}; pass the data they learned "
+                        f"from (--data-dir)")
     test = test.select(balanced_subset(test.labels, test_subset or config.get('test_subset'))).to(device)
     loader = Loader(test, torch.arange(len(test)), batch_size, state['mean'], state['std'], device)
     expert_logits, labels = expert_outputs(experts, loader, device, amp)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from conftest import ROOT, needs_cuda, run_main, run_script
+from conftest import ROOT, make_image_folder, needs_cuda, run_main, run_script
 
 
 FIGURES = {'training_curves.png', 'confusion.png', 'per_class_accuracy.png', 'routing_share.png',
@@ -76,6 +76,16 @@ def test_a_checkpoint_that_is_not_a_selector_is_one_clear_line(tiny_runs):
         assert result.stderr.strip() == ("error: 'checkpoints/teacher/best.pt' is a resnet50 checkpoint, not a "
                                          "selector; pass the best.pt that selectorTrain.py wrote (default "
                                          "checkpoints/selector/best.pt)")
+
+
+def test_test_data_of_other_classes_is_one_clear_line(tiny_runs, tmp_path):
+    work, _ = tiny_runs
+    other = make_image_folder(tmp_path / 'other', classes=('apple', 'pear'), train_per_class=2, test_per_class=2)
+    result = run_main(ROOT / 'evaluate.py', '--data-dir', other, '--results-dir', tmp_path / 'results', cwd=work,
+                      check=False)  # a reshape error deep in the routing
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: the data at '{other}' has the classes apple, pear, where the experts learned cat, dog, ship; pass "
+        f"the data they learned from (--data-dir)")
 
 
 @pytest.mark.parametrize('args, message', [
