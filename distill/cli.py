@@ -5,10 +5,13 @@ import dataclasses
 import functools
 import math
 import os
+import re
 import signal
 import sys
 import tempfile
 import threading
+
+import torch
 
 from models import takes_image_size
 
@@ -227,6 +230,16 @@ def _stop(signum, frame):
     raise KeyboardInterrupt
 
 
+def _out_of_memory(err) -> str | None:
+    """What an allocator that ran out of memory tried to allocate, from its message (CPU or CUDA); else None."""
+    found = re.search(r"(?:can't allocate memory|out of memory).*?[Tt]ried to allocate ([\d.]+) ?(\w+)", str(err),
+                      re.DOTALL)
+    if not found:
+        return None
+    amount, unit = found.groups()
+    return 'tried to allocate ' + (f'{int(amount) / 2 ** 30:.1f} GiB' if unit == 'bytes' else f'{amount} {unit}')
+
+
 def main_guard(main):
     """Run main(); a UserError, Ctrl-C or SIGTERM ends with one line on stderr and a non-zero exit code."""
     @functools.wraps(main)
@@ -237,6 +250,12 @@ def main_guard(main):
             return main(*args, **kwargs)
         except UserError as err:
             print('error: ' + ' '.join(str(err).split()), file=sys.stderr)  # one line, even when err quotes a library's
+            sys.exit(2)
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+            if isinstance(err, RuntimeError) and not _out_of_memory(err):
+                raise
+            print(f'error: out of memory ({_out_of_memory(err) or err.__class__.__name__}); pass a smaller '
+                  f'--batch-size, or a smaller --image-size where the stage has one', file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print('interrupted; no output was left half-written (a training run continues from its last finished '

@@ -5,6 +5,7 @@ import signal
 import time
 
 import pytest
+import torch
 
 import distill.cli as cli
 from distill import UserError
@@ -27,6 +28,32 @@ def test_a_multi_line_error_is_printed_as_one_line(capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == ("error: 'x.tar.gz' is not readable "
                                        "(could not open: - method gz: bad - method xz: bad)\n")
+
+
+@pytest.mark.parametrize('raised, says', [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 36864000000 bytes. Error code 12 (Cannot allocate memory)"),
+     'tried to allocate 34.3 GiB'),
+    (torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB'),
+     'tried to allocate 2.00 GiB'),
+    (MemoryError(), 'MemoryError')])
+def test_running_out_of_memory_is_one_line_that_says_what_to_shrink(capsys, raised, says):
+    @cli.main_guard
+    def main():
+        raise raised  # --image-size 2000 on this CPU was a traceback through the convolutions
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and capsys.readouterr().err == (
+        f'error: out of memory ({says}); pass a smaller --batch-size, or a smaller --image-size where the stage has '
+        f'one\n')
+
+
+def test_other_runtime_errors_are_not_taken_for_memory():
+    @cli.main_guard
+    def main():
+        raise RuntimeError('shape mismatch')
+    with pytest.raises(RuntimeError, match='shape mismatch'):
+        main()
 
 
 def test_sigterm_stops_a_script_like_ctrl_c(capsys):
