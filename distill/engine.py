@@ -147,6 +147,9 @@ def check_same_run(saved: dict, asked: dict, path: str):
                         f"--overwrite or another --out")
 
 
+RUN_FILES = ('metrics.csv', 'config.json', 'summary.json')
+
+
 def check_run_free(out: str, resume: bool, overwrite: bool):
     """A run replaces the one in `out` only when told to (--overwrite), and resumes only one that is there."""
     last, best = os.path.join(out, 'last.pt'), os.path.join(out, 'best.pt')
@@ -158,6 +161,11 @@ def check_run_free(out: str, resume: bool, overwrite: bool):
     if os.path.exists(best) and not os.path.exists(last):  # weights from elsewhere, say
         raise UserError(f"'{best}' exists, with no last.pt to resume from; pass --overwrite to replace it, "
                         f"or --out NEW_DIR")
+    if not os.path.exists(last):  # a run writes these beside last.pt: without it, they are someone else's files
+        for name in RUN_FILES:
+            if os.path.exists(os.path.join(out, name)):
+                raise UserError(f"'{os.path.join(out, name)}' exists but no run does; pass --overwrite to replace "
+                                f"it, or --out NEW_DIR")
 
 
 class Run:

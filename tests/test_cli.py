@@ -199,7 +199,8 @@ def test_a_training_run_whose_out_cannot_be_written_is_refused_before_any_data(t
 
 @pytest.mark.parametrize('script', ['teacherTrain', 'studentTrain', 'selectorTrain'])
 @pytest.mark.parametrize('present, message', [('last.pt', 'already holds a run; pass --resume'),
-                                              ('best.pt', 'exists, with no last.pt to resume from')])
+                                              ('best.pt', 'exists, with no last.pt to resume from'),
+                                              ('summary.json', 'exists but no run does')])  # a user's own file
 def test_a_run_that_would_replace_another_is_refused_before_any_data(tmp_path, script, present, message):
     # selectorTrain found out after timing its experts and classifying every held-out image.
     (tmp_path / present).write_text('')
