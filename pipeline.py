@@ -74,7 +74,8 @@ def parse_args(argv=None):
 @main_guard
 def main(argv=None):
     args = parse_args(argv)
-    if resolve_device(args.device).type == 'cpu' and args.preset in ('fast', 'full'):  # a bad --device: one line now
+    device = resolve_device(args.device)  # a bad --device is one line now, not after the first stage
+    if device.type == 'cpu' and args.preset in ('fast', 'full'):
         print(f'note: --preset {args.preset} is sized for a GPU; on a CPU, CIFAR-10 takes it many hours (quick and '
               f'medium fit a CPU)', file=sys.stderr)
     check_range('jobs', args.jobs, low=1)
