@@ -54,8 +54,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
-    needs_teacher = args.alpha > 0 or 'teacher' in given_flags(argv)
-    teacher_state = load_checkpoint(args.teacher, map_location=device) if needs_teacher else None
+    reads_teacher = args.alpha > 0 or 'teacher' in given_flags(argv)
+    teacher_state = load_checkpoint(args.teacher, map_location=device) if reads_teacher else None
     if teacher_state:
         check_classifier(teacher_state, args.teacher)
         inherit_data_settings(args, argv, teacher_state['config'], args.teacher)
