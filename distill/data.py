@@ -191,6 +191,18 @@ def _folder_entries(parts):
     return None
 
 
+def _zip_member_name(member: zipfile.ZipInfo) -> str:
+    """The name as its tool wrote it. Info-ZIP (zip on Linux) writes UTF-8 names without the flag that says so,
+    which zipfile then reads as cp437 ('café' as 'caf├⌐'); a name that is not UTF-8 stays cp437."""
+    name = member.filename
+    if not member.flag_bits & 0x800:
+        try:
+            name = name.encode('cp437').decode('utf-8')
+        except UnicodeError:
+            pass
+    return name.replace('\\', '/')  # Windows' own zip tool wrote backslashes (PowerShell 5)
+
+
 def _iter_folder_files(path: str):
     """Yield (split, class, display_name, opener) for every file in a folder, a .zip or a tar archive."""
     if os.path.isdir(path):
@@ -203,11 +215,11 @@ def _iter_folder_files(path: str):
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
                 for member in archive.infolist():
-                    name = member.filename.replace('\\', '/')  # Windows' own zip tool wrote backslashes (PowerShell 5)
+                    name = _zip_member_name(member)
                     entry = _folder_entries(name.split('/'))
                     if not name.endswith('/') and entry:
                         data = archive.read(member)
-                        yield (*entry, f'{path}:{member.filename}', lambda data=data: io.BytesIO(data))
+                        yield (*entry, f'{path}:{name}', lambda data=data: io.BytesIO(data))
             return
         with tarfile.open(path, 'r:*') as archive:
             for member in archive:
@@ -266,7 +278,7 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
 
 def _fingerprint(path: str, size: int) -> str:
     """Changes when any file changes (a folder's own mtime misses edits deep inside it) or the decoding does."""
-    digest = hashlib.sha1(f'{os.path.abspath(path)}|{size}|reduced-jpeg'.encode())
+    digest = hashlib.sha1(f'{os.path.abspath(path)}|{size}|reduced-jpeg|utf8-zip-names'.encode())
     files = [path] if os.path.isfile(path) else list_image_files(path)
     for name in files:
         try:

@@ -145,6 +145,22 @@ def test_an_archive_matches_its_folder_and_is_cached(tmp_path, suffix, capsys):
     assert 'skipped' not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('tool', ['python', 'info-zip', 'cp437'])
+def test_class_names_in_a_zip_read_as_its_tool_wrote_them(tmp_path, tool):
+    root = make_image_folder(tmp_path / 'd', classes=('café', 'dog'))
+    archive = tmp_path / 'd.zip'
+    with zipfile.ZipFile(archive, 'w') as zipped:  # Python's zipfile flags a non-ASCII name as UTF-8
+        for path in sorted(root.rglob('*.png')):
+            name = str(path.relative_to(root))
+            zipped.writestr(name if tool == 'python' else name.replace('café', 'cafXY'), path.read_bytes())
+    if tool != 'python':  # the same bytes as Info-ZIP or an old DOS tool writes them: no UTF-8 flag
+        raw = 'café'.encode('utf-8' if tool == 'info-zip' else 'cp437')
+        archive.write_bytes(archive.read_bytes().replace(b'cafXY', raw.ljust(5, b'_')))
+    expected = {'python': 'café', 'info-zip': 'café', 'cp437': 'café_'}[tool]
+    data = load_dataset('folder', str(archive), train=True, cache_dir=str(tmp_path / 'c'))
+    assert data.classes == [expected, 'dog'] and len(data) == 24
+
+
 @pytest.mark.parametrize('problem, message', [
     ('missing', 'does not exist'), ('empty', 'no readable images'), ('corrupt', 'not a readable archive'),
     ('text_only', 'no readable images'), ('class_only_in_test', r"test classes \['b'\] .* have no training images"),
