@@ -187,7 +187,9 @@ def _folder_entries(parts):
             name = parts[-1]
             if name.startswith('.') or parts[i + 1].startswith('.'):
                 return None
-            return part, parts[i + 1]
+            # A folder name that is not UTF-8 (kept by the OS as surrogates) becomes 'caf\\xe9': class names
+            # are printed, drawn and written as text.
+            return part, parts[i + 1].encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
     return None
 
 
@@ -284,9 +286,9 @@ def _fingerprint(path: str, size: int) -> str:
         try:
             stat = os.stat(name)
         except OSError:  # a broken link, or a file gone since the walk: it is skipped as unreadable
-            digest.update(f'{name}|unreadable'.encode())
+            digest.update(os.fsencode(name) + b'|unreadable')
             continue
-        digest.update(f'{name}|{stat.st_size}|{stat.st_mtime_ns}'.encode())
+        digest.update(os.fsencode(name) + f'|{stat.st_size}|{stat.st_mtime_ns}'.encode())
     return digest.hexdigest()[:16]
 
 

@@ -161,6 +161,23 @@ def test_class_names_in_a_zip_read_as_its_tool_wrote_them(tmp_path, tool):
     assert data.classes == [expected, 'dog'] and len(data) == 24
 
 
+@pytest.mark.parametrize('source', ['folder', 'tar'])
+def test_a_class_folder_whose_name_is_not_utf8_is_read_with_its_bytes_escaped(tmp_path, source):
+    root = make_image_folder(tmp_path / 'd', classes=('cafe', 'dog'))
+    try:
+        for split in ('train', 'test'):
+            os.rename(root / split / 'cafe', os.path.join(os.fsencode(root / split), b'caf\xe9'))  # Latin-1
+    except OSError:
+        pytest.skip('this file system takes UTF-8 names only')
+    path = root
+    if source == 'tar':
+        path = tmp_path / 'd.tar'
+        with tarfile.open(path, 'w') as tar:
+            tar.add(root, arcname='d')
+    data = load_dataset('folder', str(path), train=True, cache_dir=str(tmp_path / 'c'))
+    assert data.classes == ['caf\\xe9', 'dog'] and len(data) == 24
+
+
 @pytest.mark.parametrize('problem, message', [
     ('missing', 'does not exist'), ('empty', 'no readable images'), ('corrupt', 'not a readable archive'),
     ('text_only', 'no readable images'), ('class_only_in_test', r"test classes \['b'\] .* have no training images"),
