@@ -3,6 +3,7 @@ decoded images), and the fixed train/val/route split. loaders.py turns them into
 import hashlib
 import io
 import os
+import stat
 import sys
 import tarfile
 import warnings
@@ -62,6 +63,8 @@ def read_image(source, size: int, reduced_jpeg: bool = True) -> torch.Tensor:
 
     reduced_jpeg: a JPEG at least twice as large is decoded at 1/2, 1/4 or 1/8 scale (still at least twice
     size) by the decoder itself; full decoding of a photo costs far more than the network that reads it."""
+    if isinstance(source, (str, os.PathLike)) and not stat.S_ISREG(os.stat(source).st_mode):
+        raise OSError('not a regular file')  # opening a named pipe would wait for a writer forever
     with Image.open(source) as image, warnings.catch_warnings():
         # A palette image with transparency warns on convert; to_rgb composites it on white on purpose.
         warnings.filterwarnings('ignore', message='Palette images with Transparency', category=UserWarning)
@@ -284,11 +287,11 @@ def _fingerprint(path: str, size: int) -> str:
     files = [path] if os.path.isfile(path) else list_image_files(path)
     for name in files:
         try:
-            stat = os.stat(name)
+            info = os.stat(name)
         except OSError:  # a broken link, or a file gone since the walk: it is skipped as unreadable
             digest.update(os.fsencode(name) + b'|unreadable')
             continue
-        digest.update(os.fsencode(name) + f'|{stat.st_size}|{stat.st_mtime_ns}'.encode())
+        digest.update(os.fsencode(name) + f'|{info.st_size}|{info.st_mtime_ns}'.encode())
     return digest.hexdigest()[:16]
 
 

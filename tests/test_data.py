@@ -3,6 +3,7 @@ import io
 import os
 import re
 import tarfile
+import threading
 import zipfile
 
 import numpy as np
@@ -13,7 +14,7 @@ from torchvision import datasets
 
 from distill import UserError
 from distill.data import (balanced_subset, channel_stats, default_dataset, interleave_classes, list_image_files,
-                          load_dataset, make_split, read_image)
+                          load_dataset, make_split, read_image, read_images)
 from conftest import SHARED_ARCHIVE, make_image_folder, needs_cuda, write_cifar
 
 
@@ -88,6 +89,29 @@ def test_folder_accepts_any_mode_and_skips_unreadable_files(tmp_path, capsys):
     assert 'skipped 4 unreadable file(s)' in capsys.readouterr().err
     assert (data.images[2] == 255).all()  # transparent RGBA composited on white
     assert (data.images[6] == 255).all()  # 16-bit white stays white (files are read in sorted order)
+
+
+@pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='no named pipes here')
+def test_a_named_pipe_is_unreadable_at_once_not_waited_on(tmp_path):
+    Image.new('RGB', (8, 8)).save(tmp_path / 'a.png')
+    pipe = tmp_path / 'b.jpg'
+    os.mkfifo(pipe)
+    done = threading.Event()
+
+    def write_nothing():  # what frees a reader stuck opening the pipe, so that a failure ends
+        while not done.wait(1):
+            try:
+                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader yet
+                pass
+    writer = threading.Thread(target=write_nothing)
+    writer.start()
+    try:
+        images, read, failed = read_images(list_image_files(str(tmp_path)), 8)
+    finally:
+        done.set()
+        writer.join()
+    assert read == [str(tmp_path / 'a.png')] and failed == [(str(pipe), 'OSError: not a regular file')]
 
 
 def test_read_image_scales_16_bit_and_resizes():
