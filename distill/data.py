@@ -126,8 +126,9 @@ def _subfolders(path: str) -> list:
         return []
 
 
-def _laid_out(path: str) -> bool:
-    return all(os.path.isdir(os.path.join(path, split)) for split in SPLITS_IN_FOLDER)
+def _split_folders(path: str) -> set:
+    """Which of train/ and test/ path holds, in any case ('Train' from Windows reads as 'train')."""
+    return {os.path.basename(sub).lower() for sub in _subfolders(path)} & set(SPLITS_IN_FOLDER)
 
 
 def _holds_images(path: str) -> bool:
@@ -138,17 +139,30 @@ def _holds_images(path: str) -> bool:
         return False
 
 
+def _half_laid_out(folder: str) -> UserError:
+    if 'train' not in _split_folders(folder):
+        return UserError(f"'{folder}' holds test/ but no train/; put the training images in train/<class>/")
+    others = [os.path.basename(sub) for sub in _subfolders(folder) if os.path.basename(sub).lower() != 'train']
+    held_out = next((name for name in others if name.lower() in ('val', 'valid', 'validation')), None)
+    return UserError(f"'{folder}' holds train/ but no test/; put the images held out for the final test in "
+                     f"test/<class>/" + (f", e.g. rename {held_out}/ to test/ (val is cut from train/ here)"
+                                         if held_out else ''))
+
+
 def default_dataset(data_dir: str | None) -> str:
     """folder for an archive or any other single file, or a folder with train/ and test/ in it or in one of
     its subfolders (an unpacked archive; torchvision downloads CIFAR into neither); else cifar10. A folder of
-    class folders alone, with no train/ and test/, is refused, not filled with a CIFAR download."""
+    class folders alone, or with one of train/ and test/, is refused, not filled with a CIFAR download."""
     if not data_dir:
         return 'cifar10'
     if data_dir.lower().endswith(ARCHIVES) or os.path.isfile(data_dir):
         return 'folder'
     subfolders = _subfolders(data_dir)
-    if _laid_out(data_dir) or any(_laid_out(sub) for sub in subfolders):
+    if any(_split_folders(folder) == set(SPLITS_IN_FOLDER) for folder in [data_dir, *subfolders]):
         return 'folder'
+    for folder in [data_dir, *subfolders][:2 if len(subfolders) == 1 else 1]:  # itself, or an unpacked archive
+        if _split_folders(folder):  # half laid out: not a CIFAR download folder either
+            raise _half_laid_out(folder)
     if len(subfolders) >= 2 and all(map(_holds_images, subfolders)):  # laid out as class folders, not as data/
         raise UserError(f"'{data_dir}' holds folders of images but no train/ and test/; move them into "
                         f"train/<class>/ and test/<class>/, some of each class's images held out for the test")
@@ -186,13 +200,13 @@ def _load_cifar(name: str, data_dir: str, train: bool, size: int) -> ImageSet:
 def _folder_entries(parts):
     """(split, class) of a file at path `parts`, or None. Accepts any prefix before train/ or test/."""
     for i, part in enumerate(parts[:-2]):
-        if part in SPLITS_IN_FOLDER:
+        if part.lower() in SPLITS_IN_FOLDER:
             name = parts[-1]
             if name.startswith('.') or parts[i + 1].startswith('.'):
                 return None
             # A folder name that is not UTF-8 (kept by the OS as surrogates) becomes 'caf\\xe9': class names
             # are printed, drawn and written as text.
-            return part, parts[i + 1].encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+            return part.lower(), parts[i + 1].encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
     return None
 
 
@@ -241,6 +255,8 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
     if not os.path.exists(path):
         raise UserError(f"data path '{path}' does not exist; pass --data-dir pointing to a folder with "
                         f"train/<class>/ and test/<class>/ images, or to a .tar.gz or .zip of that layout")
+    if os.path.isdir(path) and len(_split_folders(path)) == 1:
+        raise _half_laid_out(path)
     cache_file = os.path.join(cache_dir, f'folder-{_fingerprint(path, size)}.pt')
     cached = _read_cache(cache_file)
     if cached:

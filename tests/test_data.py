@@ -2,6 +2,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import tarfile
 import threading
 import zipfile
@@ -214,8 +215,9 @@ def test_bad_folders_are_clear_errors(tmp_path, problem, message):
         path = tmp_path / 'data.tar.gz'
         path.write_bytes(b'\x1f\x8b' + b'garbage' * 100)
     elif problem == 'text_only':
-        (path / 'train' / 'a').mkdir(parents=True)
-        (path / 'train' / 'a' / 'x.txt').write_text('hello')
+        for split in ('train', 'test'):
+            (path / split / 'a').mkdir(parents=True)
+            (path / split / 'a' / 'x.txt').write_text('hello')
     elif problem in ('class_only_in_test', 'one_class'):
         pairs = (('train', 'a'), ('test', 'a')) + ((('train', 'c'), ('test', 'b')) if problem != 'one_class' else ())
         for split, cls in pairs:
@@ -243,6 +245,32 @@ def test_class_folders_without_train_and_test_are_refused_not_taken_for_cifar(tm
         default_dataset(str(tmp_path / 'train'))
     (tmp_path / 'train' / 'cache').mkdir()  # as in data/: CIFAR's download folder beside a folder of pictures
     assert default_dataset(str(tmp_path / 'train')) == 'cifar10'
+
+
+def test_split_folders_in_capitals_are_read_as_train_and_test(tmp_path):
+    root = make_image_folder(tmp_path / 'd')
+    for split in ('train', 'test'):
+        (root / split).rename(root / split.capitalize())  # as Windows users name them
+    assert default_dataset(str(root)) == 'folder'
+    data = load_dataset('folder', str(root), train=False, cache_dir=str(tmp_path / 'c'))
+    assert data.classes == ['cat', 'dog', 'ship'] and len(data) == 12
+
+
+@pytest.mark.parametrize('kept, message', [
+    (('train', 'val'), r"holds train/ but no test/; .* test/<class>/, e.g. rename val/ to test/"),
+    (('train',), r"holds train/ but no test/; put the images held out for the final test in test/<class>/$"),
+    (('test',), r"holds test/ but no train/; put the training images in train/<class>/")])
+@pytest.mark.parametrize('dataset', [None, 'folder'])
+def test_a_folder_with_one_of_train_and_test_says_what_to_add(tmp_path, kept, message, dataset):
+    root = make_image_folder(tmp_path / 'd')
+    if 'val' in kept:
+        (root / 'test').rename(root / 'val')  # ImageNet's layout
+    elif kept == ('train',):
+        shutil.rmtree(root / 'test')
+    else:
+        shutil.rmtree(root / 'train')
+    with pytest.raises(UserError, match=message):  # never a CIFAR download into the user's folder
+        load_dataset(dataset or default_dataset(str(root)), str(root), train=True, cache_dir=str(tmp_path / 'c'))
 
 
 def test_subset_is_the_first_images_class_balanced():
