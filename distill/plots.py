@@ -14,6 +14,9 @@ from .metrics import confusion_matrix, share_per_class  # noqa: E402
 from .routing.decisions import RANKING_REFERENCES  # noqa: E402
 
 
+MANY_CLASSES = 30
+
+
 def _save(fig, path: str, tight: bool = True) -> str:
     if tight:
         fig.tight_layout()
@@ -85,19 +88,26 @@ def confusion_matrices(matrices: dict, classes: list, path: str) -> str:
 
 
 def per_class_bars(values: dict, classes: list, path: str, ylabel: str, stacked: bool = False) -> str:
-    """values: series name -> one number per class. Grouped bars, or stacked (routing shares)."""
-    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(classes)), 4))
+    """values: series name -> one number per class. Grouped bars, or stacked (routing shares). Past
+    MANY_CLASSES (CIFAR-100) grouped bars are too thin to tell apart: each series is a row of dots."""
+    many = len(classes) > MANY_CLASSES
+    fig, ax = plt.subplots(figsize=(min(max(8, 0.6 * len(classes)), 20), 4))
     width = 0.8 / (1 if stacked else len(values))
     bottom = [0.0] * len(classes)
     for i, (name, per_class) in enumerate(values.items()):
+        heights = [math.nan if v is None else 100 * v for v in per_class]  # nothing drawn for a class with no images
+        if many and not stacked:
+            ax.plot(range(len(classes)), heights, 'o', markersize=3, alpha=0.7, label=name)
+            continue
         x = [c + (0 if stacked else (i - (len(values) - 1) / 2) * width) for c in range(len(classes))]
-        heights = [math.nan if v is None else 100 * v for v in per_class]  # no bar for a class with no images
         ax.bar(x, heights, width, label=name, bottom=[100 * b for b in bottom] if stacked else 0)
         if stacked:
             bottom = [b + v for b, v in zip(bottom, per_class)]
-    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 8 else 0, fontsize=8)
+    ax.set_xticks(range(len(classes)), classes, rotation=90 if many else 45 if len(classes) > 8 else 0,
+                  fontsize=5 if many else 8)
+    ax.set_xlim(-0.6, len(classes) - 0.4)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, **({'loc': 'upper left', 'bbox_to_anchor': (1, 1)} if many else {}))
     return _save(fig, path)
 
 

@@ -13,6 +13,18 @@ def test_a_figure_is_written_whole_as_a_png_with_no_temporary_left(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ['bars.png']  # no temporary file left
 
 
+@pytest.mark.parametrize('stacked', [False, True])
+def test_a_hundred_classes_are_drawn_at_a_readable_width_grouped_series_as_dots(tmp_path, monkeypatch, stacked):
+    drawn = []
+    monkeypatch.setattr(plots, '_save', lambda fig, path, tight=True: drawn.append(fig) or path)
+    classes = [f'class {i}' for i in range(100)]  # CIFAR-100
+    values = {name: [0.5] * 100 for name in ('teacher', 'densenet121', 'googlenet')}
+    plots.per_class_bars(values, classes, str(tmp_path / 'bars.png'), 'acc', stacked=stacked)
+    ax = drawn[0].axes[0]
+    assert drawn[0].get_figwidth() <= 20 and len(ax.get_xticklabels()) == 100
+    assert (len(ax.patches), len(ax.lines)) == ((300, 0) if stacked else (0, 3))
+
+
 def test_a_figure_that_fails_midway_leaves_the_old_one_whole(tmp_path, monkeypatch):
     path = tmp_path / 'confusion.png'
     path.write_bytes(b'the figure of the last run')
