@@ -131,6 +131,10 @@ def _split_folders(path: str) -> set:
     return {os.path.basename(sub).lower() for sub in _subfolders(path)} & set(SPLITS_IN_FOLDER)
 
 
+def _laid_out(path: str) -> bool:
+    return _split_folders(path) == set(SPLITS_IN_FOLDER)
+
+
 def _holds_images(path: str) -> bool:
     extensions = Image.registered_extensions()
     try:
@@ -158,7 +162,7 @@ def default_dataset(data_dir: str | None) -> str:
     if data_dir.lower().endswith(ARCHIVES) or os.path.isfile(data_dir):
         return 'folder'
     subfolders = _subfolders(data_dir)
-    if any(_split_folders(folder) == set(SPLITS_IN_FOLDER) for folder in [data_dir, *subfolders]):
+    if any(map(_laid_out, [data_dir, *subfolders])):
         return 'folder'
     for folder in [data_dir, *subfolders][:2 if len(subfolders) == 1 else 1]:  # itself, or an unpacked archive
         if _split_folders(folder):  # half laid out: not a CIFAR download folder either
@@ -198,16 +202,18 @@ def _load_cifar(name: str, data_dir: str, train: bool, size: int) -> ImageSet:
 
 
 def _folder_entries(parts):
-    """(split, class) of a file at path `parts`, or None. Accepts any prefix before train/ or test/."""
-    for i, part in enumerate(parts[:-2]):
-        if part.lower() in SPLITS_IN_FOLDER:
-            name = parts[-1]
-            if name.startswith('.') or parts[i + 1].startswith('.'):
-                return None
-            # A folder name that is not UTF-8 (kept by the OS as surrogates) becomes 'caf\\xe9': class names
-            # are printed, drawn and written as text.
-            return part.lower(), parts[i + 1].encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
-    return None
+    """(split, class) of a file at path `parts`, or None. Accepts any prefix before train/ or test/; Train/
+    and Test/ in any case, but a folder named exactly train/ or test/ wins ('Test/train/cat/1.png')."""
+    found = [i for i, part in enumerate(parts[:-2]) if part.lower() in SPLITS_IN_FOLDER]
+    exact = [i for i in found if parts[i] in SPLITS_IN_FOLDER]
+    if not found or parts[-1].startswith('.'):
+        return None
+    i = (exact or found)[0]
+    if parts[i + 1].startswith('.'):
+        return None
+    # A folder name that is not UTF-8 (kept by the OS as surrogates) becomes 'caf\\xe9': class names are
+    # printed, drawn and written as text.
+    return parts[i].lower(), parts[i + 1].encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
 
 
 def _zip_member_name(member: zipfile.ZipInfo) -> str:
@@ -255,7 +261,7 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
     if not os.path.exists(path):
         raise UserError(f"data path '{path}' does not exist; pass --data-dir pointing to a folder with "
                         f"train/<class>/ and test/<class>/ images, or to a .tar.gz or .zip of that layout")
-    if os.path.isdir(path) and len(_split_folders(path)) == 1:
+    if os.path.isdir(path) and _split_folders(path) and not any(map(_laid_out, [path, *_subfolders(path)])):
         raise _half_laid_out(path)
     cache_file = os.path.join(cache_dir, f'folder-{_fingerprint(path, size)}.pt')
     cached = _read_cache(cache_file)

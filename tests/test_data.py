@@ -256,6 +256,19 @@ def test_split_folders_in_capitals_are_read_as_train_and_test(tmp_path):
     assert data.classes == ['cat', 'dog', 'ship'] and len(data) == 12
 
 
+@pytest.mark.parametrize('source', ['folder', 'tar'])
+def test_a_folder_named_test_above_train_and_test_is_a_prefix_not_the_split(tmp_path, source):
+    root = make_image_folder(tmp_path / 'unpacked' / 'Test')
+    path = tmp_path / 'unpacked'
+    if source == 'tar':
+        path = tmp_path / 'd.tar'
+        with tarfile.open(path, 'w') as tar:
+            tar.add(root, arcname='Test')
+    assert default_dataset(str(path)) == 'folder'
+    data = load_dataset('folder', str(path), train=True, cache_dir=str(tmp_path / 'c'))
+    assert data.classes == ['cat', 'dog', 'ship'] and len(data) == 36
+
+
 @pytest.mark.parametrize('kept, message', [
     (('train', 'val'), r"holds train/ but no test/; .* test/<class>/, e.g. rename val/ to test/"),
     (('train',), r"holds train/ but no test/; put the images held out for the final test in test/<class>/$"),
