@@ -78,9 +78,13 @@ def read_image(source, size: int, reduced_jpeg: bool = True) -> torch.Tensor:
 
 def list_image_files(folder: str) -> list:
     """Every non-hidden file under folder, recursively, in a stable order: what infer.py classifies and a
-    data folder holds. Linked folders are followed, each folder once (a link to a folder above would loop)."""
+    data folder holds. Linked folders are followed, each folder once (a link to a folder above would loop).
+    A folder that cannot be listed is an error: its images would be left out unseen."""
+    def refuse(err: OSError):
+        raise UserError(f"cannot list the folder '{err.filename}' ({err.strerror}); give this user read access "
+                        f"to it, or move it out of '{folder}'")
     files, seen = [], {os.path.realpath(folder)}
-    for root, dirs, names in os.walk(folder, followlinks=True):
+    for root, dirs, names in os.walk(folder, onerror=refuse, followlinks=True):
         kept = []
         for name in sorted(dirs):
             real = os.path.realpath(os.path.join(root, name))

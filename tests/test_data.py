@@ -367,6 +367,22 @@ def test_a_folder_to_classify_is_listed_with_its_linked_folders_once_and_without
     assert listed == ['a.png', 'again/c.png']  # the first link in name order
 
 
+def test_a_folder_that_cannot_be_listed_is_one_line_not_left_out(tmp_path, monkeypatch):
+    for path in (tmp_path / 'a.png', tmp_path / 'locked' / 'b.png'):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b'')
+    scandir = os.scandir
+
+    def denied(path='.'):  # what a folder of another user's, mode 700, does (root is never refused)
+        if os.fspath(path).endswith('locked'):
+            raise PermissionError(13, 'Permission denied', os.fspath(path))
+        return scandir(path)
+    monkeypatch.setattr(os, 'scandir', denied)
+    with pytest.raises(UserError, match=r"cannot list the folder '.*locked' \(Permission denied\); give this "
+                                        r"user read access to it, or move it out of"):
+        list_image_files(str(tmp_path))
+
+
 def test_class_folders_that_are_links_are_read(tmp_path):
     real = make_image_folder(tmp_path / 'real', train_per_class=2, test_per_class=1)
     linked = tmp_path / 'linked'
