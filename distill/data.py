@@ -150,8 +150,8 @@ def _holds_images(path: str) -> bool:
 def _half_laid_out(folder: str) -> UserError:
     if 'train' not in _split_folders(folder):
         return UserError(f"'{folder}' holds test/ but no train/; put the training images in train/<class>/")
-    others = [os.path.basename(sub) for sub in _subfolders(folder) if os.path.basename(sub).lower() != 'train']
-    held_out = next((name for name in others if name.lower() in ('val', 'valid', 'validation')), None)
+    names = map(os.path.basename, _subfolders(folder))
+    held_out = next((name for name in names if name.lower() in ('val', 'valid', 'validation')), None)
     return UserError(f"'{folder}' holds train/ but no test/; put the images held out for the final test in "
                      f"test/<class>/" + (f", e.g. rename {held_out}/ to test/ (val is cut from train/ here)"
                                          if held_out else ''))
