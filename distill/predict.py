@@ -38,7 +38,8 @@ def build_classifier(selector_path: str, device, amp, *, teacher=None, expert=No
     if expert:
         matches = [e for e in experts if expert in (e.name, e.state['arch'])]
         if not matches:
-            raise UserError(f"no expert named '{expert}'; the selector's experts are {', '.join(names)}")
+            raise UserError(f"no expert named '{expert}'; the selector's experts are {', '.join(names)} (any other "
+                            f"model, the teacher too, runs alone with --teacher and its checkpoint)")
         return one_model(matches[0], matches[0].name), matches[0].state
     router = router_for(state, experts, inference_model(state, selector_path, device), mode=route,
                         thresholds=thresholds, cost_weight=cost_weight, cost=cost, amp=amp, where=selector_path)

@@ -165,6 +165,7 @@ def test_a_table_inside_the_folder_is_not_classified_and_an_image_is_never_overw
 @pytest.mark.parametrize('case, message', [
     ('missing_dir', 'does not exist'), ('empty_dir', 'holds no files'),
     ('missing_selector', 'does not exist'), ('unknown_expert', "no expert named 'vgg'"),
+    ('teacher_as_expert', 'the teacher too, runs alone with --teacher and its checkpoint'),
     ('out_is_a_folder', 'is a folder, not a file name'), ('archive', 'is an archive; unpack it')])
 def test_infer_bad_input_is_one_clear_line(tiny_runs, tmp_path, case, message):
     work, _ = tiny_runs
@@ -174,6 +175,7 @@ def test_infer_bad_input_is_one_clear_line(tiny_runs, tmp_path, case, message):
         Image.new('RGB', (8, 8)).save(folder / 'a.png')
     args = {'missing_dir': [tmp_path / 'nope'], 'empty_dir': [folder],
             'missing_selector': [folder, '--selector', 'gone.pt'], 'unknown_expert': [folder, '--expert', 'vgg'],
+            'teacher_as_expert': [folder, '--expert', 'teacher'],
             'out_is_a_folder': [folder], 'archive': [shutil.make_archive(tmp_path / 'imgs', 'zip', folder)]}[case]
     out = folder if case == 'out_is_a_folder' else tmp_path / 'p.csv'
     result = run_main(INFER, *args, '--out', out, cwd=work, check=False)
