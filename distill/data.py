@@ -109,11 +109,17 @@ def read_images(paths, size: int, reduced_jpeg: bool = True):
     return stacked, read, failed
 
 
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+def resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
+    """N x 3 x size x size uint8, resized `chunk` images at a time: float32 copies of a whole data set
+    enlarged (--image-size 96 on CIFAR) would not fit in memory."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    resized = F.interpolate(images.float(), size=(size, size), mode='bilinear', antialias=True, align_corners=False)
-    return resized.round().clamp(0, 255).to(torch.uint8)
+    resized = torch.empty(len(images), images.shape[1], size, size, dtype=torch.uint8)
+    for start in range(0, len(images), chunk):
+        part = F.interpolate(images[start:start + chunk].float(), size=(size, size), mode='bilinear',
+                             antialias=True, align_corners=False)
+        resized[start:start + chunk] = part.round_().clamp_(0, 255)
+    return resized
 
 
 # ---------------------------------------------------------------- datasets
@@ -399,12 +405,21 @@ def make_split(labels: torch.Tensor, seed: int, val_size: int | None = None, rou
     return parts, record
 
 
-def channel_stats(images: torch.Tensor):
-    """Per-channel mean and std of uint8 images, as fractions of 255 (lists, to store in checkpoints). A channel
-    that never varies (all-red images, say) is only centred: dividing by its std of 0 trained on inf."""
-    x = images.double().div_(255).transpose(0, 1).reshape(3, -1)
-    std = x.std(1)
-    return x.mean(1).tolist(), torch.where(std > 0, std, 1.0).tolist()
+def channel_stats(images: torch.Tensor, chunk: int = 1024):
+    """Per-channel mean and std of uint8 images, as fractions of 255 (lists, to store in checkpoints), in two
+    passes over chunks: a float64 copy of an enlarged training set would not fit in memory. A channel that
+    never varies (all-red images, say) is only centred: dividing by its std of 0 trained on inf."""
+    channels, count = images.shape[1], images.numel() // images.shape[1]
+    total = sum(part.sum((0, 2, 3), dtype=torch.float64) for part in images.split(chunk))
+    mean = total / count / 255
+    squares, low, high = torch.zeros(channels, dtype=torch.float64), [], []
+    for part in images.split(chunk):
+        squares += (part.double().div_(255) - mean.view(1, -1, 1, 1)).square_().sum((0, 2, 3))
+        low.append(part.amin((0, 2, 3)))
+        high.append(part.amax((0, 2, 3)))
+    std = (squares / max(count - 1, 1)).sqrt()
+    varies = torch.stack(high).amax(0) > torch.stack(low).amin(0)  # exact on uint8, unlike std > 0
+    return mean.tolist(), torch.where(varies, std, 1.0).tolist()
 
 
 # ---------------------------------------------------------------- everything a stage trains and reports on

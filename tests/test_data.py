@@ -10,12 +10,13 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision import datasets
 
 from distill import UserError
 from distill.data import (balanced_subset, channel_stats, default_dataset, interleave_classes, list_image_files,
-                          load_dataset, make_split, read_image, read_images)
+                          load_dataset, make_split, read_image, read_images, resize_images)
 from conftest import SHARED_ARCHIVE, make_image_folder, needs_cuda, write_cifar
 
 
@@ -121,6 +122,13 @@ def test_read_image_scales_16_bit_and_resizes():
     buffer.seek(0)
     image = read_image(buffer, 12)
     assert image.shape == (3, 12, 12) and image.dtype == torch.uint8 and (image == 128).all()
+
+
+def test_a_data_set_resized_in_chunks_is_resized_as_a_whole():
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    whole = F.interpolate(images.float(), size=(12, 12), mode='bilinear', antialias=True, align_corners=False)
+    resized = resize_images(images, 12, chunk=2)
+    assert resized.dtype == torch.uint8 and torch.equal(resized, whole.round().clamp(0, 255).byte())
 
 
 def test_a_large_jpeg_is_decoded_at_reduced_scale_and_reads_as_when_decoded_whole(monkeypatch):
