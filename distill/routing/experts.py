@@ -1,6 +1,7 @@
 """The experts routing chooses among: rebuilt from their checkpoints (or found from the selector checkpoint that
 names them), checked to belong together, and timed on the device that runs them. A cost is stored with that
 device's name, so that it is never reused on another without saying so."""
+import math
 import os
 
 import torch
@@ -15,6 +16,11 @@ from .decisions import SELECTOR_INPUTS
 COST_KINDS = ('time', 'macs')
 
 
+def _same_normalisation(a: dict, b: dict) -> bool:
+    """Equal up to rounding: the same pixels summed in another order (another version of channel_stats)."""
+    return all(math.isclose(x, y, rel_tol=1e-9) for key in ('mean', 'std') for x, y in zip(a[key], b[key]))
+
+
 class Expert:
     """A classifier rebuilt from its checkpoint: its model (on the device, ready to infer), its size and
     MACs, and, once measured, its time per image on this device."""
@@ -26,7 +32,7 @@ class Expert:
         if reference is not None:  # every expert must see the same data, split and pixels
             check_compatible(self.state, path, num_classes=reference['num_classes'], split=reference['split'],
                              image_size=reference['image_size'])
-            if self.state['mean'] != reference['mean'] or self.state['std'] != reference['std']:
+            if not _same_normalisation(self.state, reference):
                 raise UserError(f"'{path}' normalises images differently from '{reference['path']}'; "
                                 f"train all experts on the same data")
         model = place(model_from_checkpoint(self.state, path), self.device)
