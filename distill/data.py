@@ -405,15 +405,18 @@ def make_split(labels: torch.Tensor, seed: int, val_size: int | None = None, rou
     return parts, record
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 1024):
-    """Per-channel mean and std of uint8 images, as fractions of 255 (lists, to store in checkpoints), in two
-    passes over chunks: a float64 copy of an enlarged training set would not fit in memory. A channel that
-    never varies (all-red images, say) is only centred: dividing by its std of 0 trained on inf."""
-    channels, count = images.shape[1], images.numel() // images.shape[1]
-    total = sum(part.sum((0, 2, 3), dtype=torch.float64) for part in images.split(chunk))
-    mean = total / count / 255
+def channel_stats(images: torch.Tensor, indices: torch.Tensor | None = None, chunk: int = 1024):
+    """Per-channel mean and std of uint8 images (those at `indices`, or all), as fractions of 255 (lists, to
+    store in checkpoints), in two passes over chunks: a float64 copy of an enlarged training set would not fit
+    in memory. A channel that never varies (all-red images, say) is only centred: dividing by its std of 0
+    trained on inf."""
+    def chunks():
+        return images.split(chunk) if indices is None else (images[i] for i in indices.split(chunk))
+    channels = images.shape[1]
+    count = (len(images) if indices is None else len(indices)) * images[0].numel() // channels
+    mean = sum(part.sum((0, 2, 3), dtype=torch.float64) for part in chunks()) / count / 255
     squares, low, high = torch.zeros(channels, dtype=torch.float64), [], []
-    for part in images.split(chunk):
+    for part in chunks():
         squares += (part.double().div_(255) - mean.view(1, -1, 1, 1)).square_().sum((0, 2, 3))
         low.append(part.amin((0, 2, 3)))
         high.append(part.amax((0, 2, 3)))
@@ -448,8 +451,10 @@ def prepare_data(args) -> Prepared:
     cache = getattr(args, 'data_cache', None)
     train = load_dataset(args.dataset, args.data_dir, True, args.image_size, cache)
     test = load_dataset(args.dataset, args.data_dir, False, args.image_size, cache)
-    train = train.select(balanced_subset(train.labels, args.subset))
-    test = test.select(balanced_subset(test.labels, args.test_subset))
+    if args.subset is not None:  # a copy; without a subset the whole set is used as it is
+        train = train.select(balanced_subset(train.labels, args.subset))
+    if args.test_subset is not None:
+        test = test.select(balanced_subset(test.labels, args.test_subset))
     parts, split = make_split(train.labels, args.seed, args.val_size, args.route_size, args.dataset, args.subset)
-    mean, std = channel_stats(train.images[parts['train']])
+    mean, std = channel_stats(train.images, parts['train'])
     return Prepared(train, test, parts, split, mean, std, train.images.shape[-1])

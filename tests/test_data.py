@@ -338,6 +338,15 @@ def test_channel_stats_of_a_channel_that_never_varies_leave_it_unscaled():
     assert std[1:] == [1.0, 1.0]  # not 0: normalising divided by it, and training ran on inf
 
 
+def test_channel_stats_of_the_chosen_images_in_chunks_are_those_of_their_copy():
+    images = torch.randint(0, 256, (50, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    chosen = torch.arange(0, 50, 3)
+    mean, std = channel_stats(images, chosen, chunk=4)
+    pixels = images[chosen].double().div(255).transpose(0, 1).reshape(3, -1)
+    assert mean == pytest.approx(pixels.mean(1).tolist(), rel=1e-12)
+    assert std == pytest.approx(pixels.std(1).tolist(), rel=1e-12)
+
+
 def test_split_sizes_that_leave_nothing_to_train_or_validate_on_are_refused():
     with pytest.raises(UserError, match='leave 0 of 20 images to train on'):
         make_split(torch.arange(20) % 2, 0, val_size=10, route_size=10)
