@@ -70,7 +70,8 @@ def main(argv=None):
         teacher = inference_model(teacher_state, args.teacher, device)
         amp = amp_dtype(args.amp, device)
         teacher_logits = (OnlineTeacher(teacher, amp) if args.teacher_logits == 'online' else
-                          CachedTeacher(teacher, args.teacher, data.split, args.seed, args.cache_dir, amp))
+                          CachedTeacher(teacher, args.teacher, data.split, data.train.images, args.seed,
+                                        args.cache_dir, amp))
         extra['teacher'] = args.teacher
     torch.manual_seed(args.seed)
     model = build_model(args.arch, len(data.classes))

@@ -173,7 +173,7 @@ def kd_figures(results, data, batch, device, amp):
     with tempfile.TemporaryDirectory() as cache_dir:
         key_file = os.path.join(cache_dir, 'teacher.pt')  # the cache is keyed by the teacher file's bytes
         torch.save(teacher.state_dict(), key_file)
-        cached = CachedTeacher(teacher, key_file, {'digest': 'benchmark'}, 0, cache_dir, amp)
+        cached = CachedTeacher(teacher, key_file, {'digest': 'benchmark'}, data.images, 0, cache_dir, amp)
         from_cache = lambda model: distillation_step(model, cached, 4.0, 0.9)
         # The first student fills the cache for epochs 0 and 1; the second, timed, only reads it.
         engine_throughput(build_model('googlenet', 10), data, batch, device, from_cache, cached.start_epoch)

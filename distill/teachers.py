@@ -31,13 +31,16 @@ class OnlineTeacher:
 class CachedTeacher:
     """Teacher logits of every training image under one epoch's augmentation, stored on disk as fp16."""
 
-    def __init__(self, teacher, teacher_path: str, split: dict, seed: int, cache_dir: str, amp=None,
-                 batch_size: int = 512):
+    def __init__(self, teacher, teacher_path: str, split: dict, images: torch.Tensor, seed: int, cache_dir: str,
+                 amp=None, batch_size: int = 512):
         self.teacher, self.amp, self.batch_size = teacher.eval(), amp, batch_size
         digest = hashlib.sha1()
         with open(teacher_path, 'rb') as f:
             for chunk in iter(lambda: f.read(1 << 20), b''):
                 digest.update(chunk)
+        # The pixels too: images edited or reordered in a folder, with the same labels and split, would
+        # otherwise be served the logits of the images that stood at their index before.
+        digest.update(images.cpu().contiguous().numpy())
         digest.update(f"{split['digest']}|{seed}|{amp}".encode())  # bf16 and fp32 logits differ: never mix them
         self.dir = os.path.join(cache_dir, digest.hexdigest()[:16])
         self.logits = None

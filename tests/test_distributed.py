@@ -36,7 +36,7 @@ def _run(rank, out, teacher_logits='none', teacher_path='', world=1, port=0):
         teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
         teacher.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
         teacher = (OnlineTeacher(teacher) if teacher_logits == 'online' else
-                   CachedTeacher(teacher, teacher_path, {'digest': 'test'}, 0, f'{out}-cache'))
+                   CachedTeacher(teacher, teacher_path, {'digest': 'test'}, _data().train.images, 0, f'{out}-cache'))
         on_epoch_start = teacher.start_epoch
     step = (lambda m: distillation_step(m, teacher, 4.0, 0.5)) if teacher else classification_step
     settings = TrainSettings(out=out, epochs=2, batch_size=8, lr=0.1, device='cpu', amp='off')

@@ -21,7 +21,7 @@ def test_teacher_logits_belong_to_the_augmented_images_the_student_sees(tmp_path
     checkpoint = tmp_path / 'teacher.pt'
     torch.save({'any': 'bytes'}, checkpoint)
     online = OnlineTeacher(teacher)
-    cached = CachedTeacher(teacher, str(checkpoint), {'digest': 'd'}, 11, str(tmp_path / 'cache'))
+    cached = CachedTeacher(teacher, str(checkpoint), {'digest': 'd'}, data.images, 11, str(tmp_path / 'cache'))
     student = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                   torch.nn.Linear(4, 3))
     for epoch in range(2):  # shuffled and augmented differently each epoch
@@ -36,11 +36,14 @@ def test_teacher_logits_belong_to_the_augmented_images_the_student_sees(tmp_path
                 kd_loss(logits, online(images, indices), labels).item(), rel=1e-3)
     assert cached.computed_epochs == 2
 
-    again = CachedTeacher(teacher, str(checkpoint), {'digest': 'd'}, 11, str(tmp_path / 'cache'))
+    again = CachedTeacher(teacher, str(checkpoint), {'digest': 'd'}, data.images, 11, str(tmp_path / 'cache'))
     loader.set_epoch(1)
     again.start_epoch(loader)
     assert again.computed_epochs == 0  # a second student pays no teacher passes
-    other_seed = CachedTeacher(teacher, str(checkpoint), {'digest': 'd'}, 12, str(tmp_path / 'cache'))
-    other_precision = CachedTeacher(teacher, str(checkpoint), {'digest': 'd'}, 11, str(tmp_path / 'cache'),
+    other_seed = CachedTeacher(teacher, str(checkpoint), {'digest': 'd'}, data.images, 12, str(tmp_path / 'cache'))
+    other_precision = CachedTeacher(teacher, str(checkpoint), {'digest': 'd'}, data.images, 11, str(tmp_path / 'cache'),
                                     amp=torch.bfloat16)
-    assert len({other_seed.dir, other_precision.dir, again.dir}) == 3
+    swapped = data.images.clone()
+    swapped[[6, 9]] = data.images[[9, 6]]  # two images of one class renamed: labels and split as they were
+    other_images = CachedTeacher(teacher, str(checkpoint), {'digest': 'd'}, swapped, 11, str(tmp_path / 'cache'))
+    assert len({other_seed.dir, other_precision.dir, other_images.dir, again.dir}) == 4
