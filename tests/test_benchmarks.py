@@ -183,6 +183,14 @@ def test_photos_decoded_at_reduced_scale_are_timed_against_whole_decoding(tmp_pa
     assert results['decode.photos'] == 2 and results['decode.max_abs_difference'] <= 2
 
 
+def test_a_student_reading_the_logit_cache_is_timed_against_one_running_its_teacher(tmp_path):
+    out = tmp_path / 'bench.json'
+    run_main(ROOT / 'benchmarks' / 'run.py', '--quick', '--parts', 'kd', '--device', 'cpu', '--out', out)
+    results = json.loads(out.read_text())
+    online, cached = results['kd.googlenet.online_img_s'], results['kd.googlenet.cached_img_s']
+    assert online > 0 and cached > 0 and results['kd.cache_speedup'] == pytest.approx(cached / online, rel=0.02)
+
+
 def test_an_output_that_cannot_be_written_is_refused_before_measuring(tmp_path):
     (tmp_path / 'file').write_text('')
     result = run_main(ROOT / 'benchmarks' / 'run.py', '--quick', '--parts', 'decode', '--out',
