@@ -97,6 +97,9 @@ def save_checkpoint(state: dict, path: str):
 
 def load_checkpoint(path: str, map_location='cpu') -> dict:
     if not os.path.isfile(path):
+        last = os.path.join(os.path.dirname(path), 'last.pt')
+        if os.path.basename(path) == 'best.pt' and os.path.isfile(last):  # copied alone, or cut off in between
+            raise UserError(f"checkpoint '{path}' does not exist, but '{last}' does; pass that to use it")
         raise UserError(f"checkpoint '{path}' does not exist; train that stage first or pass the right path")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)

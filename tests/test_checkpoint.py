@@ -93,7 +93,9 @@ def test_a_pipe_is_written_directly_not_replaced(tmp_path):
 
 
 @pytest.mark.parametrize('damage, message', [
-    ('missing', 'does not exist'), ('truncated', 'truncated or not a checkpoint'),
+    ('missing', 'does not exist; train that stage first'),
+    ('only_last', r"does not exist, but '.*last.pt' does; pass that to use it"),
+    ('truncated', 'truncated or not a checkpoint'),
     ('text', 'truncated or not a checkpoint'), ('foreign', 'not a checkpoint of this project')])
 def test_bad_checkpoints_are_one_line_errors(tmp_path, damage, message):
     path = tmp_path / 'best.pt'
@@ -104,6 +106,8 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, damage, message):
         path.write_text('hello')
     elif damage == 'foreign':
         torch.save({'weights': torch.zeros(2)}, path)
+    elif damage == 'only_last':  # a run directory copied without its best.pt
+        save_checkpoint(_state()[1], str(tmp_path / 'last.pt'))
     with pytest.raises(UserError, match=message):
         load_checkpoint(str(path))
 
