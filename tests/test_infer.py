@@ -200,7 +200,7 @@ def test_standard_output_json_types_and_each_routing_mode(tiny_runs, messy_folde
     (['--route', 'mixture'], "invalid choice: 'mixture'"),
     (['--route', 'cascade', '--threshold', '1.5'], '--threshold must be between 0 and 1 (got 1.5)'),
     (['--route', 'cascade', '--cost-weight', '0.2'], 'the cascade uses --threshold'),
-    (['--threshold', '0.5', '0.9'], 'takes 1 --threshold value(s), one for each expert but the last; got 2'),
+    (['--threshold', '0.5', '0.9'], 'takes 1 threshold(s), one for each expert but the last; got 2'),
     (['--teacher', 'checkpoints/teacher', '--cost-weight', '5'], '--teacher runs one model on every image'),
     (['--route', 'selector', '--cost', 'measure', '--expert', 'googlenet'], '--expert runs one model'),
 ])

@@ -49,10 +49,11 @@ def confidences(expert_logits: list) -> torch.Tensor:
     return torch.stack([F.softmax(logits.float(), 1).max(1).values for logits in expert_logits], 1)
 
 
-def check_thresholds(thresholds, num_experts: int):
+def check_thresholds(thresholds, num_experts: int, names=None):
     if len(thresholds) != num_experts - 1:
-        raise UserError(f'a cascade of {num_experts} experts takes {num_experts - 1} threshold(s), '
-                        f'got {len(thresholds)}')
+        chain = ' -> '.join(names) if names else f'of {num_experts} experts'
+        raise UserError(f'the cascade {chain} takes {num_experts - 1} threshold(s), one for each expert but the '
+                        f'last; got {len(thresholds)}')
     for t in thresholds:
         if not 0 <= t <= 1:
             raise UserError(f'cascade threshold {t} is outside [0, 1]; pass a top-probability between 0 and 1')

@@ -149,10 +149,8 @@ def router_for(state: dict, experts: list, selector, *, mode=None, thresholds=No
     if mode == 'cascade':
         if cost_weight is not None or cost != 'stored':
             raise UserError('--cost-weight and --cost tune the selector mode; the cascade uses --threshold')
-        if thresholds and len(thresholds) != len(experts) - 1:
-            names = ' -> '.join(meta['name'] for meta in state['experts'])
-            raise UserError(f"the cascade {names} takes {len(experts) - 1} --threshold value(s), one for each "
-                            f"expert but the last; got {len(thresholds)}")
+        if thresholds:  # checked here too, to name the experts they are for
+            check_thresholds(thresholds, len(experts), [meta['name'] for meta in state['experts']])
         return Router(experts, 'cascade', thresholds=thresholds or routing['thresholds'], answer=answer_of(routing))
     if thresholds:
         raise UserError('--threshold tunes the cascade; the selector mode uses --cost-weight')
