@@ -184,6 +184,9 @@ def validate_args(args):
     check_range('momentum', args.momentum, 0, 1)
     check_range('warmup_epochs', args.warmup_epochs, low=0)
     check_range('label_smoothing', getattr(args, 'label_smoothing', None), 0, 1)
+    if getattr(args, 'label_smoothing', None) == 1:
+        raise UserError('--label-smoothing 1 makes every target uniform, so there is nothing to learn; pass a value '
+                        'below 1 (0.1 is usual)')
     amp_dtype(args.amp, resolve_device(args.device))  # a device or precision this machine lacks, before any data
     if args.out is not None:  # else the script names the run after its settings, then checks
         check_run_dir(args)

@@ -81,6 +81,7 @@ def test_sigterm_stops_a_script_like_ctrl_c(capsys):
     (['--lr', 'nan'], '--lr must be a finite number (got nan)'),  # nan passes every comparison
     (['--lr', '0'], '--lr must be positive'),
     (['--label-smoothing', 'inf'], '--label-smoothing must be a finite number (got inf)'),
+    (['--label-smoothing', '1'], '--label-smoothing 1 makes every target uniform'),  # trained to chance
     (['--seed', str(2 ** 64)], '--seed must be between 0 and 4294967295'),  # overflowed in torch: a traceback
     (['--route-size', '-1'], '--route-size must be at least 0 (got -1)'),
     (['--batch-size', '1'], '--batch-size must be at least 2 (got 1)'),  # the selector's BatchNorm: a traceback
