@@ -150,7 +150,7 @@ def router_for(state: dict, experts: list, selector, *, mode=None, thresholds=No
         if cost_weight is not None or cost != 'stored':
             raise UserError('--cost-weight and --cost tune the selector mode; the cascade uses --threshold')
         if thresholds:  # checked here too, to name the experts they are for
-            check_thresholds(thresholds, len(experts), [meta['name'] for meta in state['experts']])
+            check_thresholds(thresholds, len(experts), [meta.get('name', '?') for meta in state['experts']])
         return Router(experts, 'cascade', thresholds=thresholds or routing['thresholds'], answer=answer_of(routing))
     if thresholds:
         raise UserError('--threshold tunes the cascade; the selector mode uses --cost-weight')
