@@ -243,6 +243,12 @@ def _out_of_memory(err) -> str | None:
     return 'tried to allocate ' + (f'{int(amount) / 2 ** 30:.1f} GiB' if unit == 'bytes' else f'{amount} {unit}')
 
 
+def _no_compiler(err) -> bool:
+    """torch.compile found no C++ compiler to build its kernels with (inductor's InvalidCxxCompiler, wrapped)."""
+    chain = [err, err.__cause__, err.__context__]
+    return any(type(e).__name__ == 'InvalidCxxCompiler' for e in chain) or 'InvalidCxxCompiler' in str(err)
+
+
 def main_guard(main):
     """Run main(); a UserError, Ctrl-C or SIGTERM ends with one line on stderr and a non-zero exit code."""
     @functools.wraps(main)
@@ -255,6 +261,10 @@ def main_guard(main):
             print('error: ' + ' '.join(str(err).split()), file=sys.stderr)  # one line, even when err quotes a library's
             sys.exit(2)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+            if isinstance(err, RuntimeError) and _no_compiler(err):
+                print('error: --compile found no working C++ compiler, which torch.compile builds its kernels with; '
+                      'install g++ (or name another in CXX), or run without --compile', file=sys.stderr)
+                sys.exit(2)
             if isinstance(err, RuntimeError) and not _out_of_memory(err):
                 raise
             print(f'error: out of memory ({_out_of_memory(err) or err.__class__.__name__}); pass a smaller '

@@ -56,6 +56,18 @@ def test_other_runtime_errors_are_not_taken_for_memory():
         main()
 
 
+def test_compile_without_a_cpp_compiler_is_one_line(capsys):
+    @cli.main_guard
+    def main():  # what torch.compile raised at the first batch with CXX naming no compiler (torch 2.14)
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found in torch._inductor.config.cpp.cxx: "
+                           "(None, '/nonexistent/g++')")
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and capsys.readouterr().err == (
+        'error: --compile found no working C++ compiler, which torch.compile builds its kernels with; install g++ '
+        '(or name another in CXX), or run without --compile\n')
+
+
 def test_sigterm_stops_a_script_like_ctrl_c(capsys):
     def not_handled(signum, frame):  # in place of the default, which would end the test session itself
         raise RuntimeError('main_guard left SIGTERM to its default: the run died mid-write with no message')
