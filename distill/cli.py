@@ -243,14 +243,21 @@ def _out_of_memory(err) -> str | None:
     return 'tried to allocate ' + (f'{int(amount) / 2 ** 30:.1f} GiB' if unit == 'bytes' else f'{amount} {unit}')
 
 
-def _no_compiler(err) -> bool:
-    """torch.compile found no C++ compiler to build its kernels with (inductor's InvalidCxxCompiler, wrapped)."""
+def _runtime_failure(err) -> str | None:
+    """The one line for a runtime failure the user can fix (memory, a missing compiler); None for the rest."""
     chain = [err, err.__cause__, err.__context__]
-    return any(type(e).__name__ == 'InvalidCxxCompiler' for e in chain) or 'InvalidCxxCompiler' in str(err)
+    if any(type(e).__name__ == 'InvalidCxxCompiler' for e in chain) or 'InvalidCxxCompiler' in str(err):
+        return ('--compile found no working C++ compiler, which torch.compile builds its kernels with; install g++ '
+                '(or name another in CXX), or run without --compile')
+    if not isinstance(err, (torch.OutOfMemoryError, MemoryError)) and not _out_of_memory(err):
+        return None
+    return (f'out of memory ({_out_of_memory(err) or err.__class__.__name__}); pass a smaller --batch-size, or a '
+            f'smaller --image-size where the stage has one')
 
 
 def main_guard(main):
-    """Run main(); a UserError, Ctrl-C or SIGTERM ends with one line on stderr and a non-zero exit code."""
+    """Run main(); a UserError, a runtime failure the user can fix, Ctrl-C or SIGTERM ends with one line on
+    stderr and a non-zero exit code."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         in_main_thread = threading.current_thread() is threading.main_thread()
@@ -261,14 +268,10 @@ def main_guard(main):
             print('error: ' + ' '.join(str(err).split()), file=sys.stderr)  # one line, even when err quotes a library's
             sys.exit(2)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
-            if isinstance(err, RuntimeError) and _no_compiler(err):
-                print('error: --compile found no working C++ compiler, which torch.compile builds its kernels with; '
-                      'install g++ (or name another in CXX), or run without --compile', file=sys.stderr)
-                sys.exit(2)
-            if isinstance(err, RuntimeError) and not _out_of_memory(err):
+            line = _runtime_failure(err)
+            if line is None:
                 raise
-            print(f'error: out of memory ({_out_of_memory(err) or err.__class__.__name__}); pass a smaller '
-                  f'--batch-size, or a smaller --image-size where the stage has one', file=sys.stderr)
+            print('error: ' + line, file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print('interrupted; no output was left half-written (a training run continues from its last finished '

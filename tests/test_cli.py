@@ -36,6 +36,7 @@ def test_a_multi_line_error_is_printed_as_one_line(capsys):
      'tried to allocate 34.3 GiB'),
     (torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB'),
      'tried to allocate 2.00 GiB'),
+    (torch.OutOfMemoryError('CUDA out of memory.'), 'OutOfMemoryError'),  # no size in the message
     (MemoryError(), 'MemoryError')])
 def test_running_out_of_memory_is_one_line_that_says_what_to_shrink(capsys, raised, says):
     @cli.main_guard
