@@ -8,6 +8,7 @@ import sys
 import tarfile
 import warnings
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -65,15 +66,33 @@ def read_image(source, size: int, reduced_jpeg: bool = True) -> torch.Tensor:
     size) by the decoder itself; full decoding of a photo costs far more than the network that reads it."""
     if isinstance(source, (str, os.PathLike)) and not stat.S_ISREG(os.stat(source).st_mode):
         raise OSError('not a regular file')  # opening a named pipe would wait for a writer forever
-    with Image.open(source) as image, warnings.catch_warnings():
+    with _opened_without_bomb_check(source) as (image, limit), warnings.catch_warnings():
         # A palette image with transparency warns on convert; to_rgb composites it on white on purpose.
         warnings.filterwarnings('ignore', message='Palette images with Transparency', category=UserWarning)
         if reduced_jpeg:
             image.draft(None, (2 * size, 2 * size))  # JPEG only; other formats ignore it
+        if limit and image.width * image.height > limit:
+            raise Image.DecompressionBombError(f'{image.width} x {image.height} pixels to decode, over the '
+                                               f'{limit} that Pillow allows; downscale it')
         image = to_rgb(image)
         if image.size != (size, size):
             image = image.resize((size, size), Image.BILINEAR, reducing_gap=None)
         return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+
+
+@contextmanager
+def _opened_without_bomb_check(source):
+    """Image.open, with Pillow's decompression-bomb limit left for the caller to apply to the pixels it will
+    decode: a 200-megapixel phone photo is over the limit, but decoded at 1/8 scale it is far under.
+    Yields (image, limit) where limit is Pillow's error threshold (None when the user lifted it)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        image = Image.open(source)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    with image:
+        yield image, limit and 2 * limit
 
 
 def list_image_files(folder: str) -> list:
@@ -315,7 +334,8 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
 
 def _fingerprint(path: str, size: int) -> str:
     """Changes when any file changes (a folder's own mtime misses edits deep inside it) or the decoding does."""
-    digest = hashlib.sha1(f'{os.path.abspath(path)}|{size}|reduced-jpeg|utf8-zip-names'.encode())
+    decoding = 'reduced-jpeg|utf8-zip-names|pixel-limit-after-draft'
+    digest = hashlib.sha1(f'{os.path.abspath(path)}|{size}|{decoding}'.encode())
     files = [path] if os.path.isfile(path) else list_image_files(path)
     for name in files:
         try:

@@ -151,6 +151,20 @@ def test_a_large_jpeg_is_decoded_at_reduced_scale_and_reads_as_when_decoded_whol
     assert reduced.shape == whole.shape == (3, 16, 16) and (reduced.int() - whole.int()).abs().max() <= 2
 
 
+def test_pillows_pixel_limit_applies_to_the_pixels_decoded_not_to_the_photos_size(monkeypatch):
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)  # an error above 2,000 pixels, like 179 MP by default
+    photo, drawing = io.BytesIO(), io.BytesIO()
+    Image.new('RGB', (100, 80), (200, 10, 60)).save(photo, 'JPEG')
+    Image.new('RGB', (100, 80), (200, 10, 60)).save(drawing, 'PNG')
+    assert read_image(photo, 8).shape == (3, 8, 8)  # 8,000 pixels, decoded at 1/4 scale: 500
+    with pytest.raises(Image.DecompressionBombError, match='100 x 80 pixels to decode'):
+        read_image(drawing, 8)  # a PNG is decoded whole
+    photo.seek(0)
+    with pytest.raises(Image.DecompressionBombError):
+        read_image(photo, 8, reduced_jpeg=False)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # lifted only while the file is opened
+
+
 @pytest.mark.parametrize('suffix', ['.tar.gz', '.tar', '.zip', '.windows.zip'])
 def test_an_archive_matches_its_folder_and_is_cached(tmp_path, suffix, capsys):
     root = make_image_folder(tmp_path / 'd')
