@@ -72,10 +72,14 @@ class WarmupCosine:
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+class NonFiniteLoss(UserError):
+    pass
+
+
 def _stop_if_not_finite(non_finite: torch.Tensor, desc: str, batch: int):
     if non_finite.item():
-        raise UserError(f'the loss became non-finite (nan or inf) by batch {batch} ({desc}); lower --lr or use '
-                        f'--amp off. last.pt still holds the last finished epoch')
+        raise NonFiniteLoss(f'the loss became non-finite (nan or inf) by batch {batch} ({desc}); lower --lr or use '
+                            f'--amp off')
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, step, *, amp=None, scaler=None, desc='train'):
@@ -274,8 +278,12 @@ def fit(settings: TrainSettings, arch: str, model, make_step, data: Prepared, *,
         if on_epoch_start:
             on_epoch_start(train_loader)
         train_started = time.time()
-        train_loss, train_acc = train_one_epoch(train_model, train_loader, optimizer, scheduler, step, amp=amp,
-                                                scaler=scaler, desc=f'{arch} epoch {epoch + 1}/{settings.epochs}')
+        try:
+            train_loss, train_acc = train_one_epoch(train_model, train_loader, optimizer, scheduler, step, amp=amp,
+                                                    scaler=scaler, desc=f'{arch} epoch {epoch + 1}/{settings.epochs}')
+        except NonFiniteLoss as err:
+            kept = f"'{run.last}' is left as it was" if os.path.exists(run.last) else 'nothing was written'
+            raise NonFiniteLoss(f'{err}; {kept}') from None
         train_seconds = time.time() - train_started  # train_one_epoch ends by reading its sums: the device is done
         val_loss, val_acc = evaluate_fn(model, loaders['val'], amp)
         history.append({'epoch': epoch + 1, 'train_loss': round(train_loss, 5), 'train_acc': round(train_acc, 5),

@@ -89,7 +89,12 @@ def test_a_nan_loss_stops_with_a_clear_line_and_keeps_last_pt(finished_run, monk
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'the loss became non-finite' in err[0] and 'lower --lr' in err[0]
+    assert f"'{run / 'last.pt'}' is left as it was" in err[0]
     assert (run / 'last.pt').read_bytes() == last
+    with pytest.raises(SystemExit):  # a run that never finished an epoch wrote nothing, and says so
+        teacherTrain.main(_tiny_run(folder, run.parent / 'diverged', '--epochs', '1'))
+    assert capsys.readouterr().err.strip().endswith('nothing was written')
+    assert not (run.parent / 'diverged').exists()
 
 
 def test_a_nan_loss_stops_the_epoch_within_the_check_interval_without_a_sync_per_step(monkeypatch):
