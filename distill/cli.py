@@ -257,7 +257,7 @@ def _runtime_failure(err) -> str | None:
 
 def main_guard(main):
     """Run main(); a UserError, a runtime failure the user can fix, Ctrl-C or SIGTERM ends with one line on
-    stderr and a non-zero exit code."""
+    stderr and a non-zero exit code; a closed standard output ends it quietly."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         in_main_thread = threading.current_thread() is threading.main_thread()
@@ -273,6 +273,9 @@ def main_guard(main):
                 raise
             print('error: ' + line, file=sys.stderr)
             sys.exit(2)
+        except BrokenPipeError:  # the reader of standard output quit (infer.py --out - | head): end as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's flush at exit fails again
+            sys.exit(141)
         except KeyboardInterrupt:
             print('interrupted; no output was left half-written (a training run continues from its last finished '
                   'epoch with --resume)', file=sys.stderr)

@@ -2,6 +2,8 @@ import argparse
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -67,6 +69,15 @@ def test_compile_without_a_cpp_compiler_is_one_line(capsys):
     assert exit_info.value.code == 2 and capsys.readouterr().err == (
         'error: --compile found no working C++ compiler, which torch.compile builds its kernels with; install g++ '
         '(or name another in CXX), or run without --compile\n')
+
+
+def test_a_reader_that_stops_reading_ends_the_script_quietly():
+    # python infer.py pictures/ --out - | head: the table's reader quits after a few lines
+    script = 'from distill.cli import main_guard\nmain_guard(lambda: [print(i) for i in range(10 ** 6)])()'
+    writer = subprocess.Popen([sys.executable, '-c', script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert writer.stdout.readline() == b'0\n'
+    writer.stdout.close()
+    assert writer.stderr.read() == b'' and writer.wait(timeout=60) == 141
 
 
 def test_sigterm_stops_a_script_like_ctrl_c(capsys):
