@@ -1,7 +1,7 @@
 """Classify every image in a folder through the routing and the one student it picks per image.
 
     python infer.py my_pictures/ --selector checkpoints/selector --out predictions.csv
-    python infer.py photo.jpg --out -                         # one file, the table on standard output
+    python infer.py photo.jpg holiday/*.png --out -          # files and folders, the table on standard output
 Routing is the mode selectorTrain.py chose on val (cascade or selector) unless --route says otherwise.
 A file that cannot be read is a row with its error; when no file can be read, the exit code is 2.
 """
@@ -14,7 +14,7 @@ from tqdm import tqdm
 from distill import UserError
 from distill.cli import Parser, add_device_arguments, check_range, checkpoint_path, main_guard
 from distill.loaders import normalise
-from distill.predict import build_classifier, default_workers, files_to_classify, read_batches, write_rows
+from distill.predict import build_classifier, default_workers, files_to_classify, named, read_batches, write_rows
 from distill.routing.decisions import MODES
 from distill.runtime import amp_dtype, autocast, resolve_device
 
@@ -23,7 +23,7 @@ SHOWN_SKIPPED = 5  # lines naming unreadable files; a photo folder with a sideca
 
 def parse_args(argv=None):
     p = Parser(description=__doc__.splitlines()[0])
-    p.add_argument('image_dir', help='a folder, searched recursively, or one image file')
+    p.add_argument('images', nargs='+', help='folders, searched recursively, and image files')
     p.add_argument('--selector', default='checkpoints/selector/best.pt', help='selector checkpoint or run directory')
     p.add_argument('--route', choices=MODES, help="routing mode (default: the one selectorTrain.py chose on val)")
     p.add_argument('--threshold', type=float, nargs='+', help='cascade (without --route, it picks the cascade): '
@@ -66,7 +66,7 @@ def parse_args(argv=None):
 @main_guard
 def main(argv=None):
     args = parse_args(argv)
-    files = files_to_classify(args.image_dir, args.out)
+    files = files_to_classify(args.images, args.out)
     device = resolve_device(args.device)
     amp = amp_dtype(args.amp, device)
     classify, state = build_classifier(args.selector, device, amp, teacher=args.teacher, expert=args.expert,
@@ -102,7 +102,7 @@ def main(argv=None):
     print(f"{done} image{'s' * (done != 1)} classified, {len(failures)} unreadable"
           + ('' if args.out == '-' else f' -> {args.out}'), file=sys.stderr if args.out == '-' else sys.stdout)
     if not done:  # a script that calls infer.py learns from the exit code that nothing was classified
-        raise UserError(f"no file in '{args.image_dir}' could be read as an image; pass a folder of images")
+        raise UserError(f"no file in {named(args.images)} could be read as an image; pass a folder of images")
 
 
 if __name__ == '__main__':

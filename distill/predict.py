@@ -61,14 +61,21 @@ def one_model(model, name: str):
     return classify
 
 
-def files_to_classify(image_dir: str, out: str) -> list:
-    """The files infer.py reads: those under image_dir (or image_dir, one file), never the table it writes. A
-    table written there by an earlier run is left out; an image named as the table is refused, not replaced."""
-    if not os.path.exists(image_dir):
-        raise UserError(f"image folder '{image_dir}' does not exist; pass a folder of images")
-    if not os.path.isdir(image_dir) and image_dir.lower().endswith(ARCHIVES):
-        raise UserError(f"'{image_dir}' is an archive; unpack it and pass the folder of images it holds")
-    files = list_image_files(image_dir) if os.path.isdir(image_dir) else [image_dir]
+def files_to_classify(paths: list, out: str) -> list:
+    """The files infer.py reads: those under each folder and each file named (a shell's pictures/*.jpg), each
+    once, never the table it writes. A table written there by an earlier run is left out; an image named as
+    the table is refused, not replaced."""
+    files = []
+    for path in paths:
+        if not os.path.exists(path):
+            raise UserError(f"image folder or file '{path}' does not exist; pass folders or files of images")
+        if not os.path.isdir(path) and path.lower().endswith(ARCHIVES):
+            raise UserError(f"'{path}' is an archive; unpack it and pass the folder of images it holds")
+        files += list_image_files(path) if os.path.isdir(path) else [path]
+    unique = {}
+    for file in files:  # a file named twice, or also in a folder named, is read once
+        unique.setdefault(os.path.abspath(file), file)
+    files = list(unique.values())
     if out != '-':
         check_writable(out)
         table = os.path.realpath(out)
@@ -78,8 +85,13 @@ def files_to_classify(image_dir: str, out: str) -> list:
                                 f"file, e.g. predictions.csv")
             files = [f for f in files if os.path.realpath(f) != table]
     if not files:
-        raise UserError(f"'{image_dir}' holds no files; pass a folder of images")
+        raise UserError(f"no file found in {named(paths)}; pass a folder of images")
     return files
+
+
+def named(paths: list) -> str:
+    """The folders or files infer.py was given, for a message: a shell's pictures/*.jpg may be thousands."""
+    return f"'{paths[0]}'" if len(paths) == 1 else f'the {len(paths)} paths given'
 
 
 def is_image(path: str) -> bool:

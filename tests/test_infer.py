@@ -148,6 +148,20 @@ def test_one_image_file_instead_of_a_folder(tiny_runs, messy_folder, tmp_path):
     assert list(_rows(tmp_path / 'one' / 'p.csv')) == ['gray.png']  # --out's folder is created
 
 
+def test_several_folders_and_files_as_a_shell_expands_them_each_read_once(tiny_runs, messy_folder, tmp_path):
+    work, _ = tiny_runs
+    more = tmp_path / 'more'
+    more.mkdir()
+    Image.new('RGB', (9, 9), 'blue').save(more / 'sky.png')
+    files = sorted(str(p) for p in messy_folder.glob('*.png'))  # what the shell makes of pictures/*.png
+    run_main(INFER, *files, messy_folder / 'nested', f'{messy_folder}/./gray.png', more, '--out', tmp_path / 'p.csv',
+             cwd=work)
+    with open(tmp_path / 'p.csv') as f:
+        rows = [row['path'] for row in csv.DictReader(f)]
+    nested = ['alpha.png', 'deeper/deep16.png', 'photo.jpg']
+    assert rows == files + [str(messy_folder / 'nested' / name) for name in nested] + [str(more / 'sky.png')]
+
+
 def test_a_table_inside_the_folder_is_not_classified_and_an_image_is_never_overwritten(tiny_runs, messy_folder):
     work, _ = tiny_runs
     table = messy_folder / 'nested' / 'predictions.csv'
@@ -163,7 +177,7 @@ def test_a_table_inside_the_folder_is_not_classified_and_an_image_is_never_overw
 
 
 @pytest.mark.parametrize('case, message', [
-    ('missing_dir', 'does not exist'), ('empty_dir', 'holds no files'),
+    ('missing_dir', 'does not exist'), ('empty_dir', 'no file found in'),
     ('missing_selector', 'does not exist'), ('unknown_expert', "no expert named 'vgg'"),
     ('teacher_as_expert', 'the teacher too, runs alone with --teacher and its checkpoint'),
     ('out_is_a_folder', 'is a folder, not a file name'), ('archive', 'is an archive; unpack it')])
