@@ -67,7 +67,7 @@ def files_to_classify(paths: list, out: str) -> list:
     the table is refused, not replaced."""
     files = []
     for path in paths:
-        if not os.path.exists(path):
+        if not os.path.lexists(path):  # a broken link is there: it is listed as unreadable, as in a folder
             raise UserError(f"image folder or file '{path}' does not exist; pass folders or files of images")
         if not os.path.isdir(path) and path.lower().endswith(ARCHIVES):
             raise UserError(f"'{path}' is an archive; unpack it and pass the folder of images it holds")

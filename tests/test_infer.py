@@ -153,13 +153,16 @@ def test_several_folders_and_files_as_a_shell_expands_them_each_read_once(tiny_r
     more = tmp_path / 'more'
     more.mkdir()
     Image.new('RGB', (9, 9), 'blue').save(more / 'sky.png')
+    (messy_folder / 'moved.png').symlink_to('gone.png')  # a broken link: listed, as unreadable
     files = sorted(str(p) for p in messy_folder.glob('*.png'))  # what the shell makes of pictures/*.png
     run_main(INFER, *files, messy_folder / 'nested', f'{messy_folder}/./gray.png', more, '--out', tmp_path / 'p.csv',
              cwd=work)
     with open(tmp_path / 'p.csv') as f:
-        rows = [row['path'] for row in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
     nested = ['alpha.png', 'deeper/deep16.png', 'photo.jpg']
-    assert rows == files + [str(messy_folder / 'nested' / name) for name in nested] + [str(more / 'sky.png')]
+    expected = files + [str(messy_folder / 'nested' / name) for name in nested] + [str(more / 'sky.png')]
+    assert sorted(row['path'] for row in rows) == sorted(expected)  # each once
+    assert [row['path'] for row in rows if row['error']] == [str(messy_folder / 'moved.png')]
 
 
 def test_a_table_inside_the_folder_is_not_classified_and_an_image_is_never_overwritten(tiny_runs, messy_folder):
