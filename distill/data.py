@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import UserError
-from .checkpoint import WriteFailed, save_checkpoint
+from .checkpoint import WriteFailed, atomic_write, interrupts_deferred
 
 DATASETS = ('cifar10', 'cifar100', 'folder')
 NATIVE_SIZE = 32  # CIFAR's size, and the default for folders
@@ -323,11 +323,13 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
                         f"under train/<class>/")
     splits = {}
     for split in SPLITS_IN_FOLDER:
-        images = [img for cls in classes for img in found[split].get(cls, [])]
-        labels = [i for i, cls in enumerate(classes) for _ in found[split].get(cls, [])]
+        per_class = found.pop(split)  # each split's images dropped once stacked: never two copies of the whole set
+        images = [img for cls in classes for img in per_class.get(cls, [])]
+        labels = [i for i, cls in enumerate(classes) for _ in per_class.get(cls, [])]
         if not images:
             raise UserError(f"no readable images under '{path}/{split}/'; add {split}/<class>/ images")
         splits[split] = ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes)
+        del images, per_class
     _write_cache(cache_file, splits)
     return splits
 
@@ -348,11 +350,14 @@ def _fingerprint(path: str, size: int) -> str:
 
 
 def _write_cache(cache_file: str, splits: dict):
+    """Streamed to the file, not serialised in memory first as checkpoints are: a copy of the whole set."""
     payload = {split: {'images': s.images, 'labels': s.labels, 'classes': s.classes} for split, s in splits.items()}
     try:
-        save_checkpoint(payload, cache_file)
-    except (OSError, WriteFailed) as err:  # a read-only or full disk only costs decoding again next time
-        reason = err.reason if isinstance(err, WriteFailed) else err.strerror
+        with interrupts_deferred(), atomic_write(cache_file, 'wb') as f:
+            torch.save(payload, f)
+    except (OSError, WriteFailed, RuntimeError) as err:  # a read-only or full disk only costs decoding next time
+        reason = err.reason if isinstance(err, WriteFailed) else err.strerror if isinstance(err, OSError) else \
+            str(err).splitlines()[0]
         print(f"warning: could not cache the decoded images in '{cache_file}' ({reason})", file=sys.stderr)
 
 

@@ -386,6 +386,19 @@ def test_the_decoded_folder_cache_goes_where_data_cache_says(image_folder, tmp_p
     assert len(list((tmp_path / 'elsewhere').glob('folder-*.pt'))) == 1 and not (tmp_path / 'data').exists()
 
 
+def test_a_cache_the_disk_cannot_hold_only_warns_and_leaves_no_partial_file(image_folder, tmp_path, monkeypatch,
+                                                                            capsys):
+    def disk_full(payload, f):  # how torch's zip writer reports a full disk
+        f.write(b'the first bytes')
+        raise RuntimeError('[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file '
+                           'data/0: file write failed')
+    monkeypatch.setattr(torch, 'save', disk_full)
+    data = load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path / 'cache'))
+    assert len(data) > 0
+    assert "warning: could not cache the decoded images in '" in capsys.readouterr().err
+    assert list((tmp_path / 'cache').iterdir()) == []  # neither a cut-off cache nor its temporary file
+
+
 def test_a_folder_to_classify_is_listed_with_its_linked_folders_once_and_without_hidden_files(tmp_path):
     folder, elsewhere = tmp_path / 'pictures', tmp_path / 'elsewhere'
     for path in (folder / 'a.png', folder / '.hidden.png', folder / '.cache' / 'b.png', elsewhere / 'c.png'):
