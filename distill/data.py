@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import UserError
 from .checkpoint import WriteFailed, atomic_write, interrupts_deferred
+from .runtime import free_memory
 
 DATASETS = ('cifar10', 'cifar100', 'folder')
 NATIVE_SIZE = 32  # CIFAR's size, and the default for folders
@@ -297,10 +298,15 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
     if cached:
         return cached
     found = {split: {} for split in SPLITS_IN_FOLDER}  # split -> class -> [tensor]
-    skipped = []
+    skipped, decoded, room = [], 0, free_memory()
     for split, cls, shown, opener in _iter_folder_files(path):
+        if room is not None and 2 * (decoded + 1) * 3 * size * size > room:  # the images are stacked: twice
+            raise UserError(f"the images of '{path}' at --image-size {size} ({3 * size * size / 2**20:.1f} MiB each, "
+                            f"held twice while stacked) outgrow the {room / 2**30:.1f} GiB of free memory after "
+                            f"{decoded} of them, and the OS would kill this run; pass a smaller --image-size")
         try:
             found[split].setdefault(cls, []).append(read_image(opener(), size))
+            decoded += 1
         except READ_ERRORS as err:
             skipped.append(f'{shown} ({err.__class__.__name__})')
     if skipped:

@@ -57,6 +57,27 @@ def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:
     return name
 
 
+def free_memory(meminfo: str = '/proc/meminfo', cgroup: str = '/sys/fs/cgroup') -> int | None:
+    """Bytes this process may still fill before the OS kills it: Linux's MemAvailable plus free swap, within
+    the container's own limit (cgroup v2) where it has one; None where the OS does not say."""
+    try:
+        with open(meminfo) as f:
+            fields = {line.split(':')[0]: int(line.split()[1]) * 1024 for line in f if len(line.split()) > 1}
+        free = fields['MemAvailable'] + fields.get('SwapFree', 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    try:
+        with open(os.path.join(cgroup, 'memory.max')) as f:
+            limit = f.read().strip()
+        with open(os.path.join(cgroup, 'memory.current')) as f:
+            used = int(f.read())
+        if limit != 'max':
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: oneDNN then runs these models faster in bf16 than in fp32; elsewhere bf16 is
     emulated and slower (benchmarks/run.py measures both)."""

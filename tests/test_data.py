@@ -386,8 +386,18 @@ def test_the_decoded_folder_cache_goes_where_data_cache_says(image_folder, tmp_p
     assert len(list((tmp_path / 'elsewhere').glob('folder-*.pt'))) == 1 and not (tmp_path / 'data').exists()
 
 
-def test_a_cache_the_disk_cannot_hold_only_warns_and_leaves_no_partial_file(image_folder, tmp_path, monkeypatch,
-                                                                            capsys):
+def test_a_folder_that_would_outgrow_free_memory_is_refused_while_decoding_not_killed(
+        image_folder, tmp_path, monkeypatch):
+    import distill.data
+    monkeypatch.setattr(distill.data, 'free_memory', lambda: 2 * 5 * 3 * 8 * 8)  # room for 5 images at 8 px
+    with pytest.raises(UserError, match=r'at --image-size 8 .* after 5 of them.* pass a smaller --image-size'):
+        load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path / 'c'))
+    monkeypatch.setattr(distill.data, 'free_memory', lambda: None)  # an OS that does not say: no check
+    assert len(load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path / 'c')))
+
+
+def test_a_cache_the_disk_cannot_hold_only_warns_and_leaves_no_partial_file(
+        image_folder, tmp_path, monkeypatch, capsys):
     def disk_full(payload, f):  # how torch's zip writer reports a full disk
         f.write(b'the first bytes')
         raise RuntimeError('[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file '

@@ -126,3 +126,16 @@ def test_a_model_graphs_cannot_hold_runs_eagerly():
     x = torch.ones(4, 3, device='cuda')
     torch.testing.assert_close(graphed(x), syncing(x))
     assert list(graphed.graphs.values()) == [None]
+
+
+@pytest.mark.parametrize('limit, expected', [(None, (1000 + 24) * 1024), ('max', (1000 + 24) * 1024),
+                                             ('500000', 500000 - 100000)])
+def test_free_memory_is_what_linux_says_is_available_within_the_containers_limit(tmp_path, limit, expected):
+    meminfo = tmp_path / 'meminfo'
+    meminfo.write_text('MemTotal:        4000 kB\nMemFree:          300 kB\nMemAvailable:     1000 kB\n'
+                       'SwapFree:           24 kB\nHugePages_Total:       0\n')
+    if limit:
+        (tmp_path / 'memory.max').write_text(limit + '\n')
+        (tmp_path / 'memory.current').write_text('100000\n')
+    assert runtime.free_memory(str(meminfo), str(tmp_path)) == expected
+    assert runtime.free_memory(str(tmp_path / 'absent')) is None  # not Linux: no check
