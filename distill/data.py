@@ -228,7 +228,24 @@ def _load_cifar(name: str, data_dir: str, train: bool, size: int) -> ImageSet:
         raise UserError(f"could not download or read {name} into '{data_dir}' ({err.__class__.__name__}: {err}); "
                         f"check the network, or pass --dataset folder --data-dir DIR") from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    if size != images.shape[-1]:
+        _refuse_unless_fits(f'the {len(images)} images of {name}', len(images), size, free_memory())
     return ImageSet(resize_images(images, size), torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
+
+
+def _refuse_unless_fits(what: str, count: int, size: int, room: int | None, copies: int = 1):
+    """A set that will not fit in memory ends in one line here, not in the OS killing the run without a word.
+    copies: how many times the set is held at its peak (a decoded folder twice, while stacked)."""
+    need = copies * count * 3 * size * size
+    if room is not None and need > room:
+        held = ', held twice while stacked' if copies == 2 else ''
+        raise UserError(f"{what} at --image-size {size} ({3 * size * size / 2**20:.1f} MiB each{held}) need "
+                        f"{_in_units(need)}, more than the {_in_units(room)} of free memory, and the OS would kill "
+                        f"this run; pass a smaller --image-size")
+
+
+def _in_units(n: int) -> str:
+    return f'{n / 2**30:.1f} GiB' if n >= 2**30 else f'{n / 2**20:.1f} MiB'
 
 
 def _folder_entries(parts):
@@ -300,10 +317,7 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
     found = {split: {} for split in SPLITS_IN_FOLDER}  # split -> class -> [tensor]
     skipped, decoded, room = [], 0, free_memory()
     for split, cls, shown, opener in _iter_folder_files(path):
-        if room is not None and 2 * (decoded + 1) * 3 * size * size > room:  # the images are stacked: twice
-            raise UserError(f"the images of '{path}' at --image-size {size} ({3 * size * size / 2**20:.1f} MiB each, "
-                            f"held twice while stacked) outgrow the {room / 2**30:.1f} GiB of free memory after "
-                            f"{decoded} of them, and the OS would kill this run; pass a smaller --image-size")
+        _refuse_unless_fits(f"the first {decoded + 1} images of '{path}'", decoded + 1, size, room, copies=2)
         try:
             found[split].setdefault(cls, []).append(read_image(opener(), size))
             decoded += 1

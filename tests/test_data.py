@@ -41,6 +41,10 @@ def test_cifar_on_disk_format_is_read_by_torchvision(tmp_path, monkeypatch, name
     assert train.classes[0] == 'class0' and len(train.classes) == (10 if name == 'cifar10' else 100)
     raw = np.frombuffer(__import__('pickle').load(open(base / train_files[0], 'rb'))['data'][0], np.uint8)
     assert torch.equal(train.images[0].flatten(), torch.from_numpy(raw.copy()))  # CHW order kept
+    import distill.data
+    monkeypatch.setattr(distill.data, 'free_memory', lambda: 20 * 3 * 64 * 64 - 1)  # a byte short of 20 at 64 px
+    with pytest.raises(UserError, match=f'the 20 images of {name} at --image-size 64 .* need 0.2 MiB, more than the 0.2 MiB'):
+        load_dataset(name, str(tmp_path), train=False, image_size=64)
 
 
 @pytest.mark.parametrize('name', ['cifar10', 'cifar100'])
@@ -390,7 +394,7 @@ def test_a_folder_that_would_outgrow_free_memory_is_refused_while_decoding_not_k
         image_folder, tmp_path, monkeypatch):
     import distill.data
     monkeypatch.setattr(distill.data, 'free_memory', lambda: 2 * 5 * 3 * 8 * 8)  # room for 5 images at 8 px
-    with pytest.raises(UserError, match=r'at --image-size 8 .* after 5 of them.* pass a smaller --image-size'):
+    with pytest.raises(UserError, match=r'the first 6 images of .* at --image-size 8 .* pass a smaller --image-size'):
         load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path / 'c'))
     monkeypatch.setattr(distill.data, 'free_memory', lambda: None)  # an OS that does not say: no check
     assert len(load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path / 'c')))
