@@ -317,8 +317,8 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
     found = {split: {} for split in SPLITS_IN_FOLDER}  # split -> class -> [tensor]
     skipped, decoded, room = [], 0, free_memory()
     for split, cls, shown, opener in _iter_folder_files(path):
-        _refuse_unless_fits(f"the first {decoded + 1} image{'s' * bool(decoded)} of '{path}'", decoded + 1, size,
-                            room, copies=2)
+        first = f'the first {decoded + 1} images' if decoded else 'one image'
+        _refuse_unless_fits(f"{first} of '{path}'", decoded + 1, size, room, copies=2)
         try:
             found[split].setdefault(cls, []).append(read_image(opener(), size))
             decoded += 1
