@@ -1,4 +1,4 @@
-"""Classify every image in a folder through the routing and the one student it picks per image.
+"""Classify every image in the folders and files given through the routing and the one student it picks per image.
 
     python infer.py my_pictures/ --selector checkpoints/selector --out predictions.csv
     python infer.py photo.jpg holiday/*.png --out -          # files and folders, the table on standard output

@@ -373,13 +373,17 @@ def _fingerprint(path: str, size: int) -> str:
 def _write_cache(cache_file: str, splits: dict):
     """Streamed to the file, not serialised in memory first as checkpoints are: a copy of the whole set."""
     payload = {split: {'images': s.images, 'labels': s.labels, 'classes': s.classes} for split, s in splits.items()}
-    try:
+    try:  # a read-only or full disk only costs decoding again next time
         with interrupts_deferred(), atomic_write(cache_file, 'wb') as f:
             torch.save(payload, f)
-    except (OSError, WriteFailed, RuntimeError) as err:  # a read-only or full disk only costs decoding next time
-        reason = err.reason if isinstance(err, WriteFailed) else err.strerror if isinstance(err, OSError) else \
-            str(err).splitlines()[0]
-        print(f"warning: could not cache the decoded images in '{cache_file}' ({reason})", file=sys.stderr)
+        return
+    except WriteFailed as err:
+        reason = err.reason
+    except OSError as err:
+        reason = err.strerror
+    except RuntimeError as err:  # torch's zip writer on a full disk
+        reason = str(err).splitlines()[0]
+    print(f"warning: could not cache the decoded images in '{cache_file}' ({reason})", file=sys.stderr)
 
 
 def _read_cache(cache_file: str) -> dict | None:
