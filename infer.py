@@ -80,18 +80,19 @@ def main(argv=None):
             yield normalise(images.to(device, non_blocking=True), state['mean'], state['std']), (read, failed)
 
     def rows():
+        position = {path: i for i, path in enumerate(files)}  # the table lists the files in the order given
         with torch.inference_mode(), autocast(device, amp), tqdm(total=len(files), unit='img', disable=None,
                                                                    file=sys.stderr) as bar:
             for (read, failed), logits, chosen in classify(batches()):
                 failures.extend(failed)
+                batch = [{'path': path, 'prediction': '', 'confidence': None, 'expert': '', 'error': why}
+                         for path, why in failed]
                 if len(read):
                     confidence, label = torch.softmax(logits.float(), 1).max(1)
-                    for path, c, p, e in zip(read, label.tolist(), confidence.tolist(), chosen):
-                        yield {'path': path, 'prediction': classes[c], 'confidence': round(p, 4), 'expert': e,
-                               'error': ''}
-                for path, why in failed:
-                    yield {'path': path, 'prediction': '', 'confidence': None, 'expert': '', 'error': why}
-                bar.update(len(read) + len(failed))
+                    batch += [{'path': path, 'prediction': classes[c], 'confidence': round(p, 4), 'expert': e,
+                               'error': ''} for path, c, p, e in zip(read, label.tolist(), confidence.tolist(), chosen)]
+                yield from sorted(batch, key=lambda row: position[row['path']])
+                bar.update(len(batch))
     write_rows(args.out, args.format, rows())
     for path, why in failures[:SHOWN_SKIPPED]:
         print(f'skipped {path}: {why}', file=sys.stderr)
