@@ -26,6 +26,18 @@ SPLITS_IN_FOLDER = ('train', 'test')
 ARCHIVES = ('.tar.gz', '.tgz', '.tar', '.tar.bz2', '.tar.xz', '.zip')
 # What Pillow raises for corrupt, truncated, empty or non-image files.
 READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+try:  # HEIC/HEIF, an iPhone's photos: Pillow reads them where the optional pillow-heif is installed
+    from pillow_heif import register_heif_opener
+    register_heif_opener()
+    HEIF_READABLE = True
+except ImportError:
+    HEIF_READABLE = False
+HEIF_BRANDS = (b'heic', b'heix', b'heim', b'heis', b'hevc', b'hevx', b'mif1', b'msf1')
+
+
+class HeifUnreadable(UnidentifiedImageError):
+    def __init__(self):
+        super().__init__('a HEIC/HEIF photo, which needs pillow-heif; pip install pillow-heif to read it')
 
 
 @dataclass
@@ -90,10 +102,28 @@ def _opened_without_bomb_check(source):
     Image.MAX_IMAGE_PIXELS = None
     try:
         image = Image.open(source)
+    except UnidentifiedImageError:
+        if not HEIF_READABLE and _is_heif(source):
+            raise HeifUnreadable() from None
+        raise
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     with image:
         yield image, limit and 2 * limit
+
+
+def _is_heif(source) -> bool:
+    """Whether the file begins as a HEIF container does: an 'ftyp' box that names a HEIF brand."""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, 'rb') as f:
+                head = f.read(12)
+        else:
+            source.seek(0)
+            head = source.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b'ftyp' and head[8:12] in HEIF_BRANDS
 
 
 def list_image_files(folder: str) -> list:
@@ -315,7 +345,7 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
     if cached:
         return cached
     found = {split: {} for split in SPLITS_IN_FOLDER}  # split -> class -> [tensor]
-    skipped, decoded, room = [], 0, free_memory()
+    skipped, heif, decoded, room = [], 0, 0, free_memory()
     for split, cls, shown, opener in _iter_folder_files(path):
         first = f'the first {decoded + 1} images' if decoded else 'one image'
         _refuse_unless_fits(f"{first} of '{path}'", decoded + 1, size, room, copies=2)
@@ -324,8 +354,11 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
             decoded += 1
         except READ_ERRORS as err:
             skipped.append(f'{shown} ({err.__class__.__name__})')
+            heif += isinstance(err, HeifUnreadable)
     if skipped:
-        print(f'warning: skipped {len(skipped)} unreadable file(s), e.g. {"; ".join(skipped[:3])}', file=sys.stderr)
+        why_heif = f'; {heif} of them HEIC/HEIF photos: pip install pillow-heif to read them' if heif else ''
+        print(f'warning: skipped {len(skipped)} unreadable file(s), e.g. {"; ".join(skipped[:3])}{why_heif}',
+              file=sys.stderr)
     classes = sorted(cls for cls, images in found['train'].items() if images)  # a folder of unreadable files is none
     if not classes:
         from torchvision import datasets
@@ -357,7 +390,7 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
 
 def _fingerprint(path: str, size: int) -> str:
     """Changes when any file changes (a folder's own mtime misses edits deep inside it) or the decoding does."""
-    decoding = 'reduced-jpeg|utf8-zip-names|pixel-limit-after-draft'
+    decoding = f'reduced-jpeg|utf8-zip-names|pixel-limit-after-draft|heif-{HEIF_READABLE}'  # HEIC photos skipped or not
     digest = hashlib.sha1(f'{os.path.abspath(path)}|{size}|{decoding}'.encode())
     files = [path] if os.path.isfile(path) else list_image_files(path)
     for name in files:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import datasets
 
+import distill.data
 from distill import UserError
 from distill.data import (balanced_subset, channel_stats, default_dataset, interleave_classes, list_image_files,
                           load_dataset, make_split, read_image, read_images, resize_images)
@@ -41,7 +42,6 @@ def test_cifar_on_disk_format_is_read_by_torchvision(tmp_path, monkeypatch, name
     assert train.classes[0] == 'class0' and len(train.classes) == (10 if name == 'cifar10' else 100)
     raw = np.frombuffer(__import__('pickle').load(open(base / train_files[0], 'rb'))['data'][0], np.uint8)
     assert torch.equal(train.images[0].flatten(), torch.from_numpy(raw.copy()))  # CHW order kept
-    import distill.data
     monkeypatch.setattr(distill.data, 'free_memory', lambda: 20 * 3 * 64 * 64 - 1)  # a byte short of 20 at 64 px
     with pytest.raises(UserError, match=f'the 20 images of {name} at --image-size 64 .* need 0.2 MiB, more than'):
         load_dataset(name, str(tmp_path), train=False, image_size=64)
@@ -118,6 +118,34 @@ def test_a_named_pipe_is_unreadable_at_once_not_waited_on(tmp_path):
         done.set()
         writer.join()
     assert read == [str(tmp_path / 'a.png')] and failed == [(str(pipe), 'OSError: not a regular file')]
+
+
+HEIC_START = b'\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic'  # the first box of an iPhone's photo
+
+
+@pytest.mark.skipif(distill.data.HEIF_READABLE, reason='pillow-heif is installed here: HEIC photos are read')
+def test_a_heic_photo_without_pillow_heif_is_unreadable_with_what_to_install(tmp_path, capsys):
+    photo = tmp_path / 'IMG_0001.HEIC'
+    photo.write_bytes(HEIC_START + bytes(200))
+    assert read_images([str(photo)], 8)[2] == [(str(photo), 'HeifUnreadable: a HEIC/HEIF photo, which needs '
+                                                            'pillow-heif; pip install pillow-heif to read it')]
+    folder = make_image_folder(tmp_path / 'photos')
+    shutil.copy(photo, folder / 'train' / 'cat' / 'IMG_0001.HEIC')
+    load_dataset('folder', str(folder), train=True, cache_dir=str(tmp_path / 'c'))
+    assert '1 of them HEIC/HEIF photos: pip install pillow-heif to read them' in capsys.readouterr().err
+
+
+def test_a_heic_photo_is_read_where_pillow_heif_is_installed(tmp_path):
+    pytest.importorskip('pillow_heif')  # optional: pip install pillow-heif
+    Image.new('RGB', (60, 40), (200, 30, 90)).save(tmp_path / 'IMG_0002.HEIC')  # its opener writes HEIC too
+    image = read_image(str(tmp_path / 'IMG_0002.HEIC'), 8)
+    assert image.shape == (3, 8, 8) and (image.float().mean((1, 2)) - torch.tensor([200, 30, 90])).abs().max() < 8
+
+
+def test_installing_pillow_heif_decodes_a_cached_folder_again(image_folder, monkeypatch):
+    before = distill.data._fingerprint(str(image_folder), 8)  # the cache's key: its HEIC photos were skipped
+    monkeypatch.setattr(distill.data, 'HEIF_READABLE', not distill.data.HEIF_READABLE)
+    assert distill.data._fingerprint(str(image_folder), 8) != before
 
 
 def test_read_image_scales_16_bit_and_resizes():
@@ -392,7 +420,6 @@ def test_the_decoded_folder_cache_goes_where_data_cache_says(image_folder, tmp_p
 
 def test_a_folder_that_would_outgrow_free_memory_is_refused_while_decoding_not_killed(
         image_folder, tmp_path, monkeypatch):
-    import distill.data
     monkeypatch.setattr(distill.data, 'free_memory', lambda: 2 * 5 * 3 * 8 * 8)  # room for 5 images at 8 px
     with pytest.raises(UserError, match=r'the first 6 images of .* at --image-size 8 .* pass a smaller --image-size'):
         load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path / 'c'))
