@@ -97,7 +97,8 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=No
     predictions['routed'] = torch.stack([out.argmax(1).cpu() for out in answers], 1).gather(
         1, report['choice'][:, None]).squeeze(1)
     result = {'name': name, 'selector': selector_path, 'seed': config['seed'], 'dataset': config['dataset'],
-              'test_images': len(test), 'device': device_name(device), 'batch_size': min(batch_size, len(test)),
+              'data_dir': data_dir or config['data_dir'], 'test_images': len(test), 'device': device_name(device),
+              'batch_size': min(batch_size, len(test)),
               'timing_images': len(timing), 'timing_rounds': rounds,
               'precision': precision_name(amp), 'mode': routing['mode'], 'mode_on_val': state['routing']['mode'],
               'mode_given': bool(route), 'routing': routing, 'rows': rows,

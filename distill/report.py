@@ -38,7 +38,7 @@ def markdown(result: dict) -> str:
     timed_teacher = timed_entry(result, 'teacher') if 'teacher' in rows else None
     timed_best = result['speed'].get(result['best_single'])
     lines = [f"# {result['name']}", '',
-             f"Test split: {result['test_images']} images of `{result['dataset']}`. Timed on {result['device']}, "
+             f"Test split: {result['test_images']} images of {data_text(result)}. Timed on {result['device']}, "
              f"{result['timing_images']} test images, the classes in turn, in calls of "
              f"{result['batch_size']}, {result.get('precision', 'float32')}; every model and routing mode in turns, "
              f"best of {result['timing_rounds']} rounds (in brackets, a ratio's range over them). {mode_text(result)}; "
@@ -80,6 +80,12 @@ def markdown(result: dict) -> str:
         lines += [f'| {mode} | {setting_text(setting)} | {100 * a:.2f}% | {1000 * c:.3f} |' for setting, a, c in points
                   if len(points) <= 20]
     return '\n'.join(lines) + '\n'
+
+
+def data_text(result: dict) -> str:
+    """Which data the test images came from: a report of data other than the experts' own says so."""
+    where = result.get('data_dir')  # absent from reports written before it was recorded
+    return f"`{result['dataset']}`" + (f" in `{where}`" if where else '')
 
 
 def setting_text(setting) -> str:
@@ -166,7 +172,8 @@ def aggregate(name: str, results: list) -> dict:
         macs = [r['accuracy'][row][1] for r in results]
         accuracy[row] = {'mean': statistics.mean(accs), 'std': statistics.stdev(accs), 'per_seed': accs,
                          'macs': statistics.mean(macs)}
-    return {'name': name, 'dataset': results[0]['dataset'], 'test_images': results[0]['test_images'],
+    return {'name': name, 'dataset': results[0]['dataset'], 'data_dir': results[0].get('data_dir'),
+            'test_images': results[0]['test_images'],
             'seeds': [r['seed'] for r in results], 'reports': [r['name'] for r in results], 'accuracy': accuracy,
             'left_out': sorted({k for r in results for k in r['accuracy']} - set(rows)),
             'share': {e: statistics.mean(r['share'][r['mode']][e] for r in results)
@@ -176,7 +183,7 @@ def aggregate(name: str, results: list) -> dict:
 def aggregate_markdown(summary: dict) -> str:
     seeds = summary['seeds']
     lines = [f"# {summary['name']}: mean ± std over seeds {', '.join(map(str, seeds))}", '',
-             f"Test split: {summary['test_images']} images of `{summary['dataset']}`. Std is the sample std (n - 1) "
+             f"Test split: {summary['test_images']} images of {data_text(summary)}. Std is the sample std (n - 1) "
              f"over {len(seeds)} runs that differ only by --seed (split, initialisation, augmentation); "
              f"per-seed reports: {', '.join(summary['reports'])}.", '',
              '| model or routing | test accuracy | ' + ' | '.join(f'seed {s}' for s in seeds) + ' | MMACs / image |',

@@ -52,6 +52,7 @@ def test_evaluate_runs_again_over_the_report_and_figures_it_wrote(tiny_runs, tmp
         run_main(ROOT / 'evaluate.py', '--selector', 'checkpoints/selector', '--data-dir', folder, '--results-dir',
                  tmp_path / 'results', cwd=work)
     assert (tmp_path / 'results' / 'report.json').is_file() and (tmp_path / 'results' / 'report').is_dir()
+    assert f"images of `folder` in `{folder}`" in (tmp_path / 'results' / 'report.md').read_text()  # the data read
 
 
 def test_route_picks_the_mode_of_the_routed_row_and_the_report_says_so(tiny_runs, tmp_path):
