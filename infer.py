@@ -43,7 +43,7 @@ def parse_args(argv=None):
                    'to 8 on a GPU, 0 on a CPU)')
     add_device_arguments(p)
     args = p.parse_args(argv)
-    args.format = args.format or ('json' if args.out.endswith('.json') else 'csv')
+    args.format = args.format or ('json' if args.out.lower().endswith('.json') else 'csv')
     check_range('batch_size', args.batch_size, low=1)
     check_range('workers', args.workers, low=0)
     routing_flags = [f for f, v in (('--route', args.route), ('--threshold', args.threshold),
