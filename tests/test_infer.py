@@ -228,8 +228,9 @@ def test_routing_flags_that_would_do_nothing_or_are_out_of_range_are_one_line(ti
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize('out, given, written', [('p.json', None, 'json'), ('P.JSON', None, 'json'),
-                                                  ('p.csv', None, 'csv'), ('-', None, 'csv'), ('p.json', 'csv', 'csv')])
+@pytest.mark.parametrize('out, given, written', [
+    ('p.json', None, 'json'), ('P.JSON', None, 'json'), ('p.csv', None, 'csv'), ('-', None, 'csv'),
+    ('p.json', 'csv', 'csv')])
 def test_the_table_format_follows_the_out_files_extension_unless_given(out, given, written):
     import infer
     assert infer.parse_args(['pictures', '--out', out, *(['--format', given] if given else [])]).format == written
