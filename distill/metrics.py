@@ -50,9 +50,12 @@ def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classe
 
 
 def share_per_class(choice: torch.Tensor, labels: torch.Tensor, num_choices: int, num_classes: int) -> list:
-    """For each choice (expert), the fraction of each class's images that went to it."""
+    """For each choice (expert), the fraction of each class's images that went to it; None for a class with
+    no images here, as in per_class_accuracy."""
     counts = confusion_matrix(choice, labels, max(num_choices, num_classes))[:num_classes, :num_choices].float()
-    return (counts / counts.sum(1, keepdim=True).clamp(min=1)).T.tolist()
+    total = counts.sum(1)
+    shares = (counts / total.clamp(min=1)[:, None]).T.tolist()
+    return [[share if n else None for share, n in zip(row, total.tolist())] for row in shares]
 
 
 def in_calls(fn, size: int):

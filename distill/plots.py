@@ -102,8 +102,10 @@ def per_class_bars(values: dict, classes: list, path: str, ylabel: str, stacked:
         x = [c + (0 if stacked else (i - (len(values) - 1) / 2) * width) for c in range(len(classes))]
         ax.bar(x, heights, width, label=name, bottom=[100 * b for b in bottom] if stacked else 0)
         if stacked:
-            bottom = [b + v for b, v in zip(bottom, per_class)]
-    ax.set_xticks(range(len(classes)), classes, rotation=90 if many else 45 if len(classes) > 8 else 0,
+            bottom = [b + (v or 0) for b, v in zip(bottom, per_class)]
+    empty = [all(per_class[c] is None for per_class in values.values()) for c in range(len(classes))]
+    labels = [f'{name}\n(no images)' if none else name for name, none in zip(classes, empty)]  # not a 0% bar
+    ax.set_xticks(range(len(classes)), labels, rotation=90 if many else 45 if len(classes) > 8 else 0,
                   fontsize=5 if many else 8)
     ax.set_xlim(-0.6, len(classes) - 0.4)
     ax.set_ylabel(ylabel)

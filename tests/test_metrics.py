@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from distill.metrics import in_calls, round_ratios, time_in_turns
+from distill.metrics import in_calls, per_class_accuracy, round_ratios, share_per_class, time_in_turns
 
 
 def test_functions_are_timed_in_turns_and_a_slower_one_measures_slower():
@@ -43,3 +43,10 @@ def test_a_class_absent_from_the_split_has_no_accuracy_not_zero():
     from distill.metrics import per_class_accuracy
     labels, predictions = torch.tensor([0, 0, 2, 2]), torch.tensor([0, 1, 2, 2])
     assert per_class_accuracy(predictions, labels, 3) == [0.5, None, 1.0]
+
+
+def test_per_class_figures_are_none_for_a_class_with_no_images_not_zero():
+    labels, choice = torch.tensor([0, 0, 2, 2, 2]), torch.tensor([0, 1, 1, 1, 0])  # no image of class 1
+    assert per_class_accuracy(torch.tensor([0, 1, 2, 2, 0]), labels, 3) == [0.5, None, pytest.approx(2 / 3)]
+    assert share_per_class(choice, labels, 2, 3) == [[0.5, None, pytest.approx(1 / 3)],
+                                                     [0.5, None, pytest.approx(2 / 3)]]

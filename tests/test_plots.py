@@ -3,6 +3,7 @@ import torch
 from PIL import Image
 
 from distill import plots
+from distill.metrics import per_class_accuracy, share_per_class
 from distill.routing.decisions import RANKING_REFERENCES
 
 
@@ -11,6 +12,18 @@ def test_a_figure_is_written_whole_as_a_png_with_no_temporary_left(tmp_path):
     with Image.open(path) as image:
         assert image.format == 'PNG' and image.size[0] > 100
     assert [p.name for p in tmp_path.iterdir()] == ['bars.png']  # no temporary file left
+
+
+@pytest.mark.parametrize('stacked', [False, True])
+def test_a_class_with_no_test_images_is_named_so_not_drawn_as_zero(tmp_path, monkeypatch, stacked):
+    drawn = []
+    monkeypatch.setattr(plots, '_save', lambda fig, path, tight=True: drawn.append(fig) or path)
+    labels, choice = torch.tensor([0, 0, 2, 2]), torch.tensor([0, 1, 1, 1])  # no image of class 1, 'rare'
+    values = (dict(zip('ab', share_per_class(choice, labels, 2, 3))) if stacked else
+              {'a': per_class_accuracy(choice, labels, 3), 'b': [0.5, None, None]})
+    plots.per_class_bars(values, ['cat', 'rare', 'ship'], str(tmp_path / 'bars.png'), 'acc', stacked=stacked)
+    labels = [label.get_text() for label in drawn[0].axes[0].get_xticklabels()]
+    assert labels == ['cat', 'rare\n(no images)', 'ship']  # cat's 0% is a score; rare has none
 
 
 @pytest.mark.parametrize('stacked', [False, True])
