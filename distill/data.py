@@ -79,7 +79,7 @@ def read_image(source, size: int, reduced_jpeg: bool = True) -> torch.Tensor:
     size) by the decoder itself; full decoding of a photo costs far more than the network that reads it."""
     if isinstance(source, (str, os.PathLike)) and not stat.S_ISREG(os.stat(source).st_mode):
         raise OSError('not a regular file')  # opening a named pipe would wait for a writer forever
-    with _opened_without_bomb_check(source) as (image, limit), warnings.catch_warnings():
+    with _open_image(source) as (image, limit), warnings.catch_warnings():
         # A palette image with transparency warns on convert; to_rgb composites it on white on purpose.
         warnings.filterwarnings('ignore', message='Palette images with Transparency', category=UserWarning)
         if reduced_jpeg:
@@ -94,10 +94,11 @@ def read_image(source, size: int, reduced_jpeg: bool = True) -> torch.Tensor:
 
 
 @contextmanager
-def _opened_without_bomb_check(source):
+def _open_image(source):
     """Image.open, with Pillow's decompression-bomb limit left for the caller to apply to the pixels it will
-    decode: a 200-megapixel phone photo is over the limit, but decoded at 1/8 scale it is far under.
-    Yields (image, limit) where limit is Pillow's error threshold (None when the user lifted it)."""
+    decode (a 200-megapixel phone photo is over the limit, but decoded at 1/8 scale it is far under), and a
+    HEIC photo that Pillow cannot read without pillow-heif named as such. Yields (image, limit), limit being
+    Pillow's error threshold (None when the user lifted it)."""
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
@@ -377,7 +378,7 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
                         f"under train/<class>/")
     splits = {}
     for split in SPLITS_IN_FOLDER:
-        per_class = found.pop(split)  # each split's images dropped once stacked: never two copies of the whole set
+        per_class = found.pop(split)  # dropped once stacked: two copies of one split at most, not of the set
         images = [img for cls in classes for img in per_class.get(cls, [])]
         labels = [i for i, cls in enumerate(classes) for _ in per_class.get(cls, [])]
         if not images:
