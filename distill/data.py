@@ -63,7 +63,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     image = ImageOps.exif_transpose(image)
     if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
         pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if pixels.max() > 255 else 255.0
+        brightest = pixels.max(initial=0.0)
+        # Scientific float TIFFs hold 0..1; integer images 0..255 or 0..65535.
+        top = 1.0 if image.mode == 'F' and brightest <= 1.0 else 65535.0 if brightest > 255 else 255.0
         image = Image.fromarray((pixels.clip(0, top) * (255.0 / top)).round().astype(np.uint8), 'L')
     if image.mode in ('RGBA', 'LA', 'PA') or (image.mode == 'P' and 'transparency' in image.info):
         rgba = image.convert('RGBA')
@@ -391,7 +393,8 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
 
 def _fingerprint(path: str, size: int) -> str:
     """Changes when any file changes (a folder's own mtime misses edits deep inside it) or the decoding does."""
-    decoding = f'reduced-jpeg|utf8-zip-names|pixel-limit-after-draft|heif-{HEIF_READABLE}'  # HEIC photos skipped or not
+    # HEIC photos are read or skipped as pillow-heif is installed or not
+    decoding = f'reduced-jpeg|utf8-zip-names|pixel-limit-after-draft|float-0-1|heif-{HEIF_READABLE}'
     digest = hashlib.sha1(f'{os.path.abspath(path)}|{size}|{decoding}'.encode())
     files = [path] if os.path.isfile(path) else list_image_files(path)
     for name in files:

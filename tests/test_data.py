@@ -17,7 +17,7 @@ from torchvision import datasets
 import distill.data
 from distill import UserError
 from distill.data import (balanced_subset, channel_stats, default_dataset, interleave_classes, list_image_files,
-                          load_dataset, make_split, read_image, read_images, resize_images)
+                          load_dataset, make_split, read_image, read_images, resize_images, to_rgb)
 from conftest import SHARED_ARCHIVE, make_image_folder, needs_cuda, write_cifar
 
 
@@ -95,6 +95,17 @@ def test_folder_accepts_any_mode_and_skips_unreadable_files(tmp_path, capsys):
     assert 'skipped 4 unreadable file(s)' in capsys.readouterr().err
     assert (data.images[2] == 255).all()  # transparent RGBA composited on white
     assert (data.images[6] == 255).all()  # 16-bit white stays white (files are read in sorted order)
+
+
+@pytest.mark.parametrize('mode, pixels, grey', [
+    ('F', [[0.0, 0.5, 1.0]], [0, 128, 255]),  # a float image of 0..1, as scientific TIFFs hold
+    ('F', [[0.0, 127.0, 255.0]], [0, 127, 255]),
+    ('I;16', [[0, 32768, 65535]], [0, 128, 255]),
+    ('I', [[0, 128, 255]], [0, 128, 255]),
+])
+def test_deep_and_float_images_are_scaled_to_their_range(mode, pixels, grey):
+    image = Image.fromarray(np.array(pixels, dtype={'F': np.float32, 'I;16': np.uint16, 'I': np.int32}[mode]))
+    assert image.mode == mode and np.asarray(to_rgb(image))[0, :, 0].tolist() == grey
 
 
 @pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='no named pipes here')
