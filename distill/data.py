@@ -230,10 +230,17 @@ def default_dataset(data_dir: str | None) -> str:
     for folder in [data_dir, *subfolders][:2 if len(subfolders) == 1 else 1]:  # itself, or an unpacked archive
         if _split_folders(folder):  # half laid out: not a CIFAR download folder either
             raise _half_laid_out(folder)
-    if len(subfolders) >= 2 and all(map(_holds_images, subfolders)):  # laid out as class folders, not as data/
-        raise UserError(f"'{data_dir}' holds folders of images but no train/ and test/; move them into "
-                        f"train/<class>/ and test/<class>/, some of each class's images held out for the test")
+    if refusal := _class_folders_refusal(data_dir):  # laid out as class folders, not as data/
+        raise refusal
     return 'cifar10'
+
+
+def _class_folders_refusal(path: str) -> UserError | None:
+    subfolders = _subfolders(path)
+    if len(subfolders) >= 2 and all(map(_holds_images, subfolders)):
+        return UserError(f"'{path}' holds folders of images but no train/ and test/; move them into "
+                         f"train/<class>/ and test/<class>/, some of each class's images held out for the test")
+    return None
 
 
 def load_dataset(name: str, data_dir: str, train: bool, image_size: int | None = None,
@@ -369,6 +376,8 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
         if own:  # torchvision reads it, offline too, from the folder that holds it
             raise UserError(f"'{path}' is {own}'s own archive, not a folder of images; pass --dataset {own} "
                             f"--data-dir {os.path.dirname(path) or '.'}")
+        if os.path.isdir(path) and (refusal := _class_folders_refusal(path)):
+            raise refusal
         raise UserError(f"no readable images under '{path}/train/<class>/'; the folder needs train/<class>/ and "
                         f"test/<class>/ subfolders of images")
     if len(classes) == 1:

@@ -310,6 +310,8 @@ def test_class_folders_without_train_and_test_are_refused_not_taken_for_cifar(tm
         default_dataset(str(tmp_path / 'train'))
     (tmp_path / 'train' / 'cache').mkdir()  # as in data/: CIFAR's download folder beside a folder of pictures
     assert default_dataset(str(tmp_path / 'train')) == 'cifar10'
+    with pytest.raises(UserError, match=r"'.*test' holds folders of images but no train/ and test/"):  # named folder
+        load_dataset('folder', str(tmp_path / 'test'), train=True, cache_dir=str(tmp_path / 'c'))
 
 
 def test_split_folders_in_capitals_are_read_as_train_and_test(tmp_path):
