@@ -13,7 +13,8 @@ from torch.fx.experimental.optimization import fuse
 
 from distill.checkpoint import model_from_checkpoint
 from distill.cli import checkpoint_path
-from distill.data import interleave_classes, load_dataset, read_images
+from distill.data import interleave_classes, load_dataset
+from distill.images import read_images
 from distill.loaders import Loader, normalise
 from distill.metrics import in_calls, time_in_turns
 from distill.routing.decisions import MODES

@@ -12,7 +12,8 @@ from PIL import Image
 from . import UserError
 from .checkpoint import atomic_write, check_classifier, load_checkpoint
 from .cli import check_writable, checkpoint_path
-from .data import ARCHIVES, READ_ERRORS, list_image_files, read_images
+from .data import ARCHIVES
+from .images import READ_ERRORS, list_image_files, read_images
 from .routing.experts import load_selector, selector_experts
 from .routing.report import unpaid_routing_note
 from .routing.router import router_for

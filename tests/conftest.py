@@ -14,6 +14,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = ROOT.parent / 'shared' / 'data' / 'cifar10-jpeg.tar.gz'
+HEIC_START = b'\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic'  # the first box of an iPhone's photo
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
