@@ -72,8 +72,8 @@ def _split_folders(path: str) -> set:
     return {os.path.basename(sub).lower() for sub in _subfolders(path)} & set(SPLITS_IN_FOLDER)
 
 
-def _laid_out(path: str) -> bool:
-    return _split_folders(path) == set(SPLITS_IN_FOLDER)
+def _laid_out(path: str, splits=SPLITS_IN_FOLDER) -> bool:
+    return set(splits) <= _split_folders(path)
 
 
 def _holds_images(path: str) -> bool:
@@ -94,16 +94,17 @@ def _half_laid_out(folder: str) -> UserError:
                                          if held_out else ''))
 
 
-def default_dataset(data_dir: str | None) -> str:
-    """folder for an archive or any other single file, or a folder with train/ and test/ in it or in one of
-    its subfolders (an unpacked archive; torchvision downloads CIFAR into neither); else cifar10. A folder of
-    class folders alone, or with one of train/ and test/, is refused, not filled with a CIFAR download."""
+def default_dataset(data_dir: str | None, test_only: bool = False) -> str:
+    """folder for an archive or any other single file, or a folder with train/ and test/ (test/ alone where
+    test_only) in it or in one of its subfolders (an unpacked archive; torchvision downloads CIFAR into neither);
+    else cifar10. A folder of class folders alone, or with one of train/ and test/, is refused, not filled with
+    a CIFAR download."""
     if not data_dir:
         return 'cifar10'
     if data_dir.lower().endswith(ARCHIVES) or os.path.isfile(data_dir):
         return 'folder'
     subfolders = _subfolders(data_dir)
-    if any(map(_laid_out, [data_dir, *subfolders])):
+    if any(_laid_out(folder, ['test'] if test_only else SPLITS_IN_FOLDER) for folder in [data_dir, *subfolders]):
         return 'folder'
     for folder in [data_dir, *subfolders][:2 if len(subfolders) == 1 else 1]:  # itself, or an unpacked archive
         if _split_folders(folder):  # half laid out: not a CIFAR download folder either
@@ -132,6 +133,29 @@ def load_dataset(name: str, data_dir: str, train: bool, image_size: int | None =
         splits = _load_folder(data_dir, size, cache_dir)
         return splits['train' if train else 'test']
     raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+
+
+def load_test_set(name: str, data_dir: str, classes: list, image_size: int | None = None,
+                  cache_dir: str | None = None) -> ImageSet:
+    """The test split for models that learned `classes`, labelled by them: of data laid out for training, or of
+    a folder of test/<class>/ alone (a new test set, a user's labelled photos) with any of those classes."""
+    if name == 'folder':
+        size, cache_dir = image_size or NATIVE_SIZE, cache_dir or default_cache_dir()
+        test = _load_folder(data_dir, size, cache_dir, test_only=True)['test']
+    else:
+        test = load_dataset(name, data_dir, False, image_size, cache_dir)
+    present = [test.classes[i] for i in test.labels.unique().tolist()]
+    unknown = [cls for cls in present if cls not in classes]
+    if unknown:
+        raise UserError(f"the test images at '{data_dir}' include the classes {classes_text(unknown)}, which the "
+                        f"models did not learn (they learned {classes_text(classes)}); pass test/<class>/ images of "
+                        f"those classes (--data-dir)")
+    index = torch.tensor([classes.index(cls) if cls in classes else -1 for cls in test.classes])
+    return ImageSet(test.images, index[test.labels], list(classes))
+
+
+def classes_text(classes: list, shown: int = 5) -> str:
+    return ', '.join(classes[:shown]) + (', ...' if len(classes) > shown else '')
 
 
 def _load_cifar(name: str, data_dir: str, train: bool, size: int) -> ImageSet:
@@ -222,15 +246,18 @@ def _iter_folder_files(path: str):
                         f"({str(err).splitlines()[0].rstrip(':')}); re-create or re-download it") from None
 
 
-def _load_folder(path: str, size: int, cache_dir: str) -> dict:
+def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False) -> dict:
+    """{'train', 'test'} -> ImageSet; where test_only, train/ may be absent, and then the classes are test/'s."""
     if not os.path.exists(path):
         raise UserError(f"data path '{path}' does not exist; pass --data-dir pointing to a folder with "
                         f"train/<class>/ and test/<class>/ images, or to a .tar.gz or .zip of that layout")
-    if os.path.isdir(path) and _split_folders(path) and not any(map(_laid_out, [path, *_subfolders(path)])):
+    needed = ['test'] if test_only else SPLITS_IN_FOLDER
+    if os.path.isdir(path) and _split_folders(path) and not any(_laid_out(folder, needed)
+                                                                for folder in [path, *_subfolders(path)]):
         raise _half_laid_out(path)
     cache_file = os.path.join(cache_dir, f'folder-{_fingerprint(path, size)}.pt')
     cached = _read_cache(cache_file)
-    if cached:
+    if cached and (test_only or 'train' in cached):
         return cached
     found = {split: {} for split in SPLITS_IN_FOLDER}  # split -> class -> [tensor]
     skipped, heif, decoded, room = [], 0, 0, free_memory()
@@ -248,6 +275,8 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
         print(f'warning: skipped {len(skipped)} unreadable file(s), e.g. {"; ".join(skipped[:3])}{why_heif}',
               file=sys.stderr)
     classes = sorted(cls for cls, images in found['train'].items() if images)  # a folder of unreadable files is none
+    if not classes and test_only:
+        classes = sorted(cls for cls, images in found['test'].items() if images)
     if not classes:
         from torchvision import datasets
         own = {datasets.CIFAR10.filename: 'cifar10', datasets.CIFAR100.filename: 'cifar100'}.get(os.path.basename(path))
@@ -258,7 +287,7 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
             raise refusal
         raise UserError(f"no readable images under '{path}/train/<class>/'; the folder needs train/<class>/ and "
                         f"test/<class>/ subfolders of images")
-    if len(classes) == 1:
+    if len(classes) == 1 and not test_only:
         raise UserError(f"'{path}/train/' holds one class ('{classes[0]}'); a classifier needs two or more "
                         f"train/<class>/ folders")
     unknown = sorted(set(found['test']) - set(classes))
@@ -270,6 +299,8 @@ def _load_folder(path: str, size: int, cache_dir: str) -> dict:
         per_class = found.pop(split)  # dropped once stacked: two copies of one split at most, not of the set
         images = [img for cls in classes for img in per_class.get(cls, [])]
         labels = [i for i, cls in enumerate(classes) for _ in per_class.get(cls, [])]
+        if not images and split == 'train' and test_only:
+            continue
         if not images:
             raise UserError(f"no readable images under '{path}/{split}/'; add {split}/<class>/ images")
         splits[split] = ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes)

@@ -4,10 +4,9 @@ import os
 
 import torch
 
-from . import UserError
 from .checkpoint import run_dir
 from .cli import checkpoint_path
-from .data import balanced_subset, load_dataset
+from .data import balanced_subset, default_dataset, load_test_set
 from .engine import predict_logits
 from .loaders import Loader
 from .metrics import in_calls, per_class_accuracy, time_in_turns
@@ -40,27 +39,23 @@ def gather_models(experts: list, device, teacher: str | None = None) -> dict:
     return models
 
 
-def classes_text(classes: list, shown: int = 5) -> str:
-    return ', '.join(classes[:shown]) + (', ...' if len(classes) > shown else '')
-
-
 def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=None, teacher=None, data_dir=None,
                     test_subset=None, batch_size=256, timing_images=2048, results_dir='results',
                     images_dir=None) -> dict:
     """One selector and its experts on the test split: results_dir/<name>.json and .md, and the figures
-    (in (images_dir or results_dir)/<name>/). route, teacher, data_dir, test_subset: as stored, unless given;
-    route is the mode of the routed row and the figures (both modes are scored and timed either way)."""
+    (in (images_dir or results_dir)/<name>/). route, teacher, data_dir, test_subset: as stored unless given (the
+    stored test_subset applies to the stored data only); route is the mode of the routed row and the figures (both
+    modes are scored and timed either way)."""
     state = load_selector(selector_path)
     experts = selector_experts(state, selector_path, device)
     models = gather_models(experts, device, teacher)
     config, routing = state['config'], {**state['routing'], **({'mode': route} if route else {})}
-    test = load_dataset(config['dataset'], data_dir or config['data_dir'], False, state['image_size'],
-                        config.get('data_cache'))
-    if test.classes != state['class_names']:
-        raise UserError(f"the data at '{data_dir or config['data_dir']}' has the classes {classes_text(test.classes)}, "
-                        f"where the experts learned {classes_text(state['class_names'])}; pass the data they learned "
-                        f"from (--data-dir)")
-    test = test.select(balanced_subset(test.labels, test_subset or config.get('test_subset'))).to(device)
+    # Any test/<class>/ folder of the experts' classes: the data they learned from moved, or a new test set.
+    dataset = 'folder' if data_dir and default_dataset(data_dir, test_only=True) == 'folder' else config['dataset']
+    test = load_test_set(dataset, data_dir or config['data_dir'], state['class_names'], state['image_size'],
+                         config.get('data_cache'))
+    test = test.select(balanced_subset(test.labels, test_subset or (None if data_dir else config.get('test_subset'))))
+    test = test.to(device)
     loader = Loader(test, torch.arange(len(test)), batch_size, state['mean'], state['std'], device)
     expert_logits, labels = expert_outputs(experts, loader, device, amp)
     logits = {e.name: out for e, out in zip(experts, expert_logits)}

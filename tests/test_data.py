@@ -16,7 +16,7 @@ from torchvision import datasets
 import distill.data
 from distill import UserError
 from distill.data import (balanced_subset, channel_stats, default_dataset, interleave_classes, load_dataset,
-                          make_split, resize_images)
+                          load_test_set, make_split, resize_images)
 from conftest import HEIC_START, SHARED_ARCHIVE, make_image_folder, needs_cuda, write_cifar
 
 
@@ -221,6 +221,26 @@ def test_class_folders_without_train_and_test_are_refused_not_taken_for_cifar(tm
     assert default_dataset(str(tmp_path / 'train')) == 'cifar10'
     with pytest.raises(UserError, match=r"'.*test' holds folders of images but no train/ and test/"):  # named folder
         load_dataset('folder', str(tmp_path / 'test'), train=True, cache_dir=str(tmp_path / 'c'))
+
+
+@pytest.mark.parametrize('source', ['folder', 'tar'])
+def test_a_test_set_without_train_is_labelled_by_the_models_classes_but_cannot_train(tmp_path, source):
+    full = make_image_folder(tmp_path / 'full', classes=('cat', 'dog', 'ship'), train_per_class=1, test_per_class=2)
+    shutil.rmtree(full / 'train')
+    shutil.rmtree(full / 'test' / 'dog')
+    data = str(full)
+    if source == 'tar':
+        data = str(tmp_path / 'new.tar')
+        with tarfile.open(data, 'w') as archive:
+            archive.add(full / 'test', 'test')
+    test = load_test_set('folder', data, ['ship', 'dog', 'cat'], 8, str(tmp_path / 'c'))
+    assert test.classes == ['ship', 'dog', 'cat'] and test.labels.tolist() == [2, 2, 0, 0]  # cat, then ship
+    assert default_dataset(data, test_only=True) == 'folder'
+    with pytest.raises(UserError, match="holds test/ but no train/" if source == 'folder' else 'under .*/train/'):
+        load_dataset('folder', data, train=True, image_size=8, cache_dir=str(tmp_path / 'c'))
+    with pytest.raises(UserError, match=r"include the classes cat, which the models did not learn \(they learned "
+                                        r"dog, ship\)"):
+        load_test_set('folder', data, ['dog', 'ship'], 8, str(tmp_path / 'c'))
 
 
 def test_split_folders_in_capitals_are_read_as_train_and_test(tmp_path):

@@ -81,12 +81,25 @@ def test_a_checkpoint_that_is_not_a_selector_is_one_clear_line(tiny_runs):
 
 def test_test_data_of_other_classes_is_one_clear_line(tiny_runs, tmp_path):
     work, _ = tiny_runs
-    other = make_image_folder(tmp_path / 'other', classes=('apple', 'pear'), train_per_class=2, test_per_class=2)
+    other = make_image_folder(tmp_path / 'other', classes=('apple', 'cat'), train_per_class=2, test_per_class=2)
     result = run_main(ROOT / 'evaluate.py', '--data-dir', other, '--results-dir', tmp_path / 'results', cwd=work,
                       check=False)  # a reshape error deep in the routing
     assert result.returncode == 2 and result.stderr.strip() == (
-        f"error: the data at '{other}' has the classes apple, pear, where the experts learned cat, dog, ship; pass "
-        f"the data they learned from (--data-dir)")
+        f"error: the test images at '{other}' include the classes apple, which the models did not learn (they "
+        f"learned cat, dog, ship); pass test/<class>/ images of those classes (--data-dir)")
+
+
+def test_a_new_test_set_of_some_of_the_classes_is_scored_by_their_names(tiny_runs, tmp_path):
+    work, folder = tiny_runs
+    new = tmp_path / 'new-test-set'
+    for cls in ('dog', 'ship'):  # test/ alone, without cat: a new test set, not data to train on
+        shutil.copytree(folder / 'test' / cls, new / 'test' / cls)
+    run_main(ROOT / 'evaluate.py', '--data-dir', new, '--name', 'new', '--results-dir', tmp_path / 'r', cwd=work)
+    run_main(ROOT / 'evaluate.py', '--data-dir', folder, '--name', 'all', '--results-dir', tmp_path / 'r', cwd=work)
+    new, whole = (json.loads((tmp_path / 'r' / f'{name}.json').read_text()) for name in ('new', 'all'))
+    assert new['test_images'] == 8 and whole['test_images'] == 12  # every test image of a --data-dir
+    for model in ('teacher', 'densenet121', 'googlenet', 'routed'):  # each class scored as among all three
+        assert new['per_class'][model][0] is None and new['per_class'][model][1:] == whole['per_class'][model][1:]
 
 
 @pytest.mark.parametrize('args, message', [
