@@ -175,13 +175,12 @@ def _load_cifar(name: str, data_dir: str, train: bool, size: int) -> ImageSet:
     return ImageSet(resize_images(images, size), torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
 
 
-def _refuse_unless_fits(what: str, count: int, size: int, room: int | None, copies: int = 1):
+def _refuse_unless_fits(what: str, count: int, size: int, room: int | None, transient: int = 0):
     """A set that will not fit in memory ends in one line here, not in the OS killing the run without a word.
-    copies: how many times the set is held at its peak (a decoded folder twice, while stacked)."""
-    need = copies * count * 3 * size * size
+    transient: how many more images are held for a while at the peak."""
+    need = (count + transient) * 3 * size * size
     if room is not None and need > room:
-        held = ', held twice while stacked' if copies == 2 else ''
-        raise UserError(f"{what} at --image-size {size} ({3 * size * size / 2**20:.1f} MiB each{held}) need "
+        raise UserError(f"{what} at --image-size {size} ({3 * size * size / 2**20:.1f} MiB each) need "
                         f"{_in_units(need)}, more than the {_in_units(room)} of free memory, and the OS would kill "
                         f"this run; pass a smaller --image-size")
 
@@ -259,24 +258,10 @@ def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False) 
     cached = _read_cache(cache_file)
     if cached and (test_only or 'train' in cached):
         return cached
-    found = {split: {} for split in SPLITS_IN_FOLDER}  # split -> class -> [tensor]
-    skipped, heif, decoded, room = [], 0, 0, free_memory()
-    for split, cls, shown, opener in _iter_folder_files(path):
-        first = f'the first {decoded + 1} images' if decoded else 'one image'
-        _refuse_unless_fits(f"{first} of '{path}'", decoded + 1, size, room, copies=2)
-        try:
-            found[split].setdefault(cls, []).append(read_image(opener(), size))
-            decoded += 1
-        except READ_ERRORS as err:
-            skipped.append(f'{shown} ({err.__class__.__name__})')
-            heif += isinstance(err, HeifUnreadable)
-    if skipped:
-        why_heif = f'; {heif} of them HEIC/HEIF photos: pip install pillow-heif to read them' if heif else ''
-        print(f'warning: skipped {len(skipped)} unreadable file(s), e.g. {"; ".join(skipped[:3])}{why_heif}',
-              file=sys.stderr)
-    classes = sorted(cls for cls, images in found['train'].items() if images)  # a folder of unreadable files is none
+    found = _decode_folder(path, size)
+    classes = sorted(found['train'])  # a folder of unreadable files has none
     if not classes and test_only:
-        classes = sorted(cls for cls, images in found['test'].items() if images)
+        classes = sorted(found['test'])
     if not classes:
         from torchvision import datasets
         own = {datasets.CIFAR10.filename: 'cifar10', datasets.CIFAR100.filename: 'cifar100'}.get(os.path.basename(path))
@@ -296,17 +281,70 @@ def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False) 
                         f"under train/<class>/")
     splits = {}
     for split in SPLITS_IN_FOLDER:
-        per_class = found.pop(split)  # dropped once stacked: two copies of one split at most, not of the set
-        images = [img for cls in classes for img in per_class.get(cls, [])]
-        labels = [i for i, cls in enumerate(classes) for _ in per_class.get(cls, [])]
-        if not images and split == 'train' and test_only:
+        if not found[split] and split == 'train' and test_only:
             continue
-        if not images:
+        if not found[split]:
             raise UserError(f"no readable images under '{path}/{split}/'; add {split}/<class>/ images")
-        splits[split] = ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes)
-        del images, per_class
+        splits[split] = _in_class_order(found.pop(split), classes, size)
     _write_cache(cache_file, splits)
     return splits
+
+
+class _Rows:
+    """Images appended to one uint8 tensor that doubles when full: a decoded image is held once, not in a list
+    of tensors stacked into a second copy at the end. Capacity not yet written costs little: the OS maps a large
+    allocation's pages as they are first written."""
+
+    def __init__(self, size: int):
+        self.data, self.count = torch.empty(16, 3, size, size, dtype=torch.uint8), 0
+
+    def append(self, image: torch.Tensor):
+        if self.count == len(self.data):
+            grown = torch.empty(2 * len(self.data), *self.data.shape[1:], dtype=torch.uint8)
+            grown[:self.count] = self.data
+            self.data = grown
+        self.data[self.count] = image
+        self.count += 1
+
+
+def _decode_folder(path: str, size: int) -> dict:
+    """split -> class -> _Rows of every readable image; the rest are counted in one warning. A set that would
+    not fit in the free memory is refused while decoding, before the OS kills the run."""
+    found = {split: {} for split in SPLITS_IN_FOLDER}
+    skipped, heif, decoded, largest, room = [], 0, 0, 0, free_memory()
+    for split, cls, shown, opener in _iter_folder_files(path):
+        first = f'the first {decoded + 1} images' if decoded else 'one image'
+        # At the peak, a class is held twice: while its rows double, or while copied into its split.
+        _refuse_unless_fits(f"{first} of '{path}'", decoded + 1, size, room, transient=largest)
+        try:
+            image = read_image(opener(), size)
+        except READ_ERRORS as err:
+            skipped.append(f'{shown} ({err.__class__.__name__})')
+            heif += isinstance(err, HeifUnreadable)
+            continue
+        if cls not in found[split]:
+            found[split][cls] = _Rows(size)
+        rows = found[split][cls]
+        rows.append(image)
+        decoded, largest = decoded + 1, max(largest, rows.count)
+    if skipped:
+        why_heif = f'; {heif} of them HEIC/HEIF photos: pip install pillow-heif to read them' if heif else ''
+        print(f'warning: skipped {len(skipped)} unreadable file(s), e.g. {"; ".join(skipped[:3])}{why_heif}',
+              file=sys.stderr)
+    return found
+
+
+def _in_class_order(per_class: dict, classes: list, size: int) -> ImageSet:
+    """One split's images, class by class in the order of `classes`; each class's rows freed once copied."""
+    counts = [per_class[cls].count if cls in per_class else 0 for cls in classes]
+    images = torch.empty(sum(counts), 3, size, size, dtype=torch.uint8)
+    start = 0
+    for cls, count in zip(classes, counts):
+        if count:
+            images[start:start + count] = per_class.pop(cls).data[:count]
+            start += count
+    labels = torch.repeat_interleave(torch.arange(len(classes)), torch.tensor(counts))
+    return ImageSet(images, labels, classes)
 
 
 def _fingerprint(path: str, size: int) -> str:
