@@ -351,6 +351,15 @@ def test_shared_cifar10_jpeg_archive(tmp_path):
     assert test.images.shape == (10000, 3, 32, 32) and torch.bincount(test.labels).tolist() == [1000] * 10
 
 
+@pytest.mark.skipif(not os.path.exists('/proc/self/maps'), reason='needs Linux to list mapped files')
+def test_a_cached_folder_is_mapped_from_its_file_and_reads_as_decoded(image_folder, tmp_path):
+    decoded = load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path))
+    cached = load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path))
+    assert torch.equal(cached.images, decoded.images) and torch.equal(cached.labels, decoded.labels)
+    cache_file = str(next(tmp_path.glob('folder-*.pt')))
+    assert cache_file in open('/proc/self/maps').read()  # not a second copy in memory
+
+
 def test_the_decoded_folder_cache_goes_where_data_cache_says(image_folder, tmp_path):
     from types import SimpleNamespace
     from distill.data import prepare_data
