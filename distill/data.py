@@ -148,8 +148,8 @@ def load_test_set(name: str, data_dir: str, classes: list, image_size: int | Non
     unknown = [cls for cls in present if cls not in classes]
     if unknown:
         raise UserError(f"the test images at '{data_dir}' include the classes {classes_text(unknown)}, which the "
-                        f"models did not learn (they learned {classes_text(classes)}); pass test/<class>/ images of "
-                        f"those classes (--data-dir)")
+                        f"models did not learn (they learned {classes_text(classes)}); leave those classes out of "
+                        f"--data-dir")
     index = torch.tensor([classes.index(cls) if cls in classes else -1 for cls in test.classes])
     return ImageSet(test.images, index[test.labels], list(classes))
 
