@@ -109,17 +109,20 @@ def default_dataset(data_dir: str | None, test_only: bool = False) -> str:
     for folder in [data_dir, *subfolders][:2 if len(subfolders) == 1 else 1]:  # itself, or an unpacked archive
         if _split_folders(folder):  # half laid out: not a CIFAR download folder either
             raise _half_laid_out(folder)
-    if refusal := _class_folders_refusal(data_dir):  # laid out as class folders, not as data/
+    if refusal := _class_folders_refusal(data_dir, test_only):  # laid out as class folders, not as data/
         raise refusal
     return 'cifar10'
 
 
-def _class_folders_refusal(path: str) -> UserError | None:
+def _class_folders_refusal(path: str, test_only: bool = False) -> UserError | None:
     subfolders = _subfolders(path)
-    if len(subfolders) >= 2 and all(map(_holds_images, subfolders)):
-        return UserError(f"'{path}' holds folders of images but no train/ and test/; move them into "
-                         f"train/<class>/ and test/<class>/, some of each class's images held out for the test")
-    return None
+    if len(subfolders) < (1 if test_only else 2) or not all(map(_holds_images, subfolders)):
+        return None
+    if test_only:
+        return UserError(f"'{path}' holds folders of images but no test/; move them into test/<class>/ (no train/ "
+                         f"is needed to score them)")
+    return UserError(f"'{path}' holds folders of images but no train/ and test/; move them into train/<class>/ and "
+                     f"test/<class>/, some of each class's images held out for the test")
 
 
 def load_dataset(name: str, data_dir: str, train: bool, image_size: int | None = None,
@@ -268,8 +271,11 @@ def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False) 
         if own:  # torchvision reads it, offline too, from the folder that holds it
             raise UserError(f"'{path}' is {own}'s own archive, not a folder of images; pass --dataset {own} "
                             f"--data-dir {os.path.dirname(path) or '.'}")
-        if os.path.isdir(path) and (refusal := _class_folders_refusal(path)):
+        if os.path.isdir(path) and (refusal := _class_folders_refusal(path, test_only)):
             raise refusal
+        if test_only:
+            raise UserError(f"no readable images under '{path}/test/<class>/'; the folder needs test/<class>/ "
+                            f"subfolders of images")
         raise UserError(f"no readable images under '{path}/train/<class>/'; the folder needs train/<class>/ and "
                         f"test/<class>/ subfolders of images")
     if len(classes) == 1 and not test_only:

@@ -243,6 +243,15 @@ def test_a_test_set_without_train_is_labelled_by_the_models_classes_but_cannot_t
         load_test_set('folder', data, ['dog', 'ship'], 8, str(tmp_path / 'c'))
 
 
+def test_class_folders_alone_given_as_a_test_set_say_to_put_them_in_test(tmp_path):
+    pictures = make_image_folder(tmp_path, classes=('cat',), train_per_class=0, test_per_class=2) / 'test'
+    for refuse in (lambda: default_dataset(str(pictures), test_only=True),
+                   lambda: load_test_set('folder', str(pictures), ['cat', 'dog'], 8, str(tmp_path / 'c'))):
+        with pytest.raises(UserError, match=r"'.*test' holds folders of images but no test/; move them into "
+                                            r"test/<class>/ \(no train/ is needed to score them\)"):
+            refuse()
+
+
 def test_split_folders_in_capitals_are_read_as_train_and_test(tmp_path):
     root = make_image_folder(tmp_path / 'd')
     for split in ('train', 'test'):
