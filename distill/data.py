@@ -40,6 +40,8 @@ class ImageSet:
         return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
 
 
+# ---------------------------------------------------------------- datasets
+
 def resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
     """N x 3 x size x size uint8, resized `chunk` images at a time: float32 copies of a whole data set
     enlarged (--image-size 96 on CIFAR) would not fit in memory."""
@@ -52,8 +54,6 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.T
         resized[start:start + chunk] = part.round_().clamp_(0, 255)
     return resized
 
-
-# ---------------------------------------------------------------- datasets
 
 def default_cache_dir() -> str:
     """Where decoded image folders are kept: $DISTILL_CACHE, else data/cache under the working directory."""
