@@ -387,10 +387,16 @@ def _write_cache(cache_file: str, splits: dict):
 
 def _read_cache(cache_file: str) -> dict | None:
     """Mapped, not read into memory: the train and test sets are loaded by two calls, and torchrun's processes
-    share the pages."""
-    try:
-        payload = torch.load(cache_file, weights_only=True, mmap=True)
-    except Exception:  # absent, or cut short by a crash: decode again
+    map the same file."""
+    if not os.path.isfile(cache_file):
+        return None
+    for mapped in (True, False):  # read where the file system cannot map files
+        try:
+            payload = torch.load(cache_file, weights_only=True, mmap=mapped)
+            break
+        except Exception:
+            continue
+    else:  # cut short by a crash: decode again
         return None
     return {split: ImageSet(s['images'], s['labels'], s['classes']) for split, s in payload.items()}
 

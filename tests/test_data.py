@@ -369,6 +369,20 @@ def test_a_cached_folder_is_mapped_from_its_file_and_reads_as_decoded(image_fold
     assert cache_file in open('/proc/self/maps').read()  # not a second copy in memory
 
 
+def test_a_cache_on_a_file_system_that_cannot_map_files_is_read_not_decoded_again(image_folder, tmp_path, monkeypatch):
+    decoded = load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path))
+    load = torch.load
+
+    def unmappable(*args, mmap=None, **kwargs):
+        if mmap:
+            raise RuntimeError('unable to mmap 2048 bytes from file: No such device (19)')
+        return load(*args, **kwargs)
+    monkeypatch.setattr(torch, 'load', unmappable)
+    monkeypatch.setattr(distill.data, '_decode_folder', None)  # decoding again would fail
+    cached = load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path))
+    assert torch.equal(cached.images, decoded.images)
+
+
 def test_the_decoded_folder_cache_goes_where_data_cache_says(image_folder, tmp_path):
     from types import SimpleNamespace
     from distill.data import prepare_data
