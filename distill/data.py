@@ -147,14 +147,16 @@ def load_test_set(name: str, data_dir: str, classes: list, image_size: int | Non
         test = _load_folder(data_dir, size, cache_dir, test_only=True)['test']
     else:
         test = load_dataset(name, data_dir, False, image_size, cache_dir)
+    index = {cls.lower(): i for i, cls in enumerate(classes)}  # a folder 'Cat/' holds the class 'cat'
+    index.update({cls: i for i, cls in enumerate(classes)})  # the exact name first
     present = [test.classes[i] for i in test.labels.unique().tolist()]
-    unknown = [cls for cls in present if cls not in classes]
+    unknown = [cls for cls in present if cls not in index and cls.lower() not in index]
     if unknown:
         raise UserError(f"the test images at '{data_dir}' include the classes {classes_text(unknown)}, which the "
                         f"models did not learn (they learned {classes_text(classes)}); leave those classes out of "
                         f"--data-dir")
-    index = torch.tensor([classes.index(cls) if cls in classes else -1 for cls in test.classes])
-    return ImageSet(test.images, index[test.labels], list(classes))
+    position = torch.tensor([index.get(cls, index.get(cls.lower(), -1)) for cls in test.classes])
+    return ImageSet(test.images, position[test.labels], list(classes))
 
 
 def classes_text(classes: list, shown: int = 5) -> str:

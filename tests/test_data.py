@@ -241,6 +241,7 @@ def test_a_test_set_without_train_is_labelled_by_the_models_classes_but_cannot_t
     with pytest.raises(UserError, match=r"include the classes cat, which the models did not learn \(they learned "
                                         r"dog, ship\)"):
         load_test_set('folder', data, ['dog', 'ship'], 8, str(tmp_path / 'c'))
+    assert load_test_set('folder', data, ['SHIP', 'dog', 'Cat'], 8, str(tmp_path / 'c')).labels.tolist() == [2, 2, 0, 0]
 
 
 def test_class_folders_alone_given_as_a_test_set_say_to_put_them_in_test(tmp_path):
