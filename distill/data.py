@@ -111,7 +111,16 @@ def default_dataset(data_dir: str | None, test_only: bool = False) -> str:
             raise _half_laid_out(folder)
     if refusal := _class_folders_refusal(data_dir, test_only):  # laid out as class folders, not as data/
         raise refusal
+    if _holds_images(data_dir):  # pictures, not torchvision's download folder
+        raise _loose_images(data_dir, test_only, '' if test_only else ' (or pass --dataset cifar10 to download '
+                                                                      'CIFAR-10 into it)')
     return 'cifar10'
+
+
+def _loose_images(path: str, test_only: bool, hint: str = '') -> UserError:
+    layout = 'test/<class>/' if test_only else 'train/<class>/ and test/<class>/'
+    return UserError(f"'{path}' holds images but no {layout} folders; put each image in the folder of its class "
+                     f"there{hint}")
 
 
 def _class_folders_refusal(path: str, test_only: bool = False) -> UserError | None:
@@ -275,6 +284,8 @@ def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False) 
                             f"--data-dir {os.path.dirname(path) or '.'}")
         if os.path.isdir(path) and (refusal := _class_folders_refusal(path, test_only)):
             raise refusal
+        if os.path.isdir(path) and _holds_images(path):
+            raise _loose_images(path, test_only)
         if test_only:
             raise UserError(f"no readable images under '{path}/test/<class>/'; the folder needs test/<class>/ "
                             f"subfolders of images")

@@ -244,6 +244,19 @@ def test_a_test_set_without_train_is_labelled_by_the_models_classes_but_cannot_t
     assert load_test_set('folder', data, ['SHIP', 'dog', 'Cat'], 8, str(tmp_path / 'c')).labels.tolist() == [2, 2, 0, 0]
 
 
+@pytest.mark.parametrize('test_only, layout', [(False, 'train/<class>/ and test/<class>/'), (True, 'test/<class>/')])
+def test_loose_images_say_to_put_each_in_the_folder_of_its_class(tmp_path, test_only, layout):
+    Image.new('RGB', (8, 8)).save(tmp_path / 'IMG_0001.jpg')
+    load = (lambda: load_test_set('folder', str(tmp_path), ['cat', 'dog'], 8, str(tmp_path / 'c'))) if test_only \
+        else (lambda: load_dataset('folder', str(tmp_path), True, 8, str(tmp_path / 'c')))
+    for refuse in (load, lambda: default_dataset(str(tmp_path), test_only)):  # not a folder to download CIFAR into
+        with pytest.raises(UserError, match=re.escape(f"'{tmp_path}' holds images but no {layout} folders; put "
+                                                      f"each image in the folder of its class there")) as refused:
+            refuse()
+    hint = '(or pass --dataset cifar10 to download CIFAR-10 into it)'  # data/ with a stray picture in it
+    assert str(refused.value).endswith(hint) != test_only
+
+
 def test_class_folders_alone_given_as_a_test_set_say_to_put_them_in_test(tmp_path):
     pictures = make_image_folder(tmp_path, classes=('cat',), train_per_class=0, test_per_class=2) / 'test'
     for refuse in (lambda: default_dataset(str(pictures), test_only=True),
