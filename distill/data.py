@@ -97,8 +97,8 @@ def _half_laid_out(folder: str) -> UserError:
 def default_dataset(data_dir: str | None, test_only: bool = False) -> str:
     """folder for an archive or any other single file, or a folder with train/ and test/ (test/ alone where
     test_only) in it or in one of its subfolders (an unpacked archive; torchvision downloads CIFAR into neither);
-    else cifar10. A folder of class folders alone, or with one of train/ and test/, is refused, not filled with
-    a CIFAR download."""
+    else cifar10. A folder of class folders or pictures alone, or with one of train/ and test/, is refused, not
+    filled with a CIFAR download."""
     if not data_dir:
         return 'cifar10'
     if data_dir.lower().endswith(ARCHIVES) or os.path.isfile(data_dir):
