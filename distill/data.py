@@ -369,7 +369,8 @@ def _in_class_order(per_class: dict, classes: list, size: int) -> ImageSet:
 def _fingerprint(path: str, size: int) -> str:
     """Changes when any file changes (a folder's own mtime misses edits deep inside it) or the decoding does."""
     # HEIC photos are read or skipped as pillow-heif is installed or not
-    decoding = f'reduced-jpeg|utf8-zip-names|pixel-limit-after-draft|float-0-1|heif-{HEIF_READABLE}'
+    decoding = (f'reduced-jpeg|utf8-zip-names|pixel-limit-after-draft|float-0-1|other-ranges-stretched|'
+                f'heif-{HEIF_READABLE}')
     digest = hashlib.sha1(f'{os.path.abspath(path)}|{size}|{decoding}'.encode())
     files = [path] if os.path.isfile(path) else list_image_files(path)
     for name in files:

@@ -28,14 +28,20 @@ class HeifUnreadable(UnidentifiedImageError):
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to RGB: 16-bit and float images are rescaled, alpha is composited on white."""
+    """Any Pillow mode to RGB: 16-bit, 32-bit and float images are rescaled (NaN as their darkest), alpha is
+    composited on white."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
         pixels = np.asarray(image, dtype=np.float64)
-        brightest = pixels.max(initial=0.0)
+        finite = pixels[np.isfinite(pixels)]
+        darkest, brightest = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
         # Scientific float TIFFs hold 0..1; integer images 0..255 or 0..65535.
-        top = 1.0 if image.mode == 'F' and brightest <= 1.0 else 65535.0 if brightest > 255 else 255.0
-        image = Image.fromarray((pixels.clip(0, top) * (255.0 / top)).round().astype(np.uint8), 'L')
+        ranges = ([1.0] if image.mode == 'F' else []) + [255.0, 65535.0]
+        bottom, top = 0.0, next((t for t in ranges if brightest <= t), None)
+        if darkest < 0 or top is None:  # any other range (negative values, 32-bit counts): stretched to fit
+            bottom, top = darkest, max(brightest, darkest + 1e-6)
+        pixels = np.nan_to_num(pixels, nan=bottom, posinf=top, neginf=bottom).clip(bottom, top)
+        image = Image.fromarray(((pixels - bottom) * (255.0 / (top - bottom))).round().astype(np.uint8), 'L')
     if image.mode in ('RGBA', 'LA', 'PA') or (image.mode == 'P' and 'transparency' in image.info):
         rgba = image.convert('RGBA')
         background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))

@@ -18,6 +18,10 @@ from conftest import HEIC_START
     ('F', [[0.0, 127.0, 255.0]], [0, 127, 255]),
     ('I;16', [[0, 32768, 65535]], [0, 128, 255]),
     ('I', [[0, 128, 255]], [0, 128, 255]),
+    ('I', [[0, 70000, 140000]], [0, 128, 255]),  # 32-bit counts, over 16 bits
+    ('I', [[-100, 0, 400]], [0, 51, 255]),  # negative values: stretched from the darkest
+    ('F', [[-1.0, 0.0, 1.0]], [0, 128, 255]),
+    ('F', [[np.nan, 0.5, 1.0]], [0, 128, 255]),  # a missing pixel reads as the darkest
 ])
 def test_deep_and_float_images_are_scaled_to_their_range(mode, pixels, grey):
     image = Image.fromarray(np.array(pixels, dtype={'F': np.float32, 'I;16': np.uint16, 'I': np.int32}[mode]))
