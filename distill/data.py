@@ -294,6 +294,11 @@ def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False) 
     if len(classes) == 1 and not test_only:
         raise UserError(f"'{path}/train/' holds one class ('{classes[0]}'); a classifier needs two or more "
                         f"train/<class>/ folders")
+    spelled = {cls.lower(): cls for cls in classes}  # test/Cat/ holds train/cat/'s class, as in evaluate.py
+    for name in sorted(found['test']):
+        own = spelled.get(name.lower())
+        if name not in classes and own and own not in found['test']:
+            found['test'][own] = found['test'].pop(name)
     unknown = sorted(set(found['test']) - set(classes))
     if unknown:
         raise UserError(f"test classes {unknown} in '{path}' have no training images; give every class images "

@@ -160,6 +160,14 @@ def test_class_names_in_a_zip_read_as_its_tool_wrote_them(tmp_path, tool):
     assert data.classes == [expected, 'dog'] and len(data) == 24
 
 
+def test_a_test_class_folder_spelled_in_another_case_is_the_training_class(tmp_path):
+    root = make_image_folder(tmp_path / 'd', classes=('cat', 'dog'))
+    os.rename(root / 'test' / 'cat', root / 'test' / 'Cat')
+    test = load_dataset('folder', str(root), train=False, cache_dir=str(tmp_path / 'c'))
+    train = load_dataset('folder', str(root), train=True, cache_dir=str(tmp_path / 'c'))
+    assert test.classes == train.classes == ['cat', 'dog'] and test.labels.tolist() == [0] * 4 + [1] * 4
+
+
 @pytest.mark.parametrize('source', ['folder', 'tar'])
 def test_a_class_folder_whose_name_is_not_utf8_is_read_with_its_bytes_escaped(tmp_path, source):
     root = make_image_folder(tmp_path / 'd', classes=('cafe', 'dog'))
