@@ -76,7 +76,8 @@ def test_a_checkpoint_that_is_not_a_selector_is_one_clear_line(tiny_runs):
         assert result.returncode == 2 and 'Traceback' not in result.stderr
         assert result.stderr.strip() == ("error: 'checkpoints/teacher/best.pt' is a resnet50 checkpoint, not a "
                                          "selector; pass the best.pt that selectorTrain.py wrote (default "
-                                         "checkpoints/selector/best.pt)")
+                                         "checkpoints/selector/best.pt), or run this model alone with infer.py "
+                                         "--teacher PATH")
 
 
 def test_test_data_of_other_classes_is_one_clear_line(tiny_runs, tmp_path):

@@ -138,7 +138,8 @@ def load_selector(path: str) -> dict:
     state = load_checkpoint(path, map_location='cpu')
     if 'experts' not in state:
         raise UserError(f"'{path}' is a {state.get('arch', 'model')} checkpoint, not a selector; pass the "
-                        "best.pt that selectorTrain.py wrote (default checkpoints/selector/best.pt)")
+                        "best.pt that selectorTrain.py wrote (default checkpoints/selector/best.pt), or run this "
+                        "model alone with infer.py --teacher PATH")
     if 'routing' not in state and 'optimizer' in state:  # routing is chosen after training, into best.pt only
         raise UserError(f"'{path}' is the selector's training state, for --resume; pass the best.pt beside it, or "
                         f"the run directory")
