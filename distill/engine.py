@@ -282,10 +282,12 @@ def fit(settings: TrainSettings, arch: str, model, make_step, data: Prepared, *,
             train_loss, train_acc = train_one_epoch(train_model, train_loader, optimizer, scheduler, step, amp=amp,
                                                     scaler=scaler, desc=f'{arch} epoch {epoch + 1}/{settings.epochs}')
         except NonFiniteLoss as err:
-            kept = f"'{run.last}' is left as it was" if os.path.exists(run.last) else 'nothing was written'
-            raise NonFiniteLoss(f'{err}; {kept}') from None
+            raise NonFiniteLoss(f'{err}; {_kept(run)}') from None
         train_seconds = time.time() - train_started  # train_one_epoch ends by reading its sums: the device is done
         val_loss, val_acc = evaluate_fn(model, loaders['val'], amp)
+        if not math.isfinite(val_loss):  # an epoch's last steps can leave the weights diverged, their loss finite
+            raise NonFiniteLoss(f'the val loss became non-finite (nan or inf) after epoch {epoch + 1} ({arch}): the '
+                                f'weights diverged; lower --lr or use --amp off; {_kept(run)}')
         history.append({'epoch': epoch + 1, 'train_loss': round(train_loss, 5), 'train_acc': round(train_acc, 5),
                         'val_loss': round(val_loss, 5), 'val_acc': round(val_acc, 5),
                         'lr': round(optimizer.param_groups[0]['lr'], 6), 'seconds': round(time.time() - started, 2),
@@ -307,6 +309,10 @@ def _epoch_line(arch: str, epochs: int, row: dict) -> str:
     shown_acc = '' if math.isnan(row['train_acc']) else f" acc {row['train_acc']:.2%}"  # the selector has none
     return (f"{arch} epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}{shown_acc}  "
             f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}  lr {row['lr']:.4g}  {row['seconds']:.1f}s")
+
+
+def _kept(run: Run) -> str:
+    return f"'{run.last}' is left as it was" if os.path.exists(run.last) else 'nothing was written'
 
 
 def _test_best(run: Run, model, loaders, evaluate_fn, calibrate, amp, device, world, log, facts: dict) -> dict:

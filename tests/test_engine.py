@@ -97,6 +97,26 @@ def test_a_nan_loss_stops_with_a_clear_line_and_keeps_last_pt(finished_run, monk
     assert not (run.parent / 'diverged').exists()
 
 
+def test_weights_diverged_by_an_epochs_last_steps_stop_the_run_at_val_and_keep_last_pt(finished_run, monkeypatch,
+                                                                                         capsys):
+    folder, run = finished_run
+    last, real_train = (run / 'last.pt').read_bytes(), engine.train_one_epoch
+
+    def train_then_diverge(model, *args, **kwargs):  # the epoch's own losses were finite
+        result = real_train(model, *args, **kwargs)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.fill_(float('inf'))
+        return result
+    monkeypatch.setattr(engine, 'train_one_epoch', train_then_diverge)
+    with pytest.raises(SystemExit) as exit_info:
+        teacherTrain.main(_tiny_run(folder, run, '--epochs', '1', '--overwrite'))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1
+    assert 'the val loss became non-finite (nan or inf) after epoch 1' in err[0] and 'lower --lr' in err[0]
+    assert err[0].endswith(f"'{run / 'last.pt'}' is left as it was") and (run / 'last.pt').read_bytes() == last
+
+
 def test_a_nan_loss_stops_the_epoch_within_the_check_interval_without_a_sync_per_step(monkeypatch):
     from distill.data import ImageSet
     from distill.loaders import Loader
