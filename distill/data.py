@@ -272,7 +272,7 @@ def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False) 
     cached = _read_cache(cache_file)
     if cached and (test_only or 'train' in cached):
         return cached
-    found = _decode_folder(path, size)
+    found, skipped = _decode_folder(path, size)
     classes = sorted(found['train'])  # a folder of unreadable files has none
     if not classes and test_only:
         classes = sorted(found['test'])
@@ -310,7 +310,7 @@ def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False) 
         if not found[split]:
             raise UserError(f"no readable images under '{path}/{split}/'; add {split}/<class>/ images")
         splits[split] = _in_class_order(found.pop(split), classes, size)
-    _write_cache(cache_file, splits)
+    _write_cache(cache_file, splits, skipped)
     return splits
 
 
@@ -331,9 +331,9 @@ class _Rows:
         self.count += 1
 
 
-def _decode_folder(path: str, size: int) -> dict:
-    """split -> class -> _Rows of every readable image; the rest are counted in one warning. A set that would
-    not fit in the free memory is refused while decoding, before the OS kills the run."""
+def _decode_folder(path: str, size: int) -> tuple:
+    """(split -> class -> _Rows of every readable image, the warning that counts the rest, or ''). A set that
+    would not fit in the free memory is refused while decoding, before the OS kills the run."""
     found = {split: {} for split in SPLITS_IN_FOLDER}
     skipped, heif, decoded, largest, room = [], 0, 0, 0, free_memory()
     for split, cls, shown, opener in _iter_folder_files(path):
@@ -351,11 +351,22 @@ def _decode_folder(path: str, size: int) -> dict:
         rows = found[split][cls]
         rows.append(image)
         decoded, largest = decoded + 1, max(largest, rows.count)
+    warning = ''
     if skipped:
         why_heif = f'; {heif} of them HEIC/HEIF photos: pip install pillow-heif to read them' if heif else ''
-        print(f'warning: skipped {len(skipped)} unreadable file(s), e.g. {"; ".join(skipped[:3])}{why_heif}',
-              file=sys.stderr)
-    return found
+        warning = f'warning: skipped {len(skipped)} unreadable file(s), e.g. {"; ".join(skipped[:3])}{why_heif}'
+        _warn_once(warning)
+    return found, warning
+
+
+_WARNED = set()
+
+
+def _warn_once(warning: str):
+    """A script loads train and test in two calls, from one decoding: each warning is said once a run."""
+    if warning not in _WARNED:
+        _WARNED.add(warning)
+        print(warning, file=sys.stderr)
 
 
 def _in_class_order(per_class: dict, classes: list, size: int) -> ImageSet:
@@ -388,9 +399,11 @@ def _fingerprint(path: str, size: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def _write_cache(cache_file: str, splits: dict):
-    """Streamed to the file, not serialised in memory first as checkpoints are: a copy of the whole set."""
+def _write_cache(cache_file: str, splits: dict, skipped: str = ''):
+    """Streamed to the file, not serialised in memory first as checkpoints are: a copy of the whole set. The
+    warning about files skipped goes with it, to be said again by every run that reads the cache."""
     payload = {split: {'images': s.images, 'labels': s.labels, 'classes': s.classes} for split, s in splits.items()}
+    payload['skipped'] = skipped
     try:  # a read-only or full disk only costs decoding again next time
         with interrupts_deferred(), atomic_write(cache_file, 'wb') as f:
             torch.save(payload, f)
@@ -417,6 +430,9 @@ def _read_cache(cache_file: str) -> dict | None:
             continue
     else:  # cut short by a crash: decode again
         return None
+    skipped = payload.pop('skipped', '')
+    if skipped:
+        _warn_once(skipped)
     return {split: ImageSet(s['images'], s['labels'], s['classes']) for split, s in payload.items()}
 
 

@@ -94,6 +94,19 @@ def test_folder_accepts_any_mode_and_skips_unreadable_files(tmp_path, capsys):
     assert 'skipped 4 unreadable file(s)' in capsys.readouterr().err
     assert (data.images[2] == 255).all()  # transparent RGBA composited on white
     assert (data.images[6] == 255).all()  # 16-bit white stays white (files are read in sorted order)
+    load_dataset('folder', str(root), train=False, image_size=8, cache_dir=str(tmp_path / 'cache'))
+    assert 'skipped' not in capsys.readouterr().err  # the same run's second load: said once
+
+
+def test_a_later_run_from_the_cache_says_again_which_files_were_skipped(tmp_path, capsys, monkeypatch):
+    root = make_image_folder(tmp_path / 'd', classes=('a', 'b'), train_per_class=2, test_per_class=1)
+    (root / 'test' / 'b' / 'empty.jpg').write_bytes(b'')
+    load_dataset('folder', str(root), train=True, image_size=8, cache_dir=str(tmp_path / 'cache'))
+    said = capsys.readouterr().err
+    monkeypatch.setattr(distill.data, '_WARNED', set())  # a new process
+    monkeypatch.setattr(distill.data, '_decode_folder', None)  # read from the cache, not decoded
+    load_dataset('folder', str(root), train=False, image_size=8, cache_dir=str(tmp_path / 'cache'))
+    assert 'skipped 1 unreadable file(s)' in said and capsys.readouterr().err == said
 
 
 @pytest.mark.skipif(distill.data.HEIF_READABLE, reason='pillow-heif is installed here: HEIC photos are read')
