@@ -102,7 +102,7 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=No
               'compression': {n: {'params': m.params, 'size_mb': m.weights_mb, 'macs': m.macs}
                               for n, m in models.items()},
               'share': {mode: dict(zip([e.name for e in experts], s)) for mode, s in report['share'].items()},
-              'sweeps': sweeps, 'classes': test.classes, 'gap_closed': report['gap_closed'],
+              'sweeps': sweeps, 'classes': test.classes, 'gap_closed': report['gap_closed'], 'lead': report['lead'],
               'ranking_on_val': ({'selector': state['best_val_acc'], **state['ranking_references']}
                                  if state.get('ranking_references') else {}),  # older selectors scored epochs otherwise
               'per_class': {n: per_class_accuracy(p, test.labels.cpu(), len(test.classes))

@@ -6,7 +6,7 @@ import statistics
 from . import UserError
 from .checkpoint import atomic_write, changed_settings, write_json
 from .metrics import round_ratios
-from .routing.report import answer_text, gap_closed_text, measured_ratios, ranking_verdict
+from .routing.report import answer_text, gap_closed_text, lead_text, measured_ratios, ranking_verdict
 
 
 def timed_entry(result: dict, name: str) -> dict | None:
@@ -56,7 +56,10 @@ def markdown(result: dict) -> str:
                      f"{ratio_text(t, teacher, timed, timed_teacher)} | {ratio_text(t, best, timed, timed_best)} | "
                      f"{'—' if macs != macs else f'{macs / 1e6:.1f}'} |")
     lines += ['', 'Of the gap between the best single expert (chosen on val) and the oracle, closed on test: ' +
-              gap_closed_text(result['gap_closed']) + '.'] + teacher_verdict(result)
+              gap_closed_text(result['gap_closed']) + '.']
+    lines += ['', "Each mode's lead in test accuracy over the best single expert, in points ± its paired standard "
+                  "error (the noise of these test images alone; a second training run moves every model more): "
+                  + lead_text(result['lead']) + '.'] + teacher_verdict(result)
     if result.get('ranking_on_val'):
         references = {k: v for k, v in result['ranking_on_val'].items() if k != 'selector'}
         verdict = ranking_verdict(result['ranking_on_val']['selector'], references)

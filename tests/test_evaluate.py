@@ -43,6 +43,9 @@ def test_evaluate_writes_the_report_and_every_figure(tiny_runs):
     assert set(references) == {'chance', 'confidence', 'best possible'}  # the selector's val curve is read by these
     assert references['chance'] <= references['best possible']
     assert "The selector ranks val images at" in (work / 'results' / 'quick.md').read_text()
+    for mode, (points, error) in report['lead'].items():  # the lead is the rows' difference, with its noise
+        assert points == pytest.approx(report['accuracy'][mode][0] - report['accuracy']['best single'][0])
+        assert f'{mode} {100 * points:+.2f} ± {100 * error:.2f}' in (work / 'results' / 'quick.md').read_text()
 
 
 
