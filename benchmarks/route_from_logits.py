@@ -22,6 +22,7 @@ from distill.checkpoint import load_checkpoint  # noqa: E402
 from distill.cli import Parser, check_range, main_guard  # noqa: E402
 from distill.routing.decisions import (ANSWERS, answer_logits, cascade_choice, cascade_cost,  # noqa: E402
                                        choose_cascade, confidences, expert_correctness, outcome)
+from distill.routing.report import paired_lead, points_text  # noqa: E402
 
 
 def model_rates(report: dict) -> dict:
@@ -74,8 +75,8 @@ def main():
           f"{report.get('precision')}); margin {args.val_margin} standard errors\n")
     tuned = ' + '.join(args.tune_on)
     print(f'| cascade | thresholds ({tuned}) | target on {tuned} | {tuned} accuracy | test accuracy | last model alone, test | '
-          'time vs last model | time vs teacher | share per model |')
-    print('|---|---|---|---|---|---|---|---|---|')
+          'lead, points ± paired s.e. | time vs last model | time vs teacher | share per model |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
     for chain in args.chain:
         costs = torch.tensor([1 / rate[n] for n in chain], dtype=torch.float64)
         conf, correct, alone = load_parts(logits, chain, args.tune_on, args.answer)
@@ -87,8 +88,9 @@ def main():
         share = torch.bincount(choice, minlength=len(chain)).float() / len(choice)
         met = ('not reached', 'reached', 'cleared by the margin')[level]
         vs_teacher = f'{cost * teacher:.2f}x' if teacher else '—'
+        lead = points_text(*paired_lead(correct.gather(1, choice[:, None]).squeeze(1), alone[:, last]))
         print(f"| {' → '.join(chain)} | {thresholds} | {met} | {val_acc:.2%} | {test_acc:.2%} | "
-              f"{alone[:, last].mean().item():.2%} | {cost * rate[chain[-1]]:.2f}x | {vs_teacher} | "
+              f"{alone[:, last].mean().item():.2%} | {lead} | {cost * rate[chain[-1]]:.2f}x | {vs_teacher} | "
               f"{', '.join(f'{n} {s:.0%}' for n, s in zip(chain, share.tolist()))} |")
 
 

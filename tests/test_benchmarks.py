@@ -34,14 +34,14 @@ def test_a_cascade_is_tuned_on_val_and_costed_from_the_measured_rates(tmp_path):
     out = run_main(SCRIPT, tmp_path, '--rates', rates, '--chain', 'cheap', 'big', '--val-margin', '0').stdout
     row = next(line for line in out.splitlines() if line.startswith('| cheap → big'))
     cells = [c.strip() for c in row.strip('|').split('|')]
-    assert cells[3:6] == ['100.00%', '100.00%', '100.00%']  # val, test, big alone
+    assert cells[3:7] == ['100.00%', '100.00%', '100.00%', '+0.00 ± 0.00']  # val, test, big alone, lead over it
     # half the images cost 'cheap' alone, half 'cheap' then 'big': (1/400 + 0.5/100) / (1/100) = 0.75
-    assert cells[6] == '0.75x' and cells[7] == '0.38x' and cells[8] == 'cheap 50%, big 50%'
+    assert cells[7] == '0.75x' and cells[8] == '0.38x' and cells[9] == 'cheap 50%, big 50%'
     # a report without the teacher (evaluate.py where its weights are not there): no time against it
     rates.write_text(json.dumps({'infer.cheap.img_s': 400.0, 'infer.big.img_s': 100.0}))
     out = run_main(SCRIPT, tmp_path, '--rates', rates, '--chain', 'cheap', 'big', '--val-margin', '0').stdout
     row = next(line for line in out.splitlines() if line.startswith('| cheap → big'))
-    assert [c.strip() for c in row.strip('|').split('|')][6:8] == ['0.75x', '—']
+    assert [c.strip() for c in row.strip('|').split('|')][7:9] == ['0.75x', '—']
 
 
 def test_a_cascade_tuned_on_route_and_val_sees_where_val_alone_misleads(tmp_path):

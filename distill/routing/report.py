@@ -74,7 +74,12 @@ def format_report(report: dict, names: list, title: str) -> str:
 
 def lead_text(lead: dict) -> str:
     """'cascade +0.22 ± 0.15, selector -0.04 ± 0.12': each mode's lead in points."""
-    return ', '.join(f'{mode} {100 * points:+.2f} ± {100 * error:.2f}' for mode, (points, error) in lead.items())
+    return ', '.join(f'{mode} {points_text(*lead_and_error)}' for mode, lead_and_error in lead.items())
+
+
+def points_text(lead: float, error: float) -> str:
+    return f'{100 * lead:+.2f} ± {100 * error:.2f}'
+
 
 
 def gap_closed_text(gap_closed: dict) -> str:
