@@ -15,7 +15,7 @@ from .report import markdown, measured_time, write_report
 from .routing.decisions import (MODES, answer_logits, answer_of, cascade_sweep, confidences, expert_correctness,
                                 selector_inputs, selector_scores, selector_sweep)
 from .routing.experts import Expert, cost_vector, load_selector, selector_experts, teacher_of
-from .routing.report import routing_report
+from .routing.report import paired_lead, routing_report
 from .routing.router import router_for
 from .routing.selection import expert_outputs
 from .runtime import device_name, inference_model, precision_name
@@ -91,6 +91,8 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=No
     predictions = {n: out.argmax(1).cpu() for n, out in logits.items()}
     predictions['routed'] = torch.stack([out.argmax(1).cpu() for out in answers], 1).gather(
         1, report['choice'][:, None]).squeeze(1)
+    right = {n: p == test.labels.cpu() for n, p in predictions.items()}
+    kd_gain = {n: paired_lead(right[n], right[f'{n} (no KD)']) for n in right if f'{n} (no KD)' in right}
     result = {'name': name, 'selector': selector_path, 'seed': config['seed'], 'dataset': config['dataset'],
               'data_dir': data_dir or config['data_dir'], 'test_images': len(test), 'device': device_name(device),
               'batch_size': min(batch_size, len(test)),
@@ -103,6 +105,7 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=No
                               for n, m in models.items()},
               'share': {mode: dict(zip([e.name for e in experts], s)) for mode, s in report['share'].items()},
               'sweeps': sweeps, 'classes': test.classes, 'gap_closed': report['gap_closed'], 'lead': report['lead'],
+              'kd_gain': kd_gain,
               'ranking_on_val': ({'selector': state['best_val_acc'], **state['ranking_references']}
                                  if state.get('ranking_references') else {}),  # older selectors scored epochs otherwise
               'per_class': {n: per_class_accuracy(p, test.labels.cpu(), len(test.classes))

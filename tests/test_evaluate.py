@@ -46,6 +46,10 @@ def test_evaluate_writes_the_report_and_every_figure(tiny_runs):
     for mode, (points, error) in report['lead'].items():  # the lead is the rows' difference, with its noise
         assert points == pytest.approx(report['accuracy'][mode][0] - report['accuracy']['best single'][0])
         assert f'{mode} {100 * points:+.2f} ± {100 * error:.2f}' in (work / 'results' / 'quick.md').read_text()
+    assert set(report['kd_gain']) == {'densenet121', 'googlenet'}  # each distilled student against its twin
+    for student, (points, _) in report['kd_gain'].items():
+        assert points == pytest.approx(report['accuracy'][student][0] - report['accuracy'][f'{student} (no KD)'][0])
+    assert "What distillation gained over each student's no-KD twin" in (work / 'results' / 'quick.md').read_text()
 
 
 
