@@ -22,7 +22,8 @@ from distill.checkpoint import load_checkpoint  # noqa: E402
 from distill.cli import Parser, check_range, main_guard  # noqa: E402
 from distill.routing.decisions import (ANSWERS, answer_logits, cascade_choice, cascade_cost,  # noqa: E402
                                        choose_cascade, confidences, expert_correctness, outcome)
-from distill.routing.report import paired_lead, points_text  # noqa: E402
+from distill.metrics import paired_lead  # noqa: E402
+from distill.routing.report import points_text  # noqa: E402
 
 
 def model_rates(report: dict) -> dict:

@@ -9,13 +9,13 @@ from .cli import checkpoint_path
 from .data import balanced_subset, default_dataset, load_test_set
 from .engine import predict_logits
 from .loaders import Loader
-from .metrics import in_calls, per_class_accuracy, time_in_turns
+from .metrics import in_calls, paired_lead, per_class_accuracy, time_in_turns
 from .plots import report_figures
 from .report import markdown, measured_time, write_report
 from .routing.decisions import (MODES, answer_logits, answer_of, cascade_sweep, confidences, expert_correctness,
                                 selector_inputs, selector_scores, selector_sweep)
 from .routing.experts import Expert, cost_vector, load_selector, selector_experts, teacher_of
-from .routing.report import paired_lead, routing_report
+from .routing.report import routing_report
 from .routing.router import router_for
 from .routing.selection import expert_outputs
 from .runtime import device_name, inference_model, precision_name

@@ -61,8 +61,8 @@ def markdown(result: dict) -> str:
                   "error (the noise of these test images alone; a second training run moves every model more): "
                   + lead_text(result['lead']) + '.'] + teacher_verdict(result)
     if result['kd_gain']:  # the distilled students against their no-KD twins, on the same images
-        lines += ['', "What distillation gained over each student's no-KD twin, in points ± its paired standard error: "
-                  + lead_text(result['kd_gain']) + '.']
+        lines += ['', "What distillation gained over each student's no-KD twin, in points ± its paired standard "
+                  "error: " + lead_text(result['kd_gain']) + '.']
     if result.get('ranking_on_val'):
         references = {k: v for k, v in result['ranking_on_val'].items() if k != 'selector'}
         verdict = ranking_verdict(result['ranking_on_val']['selector'], references)

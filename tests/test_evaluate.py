@@ -52,7 +52,6 @@ def test_evaluate_writes_the_report_and_every_figure(tiny_runs):
     assert "What distillation gained over each student's no-KD twin" in (work / 'results' / 'quick.md').read_text()
 
 
-
 def test_evaluate_runs_again_over_the_report_and_figures_it_wrote(tiny_runs, tmp_path):
     work, folder = tiny_runs
     for _ in range(2):  # the default --name, whose figures folder is results/report/

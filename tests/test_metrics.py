@@ -1,11 +1,11 @@
-"""distill/metrics.py: timing in turns, and accuracy per class."""
+"""distill/metrics.py: timing in turns, accuracy per class, and a lead with its paired standard error."""
 import math
 import time
 
 import pytest
 import torch
 
-from distill.metrics import in_calls, per_class_accuracy, round_ratios, share_per_class, time_in_turns
+from distill.metrics import in_calls, paired_lead, per_class_accuracy, round_ratios, share_per_class, time_in_turns
 
 
 def test_functions_are_timed_in_turns_and_a_slower_one_measures_slower():
@@ -50,3 +50,11 @@ def test_per_class_figures_are_none_for_a_class_with_no_images_not_zero():
     assert per_class_accuracy(torch.tensor([0, 1, 2, 2, 0]), labels, 3) == [0.5, None, pytest.approx(2 / 3)]
     assert share_per_class(choice, labels, 2, 3) == [[0.5, None, pytest.approx(1 / 3)],
                                                      [0.5, None, pytest.approx(2 / 3)]]
+
+
+def test_the_lead_over_the_reference_is_paired_image_by_image():
+    right = torch.tensor([1.0, 1, 1, 0, 1, 1, 0, 0])
+    reference = torch.tensor([1.0, 0, 1, 0, 1, 1, 1, 0])  # one image won, one lost, six alike
+    lead, error = paired_lead(right, reference)
+    assert lead == 0 and error == pytest.approx(math.sqrt(2 / 7 / 8))  # the differences' sample variance is 2/7
+    assert paired_lead(right, right) == (0.0, 0.0)  # the same answers: no noise between them

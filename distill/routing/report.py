@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from ..metrics import paired_lead
 from ..runtime import device_name
 from .decisions import (MODES, RANKING_REFERENCES, answer_of, answer_logits, cascade_choice, cascade_cost, confidences,
                         expert_correctness, extra_costs, outcome, selector_choice, selector_cost)
@@ -47,14 +48,6 @@ def routing_report(expert_logits: list, labels, scores, costs_by_kind: dict, sel
     return {'rows': rows, 'share': share, 'choice': choices[routing['mode']], 'gap_closed': gap_closed, 'lead': lead}
 
 
-def paired_lead(right: torch.Tensor, reference_right: torch.Tensor) -> tuple:
-    """(accuracy lead over the reference, its standard error), from the difference image by image on the same
-    images: how far a lead stands from the noise of these images (not from that of another training run)."""
-    difference = right.double() - reference_right.double()
-    error = (difference.std() / math.sqrt(len(difference))).item() if len(difference) > 1 else math.nan
-    return difference.mean().item(), error
-
-
 def format_report(report: dict, names: list, title: str) -> str:
     lines = [title, f"  {'routing':<22}{'accuracy':>9}{'ms/img':>9}{'MMACs/img':>11}"]
     for key, row in report['rows'].items():
@@ -79,7 +72,6 @@ def lead_text(lead: dict) -> str:
 
 def points_text(lead: float, error: float) -> str:
     return f'{100 * lead:+.2f} ± {100 * error:.2f}'
-
 
 
 def gap_closed_text(gap_closed: dict) -> str:
