@@ -54,7 +54,8 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=No
     dataset = 'folder' if data_dir and default_dataset(data_dir, test_only=True) == 'folder' else config['dataset']
     test = load_test_set(dataset, data_dir or config['data_dir'], state['class_names'], state['image_size'],
                          config.get('data_cache'))
-    test = test.select(balanced_subset(test.labels, test_subset or (None if data_dir else config.get('test_subset'))))
+    if subset := test_subset or (None if data_dir else config.get('test_subset')):  # else no copy of a mapped set
+        test = test.select(balanced_subset(test.labels, subset))
     test = test.to(device)
     loader = Loader(test, torch.arange(len(test)), batch_size, state['mean'], state['std'], device)
     expert_logits, labels = expert_outputs(experts, loader, device, amp)

@@ -39,8 +39,8 @@ class Loader:
 
     def __init__(self, data: ImageSet, indices: torch.Tensor, batch_size: int, mean, std, device='cpu',
                  train: bool = False, seed: int = 0, channels_last: bool = True, rank: int = 0, world: int = 1):
-        self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
+        placed = data.to(device)
+        self.images, self.labels = placed.images, placed.labels
         self.indices = indices
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.rank, self.world, self.device = rank, world, torch.device(device)
@@ -76,7 +76,10 @@ class Loader:
 
     def make_batch(self, idx: torch.Tensor, augmentation=None) -> torch.Tensor:
         """Normalised images of sample indices idx, augmented when given this epoch's augmentation."""
-        images = self.images[idx]
+        if self.images.device == idx.device:
+            images = self.images[idx]
+        else:  # a set larger than the GPU's memory, kept in host memory
+            images = self.images[idx.cpu()].to(self.device, non_blocking=True)
         if augmentation is not None:
             offsets, flips = augmentation
             images = crop_flip(images, offsets[idx], flips[idx])

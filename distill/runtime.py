@@ -120,6 +120,25 @@ def place(model, device: torch.device):
     return model.to(device, memory_format=torch.channels_last)
 
 
+_KEPT_ON_HOST = set()
+
+
+def place_data(images: torch.Tensor, device, share: float = 0.5) -> torch.Tensor:
+    """Images on the device where they fit in `share` of its free memory (the rest is for the models); else
+    left in host memory, or mapped from disk, and each batch is copied over as it is drawn."""
+    device = torch.device(device)
+    if device.type == 'cuda' and images.device.type == 'cpu':
+        free = torch.cuda.mem_get_info(device)[0]
+        if images.nbytes > share * free:
+            if images.data_ptr() not in _KEPT_ON_HOST:  # every loader of the set asks: said once
+                _KEPT_ON_HOST.add(images.data_ptr())
+                print(f"note: the {len(images)} images ({images.nbytes / 2**30:.1f} GiB) do not fit in the GPU's "
+                      f"{free / 2**30:.1f} GiB of free memory; they stay in host memory and each batch is copied "
+                      f"over", file=sys.stderr)
+            return images
+    return images.to(device)
+
+
 def fuse_for_inference(model, device: torch.device | None = None):
     """An eval-mode model, with each BatchNorm folded into the convolution before it (torch.fx) on the CPU.
 

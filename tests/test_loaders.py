@@ -3,6 +3,7 @@ import torch
 
 from distill.data import ImageSet, Prepared
 from distill.loaders import Loader, augmentation_params, crop_flip, split_loader
+from conftest import needs_cuda
 
 
 def test_crop_flip_matches_per_image_reference():
@@ -61,3 +62,14 @@ def test_a_split_loader_reads_its_part_of_the_training_set_or_the_whole_test_set
     images, labels, _ = (torch.cat(parts) for parts in zip(*split_loader(data, 'test', 4, 'cpu')))
     assert torch.equal(images, test.images.float()) and torch.equal(labels, test.labels)
     assert len(split_loader(data, 'train', 8, 'cpu', train=True)) == 2  # training drops the ragged batch
+
+
+@needs_cuda
+def test_batches_from_images_kept_in_host_memory_match_those_from_the_gpu(monkeypatch):
+    data = ImageSet(torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8), torch.arange(40) % 4, list('abcd'))
+    on_gpu = Loader(data, torch.arange(40), 16, [0.5] * 3, [0.25] * 3, 'cuda', train=True, seed=5)
+    monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device=None: (0, 10**9))
+    on_host = Loader(data, torch.arange(40), 16, [0.5] * 3, [0.25] * 3, 'cuda', train=True, seed=5)
+    assert on_host.images.device.type == 'cpu' and on_gpu.images.device.type == 'cuda'
+    for (xa, ya, ia), (xb, yb, ib) in zip(on_gpu, on_host):
+        assert xb.device.type == 'cuda' and torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)

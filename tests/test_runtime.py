@@ -139,3 +139,11 @@ def test_free_memory_is_what_linux_says_is_available_within_the_containers_limit
         (tmp_path / 'memory.current').write_text('100000\n')
     assert runtime.free_memory(str(meminfo), str(tmp_path)) == expected
     assert runtime.free_memory(str(tmp_path / 'absent')) is None  # not Linux: no check
+
+
+def test_images_that_would_crowd_the_gpu_stay_in_host_memory_said_once(monkeypatch, capsys):
+    images = torch.zeros(10, 3, 8, 8, dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device=None: (2 * images.nbytes - 1, 10**9))
+    for _ in range(2):  # every loader of the set asks
+        assert runtime.place_data(images, 'cuda') is images  # not moved: no CUDA call made
+    assert capsys.readouterr().err.count('do not fit in the GPU') == 1
