@@ -1,22 +1,25 @@
-"""Datasets held in memory as uint8 tensors: reading CIFAR, image folders and archives (with a cache of the
-decoded images; images.py decodes each file), and the fixed train/val/route split. loaders.py turns them into
-batches."""
+"""Datasets as uint8 tensors: CIFAR held in memory; image folders and archives decoded once to disk (images.py
+decodes each file) and mapped from there, so a set larger than the memory trains too; and the fixed
+train/val/route split. loaders.py turns them into batches."""
+import contextlib
 import hashlib
 import io
 import os
+import shutil
 import sys
 import tarfile
+import tempfile
 import zipfile
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from . import UserError
-from .checkpoint import WriteFailed, atomic_write, interrupts_deferred
 from .images import HEIF_READABLE, READ_ERRORS, HeifUnreadable, list_image_files, read_image
-from .runtime import free_memory
+from .runtime import free_memory, place_data
 
 DATASETS = ('cifar10', 'cifar100', 'folder')
 NATIVE_SIZE = 32  # CIFAR's size, and the default for folders
@@ -37,16 +40,25 @@ class ImageSet:
         return ImageSet(self.images[indices], self.labels[indices], self.classes)
 
     def to(self, device) -> 'ImageSet':
-        return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
+        """Labels on the device; images too, where they fit (runtime.place_data)."""
+        return ImageSet(place_data(self.images, device), self.labels.to(device), self.classes)
 
 
 # ---------------------------------------------------------------- datasets
 
-def resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
+CHUNK_BYTES = 2**26  # the float copies of one chunk of images: a whole set's would not fit in memory
+
+
+def _chunk_of(values_per_image: int, bytes_per_value: int) -> int:
+    return max(1, CHUNK_BYTES // (values_per_image * bytes_per_value))
+
+
+def resize_images(images: torch.Tensor, size: int, chunk: int | None = None) -> torch.Tensor:
     """N x 3 x size x size uint8, resized `chunk` images at a time: float32 copies of a whole data set
     enlarged (--image-size 96 on CIFAR) would not fit in memory."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
+    chunk = chunk or _chunk_of(images.shape[1] * max(images.shape[-1], size) ** 2, 4)
     resized = torch.empty(len(images), images.shape[1], size, size, dtype=torch.uint8)
     for start in range(0, len(images), chunk):
         part = F.interpolate(images[start:start + chunk].float(), size=(size, size), mode='bilinear',
@@ -189,14 +201,15 @@ def _load_cifar(name: str, data_dir: str, train: bool, size: int) -> ImageSet:
     return ImageSet(resize_images(images, size), torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
 
 
-def _refuse_unless_fits(what: str, count: int, size: int, room: int | None, transient: int = 0):
-    """A set that will not fit in memory ends in one line here, not in the OS killing the run without a word.
-    transient: how many more images are held for a while at the peak."""
+def _refuse_unless_fits(what: str, count: int, size: int, room: int | None, transient: int = 0,
+                        room_text: str = 'of free memory, and the OS would kill this run',
+                        hint: str = 'pass a smaller --image-size'):
+    """A set that will not fit in memory (or on disk) ends in one line here, not in the OS killing the run without
+    a word. transient: how many more images are held for a while at the peak."""
     need = (count + transient) * 3 * size * size
     if room is not None and need > room:
         raise UserError(f"{what} at --image-size {size} ({3 * size * size / 2**20:.1f} MiB each) need "
-                        f"{_in_units(need)}, more than the {_in_units(room)} of free memory, and the OS would kill "
-                        f"this run; pass a smaller --image-size")
+                        f"{_in_units(need)}, more than the {_in_units(room)} {room_text}; {hint}")
 
 
 def _in_units(n: int) -> str:
@@ -260,7 +273,8 @@ def _iter_folder_files(path: str):
 
 
 def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False) -> dict:
-    """{'train', 'test'} -> ImageSet; where test_only, train/ may be absent, and then the classes are test/'s."""
+    """{'train', 'test'} -> ImageSet, mapped from the decoded folder's cache; where test_only, train/ may be absent,
+    and then the classes are test/'s."""
     if not os.path.exists(path):
         raise UserError(f"data path '{path}' does not exist; pass --data-dir pointing to a folder with "
                         f"train/<class>/ and test/<class>/ images, or to a .tar.gz or .zip of that layout")
@@ -268,14 +282,61 @@ def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False) 
     if os.path.isdir(path) and _split_folders(path) and not any(_laid_out(folder, needed)
                                                                 for folder in [path, *_subfolders(path)]):
         raise _half_laid_out(path)
-    cache_file = os.path.join(cache_dir, f'folder-{_fingerprint(path, size)}.pt')
-    cached = _read_cache(cache_file)
-    if cached and (test_only or 'train' in cached):
-        return cached
-    found, skipped = _decode_folder(path, size)
-    classes = sorted(found['train'])  # a folder of unreadable files has none
-    if not classes and test_only:
-        classes = sorted(found['test'])
+    cache = os.path.join(cache_dir, f'folder-{_fingerprint(path, size)}')
+    with _one_at_a_time(cache):  # torchrun's processes: one decodes, the others then map its cache
+        cached = _read_cache(cache)
+        if cached and (test_only or 'train' in cached):
+            return cached
+        return _decode_into_cache(path, size, cache, test_only)
+
+
+@contextlib.contextmanager
+def _one_at_a_time(cache: str):
+    try:
+        import fcntl
+        os.makedirs(os.path.dirname(cache) or '.', exist_ok=True)
+        lock = open(cache + '.lock', 'a')
+    except (ImportError, OSError):  # Windows, or a cache folder that cannot be written: no waiting
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:  # one that waits on it reads the cache once it has the lock; a newcomer finds the cache
+            with contextlib.suppress(OSError):
+                os.remove(cache + '.lock')
+
+
+def _decode_into_cache(path: str, size: int, cache: str, test_only: bool) -> dict:
+    """Decodes the folder into the cache, checking what it holds, and returns its splits, mapped."""
+    with _DecodedOnDisk(cache, size) as decoded:
+        skipped = _decode_folder(path, size, decoded)
+        found = decoded.counts
+        classes = sorted(found['train'])  # a folder of unreadable files has none
+        if not classes and test_only:
+            classes = sorted(found['test'])
+        _check_classes(path, classes, test_only)
+        spelled = {cls.lower(): cls for cls in classes}  # test/Cat/ holds train/cat/'s class, as in evaluate.py
+        for name in sorted(found['test']):
+            own = spelled.get(name.lower())
+            if name not in classes and own and own not in found['test']:
+                decoded.rename('test', name, own)
+        unknown = sorted(set(found['test']) - set(classes))
+        if unknown:
+            raise UserError(f"test classes {unknown} in '{path}' have no training images; give every class images "
+                            f"under train/<class>/")
+        for split in SPLITS_IN_FOLDER:
+            if not found[split] and split == 'train' and test_only:
+                continue
+            if not found[split]:
+                raise UserError(f"no readable images under '{path}/{split}/'; add {split}/<class>/ images")
+            decoded.write_split(split, classes)
+        return decoded.finish(skipped)
+
+
+def _check_classes(path: str, classes: list, test_only: bool):
+    """Refuses a folder with no class to learn, or one."""
     if not classes:
         from torchvision import datasets
         own = {datasets.CIFAR10.filename: 'cifar10', datasets.CIFAR100.filename: 'cifar100'}.get(os.path.basename(path))
@@ -294,69 +355,167 @@ def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False) 
     if len(classes) == 1 and not test_only:
         raise UserError(f"'{path}/train/' holds one class ('{classes[0]}'); a classifier needs two or more "
                         f"train/<class>/ folders")
-    spelled = {cls.lower(): cls for cls in classes}  # test/Cat/ holds train/cat/'s class, as in evaluate.py
-    for name in sorted(found['test']):
-        own = spelled.get(name.lower())
-        if name not in classes and own and own not in found['test']:
-            found['test'][own] = found['test'].pop(name)
-    unknown = sorted(set(found['test']) - set(classes))
-    if unknown:
-        raise UserError(f"test classes {unknown} in '{path}' have no training images; give every class images "
-                        f"under train/<class>/")
-    splits = {}
-    for split in SPLITS_IN_FOLDER:
-        if not found[split] and split == 'train' and test_only:
-            continue
-        if not found[split]:
-            raise UserError(f"no readable images under '{path}/{split}/'; add {split}/<class>/ images")
-        splits[split] = _in_class_order(found.pop(split), classes, size)
-    _write_cache(cache_file, splits, skipped)
-    return splits
 
 
-class _Rows:
-    """Images appended to one uint8 tensor that doubles when full: a decoded image is held once, not in a list
-    of tensors stacked into a second copy at the end. Capacity not yet written costs little: the OS maps a large
-    allocation's pages as they are first written."""
-
-    def __init__(self, size: int):
-        self.data, self.count = torch.empty(16, 3, size, size, dtype=torch.uint8), 0
-
-    def append(self, image: torch.Tensor):
-        if self.count == len(self.data):
-            grown = torch.empty(2 * len(self.data), *self.data.shape[1:], dtype=torch.uint8)
-            grown[:self.count] = self.data
-            self.data = grown
-        self.data[self.count] = image
-        self.count += 1
+WHERE_TO_CACHE = '--data-cache (or $DISTILL_CACHE)'
 
 
-def _decode_folder(path: str, size: int) -> tuple:
-    """(split -> class -> _Rows of every readable image, the warning that counts the rest, or ''). A set that
-    would not fit in the free memory is refused while decoding, before the OS kills the run."""
-    found = {split: {} for split in SPLITS_IN_FOLDER}
-    skipped, heif, decoded, largest, room = [], 0, 0, 0, free_memory()
+def free_disk(folder: str) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def _remove_abandoned(cache: str):
+    """What a run of this machine killed while decoding left beside the cache: it would fill the disk in turn."""
+    parent, prefix = os.path.dirname(cache) or '.', os.path.basename(cache) + '.part-'
+    if os.name != 'posix':  # Windows' os.kill(pid, 0) would stop that process, not ask after it
+        return
+    for name in os.listdir(parent):
+        pid = name[len(prefix):].split('-')[0]
+        if name.startswith(prefix) and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            except OSError:  # alive, another user's
+                pass
+
+
+class _DecodedOnDisk:
+    """Decoded images written to disk as they come, one file per (split, class), never all held in memory: a
+    folder larger than the memory decodes, and is then mapped from its cache as a set that fits is. The files
+    are built in a folder beside the cache, which becomes the cache in one rename once complete; where the cache
+    cannot be written, in a temporary folder, mapped for this run and then removed."""
+
+    def __init__(self, cache: str, size: int):
+        self.cache, self.size, self.counts, self.splits = cache, size, {split: {} for split in SPLITS_IN_FOLDER}, {}
+        self.files, self.open, self.published = {}, {}, False
+        parent = os.path.dirname(cache) or '.'
+        try:
+            os.makedirs(parent, exist_ok=True)
+            _remove_abandoned(cache)
+            self.folder = tempfile.mkdtemp(prefix=f'{os.path.basename(cache)}.part-{os.getpid()}-', dir=parent)
+            self.kept = True
+        except OSError as err:
+            try:
+                self.folder, self.kept = tempfile.mkdtemp(prefix='distill-decoded-'), False
+            except OSError:
+                raise UserError(f"could not write the decoded images in '{parent}' ({err.strerror}) nor in a "
+                                f"temporary folder; point {WHERE_TO_CACHE} at a writable folder") from None
+            print(f"warning: could not cache the decoded images in '{parent}' ({err.strerror}); decoding into a "
+                  f"temporary folder for this run only (point {WHERE_TO_CACHE} at a writable folder)",
+                  file=sys.stderr)
+        self.room = free_disk(self.folder)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *error):
+        for f in self.open.values():  # nothing more to write: what is left is removed
+            with contextlib.suppress(OSError):
+                f.close()
+        if not self.published:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        try:
+            yield
+        except OSError as err:
+            raise UserError(f"could not write the decoded images in '{self.folder}' ({err.strerror}); free some "
+                            f"space there, or point {WHERE_TO_CACHE} at a disk with room") from None
+
+    def refuse_unless_room(self, what: str, count: int, largest: int):
+        # At the peak, while a split's classes are joined into one file, the class being copied is held twice.
+        _refuse_unless_fits(what, count, self.size, self.room, transient=largest,
+                            room_text=f"free on the disk at '{os.path.dirname(self.folder)}'",
+                            hint=f'free some space, point {WHERE_TO_CACHE} at a disk with room, or pass a '
+                                 f'smaller --image-size')
+
+    def append(self, split: str, cls: str, image: torch.Tensor):
+        key = (split, cls)
+        with self._writing():
+            if key not in self.open:
+                if len(self.open) >= 64:  # a thousand classes would pass the OS's limit on open files
+                    self._close()
+                self.files.setdefault(key, os.path.join(self.folder, f'{len(self.files)}.raw'))
+                self.open[key] = open(self.files[key], 'ab')
+            self.open[key].write(image.numpy().tobytes())
+        self.counts[split][cls] = self.counts[split].get(cls, 0) + 1
+
+    def _close(self):
+        with self._writing():
+            for f in self.open.values():
+                f.close()
+        self.open = {}
+
+    def rename(self, split: str, name: str, cls: str):
+        self.counts[split][cls] = self.counts[split].pop(name)
+        self.files[(split, cls)] = self.files.pop((split, name))
+
+    def write_split(self, split: str, classes: list):
+        """The split's images, class by class in the order of `classes`, as one .npy file; each class's file
+        removed once copied."""
+        self._close()
+        counts = [self.counts[split].get(cls, 0) for cls in classes]
+        header = {'descr': '|u1', 'fortran_order': False, 'shape': (sum(counts), 3, self.size, self.size)}
+        with self._writing(), open(os.path.join(self.folder, f'{split}.npy'), 'wb') as out:
+            np.lib.format.write_array_header_2_0(out, header)
+            for cls in classes:
+                if (split, cls) in self.files:
+                    with open(self.files[(split, cls)], 'rb') as part:
+                        shutil.copyfileobj(part, out, 1 << 20)
+                    os.remove(self.files.pop((split, cls)))
+        self.splits[split] = {'labels': torch.repeat_interleave(torch.arange(len(classes)), torch.tensor(counts)),
+                              'classes': list(classes)}
+
+    def finish(self, skipped: str) -> dict:
+        """The splits, mapped. The warning about files skipped goes with them, to be said again by every run
+        that reads the cache."""
+        meta = io.BytesIO()
+        torch.save({**self.splits, 'skipped': skipped}, meta)
+        with self._writing(), open(os.path.join(self.folder, 'meta.pt'), 'wb') as f:
+            f.write(meta.getvalue())
+        folder = self.folder
+        if self.kept:
+            if os.path.isdir(self.cache):  # an older cache that did not read
+                shutil.rmtree(self.cache, ignore_errors=True)
+            try:
+                os.rename(self.folder, self.cache)
+                folder = self.cache
+            except OSError:  # another process published the same cache first: ours is removed on exit
+                return _read_cache(self.cache) or self._mapped(folder)
+            self.published = True
+        return self._mapped(folder)
+
+    def _mapped(self, folder: str) -> dict:
+        splits = _read_cache(folder)  # a temporary folder: the mapping outlives its removal
+        if splits is None:
+            raise UserError(f"could not read back the decoded images in '{folder}'; check that disk, or point "
+                            f"{WHERE_TO_CACHE} at another")
+        return splits
+
+
+def _decode_folder(path: str, size: int, decoded: _DecodedOnDisk) -> str:
+    """Every readable image into `decoded`; returns the warning that counts the rest, or ''. A set that would
+    not fit on the disk is refused while decoding, before the disk is full."""
+    skipped, heif, count, largest = [], 0, 0, 0
     for split, cls, shown, opener in _iter_folder_files(path):
-        first = f'the first {decoded + 1} images' if decoded else 'one image'
-        # At the peak, a class is held twice: while its rows double, or while copied into its split.
-        _refuse_unless_fits(f"{first} of '{path}'", decoded + 1, size, room, transient=largest)
+        first = f'the first {count + 1} images' if count else 'one image'
+        decoded.refuse_unless_room(f"{first} of '{path}'", count + 1, largest)
         try:
             image = read_image(opener(), size)
         except READ_ERRORS as err:
             skipped.append(f'{shown} ({err.__class__.__name__})')
             heif += isinstance(err, HeifUnreadable)
             continue
-        if cls not in found[split]:
-            found[split][cls] = _Rows(size)
-        rows = found[split][cls]
-        rows.append(image)
-        decoded, largest = decoded + 1, max(largest, rows.count)
+        decoded.append(split, cls, image)
+        count, largest = count + 1, max(largest, decoded.counts[split][cls])
     warning = ''
     if skipped:
         why_heif = f'; {heif} of them HEIC/HEIF photos: pip install pillow-heif to read them' if heif else ''
         warning = f'warning: skipped {len(skipped)} unreadable file(s), e.g. {"; ".join(skipped[:3])}{why_heif}'
         _warn_once(warning)
-    return found, warning
+    return warning
 
 
 _WARNED = set()
@@ -367,19 +526,6 @@ def _warn_once(warning: str):
     if warning not in _WARNED:
         _WARNED.add(warning)
         print(warning, file=sys.stderr)
-
-
-def _in_class_order(per_class: dict, classes: list, size: int) -> ImageSet:
-    """One split's images, class by class in the order of `classes`; each class's rows freed once copied."""
-    counts = [per_class[cls].count if cls in per_class else 0 for cls in classes]
-    images = torch.empty(sum(counts), 3, size, size, dtype=torch.uint8)
-    start = 0
-    for cls, count in zip(classes, counts):
-        if count:
-            images[start:start + count] = per_class.pop(cls).data[:count]
-            start += count
-    labels = torch.repeat_interleave(torch.arange(len(classes)), torch.tensor(counts))
-    return ImageSet(images, labels, classes)
 
 
 def _fingerprint(path: str, size: int) -> str:
@@ -399,41 +545,28 @@ def _fingerprint(path: str, size: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def _write_cache(cache_file: str, splits: dict, skipped: str = ''):
-    """Streamed to the file, not serialised in memory first as checkpoints are: a copy of the whole set. The
-    warning about files skipped goes with it, to be said again by every run that reads the cache."""
-    payload = {split: {'images': s.images, 'labels': s.labels, 'classes': s.classes} for split, s in splits.items()}
-    payload['skipped'] = skipped
-    try:  # a read-only or full disk only costs decoding again next time
-        with interrupts_deferred(), atomic_write(cache_file, 'wb') as f:
-            torch.save(payload, f)
-        return
-    except WriteFailed as err:
-        reason = err.reason
-    except OSError as err:
-        reason = err.strerror
-    except RuntimeError as err:  # torch's zip writer on a full disk
-        reason = str(err).splitlines()[0]
-    print(f"warning: could not cache the decoded images in '{cache_file}' ({reason})", file=sys.stderr)
-
-
-def _read_cache(cache_file: str) -> dict | None:
-    """Mapped, not read into memory: the train and test sets are loaded by two calls, and torchrun's processes
-    map the same file."""
-    if not os.path.isfile(cache_file):
+def _read_cache(folder: str) -> dict | None:
+    """The splits of a decoded folder's cache, mapped, not read into memory: a set larger than the memory trains,
+    the train and test sets are loaded by two calls, and torchrun's processes map the same files. None where
+    there is no complete cache."""
+    try:
+        meta = torch.load(os.path.join(folder, 'meta.pt'), weights_only=True)
+        skipped = meta.pop('skipped')
+        splits = {}
+        for split, entry in meta.items():
+            file = os.path.join(folder, f'{split}.npy')
+            try:  # copy-on-write: writable for torch, and the file is never changed
+                images = np.load(file, mmap_mode='c')
+            except (OSError, ValueError):  # a file system that cannot map files: read
+                images = np.load(file)
+            if images.shape[0] != len(entry['labels']):
+                return None
+            splits[split] = ImageSet(torch.from_numpy(images), entry['labels'], entry['classes'])
+    except Exception:  # none, or cut short by a crash: decode again
         return None
-    for mapped in (True, False):  # read where the file system cannot map files
-        try:
-            payload = torch.load(cache_file, weights_only=True, mmap=mapped)
-            break
-        except Exception:
-            continue
-    else:  # cut short by a crash: decode again
-        return None
-    skipped = payload.pop('skipped', '')
     if skipped:
         _warn_once(skipped)
-    return {split: ImageSet(s['images'], s['labels'], s['classes']) for split, s in payload.items()}
+    return splits
 
 
 # ---------------------------------------------------------------- subset and split
@@ -497,11 +630,13 @@ def make_split(labels: torch.Tensor, seed: int, val_size: int | None = None, rou
     return parts, record
 
 
-def channel_stats(images: torch.Tensor, indices: torch.Tensor | None = None, chunk: int = 1024):
+def channel_stats(images: torch.Tensor, indices: torch.Tensor | None = None, chunk: int | None = None):
     """Per-channel mean and std of uint8 images (those at `indices`, or all), as fractions of 255 (lists, to
     store in checkpoints), in two passes over chunks: a float64 copy of an enlarged training set would not fit
     in memory. A channel that never varies (all-red images, say) is only centred: dividing by its std of 0
     trained on inf."""
+    chunk = chunk or _chunk_of(images[0].numel(), 8)
+
     def chunks():
         return images.split(chunk) if indices is None else (images[i] for i in indices.split(chunk))
     channels = images.shape[1]

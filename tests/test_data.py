@@ -4,6 +4,9 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
+import threading
+import time
 import zipfile
 
 import numpy as np
@@ -151,7 +154,7 @@ def test_an_archive_matches_its_folder_and_is_cached(tmp_path, suffix, capsys):
     from_folder = load_dataset('folder', str(root), train=False, cache_dir=str(tmp_path / 'c1'))
     from_tar = load_dataset('folder', str(archive), train=False, cache_dir=str(tmp_path / 'c2'))
     assert torch.equal(from_folder.images, from_tar.images) and from_folder.classes == from_tar.classes
-    assert len(list((tmp_path / 'c2').glob('folder-*.pt'))) == 1
+    assert sorted(p.name for p in (tmp_path / 'c2').glob('folder-*/*')) == ['meta.pt', 'test.npy', 'train.npy']
     again = load_dataset('folder', str(archive), train=False, cache_dir=str(tmp_path / 'c2'))
     assert torch.equal(again.images, from_tar.images)
     assert 'skipped' not in capsys.readouterr().err
@@ -396,23 +399,26 @@ def test_shared_cifar10_jpeg_archive(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists('/proc/self/maps'), reason='needs Linux to list mapped files')
-def test_a_cached_folder_is_mapped_from_its_file_and_reads_as_decoded(image_folder, tmp_path):
+def test_a_decoded_folder_is_mapped_from_its_cache_file_and_reads_the_same_from_it_later(image_folder, tmp_path):
     decoded = load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path))
+    cache_file = str(next(tmp_path.glob('folder-*/train.npy')))
+    assert cache_file in open('/proc/self/maps').read()  # not held in memory, even when first decoded
     cached = load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path))
     assert torch.equal(cached.images, decoded.images) and torch.equal(cached.labels, decoded.labels)
-    cache_file = str(next(tmp_path.glob('folder-*.pt')))
-    assert cache_file in open('/proc/self/maps').read()  # not a second copy in memory
+    cached.images[0] = 0  # copy-on-write: a change stays in this process, the file is never written
+    assert torch.equal(load_dataset('folder', str(image_folder), train=True, image_size=8,
+                                    cache_dir=str(tmp_path)).images, decoded.images)
 
 
 def test_a_cache_on_a_file_system_that_cannot_map_files_is_read_not_decoded_again(image_folder, tmp_path, monkeypatch):
     decoded = load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path))
-    load = torch.load
+    load = np.load
 
-    def unmappable(*args, mmap=None, **kwargs):
-        if mmap:
-            raise RuntimeError('unable to mmap 2048 bytes from file: No such device (19)')
+    def unmappable(*args, mmap_mode=None, **kwargs):
+        if mmap_mode:
+            raise OSError(19, 'No such device')
         return load(*args, **kwargs)
-    monkeypatch.setattr(torch, 'load', unmappable)
+    monkeypatch.setattr(np, 'load', unmappable)
     monkeypatch.setattr(distill.data, '_decode_folder', None)  # decoding again would fail
     cached = load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path))
     assert torch.equal(cached.images, decoded.images)
@@ -424,30 +430,72 @@ def test_the_decoded_folder_cache_goes_where_data_cache_says(image_folder, tmp_p
     args = SimpleNamespace(dataset='folder', data_dir=str(image_folder), image_size=8, subset=None, test_subset=None,
                            seed=0, val_size=3, route_size=3, data_cache=str(tmp_path / 'elsewhere'))
     prepare_data(args)
-    assert len(list((tmp_path / 'elsewhere').glob('folder-*.pt'))) == 1 and not (tmp_path / 'data').exists()
+    assert len(list((tmp_path / 'elsewhere').glob('folder-*/meta.pt'))) == 1 and not (tmp_path / 'data').exists()
 
 
-def test_a_folder_that_would_outgrow_free_memory_is_refused_while_decoding_not_killed(
+def _left_in(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_a_folder_that_would_outgrow_the_free_disk_is_refused_while_decoding_and_leaves_nothing(
         image_folder, tmp_path, monkeypatch):
-    # Room for 10 images at 8 px: the 7th (test/dog's 3rd) needs 11, as test/cat's 4 are held twice for a while.
-    monkeypatch.setattr(distill.data, 'free_memory', lambda: 10 * 3 * 8 * 8)
-    with pytest.raises(UserError, match=r'the first 7 images of .* at --image-size 8 .* pass a smaller --image-size'):
+    # Room for 10 images at 8 px: the 7th (test/dog's 3rd) needs 11, as test/cat's 4 are written twice for a while.
+    monkeypatch.setattr(distill.data, 'free_disk', lambda folder: 10 * 3 * 8 * 8)
+    with pytest.raises(UserError, match=r"the first 7 images of .* at --image-size 8 .* free on the disk at '.*'; "
+                                        r"free some space, point --data-cache \(or \$DISTILL_CACHE\) at a disk with "
+                                        r"room, or pass a smaller --image-size"):
         load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path / 'c'))
-    monkeypatch.setattr(distill.data, 'free_memory', lambda: None)  # an OS that does not say: no check
+    assert _left_in(tmp_path / 'c') == []
+    monkeypatch.undo()
+    monkeypatch.setattr(distill.data, 'free_memory', lambda: 0)  # never asked: one image is held at a time
     assert len(load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path / 'c')))
 
 
-def test_a_cache_the_disk_cannot_hold_only_warns_and_leaves_no_partial_file(
+def test_a_disk_that_fills_while_decoding_ends_in_one_line_and_leaves_nothing(image_folder, tmp_path, monkeypatch):
+    written = []
+
+    class FillingFile(io.FileIO):
+        def write(self, data):
+            written.append(len(data))
+            if len(written) > 5:
+                raise OSError(28, 'No space left on device')
+            return super().write(data)
+    monkeypatch.setattr(distill.data, 'open', lambda name, mode='r': FillingFile(name, mode.replace('b', '')),
+                        raising=False)
+    with pytest.raises(UserError, match=r"could not write the decoded images in '.*' \(No space left on device\); "
+                                        r"free some space there, or point --data-cache"):
+        load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path / 'c'))
+    assert _left_in(tmp_path / 'c') == []
+
+
+def test_a_cache_folder_that_cannot_be_written_decodes_into_a_temporary_one_and_removes_it(
         image_folder, tmp_path, monkeypatch, capsys):
-    def disk_full(payload, f):  # how torch's zip writer reports a full disk
-        f.write(b'the first bytes')
-        raise RuntimeError('[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file '
-                           'data/0: file write failed')
-    monkeypatch.setattr(torch, 'save', disk_full)
-    data = load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path / 'cache'))
-    assert len(data) > 0
+    (tmp_path / 'a-file').write_text('')
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path / 'tmp'))
+    (tmp_path / 'tmp').mkdir()
+    data = load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path / 'a-file' / 'c'))
+    assert len(data) == 36 and data.images[:, 0].float().mean() > 0  # still readable: mapped files outlive removal
     assert "warning: could not cache the decoded images in '" in capsys.readouterr().err
-    assert list((tmp_path / 'cache').iterdir()) == []  # neither a cut-off cache nor its temporary file
+    assert _left_in(tmp_path / 'tmp') == []
+
+
+def test_what_a_killed_decoding_left_beside_the_cache_is_removed_by_the_next_one(image_folder, tmp_path, monkeypatch):
+    cache = tmp_path / 'c'
+    cache.mkdir()
+    name = f"folder-{distill.data._fingerprint(str(image_folder), 8)}.part-"
+    (cache / f'{name}4194999-abc').mkdir()  # past Linux's largest pid: no such process
+    (cache / f'{name}{os.getpid()}-def').mkdir()  # a live decoding's (this process stands in for it)
+    calls = []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return torch.zeros(3, 8, 8, dtype=torch.uint8)
+    monkeypatch.setattr(distill.data, 'read_image', interrupted)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C: its own part removed
+        load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(cache))
+    assert _left_in(cache) == [f'{name}{os.getpid()}-def']
 
 
 def test_class_folders_that_are_links_are_read(tmp_path):
@@ -459,3 +507,21 @@ def test_class_folders_that_are_links_are_read(tmp_path):
     (linked / 'test').symlink_to(real / 'test')
     loaded = load_dataset('folder', str(linked), train=True, cache_dir=str(tmp_path / 'cache'))
     assert loaded.classes == ['cat', 'dog', 'ship'] and len(loaded) == 6
+
+
+def test_processes_loading_one_folder_at_once_decode_it_once(image_folder, tmp_path, monkeypatch):
+    read, real_read = [], distill.data.read_image
+
+    def slow_read(*args):  # long enough for the other to arrive while this one decodes
+        read.append(1)
+        time.sleep(0.01)
+        return real_read(*args)
+    monkeypatch.setattr(distill.data, 'read_image', slow_read)
+    loaded = []
+    loads = [threading.Thread(target=lambda: loaded.append(load_dataset(
+        'folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path / 'c')))) for _ in range(2)]
+    for load in loads:
+        load.start()
+    for load in loads:
+        load.join()
+    assert len(read) == 48 and torch.equal(loaded[0].images, loaded[1].images)  # as torchrun's processes would
