@@ -300,7 +300,8 @@ def _one_at_a_time(cache: str):
         yield
         return
     with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):  # a file system without locks (some NFS): no waiting
+            fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:  # one that waits on it reads the cache once it has the lock; a newcomer finds the cache
@@ -365,7 +366,10 @@ def free_disk(folder: str) -> int:
 
 
 def _remove_abandoned(cache: str):
-    """What a run of this machine killed while decoding left beside the cache: it would fill the disk in turn."""
+    """What a run of this machine killed while decoding left beside the cache, which would fill the disk in turn,
+    and the one-file cache of this folder that earlier versions wrote."""
+    with contextlib.suppress(OSError):
+        os.remove(cache + '.pt')
     parent, prefix = os.path.dirname(cache) or '.', os.path.basename(cache) + '.part-'
     if os.name != 'posix':  # Windows' os.kill(pid, 0) would stop that process, not ask after it
         return

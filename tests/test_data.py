@@ -479,12 +479,14 @@ def test_a_cache_folder_that_cannot_be_written_decodes_into_a_temporary_one_and_
     assert _left_in(tmp_path / 'tmp') == []
 
 
-def test_what_a_killed_decoding_left_beside_the_cache_is_removed_by_the_next_one(image_folder, tmp_path, monkeypatch):
+def test_what_a_killed_decoding_left_and_an_old_versions_cache_are_removed_by_the_next_decoding(
+        image_folder, tmp_path, monkeypatch):
     cache = tmp_path / 'c'
     cache.mkdir()
     name = f"folder-{distill.data._fingerprint(str(image_folder), 8)}.part-"
     (cache / f'{name}4194999-abc').mkdir()  # past Linux's largest pid: no such process
     (cache / f'{name}{os.getpid()}-def').mkdir()  # a live decoding's (this process stands in for it)
+    (cache / f"{name.removesuffix('.part-')}.pt").write_bytes(b'the cache an earlier version wrote')
     calls = []
 
     def interrupted(*args):
