@@ -16,8 +16,9 @@ import torch
 from models import takes_image_size
 
 from . import UserError, flag_of
-from .data import DATASETS, default_cache_dir, default_dataset
+from .data import DATASETS, default_dataset
 from .engine import TrainSettings, check_run_free
+from .folder_cache import default_cache_dir
 from .runtime import amp_dtype, resolve_device, world_size
 
 # The data settings a later stage takes from the checkpoint it builds on, unless given explicitly.

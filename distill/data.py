@@ -1,23 +1,19 @@
-"""Datasets as uint8 tensors: CIFAR held in memory; image folders and archives decoded once to disk (images.py
-decodes each file) and mapped from there, so a set larger than the memory trains too; and the fixed
-train/val/route split. loaders.py turns them into batches."""
-import contextlib
+"""Datasets as uint8 tensors: CIFAR held in memory; image folders and archives read (images.py decodes each
+file) into their cache on disk (folder_cache.py) and mapped from there, so a set larger than the memory trains
+too; and the fixed train/val/route split. loaders.py turns them into batches."""
 import hashlib
 import io
 import os
-import shutil
-import sys
 import tarfile
-import tempfile
 import zipfile
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from . import UserError
+from .folder_cache import WHERE_TO_CACHE, DecodedOnDisk, default_cache_dir, one_at_a_time, read_cache, warn_once
 from .images import HEIF_READABLE, READ_ERRORS, HeifUnreadable, list_image_files, read_image
 from .runtime import free_memory, place_data
 
@@ -65,11 +61,6 @@ def resize_images(images: torch.Tensor, size: int, chunk: int | None = None) -> 
                              antialias=True, align_corners=False)
         resized[start:start + chunk] = part.round_().clamp_(0, 255)
     return resized
-
-
-def default_cache_dir() -> str:
-    """Where decoded image folders are kept: $DISTILL_CACHE, else data/cache under the working directory."""
-    return os.environ.get('DISTILL_CACHE') or os.path.join('data', 'cache')
 
 
 def _subfolders(path: str) -> list:
@@ -283,35 +274,16 @@ def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False) 
                                                                 for folder in [path, *_subfolders(path)]):
         raise _half_laid_out(path)
     cache = os.path.join(cache_dir, f'folder-{_fingerprint(path, size)}')
-    with _one_at_a_time(cache):  # torchrun's processes: one decodes, the others then map its cache
-        cached = _read_cache(cache)
-        if cached and (test_only or 'train' in cached):
-            return cached
-        return _decode_into_cache(path, size, cache, test_only)
-
-
-@contextlib.contextmanager
-def _one_at_a_time(cache: str):
-    try:
-        import fcntl
-        os.makedirs(os.path.dirname(cache) or '.', exist_ok=True)
-        lock = open(cache + '.lock', 'a')
-    except (ImportError, OSError):  # Windows, or a cache folder that cannot be written: no waiting
-        yield
-        return
-    with lock:
-        with contextlib.suppress(OSError):  # a file system without locks (some NFS): no waiting
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:  # one that waits on it reads the cache once it has the lock; a newcomer finds the cache
-            with contextlib.suppress(OSError):
-                os.remove(cache + '.lock')
+    with one_at_a_time(cache):  # torchrun's processes: one decodes, the others then map its cache
+        cached = read_cache(cache)
+        if not cached or not (test_only or 'train' in cached):
+            cached = _decode_into_cache(path, size, cache, test_only)
+    return {split: ImageSet(*entry) for split, entry in cached.items()}
 
 
 def _decode_into_cache(path: str, size: int, cache: str, test_only: bool) -> dict:
     """Decodes the folder into the cache, checking what it holds, and returns its splits, mapped."""
-    with _DecodedOnDisk(cache, size) as decoded:
+    with DecodedOnDisk(cache, size) as decoded:
         skipped = _decode_folder(path, size, decoded)
         found = decoded.counts
         classes = sorted(found['train'])  # a folder of unreadable files has none
@@ -358,154 +330,17 @@ def _check_classes(path: str, classes: list, test_only: bool):
                         f"train/<class>/ folders")
 
 
-WHERE_TO_CACHE = '--data-cache (or $DISTILL_CACHE)'
-
-
-def free_disk(folder: str) -> int:
-    return shutil.disk_usage(folder).free
-
-
-def _remove_abandoned(cache: str):
-    """What a run of this machine killed while decoding left beside the cache, which would fill the disk in turn,
-    and the one-file cache of this folder that earlier versions wrote."""
-    with contextlib.suppress(OSError):
-        os.remove(cache + '.pt')
-    parent, prefix = os.path.dirname(cache) or '.', os.path.basename(cache) + '.part-'
-    if os.name != 'posix':  # Windows' os.kill(pid, 0) would stop that process, not ask after it
-        return
-    for name in os.listdir(parent):
-        pid = name[len(prefix):].split('-')[0]
-        if name.startswith(prefix) and pid.isdigit():
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-            except OSError:  # alive, another user's
-                pass
-
-
-class _DecodedOnDisk:
-    """Decoded images written to disk as they come, one file per (split, class), never all held in memory: a
-    folder larger than the memory decodes, and is then mapped from its cache as a set that fits is. The files
-    are built in a folder beside the cache, which becomes the cache in one rename once complete; where the cache
-    cannot be written, in a temporary folder, mapped for this run and then removed."""
-
-    def __init__(self, cache: str, size: int):
-        self.cache, self.size, self.counts, self.splits = cache, size, {split: {} for split in SPLITS_IN_FOLDER}, {}
-        self.files, self.open, self.published = {}, {}, False
-        parent = os.path.dirname(cache) or '.'
-        try:
-            os.makedirs(parent, exist_ok=True)
-            _remove_abandoned(cache)
-            self.folder = tempfile.mkdtemp(prefix=f'{os.path.basename(cache)}.part-{os.getpid()}-', dir=parent)
-            self.kept = True
-        except OSError as err:
-            try:
-                self.folder, self.kept = tempfile.mkdtemp(prefix='distill-decoded-'), False
-            except OSError:
-                raise UserError(f"could not write the decoded images in '{parent}' ({err.strerror}) nor in a "
-                                f"temporary folder; point {WHERE_TO_CACHE} at a writable folder") from None
-            print(f"warning: could not cache the decoded images in '{parent}' ({err.strerror}); decoding into a "
-                  f"temporary folder for this run only (point {WHERE_TO_CACHE} at a writable folder)",
-                  file=sys.stderr)
-        self.room = free_disk(self.folder)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *error):
-        for f in self.open.values():  # nothing more to write: what is left is removed
-            with contextlib.suppress(OSError):
-                f.close()
-        if not self.published:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-    @contextlib.contextmanager
-    def _writing(self):
-        try:
-            yield
-        except OSError as err:
-            raise UserError(f"could not write the decoded images in '{self.folder}' ({err.strerror}); free some "
-                            f"space there, or point {WHERE_TO_CACHE} at a disk with room") from None
-
-    def refuse_unless_room(self, what: str, count: int, largest: int):
-        # At the peak, while a split's classes are joined into one file, the class being copied is held twice.
-        _refuse_unless_fits(what, count, self.size, self.room, transient=largest,
-                            room_text=f"free on the disk at '{os.path.dirname(self.folder)}'",
-                            hint=f'free some space, point {WHERE_TO_CACHE} at a disk with room, or pass a '
-                                 f'smaller --image-size')
-
-    def append(self, split: str, cls: str, image: torch.Tensor):
-        key = (split, cls)
-        with self._writing():
-            if key not in self.open:
-                if len(self.open) >= 64:  # a thousand classes would pass the OS's limit on open files
-                    self._close()
-                self.files.setdefault(key, os.path.join(self.folder, f'{len(self.files)}.raw'))
-                self.open[key] = open(self.files[key], 'ab')
-            self.open[key].write(image.numpy().tobytes())
-        self.counts[split][cls] = self.counts[split].get(cls, 0) + 1
-
-    def _close(self):
-        with self._writing():
-            for f in self.open.values():
-                f.close()
-        self.open = {}
-
-    def rename(self, split: str, name: str, cls: str):
-        self.counts[split][cls] = self.counts[split].pop(name)
-        self.files[(split, cls)] = self.files.pop((split, name))
-
-    def write_split(self, split: str, classes: list):
-        """The split's images, class by class in the order of `classes`, as one .npy file; each class's file
-        removed once copied."""
-        self._close()
-        counts = [self.counts[split].get(cls, 0) for cls in classes]
-        header = {'descr': '|u1', 'fortran_order': False, 'shape': (sum(counts), 3, self.size, self.size)}
-        with self._writing(), open(os.path.join(self.folder, f'{split}.npy'), 'wb') as out:
-            np.lib.format.write_array_header_2_0(out, header)
-            for cls in classes:
-                if (split, cls) in self.files:
-                    with open(self.files[(split, cls)], 'rb') as part:
-                        shutil.copyfileobj(part, out, 1 << 20)
-                    os.remove(self.files.pop((split, cls)))
-        self.splits[split] = {'labels': torch.repeat_interleave(torch.arange(len(classes)), torch.tensor(counts)),
-                              'classes': list(classes)}
-
-    def finish(self, skipped: str) -> dict:
-        """The splits, mapped. The warning about files skipped goes with them, to be said again by every run
-        that reads the cache."""
-        meta = io.BytesIO()
-        torch.save({**self.splits, 'skipped': skipped}, meta)
-        with self._writing(), open(os.path.join(self.folder, 'meta.pt'), 'wb') as f:
-            f.write(meta.getvalue())
-        folder = self.folder
-        if self.kept:
-            if os.path.isdir(self.cache):  # an older cache that did not read
-                shutil.rmtree(self.cache, ignore_errors=True)
-            try:
-                os.rename(self.folder, self.cache)
-                folder = self.cache
-            except OSError:  # another process published the same cache first: ours is removed on exit
-                return _read_cache(self.cache) or self._mapped(folder)
-            self.published = True
-        return self._mapped(folder)
-
-    def _mapped(self, folder: str) -> dict:
-        splits = _read_cache(folder)  # a temporary folder: the mapping outlives its removal
-        if splits is None:
-            raise UserError(f"could not read back the decoded images in '{folder}'; check that disk, or point "
-                            f"{WHERE_TO_CACHE} at another")
-        return splits
-
-
-def _decode_folder(path: str, size: int, decoded: _DecodedOnDisk) -> str:
+def _decode_folder(path: str, size: int, decoded: DecodedOnDisk) -> str:
     """Every readable image into `decoded`; returns the warning that counts the rest, or ''. A set that would
     not fit on the disk is refused while decoding, before the disk is full."""
     skipped, heif, count, largest = [], 0, 0, 0
     for split, cls, shown, opener in _iter_folder_files(path):
         first = f'the first {count + 1} images' if count else 'one image'
-        decoded.refuse_unless_room(f"{first} of '{path}'", count + 1, largest)
+        # At the peak, while a split's classes are joined into one file, the class being copied is held twice.
+        _refuse_unless_fits(f"{first} of '{path}'", count + 1, size, decoded.room, transient=largest,
+                            room_text=f"free on the disk at '{os.path.dirname(decoded.folder)}'",
+                            hint=f'free some space, point {WHERE_TO_CACHE} at a disk with room, or pass a '
+                                 f'smaller --image-size')
         try:
             image = read_image(opener(), size)
         except READ_ERRORS as err:
@@ -518,18 +353,8 @@ def _decode_folder(path: str, size: int, decoded: _DecodedOnDisk) -> str:
     if skipped:
         why_heif = f'; {heif} of them HEIC/HEIF photos: pip install pillow-heif to read them' if heif else ''
         warning = f'warning: skipped {len(skipped)} unreadable file(s), e.g. {"; ".join(skipped[:3])}{why_heif}'
-        _warn_once(warning)
+        warn_once(warning)
     return warning
-
-
-_WARNED = set()
-
-
-def _warn_once(warning: str):
-    """A script loads train and test in two calls, from one decoding: each warning is said once a run."""
-    if warning not in _WARNED:
-        _WARNED.add(warning)
-        print(warning, file=sys.stderr)
 
 
 def _fingerprint(path: str, size: int) -> str:
@@ -547,30 +372,6 @@ def _fingerprint(path: str, size: int) -> str:
             continue
         digest.update(os.fsencode(name) + f'|{info.st_size}|{info.st_mtime_ns}'.encode())
     return digest.hexdigest()[:16]
-
-
-def _read_cache(folder: str) -> dict | None:
-    """The splits of a decoded folder's cache, mapped, not read into memory: a set larger than the memory trains,
-    the train and test sets are loaded by two calls, and torchrun's processes map the same files. None where
-    there is no complete cache."""
-    try:
-        meta = torch.load(os.path.join(folder, 'meta.pt'), weights_only=True)
-        skipped = meta.pop('skipped')
-        splits = {}
-        for split, entry in meta.items():
-            file = os.path.join(folder, f'{split}.npy')
-            try:  # copy-on-write: writable for torch, and the file is never changed
-                images = np.load(file, mmap_mode='c')
-            except (OSError, ValueError):  # a file system that cannot map files: read
-                images = np.load(file)
-            if images.shape[0] != len(entry['labels']):
-                return None
-            splits[split] = ImageSet(torch.from_numpy(images), entry['labels'], entry['classes'])
-    except Exception:  # none, or cut short by a crash: decode again
-        return None
-    if skipped:
-        _warn_once(skipped)
-    return splits
 
 
 # ---------------------------------------------------------------- subset and split

@@ -1,0 +1,211 @@
+"""A decoded image folder's cache on disk: written image by image as the folder is decoded, never all held in
+memory, and mapped when read, so that a set larger than the memory trains. data.py decodes; this keeps.
+
+A cache is a folder, folder-<fingerprint>/, holding <split>.npy (N x 3 x S x S uint8, class by class) and
+meta.pt (each split's labels and classes, and the warning about files skipped). It is built beside its place
+and renamed into it once complete, so a crash leaves no half cache behind.
+"""
+import contextlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+from . import UserError
+
+SPLITS = ('train', 'test')
+WHERE_TO_CACHE = '--data-cache (or $DISTILL_CACHE)'
+
+
+def default_cache_dir() -> str:
+    """Where decoded image folders are kept: $DISTILL_CACHE, else data/cache under the working directory."""
+    return os.environ.get('DISTILL_CACHE') or os.path.join('data', 'cache')
+
+
+def free_disk(folder: str) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def _remove_abandoned(cache: str):
+    """What a run of this machine killed while decoding left beside the cache, which would fill the disk in turn,
+    and the one-file cache of this folder that earlier versions wrote."""
+    with contextlib.suppress(OSError):
+        os.remove(cache + '.pt')
+    parent, prefix = os.path.dirname(cache) or '.', os.path.basename(cache) + '.part-'
+    if os.name != 'posix':  # Windows' os.kill(pid, 0) would stop that process, not ask after it
+        return
+    for name in os.listdir(parent):
+        pid = name[len(prefix):].split('-')[0]
+        if name.startswith(prefix) and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            except OSError:  # alive, another user's
+                pass
+
+
+@contextlib.contextmanager
+def one_at_a_time(cache: str):
+    """Held while a cache is looked for and, where missing, decoded: torchrun's processes then decode once."""
+    try:
+        import fcntl
+        os.makedirs(os.path.dirname(cache) or '.', exist_ok=True)
+        lock = open(cache + '.lock', 'a')
+    except (ImportError, OSError):  # Windows, or a cache folder that cannot be written: no waiting
+        yield
+        return
+    with lock:
+        with contextlib.suppress(OSError):  # a file system without locks (some NFS): no waiting
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:  # one that waits on it reads the cache once it has the lock; a newcomer finds the cache
+            with contextlib.suppress(OSError):
+                os.remove(cache + '.lock')
+
+
+def read_cache(folder: str) -> dict | None:
+    """{split: (images, labels, classes)} of a decoded folder's cache, mapped, not read into memory: a set larger
+    than the memory trains, the train and test sets are loaded by two calls, and torchrun's processes map the same
+    files. None where there is no complete cache."""
+    try:
+        meta = torch.load(os.path.join(folder, 'meta.pt'), weights_only=True)
+        skipped = meta.pop('skipped')
+        splits = {}
+        for split, entry in meta.items():
+            file = os.path.join(folder, f'{split}.npy')
+            try:  # copy-on-write: writable for torch, and the file is never changed
+                images = np.load(file, mmap_mode='c')
+            except (OSError, ValueError):  # a file system that cannot map files: read
+                images = np.load(file)
+            if images.shape[0] != len(entry['labels']):
+                return None
+            splits[split] = (torch.from_numpy(images), entry['labels'], entry['classes'])
+    except Exception:  # none, or cut short by a crash: decode again
+        return None
+    if skipped:
+        warn_once(skipped)
+    return splits
+
+
+class DecodedOnDisk:
+    """Decoded images written to disk as they come, one file per (split, class), never all held in memory: a
+    folder larger than the memory decodes, and is then mapped from its cache as a set that fits is. The files
+    are built in a folder beside the cache, which becomes the cache in one rename once complete; where the cache
+    cannot be written, in a temporary folder, mapped for this run and then removed."""
+
+    def __init__(self, cache: str, size: int):
+        self.cache, self.size, self.counts, self.splits = cache, size, {split: {} for split in SPLITS}, {}
+        self.files, self.handles, self.published = {}, {}, False
+        parent = os.path.dirname(cache) or '.'
+        try:
+            os.makedirs(parent, exist_ok=True)
+            _remove_abandoned(cache)
+            self.folder = tempfile.mkdtemp(prefix=f'{os.path.basename(cache)}.part-{os.getpid()}-', dir=parent)
+            self.kept = True
+        except OSError as err:
+            try:
+                self.folder, self.kept = tempfile.mkdtemp(prefix='distill-decoded-'), False
+            except OSError:
+                raise UserError(f"could not write the decoded images in '{parent}' ({err.strerror}) nor in a "
+                                f"temporary folder; point {WHERE_TO_CACHE} at a writable folder") from None
+            print(f"warning: could not cache the decoded images in '{parent}' ({err.strerror}); decoding into a "
+                  f"temporary folder for this run only (point {WHERE_TO_CACHE} at a writable folder)",
+                  file=sys.stderr)
+        self.room = free_disk(self.folder)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *error):
+        for f in self.handles.values():  # nothing more to write: what is left is removed
+            with contextlib.suppress(OSError):
+                f.close()
+        if not self.published:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        try:
+            yield
+        except OSError as err:
+            raise UserError(f"could not write the decoded images in '{self.folder}' ({err.strerror}); free some "
+                            f"space there, or point {WHERE_TO_CACHE} at a disk with room") from None
+
+    def append(self, split: str, cls: str, image: torch.Tensor):
+        key = (split, cls)
+        with self._writing():
+            if key not in self.handles:
+                if len(self.handles) >= 64:  # a thousand classes would pass the OS's limit on open files
+                    self._close()
+                self.files.setdefault(key, os.path.join(self.folder, f'{len(self.files)}.raw'))
+                self.handles[key] = open(self.files[key], 'ab')
+            self.handles[key].write(image.numpy().tobytes())
+        self.counts[split][cls] = self.counts[split].get(cls, 0) + 1
+
+    def _close(self):
+        with self._writing():
+            for f in self.handles.values():
+                f.close()
+        self.handles = {}
+
+    def rename(self, split: str, name: str, cls: str):
+        self.counts[split][cls] = self.counts[split].pop(name)
+        self.files[(split, cls)] = self.files.pop((split, name))
+
+    def write_split(self, split: str, classes: list):
+        """The split's images, class by class in the order of `classes`, as one .npy file; each class's file
+        removed once copied."""
+        self._close()
+        counts = [self.counts[split].get(cls, 0) for cls in classes]
+        header = {'descr': '|u1', 'fortran_order': False, 'shape': (sum(counts), 3, self.size, self.size)}
+        with self._writing(), open(os.path.join(self.folder, f'{split}.npy'), 'wb') as out:
+            np.lib.format.write_array_header_2_0(out, header)
+            for cls in classes:
+                if (split, cls) in self.files:
+                    with open(self.files[(split, cls)], 'rb') as part:
+                        shutil.copyfileobj(part, out, 1 << 20)
+                    os.remove(self.files.pop((split, cls)))
+        self.splits[split] = {'labels': torch.repeat_interleave(torch.arange(len(classes)), torch.tensor(counts)),
+                              'classes': list(classes)}
+
+    def finish(self, skipped: str) -> dict:
+        """The splits, mapped. The warning about files skipped goes with them, to be said again by every run
+        that reads the cache."""
+        meta = io.BytesIO()
+        torch.save({**self.splits, 'skipped': skipped}, meta)
+        with self._writing(), open(os.path.join(self.folder, 'meta.pt'), 'wb') as f:
+            f.write(meta.getvalue())
+        folder = self.folder
+        if self.kept:
+            if os.path.isdir(self.cache):  # an older cache that did not read
+                shutil.rmtree(self.cache, ignore_errors=True)
+            try:
+                os.rename(self.folder, self.cache)
+                folder = self.cache
+            except OSError:  # another process published the same cache first: ours is removed on exit
+                return read_cache(self.cache) or self._mapped(folder)
+            self.published = True
+        return self._mapped(folder)
+
+    def _mapped(self, folder: str) -> dict:
+        splits = read_cache(folder)  # a temporary folder: the mapping outlives its removal
+        if splits is None:
+            raise UserError(f"could not read back the decoded images in '{folder}'; check that disk, or point "
+                            f"{WHERE_TO_CACHE} at another")
+        return splits
+
+
+WARNED = set()
+
+
+def warn_once(warning: str):
+    """A script loads train and test in two calls, from one decoding: each warning is said once a run."""
+    if warning not in WARNED:
+        WARNED.add(warning)
+        print(warning, file=sys.stderr)
