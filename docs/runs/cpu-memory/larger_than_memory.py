@@ -28,15 +28,9 @@ def anonymous_peak(peak: list):
 
 
 if sys.argv[1] == 'make':
-    import numpy as np
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split, n in (('train', 10000), ('test', 2000)):
-        for c in range(10):
-            os.makedirs(os.path.join(sys.argv[2], split, f'c{c}'), exist_ok=True)
-            for i in range(n // 10):
-                pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(os.path.join(sys.argv[2], split, f'c{c}', f'{i}.jpg'))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from folder_decode_memory import make_folder
+    make_folder(sys.argv[2], train=10000, test=2000)
 elif sys.argv[1] == 'load':
     from distill.data import prepare_data
     from distill.loaders import split_loader
