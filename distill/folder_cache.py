@@ -60,8 +60,13 @@ def one_at_a_time(cache: str):
         yield
         return
     with lock:
-        with contextlib.suppress(OSError):  # a file system without locks (some NFS): no waiting
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another run to finish decoding into '{cache}'", file=sys.stderr)
             fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some NFS): no waiting
+            pass
         try:
             yield
         finally:  # one that waits on it reads the cache once it has the lock; a newcomer finds the cache

@@ -128,7 +128,8 @@ def test_what_a_killed_decoding_left_and_an_old_versions_cache_are_removed_by_th
     assert _left_in(cache) == [f'{name}{os.getpid()}-def']
 
 
-def test_processes_loading_one_folder_at_once_decode_it_once(image_folder, tmp_path, monkeypatch):
+def test_processes_loading_one_folder_at_once_decode_it_once_and_say_why_one_waits(
+        image_folder, tmp_path, monkeypatch, capsys):
     read, real_read = [], distill.data.read_image
 
     def slow_read(*args):  # long enough for the other to arrive while this one decodes
@@ -144,3 +145,4 @@ def test_processes_loading_one_folder_at_once_decode_it_once(image_folder, tmp_p
     for load in loads:
         load.join()
     assert len(read) == 48 and torch.equal(loaded[0].images, loaded[1].images)  # as torchrun's processes would
+    assert "waiting for another run to finish decoding into '" in capsys.readouterr().err
