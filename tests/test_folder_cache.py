@@ -1,6 +1,7 @@
 """distill/folder_cache.py: a decoded folder kept on disk as it is decoded, mapped when read, decoded once."""
 import io
 import os
+import tarfile
 import tempfile
 import threading
 import time
@@ -146,3 +147,19 @@ def test_processes_loading_one_folder_at_once_decode_it_once_and_say_why_one_wai
         load.join()
     assert len(read) == 48 and torch.equal(loaded[0].images, loaded[1].images)  # as torchrun's processes would
     assert "waiting for another run to finish decoding into '" in capsys.readouterr().err
+
+
+def test_an_archive_that_visits_more_classes_than_files_held_open_reads_as_its_folder(tmp_path):
+    classes = [f'c{i:02d}' for i in range(70)]  # past the 64 class files held open at once
+    root = make_image_folder(tmp_path / 'd', classes=classes, train_per_class=2, test_per_class=1)
+    archive = tmp_path / 'd.tar'
+    with tarfile.open(archive, 'w') as tar:  # class by class in turn: each class's file is closed, then reopened
+        for i in range(2):
+            for split in ('train', 'test'):
+                for cls in classes:
+                    if (root / split / cls / f'{i:03d}.png').exists():
+                        tar.add(root / split / cls / f'{i:03d}.png', f'd/{split}/{cls}/{i:03d}.png')
+    from_folder = load_dataset('folder', str(root), train=True, cache_dir=str(tmp_path / 'c1'))
+    from_tar = load_dataset('folder', str(archive), train=True, cache_dir=str(tmp_path / 'c2'))
+    assert from_tar.classes == classes and torch.equal(from_tar.labels, torch.arange(70).repeat_interleave(2))
+    assert torch.equal(from_tar.images, from_folder.images)
