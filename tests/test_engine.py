@@ -75,7 +75,8 @@ def finished_run(tmp_path_factory):
     """A one-epoch run that the tests below try to damage; each checks that it survives."""
     work = tmp_path_factory.mktemp('run')
     folder = make_image_folder(work / 'dataset')
-    teacherTrain.main(_tiny_run(folder, work / 'run', '--epochs', '1'))
+    # set up before _work_in_tmp moves each test out of the repo: its decoded folder goes under work, not data/
+    teacherTrain.main(_tiny_run(folder, work / 'run', '--epochs', '1', '--data-cache', str(work / 'cache')))
     return folder, work / 'run'
 
 
