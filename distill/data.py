@@ -294,7 +294,7 @@ def _decode_into_cache(path: str, size: int, cache: str, test_only: bool) -> dic
         for name in sorted(found['test']):
             own = spelled.get(name.lower())
             if name not in classes and own and own not in found['test']:
-                decoded.rename('test', name, own)
+                decoded.rename_class('test', name, own)
         unknown = sorted(set(found['test']) - set(classes))
         if unknown:
             raise UserError(f"test classes {unknown} in '{path}' have no training images; give every class images "

@@ -5,6 +5,7 @@ A cache is a folder, folder-<fingerprint>/, holding <split>.npy (N x 3 x S x S u
 meta.pt (each split's labels and classes, and the warning about files skipped). It is built beside its place
 and renamed into it once complete, so a crash leaves no half cache behind.
 """
+import collections
 import contextlib
 import io
 import os
@@ -17,7 +18,6 @@ import torch
 
 from . import UserError
 
-SPLITS = ('train', 'test')
 WHERE_TO_CACHE = '--data-cache (or $DISTILL_CACHE)'
 
 
@@ -105,7 +105,8 @@ class DecodedOnDisk:
     cannot be written, in a temporary folder, mapped for this run and then removed."""
 
     def __init__(self, cache: str, size: int):
-        self.cache, self.size, self.counts, self.splits = cache, size, {split: {} for split in SPLITS}, {}
+        # split -> class -> images written; split -> labels and classes once joined
+        self.cache, self.size, self.counts, self.splits = cache, size, collections.defaultdict(dict), {}
         self.files, self.handles, self.published = {}, {}, False
         parent = os.path.dirname(cache) or '.'
         try:
@@ -159,7 +160,7 @@ class DecodedOnDisk:
                 f.close()
         self.handles = {}
 
-    def rename(self, split: str, name: str, cls: str):
+    def rename_class(self, split: str, name: str, cls: str):
         self.counts[split][cls] = self.counts[split].pop(name)
         self.files[(split, cls)] = self.files.pop((split, name))
 
