@@ -397,6 +397,18 @@ def balanced_subset(labels: torch.Tensor, n: int | None) -> torch.Tensor:
     return interleave_classes(labels)[:n].sort().values
 
 
+def subset_of(images: ImageSet, n: int, flag: str) -> ImageSet:
+    """The first n images, class-balanced, copied into memory (all of them: the set as it is). A copy that would not
+    fit is refused in one line (the set itself may be mapped from disk), not killed by the OS without a word."""
+    indices = balanced_subset(images.labels, n)
+    if len(indices) == len(images):
+        return images
+    _refuse_unless_fits(f'the {len(indices)} images of {flag} {n}', len(indices), images.images.shape[-1],
+                        free_memory(), hint=f'pass a smaller {flag}, or none: the whole set is then used as it is, '
+                                            f'without a copy')
+    return images.select(indices)
+
+
 def export_sample_images(dataset: str, data_dir: str, folder: str, per_class: int = 2):
     """A few test images of every class as PNG files in folder: a plain folder to show infer.py on."""
     test = load_dataset(dataset, data_dir, False)
@@ -484,9 +496,9 @@ def prepare_data(args) -> Prepared:
     train = load_dataset(args.dataset, args.data_dir, True, args.image_size, cache)
     test = load_dataset(args.dataset, args.data_dir, False, args.image_size, cache)
     if args.subset is not None:  # a copy; without a subset the whole set is used as it is
-        train = train.select(balanced_subset(train.labels, args.subset))
+        train = subset_of(train, args.subset, '--subset')
     if args.test_subset is not None:
-        test = test.select(balanced_subset(test.labels, args.test_subset))
+        test = subset_of(test, args.test_subset, '--test-subset')
     parts, split = make_split(train.labels, args.seed, args.val_size, args.route_size, args.dataset, args.subset)
     mean, std = channel_stats(train.images, parts['train'])
     return Prepared(train, test, parts, split, mean, std, train.images.shape[-1])

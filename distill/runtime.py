@@ -57,25 +57,64 @@ def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:
     return name
 
 
-def free_memory(meminfo: str = '/proc/meminfo', cgroup: str = '/sys/fs/cgroup') -> int | None:
+def free_memory(meminfo: str = '/proc/meminfo', cgroups: str = '/sys/fs/cgroup',
+                own_cgroups: str = '/proc/self/cgroup') -> int | None:
     """Bytes this process may still fill before the OS kills it: Linux's MemAvailable plus free swap, within
-    the container's own limit (cgroup v2) where it has one; None where the OS does not say."""
+    the tightest memory limit of its cgroup and the cgroups above it (Docker, Kubernetes, SLURM); None where
+    the OS does not say."""
     try:
         with open(meminfo) as f:
             fields = {line.split(':')[0]: int(line.split()[1]) * 1024 for line in f if len(line.split()) > 1}
         free = fields['MemAvailable'] + fields.get('SwapFree', 0)
     except (OSError, ValueError, KeyError):
         return None
+    return min([free, *_cgroup_rooms(cgroups, own_cgroups)])
+
+
+# cgroup v2 (hierarchy id 0, no controller named) and v1's memory controller: limit, usage, reclaimable cache
+_CGROUP_FILES = {2: ('', 'memory.max', 'memory.current', 'inactive_file'),
+                 1: ('memory', 'memory.limit_in_bytes', 'memory.usage_in_bytes', 'total_inactive_file')}
+_NO_LIMIT = 2**60  # v1 writes "no limit" as a number near 2**63
+
+
+def _cgroup_rooms(cgroups: str, own_cgroups: str):
+    """Room left under each memory limit on the way up from this process's cgroup. Usage counts the page
+    cache, whose inactive part the kernel reclaims before it kills (as `docker stats` does). A container
+    with its own cgroup namespace sees its cgroup as '/', mounted at `cgroups`; one without sees the host's
+    path, which is absent there, and the walk up reaches the mount."""
     try:
-        with open(os.path.join(cgroup, 'memory.max')) as f:
-            limit = f.read().strip()
-        with open(os.path.join(cgroup, 'memory.current')) as f:
-            used = int(f.read())
-        if limit != 'max':
-            free = min(free, int(limit) - used)
+        with open(own_cgroups) as f:
+            lines = [line.rstrip('\n').split(':', 2) for line in f if line.count(':') >= 2]
+    except OSError:
+        return []
+    rooms = []
+    for _, controllers, path in lines:
+        version = 2 if controllers == '' else 1 if 'memory' in controllers.split(',') else None
+        if version is None:
+            continue
+        mount, limit_file, usage_file, reclaimable = _CGROUP_FILES[version]
+        parts = [part for part in path.split('/') if part]
+        for depth in range(len(parts), -1, -1):
+            folder = os.path.join(cgroups, mount, *parts[:depth])
+            try:
+                with open(os.path.join(folder, limit_file)) as f:
+                    limit = f.read().strip()
+                if limit == 'max' or int(limit) >= _NO_LIMIT:
+                    continue
+                with open(os.path.join(folder, usage_file)) as f:
+                    used = int(f.read())
+                rooms.append(int(limit) - used + _stat(os.path.join(folder, 'memory.stat'), reclaimable))
+            except (OSError, ValueError):
+                continue
+    return rooms
+
+
+def _stat(path: str, key: str) -> int:
+    try:
+        with open(path) as f:
+            return next((int(line.split()[1]) for line in f if line.split()[:1] == [key]), 0)
     except (OSError, ValueError):
-        pass
-    return free
+        return 0
 
 
 def cpu_has_native_bf16() -> bool:

@@ -15,8 +15,8 @@ from torchvision import datasets
 
 import distill.data
 from distill import UserError
-from distill.data import (balanced_subset, channel_stats, default_dataset, interleave_classes, load_dataset,
-                          load_test_set, make_split, resize_images)
+from distill.data import (ImageSet, balanced_subset, channel_stats, default_dataset, interleave_classes, load_dataset,
+                          load_test_set, make_split, resize_images, subset_of)
 from conftest import HEIC_START, SHARED_ARCHIVE, make_image_folder, needs_cuda, write_cifar
 
 
@@ -321,6 +321,19 @@ def test_subset_is_the_first_images_class_balanced():
     assert torch.bincount(labels[chosen]).tolist() == [4, 4, 4]
     assert chosen.tolist()[:4] == [0, 1, 2, 3]  # each class's first images, in order
     assert torch.bincount(labels[balanced_subset(labels, 30)]).tolist() == [13, 12, 5]
+
+
+def test_a_subset_copy_that_would_not_fit_in_memory_is_refused_in_one_line(monkeypatch):
+    images = ImageSet(torch.arange(85 * 3 * 4 * 4).to(torch.uint8).view(85, 3, 4, 4),
+                      torch.tensor([0] * 50 + [1] * 30 + [2] * 5), ['a', 'b', 'c'])
+    monkeypatch.setattr(distill.data, 'free_memory', lambda: 12 * 3 * 4 * 4)
+    chosen = subset_of(images, 12, '--subset')
+    assert torch.equal(chosen.images, images.images[balanced_subset(images.labels, 12)])
+    assert chosen.images.data_ptr() != images.images.data_ptr()
+    with pytest.raises(UserError, match=r'the 13 images of --test-subset 13 at --image-size 4 .* more than the .* '
+                                        r'pass a smaller --test-subset, or none'):
+        subset_of(images, 13, '--test-subset')
+    assert subset_of(images, 100, '--subset') is images  # the whole set: as it is, no copy, no check
 
 
 def test_interleaved_classes_put_every_class_in_every_slice():

@@ -128,16 +128,41 @@ def test_a_model_graphs_cannot_hold_runs_eagerly():
     assert list(graphed.graphs.values()) == [None]
 
 
-@pytest.mark.parametrize('limit, expected', [(None, (1000 + 24) * 1024), ('max', (1000 + 24) * 1024),
-                                             ('500000', 500000 - 100000)])
-def test_free_memory_is_what_linux_says_is_available_within_the_containers_limit(tmp_path, limit, expected):
-    meminfo = tmp_path / 'meminfo'
-    meminfo.write_text('MemTotal:        4000 kB\nMemFree:          300 kB\nMemAvailable:     1000 kB\n'
-                       'SwapFree:           24 kB\nHugePages_Total:       0\n')
-    if limit:
-        (tmp_path / 'memory.max').write_text(limit + '\n')
-        (tmp_path / 'memory.current').write_text('100000\n')
-    assert runtime.free_memory(str(meminfo), str(tmp_path)) == expected
+MEMINFO = ('MemTotal:        4000 kB\nMemFree:          300 kB\nMemAvailable:     1000 kB\nSwapFree:           24 kB\n'
+           'HugePages_Total:       0\n')
+FREE = (1000 + 24) * 1024
+
+
+def _cgroup(folder, limit, used, stat='', v1=False):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ('memory.limit_in_bytes' if v1 else 'memory.max')).write_text(f'{limit}\n')
+    (folder / ('memory.usage_in_bytes' if v1 else 'memory.current')).write_text(f'{used}\n')
+    (folder / 'memory.stat').write_text(stat)
+
+
+@pytest.mark.parametrize('own, layout, expected', [
+    ('0::/\n', {'': ('max', 100000)}, FREE),  # no limit
+    ('0::/\n', {'': (500000, 100000)}, 400000),  # a container with its own cgroup namespace
+    # SLURM on a cgroup v2 host: the limit is on the job, the cgroup above the step's; page cache in use counts, its
+    # inactive part does not
+    ('0::/system.slice/job_7/step_0\n', {'system.slice/job_7': (600000, 300000, 'file 200000\ninactive_file 50000\n'),
+                                         'system.slice/job_7/step_0': ('max', 200000)}, 350000),
+    # cgroup v1 (Docker on an older host): 'no limit' is a number near 2**63, the limit sits on the process's cgroup
+    ('5:cpu:/\n4:memory:/docker/abc\n', {
+        'memory': (9223372036854771712, 1),
+        'memory/docker/abc': (800000, 500000, 'total_cache 400000\ntotal_inactive_file 100000\n')}, 400000),
+    # v1 without a cgroup namespace: the host's path is absent inside, and the mount is the container's cgroup
+    ('4:memory:/docker/abc\n', {'memory': (700000, 200000)}, 500000),
+])
+def test_free_memory_is_what_linux_says_is_available_within_the_tightest_cgroup_limit(tmp_path, own, layout,
+                                                                                      expected):
+    meminfo, own_cgroups, cgroups = tmp_path / 'meminfo', tmp_path / 'cgroup', tmp_path / 'fs'
+    meminfo.write_text(MEMINFO)
+    own_cgroups.write_text(own)
+    for folder, values in layout.items():
+        _cgroup(cgroups / folder, *values, v1=folder.split('/')[0] == 'memory')
+    assert runtime.free_memory(str(meminfo), str(cgroups), str(own_cgroups)) == expected
+    assert runtime.free_memory(str(meminfo), str(cgroups), str(tmp_path / 'absent')) == FREE  # no cgroups
     assert runtime.free_memory(str(tmp_path / 'absent')) is None  # not Linux: no check
 
 
