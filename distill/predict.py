@@ -1,6 +1,7 @@
 """From checkpoints to predictions on new images: the classifier infer.py runs (the routing, one expert, or
 any checkpoint alone) and the table it writes."""
 import csv
+import glob
 import json
 import math
 import os
@@ -67,7 +68,7 @@ def files_to_classify(paths: list, out: str) -> list:
     once, never the table it writes. A table written there by an earlier run is left out; an image named as
     the table is refused, not replaced."""
     files = []
-    for path in paths:
+    for path in expand_patterns(paths):
         if not os.path.lexists(path):  # a broken link is there: it is listed as unreadable, as in a folder
             raise UserError(f"image folder or file '{path}' does not exist; pass folders or files of images")
         if not os.path.isdir(path) and path.lower().endswith(ARCHIVES):
@@ -88,6 +89,22 @@ def files_to_classify(paths: list, out: str) -> list:
     if not files:
         raise UserError(f"no file found in {named(paths)}; pass a folder of images")
     return files
+
+
+def expand_patterns(paths: list) -> list:
+    """Each path as given where it exists, else with ~ and a pattern (photos/*.jpg) expanded here: Windows' shells
+    and a quoted pattern leave them to the program. A pattern that matches nothing is refused, as a path would be."""
+    expanded = []
+    for path in paths:
+        path = path if os.path.lexists(path) else os.path.expanduser(path)
+        if os.path.lexists(path) or not any(char in path for char in '*?['):
+            expanded.append(path)
+            continue
+        matches = sorted(glob.glob(path, recursive=True))
+        if not matches:
+            raise UserError(f"no file matches '{path}'; pass folders or files of images")
+        expanded += matches
+    return expanded
 
 
 def named(paths: list) -> str:

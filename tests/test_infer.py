@@ -165,6 +165,21 @@ def test_several_folders_and_files_as_a_shell_expands_them_each_read_once(tiny_r
     assert [row['path'] for row in rows if row['error']] == [str(messy_folder / 'moved.png')]
 
 
+def test_a_pattern_or_home_no_shell_expanded_is_expanded_as_a_shell_would(tiny_runs, messy_folder, tmp_path,
+                                                                          monkeypatch):
+    work, _ = tiny_runs
+    monkeypatch.setenv('HOME', str(messy_folder))
+    # what Windows' cmd, or a quoted argument, passes on as it is
+    run_main(INFER, f'{messy_folder}/*.png', '~/nested/**/*.png', '--out', tmp_path / 'p.csv', cwd=work)
+    shell = sorted(str(p) for p in messy_folder.glob('*.png')) + [str(messy_folder / 'nested' / name) for name in
+                                                                  ('alpha.png', 'deeper/deep16.png')]
+    with open(tmp_path / 'p.csv') as f:
+        assert [row['path'] for row in csv.DictReader(f)] == shell
+    result = run_main(INFER, f'{messy_folder}/*.webp', '--out', tmp_path / 'q.csv', cwd=work, check=False)
+    assert result.returncode == 2 and result.stderr == f"error: no file matches '{messy_folder}/*.webp'; pass " \
+                                                       f"folders or files of images\n"
+
+
 def test_a_table_inside_the_folder_is_not_classified_and_an_image_is_never_overwritten(tiny_runs, messy_folder):
     work, _ = tiny_runs
     table = messy_folder / 'nested' / 'predictions.csv'
