@@ -1,5 +1,7 @@
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,7 +10,7 @@ import distill.engine as engine
 import teacherTrain
 from distill.engine import WarmupCosine
 from distill.runtime import device_name, fuse_for_inference
-from conftest import make_image_folder
+from conftest import ROOT, make_image_folder
 
 
 def _tiny_run(folder, out, *extra):
@@ -147,6 +149,30 @@ def test_an_existing_run_is_never_overwritten_by_accident(finished_run, capsys):
         teacherTrain.main(_tiny_run(folder, run, '--epochs', '1'))
     assert 'already holds a run' in capsys.readouterr().err
     assert (run / 'best.pt').read_bytes() == best
+
+
+def test_a_second_run_into_an_out_another_process_writes_ends_in_one_line_and_writes_nothing(finished_run, tmp_path,
+                                                                                              capsys):
+    folder, _ = finished_run
+    out = tmp_path / 'busy'
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time\nfrom distill.engine import one_run_writing\n'
+                               'with one_run_writing(sys.argv[1]):\n    print("held", flush=True)\n    time.sleep(120)',
+                               str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == 'held\n'
+        for flags in ([], ['--overwrite'], ['--resume']):
+            with pytest.raises(SystemExit):
+                teacherTrain.main(_tiny_run(folder, out, '--epochs', '1', *flags))
+            assert capsys.readouterr().err.endswith(f"error: another run (process {holder.pid}) is writing to '{out}'; "
+                                                    f"wait for it to end, or pass another --out\n")
+        assert not out.exists()
+        with engine.one_run_writing(str(out), rank=1):  # torchrun's other processes: rank 0 holds it for them
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    teacherTrain.main(_tiny_run(folder, out, '--epochs', '1'))  # the OS dropped the lock with its process
+    assert (out / 'best.pt').exists()
 
 
 def test_weights_alone_in_out_are_not_replaced_without_overwrite(finished_run, tmp_path, capsys):
