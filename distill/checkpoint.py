@@ -1,4 +1,5 @@
-"""Checkpoints: atomic save, weights_only load, and the checks a later stage makes before using one.
+"""Checkpoints: atomic save, weights_only load, the checks a later stage makes before using one, and the lock that
+lets one run at a time write a run folder.
 
 A checkpoint is a dict of plain types and tensors (see GUIDE.md), so it loads with
 torch.load(weights_only=True) and can be rebuilt into its model without extra flags.
@@ -10,6 +11,7 @@ import io
 import json
 import os
 import signal
+import tempfile
 import threading
 
 import torch
@@ -189,3 +191,60 @@ def set_rng_state(state: dict):
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
+
+
+_RUNS_WRITING = {}  # OUT's real path -> the lock file this process holds for it
+
+
+@contextlib.contextmanager
+def one_run_writing(out: str, rank: int = 0):
+    """Held while a run writes OUT (by rank 0, for all of torchrun's processes): a second run launched into the
+    same folder, which would mix its checkpoints and logs with the first's, ends in one line instead. The lock
+    is a file in the temporary folder, not in OUT, removed at the end; the OS drops it with a killed process."""
+    key = os.path.realpath(out)
+    lock = None if rank or key in _RUNS_WRITING else _lock_run(key, out)
+    if lock is not None:
+        _RUNS_WRITING[key] = lock
+    try:
+        yield
+    finally:
+        if lock is not None:
+            del _RUNS_WRITING[key]
+            with contextlib.suppress(OSError):
+                os.remove(lock.name)  # before the unlock: a run that opened it then finds it gone, and retries
+            lock.close()
+
+
+def _lock_run(key: str, out: str):
+    """The locked file, its holder's process id in it; None where locks are not to be had (Windows, a file
+    system without them, a temporary folder where another user's lock of that name sits)."""
+    path = os.path.join(tempfile.gettempdir(), f'distill-run-{hashlib.sha1(key.encode()).hexdigest()[:16]}.lock')
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    while True:
+        try:
+            lock = open(path, 'a+')
+        except OSError:
+            return None
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or '?'
+            lock.close()
+            raise UserError(f"another run (process {holder}) is writing to '{out}'; wait for it to end, or pass "
+                            f"another --out") from None
+        except OSError:
+            lock.close()
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:  # not removed by its last holder meanwhile
+                lock.truncate(0)
+                lock.write(str(os.getpid()))
+                lock.flush()
+                return lock
+        except OSError:
+            pass
+        lock.close()

@@ -4,13 +4,11 @@ Each stage hands `fit` a step function step(inputs, labels, indices) -> (loss, l
 timm's tasks without the framework. `fit` owns the rest: optimiser, schedule, checkpoints, resume,
 logs and the one final test report. Devices and precision live in runtime.py.
 """
-import contextlib
 import csv
 import dataclasses
-import hashlib
+import functools
 import math
 import os
-import tempfile
 import time
 
 import torch
@@ -18,8 +16,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import UserError, flag_of
-from .checkpoint import (atomic_write, changed_settings, check_compatible, load_checkpoint, rng_state,
-                         save_checkpoint, set_rng_state, write_json)
+from .checkpoint import (atomic_write, changed_settings, check_compatible, load_checkpoint, one_run_writing,
+                         rng_state, save_checkpoint, set_rng_state, write_json)
 from .data import Prepared
 from .loaders import split_loader
 from .metrics import count_macs, count_params
@@ -175,63 +173,6 @@ def check_run_free(out: str, resume: bool, overwrite: bool):
                                 f"it, or --out NEW_DIR")
 
 
-_RUNS_WRITING = {}  # OUT's real path -> the lock file this process holds for it
-
-
-@contextlib.contextmanager
-def one_run_writing(out: str, rank: int = 0):
-    """Held while a run writes OUT (by rank 0, for all of torchrun's processes): a second run launched into the
-    same folder, which would mix its checkpoints and logs with the first's, ends in one line instead. The lock
-    is a file in the temporary folder, not in OUT, removed at the end; the OS drops it with a killed process."""
-    key = os.path.realpath(out)
-    lock = None if rank or key in _RUNS_WRITING else _lock_run(key, out)
-    if lock is not None:
-        _RUNS_WRITING[key] = lock
-    try:
-        yield
-    finally:
-        if lock is not None:
-            del _RUNS_WRITING[key]
-            with contextlib.suppress(OSError):
-                os.remove(lock.name)  # before the unlock: a run that opened it then finds it gone, and retries
-            lock.close()
-
-
-def _lock_run(key: str, out: str):
-    """The locked file, its holder's process id in it; None where locks are not to be had (Windows, a file
-    system without them, a temporary folder where another user's lock of that name sits)."""
-    path = os.path.join(tempfile.gettempdir(), f'distill-run-{hashlib.sha1(key.encode()).hexdigest()[:16]}.lock')
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    while True:
-        try:
-            lock = open(path, 'a+')
-        except OSError:
-            return None
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or '?'
-            lock.close()
-            raise UserError(f"another run (process {holder}) is writing to '{out}'; wait for it to end, or pass "
-                            f"another --out") from None
-        except OSError:
-            lock.close()
-            return None
-        try:
-            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:  # not removed by its last holder meanwhile
-                lock.truncate(0)
-                lock.write(str(os.getpid()))
-                lock.flush()
-                return lock
-        except OSError:
-            pass
-        lock.close()
-
-
 class Run:
     """The files of one training run: OUT/last.pt (everything, for --resume), OUT/best.pt (weights and
     metadata only: what inference and later stages need), metrics.csv, config.json and summary.json."""
@@ -275,6 +216,17 @@ def default_loaders(data: Prepared, train_part: str, batch_size: int, seed: int,
             **{part: split_loader(data, part, batch_size, device, **shared) for part in ('val', 'test')}}
 
 
+def _one_run_per_out(fit):
+    """fit held as the one run writing settings.out (by torchrun's rank 0, for all its processes): a second run
+    launched into the same folder would mix its checkpoints and logs with the first's."""
+    @functools.wraps(fit)
+    def held(settings: TrainSettings, *args, **kwargs):
+        with one_run_writing(settings.out, int(os.environ.get('RANK', 0))):
+            return fit(settings, *args, **kwargs)
+    return held
+
+
+@_one_run_per_out
 def fit(settings: TrainSettings, arch: str, model, make_step, data: Prepared, *, train_part: str = 'train',
         loaders=None, evaluate_fn=evaluate, num_outputs: int | None = None, extra: dict | None = None, device=None,
         on_epoch_start=None, calibrate=None):
@@ -302,66 +254,63 @@ def fit(settings: TrainSettings, arch: str, model, make_step, data: Prepared, *,
               {'arch': arch, 'num_classes': num_outputs, 'class_names': data.classes, 'image_size': data.image_size,
                'mean': data.mean, 'std': data.std, 'split': data.split, 'config': config,
                'precision': precision, **(extra or {})})
-    with one_run_writing(run.out, rank):  # another process training into OUT would mix its files with ours
-        check_run_free(run.out, settings.resume, settings.overwrite)
-        model = place(model, device)
-        if loaders is None:
-            loaders = default_loaders(data.to(device), train_part, settings.batch_size, settings.seed, device, rank,
-                                      world)
-        train_loader = loaders['train']
-        optimizer = build_optimizer(model, settings.lr, settings.weight_decay, settings.momentum)
-        steps = len(train_loader)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, WarmupCosine(settings.epochs * steps, round(settings.warmup_epochs * steps)))
-        scaler = torch.amp.GradScaler('cuda') if amp == torch.float16 else None
-        log(f"{arch}: {len(train_loader.indices)} training, {len(loaders['val'].indices)} val and "
-            f"{len(loaders['test'].indices)} test images of {len(data.classes)} classes at {data.image_size} px; "
-            f"{_count(settings.epochs, 'epoch')} of {_count(steps, 'step')} on {device_name(device)} in {precision} "
-            f"-> {settings.out}", flush=True)
-        start_epoch, best_val_acc, history = 0, -1.0, []
-        if settings.resume and os.path.exists(run.last):
-            start_epoch, best_val_acc, history = run.restore(model, optimizer, scheduler, scaler, device)
-            log(f'resumed {run.last} at epoch {start_epoch}/{settings.epochs}')
-        elif settings.resume:
-            log(f'no {run.last} to resume from; starting afresh')
+    check_run_free(run.out, settings.resume, settings.overwrite)
+    model = place(model, device)
+    if loaders is None:
+        loaders = default_loaders(data.to(device), train_part, settings.batch_size, settings.seed, device, rank,
+                                  world)
+    train_loader = loaders['train']
+    optimizer = build_optimizer(model, settings.lr, settings.weight_decay, settings.momentum)
+    steps = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(settings.epochs * steps, round(settings.warmup_epochs * steps)))
+    scaler = torch.amp.GradScaler('cuda') if amp == torch.float16 else None
+    log(f"{arch}: {len(train_loader.indices)} training, {len(loaders['val'].indices)} val and "
+        f"{len(loaders['test'].indices)} test images of {len(data.classes)} classes at {data.image_size} px; "
+        f"{_count(settings.epochs, 'epoch')} of {_count(steps, 'step')} on {device_name(device)} in {precision} "
+        f"-> {settings.out}", flush=True)
+    start_epoch, best_val_acc, history = 0, -1.0, []
+    if settings.resume and os.path.exists(run.last):
+        start_epoch, best_val_acc, history = run.restore(model, optimizer, scheduler, scaler, device)
+        log(f'resumed {run.last} at epoch {start_epoch}/{settings.epochs}')
+    elif settings.resume:
+        log(f'no {run.last} to resume from; starting afresh')
 
-        train_model = model
-        if world > 1:
-            if device.type == 'cuda':  # BN statistics over the global batch, as in a single-process run
-                train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(train_model)
-            train_model = torch.nn.parallel.DistributedDataParallel(train_model)
-        if settings.compile:
-            train_model = torch.compile(train_model)
-        step = make_step(train_model)
-        for epoch in range(start_epoch, settings.epochs):
-            started = time.time()
-            train_loader.set_epoch(epoch)
-            if on_epoch_start:
-                on_epoch_start(train_loader)
-            train_started = time.time()
-            try:
-                train_loss, train_acc = train_one_epoch(
-                    train_model, train_loader, optimizer, scheduler, step, amp=amp, scaler=scaler,
-                    desc=f'{arch} epoch {epoch + 1}/{settings.epochs}')
-            except NonFiniteLoss as err:
-                raise NonFiniteLoss(f'{err}; {_kept(run)}') from None
-            train_seconds = time.time() - train_started  # train_one_epoch ends reading its sums: the device is done
-            val_loss, val_acc = evaluate_fn(model, loaders['val'], amp)
-            if not math.isfinite(val_loss):  # an epoch's last steps can leave the weights diverged, their loss finite
-                raise NonFiniteLoss(f'the val loss became non-finite (nan or inf) after epoch {epoch + 1} ({arch}): '
-                                    f'the weights diverged; lower --lr or use --amp off; {_kept(run)}')
-            history.append({'epoch': epoch + 1, 'train_loss': round(train_loss, 5),
-                            'train_acc': round(train_acc, 5), 'val_loss': round(val_loss, 5),
-                            'val_acc': round(val_acc, 5), 'lr': round(optimizer.param_groups[0]['lr'], 6),
-                            'seconds': round(time.time() - started, 2),
-                            'train_img_per_s': round(len(train_loader) * settings.batch_size / train_seconds)})
-            if rank == 0:
-                run.save_epoch(model, optimizer, scheduler, scaler, epoch + 1, val_acc, best_val_acc, history)
-            best_val_acc = max(val_acc, best_val_acc)
-            log(_epoch_line(arch, settings.epochs, history[-1]), flush=True)
-        return _test_best(run, model, loaders, evaluate_fn, calibrate, amp, device, world, log,
-                          {'epochs': settings.epochs, 'precision': precision, 'best_val_acc': best_val_acc,
-                           'train_images': len(train_loader.indices)})
+    train_model = model
+    if world > 1:
+        if device.type == 'cuda':  # BN statistics over the global batch, as in a single-process run
+            train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(train_model)
+        train_model = torch.nn.parallel.DistributedDataParallel(train_model)
+    if settings.compile:
+        train_model = torch.compile(train_model)
+    step = make_step(train_model)
+    for epoch in range(start_epoch, settings.epochs):
+        started = time.time()
+        train_loader.set_epoch(epoch)
+        if on_epoch_start:
+            on_epoch_start(train_loader)
+        train_started = time.time()
+        try:
+            train_loss, train_acc = train_one_epoch(train_model, train_loader, optimizer, scheduler, step, amp=amp,
+                                                    scaler=scaler, desc=f'{arch} epoch {epoch + 1}/{settings.epochs}')
+        except NonFiniteLoss as err:
+            raise NonFiniteLoss(f'{err}; {_kept(run)}') from None
+        train_seconds = time.time() - train_started  # train_one_epoch ends by reading its sums: the device is done
+        val_loss, val_acc = evaluate_fn(model, loaders['val'], amp)
+        if not math.isfinite(val_loss):  # an epoch's last steps can leave the weights diverged, their loss finite
+            raise NonFiniteLoss(f'the val loss became non-finite (nan or inf) after epoch {epoch + 1} ({arch}): the '
+                                f'weights diverged; lower --lr or use --amp off; {_kept(run)}')
+        history.append({'epoch': epoch + 1, 'train_loss': round(train_loss, 5), 'train_acc': round(train_acc, 5),
+                        'val_loss': round(val_loss, 5), 'val_acc': round(val_acc, 5),
+                        'lr': round(optimizer.param_groups[0]['lr'], 6), 'seconds': round(time.time() - started, 2),
+                        'train_img_per_s': round(len(train_loader) * settings.batch_size / train_seconds)})
+        if rank == 0:
+            run.save_epoch(model, optimizer, scheduler, scaler, epoch + 1, val_acc, best_val_acc, history)
+        best_val_acc = max(val_acc, best_val_acc)
+        log(_epoch_line(arch, settings.epochs, history[-1]), flush=True)
+    return _test_best(run, model, loaders, evaluate_fn, calibrate, amp, device, world, log,
+                      {'epochs': settings.epochs, 'precision': precision, 'best_val_acc': best_val_acc,
+                       'train_images': len(train_loader.indices)})
 
 
 def _count(n: int, word: str) -> str:

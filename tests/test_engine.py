@@ -8,6 +8,7 @@ import torch
 
 import distill.engine as engine
 import teacherTrain
+from distill.checkpoint import one_run_writing
 from distill.engine import WarmupCosine
 from distill.runtime import device_name, fuse_for_inference
 from conftest import ROOT, make_image_folder
@@ -155,7 +156,7 @@ def test_a_second_run_into_an_out_another_process_writes_ends_in_one_line_and_wr
                                                                                               capsys):
     folder, _ = finished_run
     out = tmp_path / 'busy'
-    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time\nfrom distill.engine import one_run_writing\n'
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time\nfrom distill.checkpoint import one_run_writing\n'
                                'with one_run_writing(sys.argv[1]):\n    print("held", flush=True)\n    time.sleep(120)',
                                str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -166,7 +167,7 @@ def test_a_second_run_into_an_out_another_process_writes_ends_in_one_line_and_wr
             assert capsys.readouterr().err.endswith(f"error: another run (process {holder.pid}) is writing to '{out}'; "
                                                     f"wait for it to end, or pass another --out\n")
         assert not out.exists()
-        with engine.one_run_writing(str(out), rank=1):  # torchrun's other processes: rank 0 holds it for them
+        with one_run_writing(str(out), rank=1):  # torchrun's other processes: rank 0 holds it for them
             pass
     finally:
         holder.kill()
