@@ -24,8 +24,8 @@ def parse_args(argv=None):
                         'are each evaluated, then every accuracy is reported as mean ± std over them')
     p.add_argument('--teacher', help="the teacher to compare with (default: the one the experts name)")
     p.add_argument('--data-dir', help="the test images: the experts' data moved, or any folder or archive of "
-                                      "test/<class>/ images of their classes, a new test set (train/ not needed) "
-                                      "(default: as stored in the checkpoints)")
+                                      "test/<class>/ images of their classes, a new test set (train/ not needed), "
+                                      "or a folder of <class>/ folders alone (default: as stored in the checkpoints)")
     p.add_argument('--test-subset', type=int, help='the first N test images, class-balanced (default: as the '
                                                    'selector was tested; all of a --data-dir)')
     p.add_argument('--route', choices=MODES, help='the routing mode of the routed row, the figures and the per-class '

@@ -100,8 +100,9 @@ def _half_laid_out(folder: str) -> UserError:
 def default_dataset(data_dir: str | None, test_only: bool = False) -> str:
     """folder for an archive or any other single file, or a folder with train/ and test/ (test/ alone where
     test_only) in it or in one of its subfolders (an unpacked archive; torchvision downloads CIFAR into neither);
-    else cifar10. A folder of class folders or pictures alone, or with one of train/ and test/, is refused, not
-    filled with a CIFAR download."""
+    else cifar10. As a test set, a folder of class folders alone (torchvision's ImageFolder layout) is a folder
+    too. A folder of pictures alone, or with one of train/ and test/, or of class folders to train on, is refused,
+    not filled with a CIFAR download."""
     if not data_dir:
         return 'cifar10'
     if data_dir.lower().endswith(ARCHIVES) or os.path.isfile(data_dir):
@@ -112,8 +113,11 @@ def default_dataset(data_dir: str | None, test_only: bool = False) -> str:
     for folder in [data_dir, *subfolders][:2 if len(subfolders) == 1 else 1]:  # itself, or an unpacked archive
         if _split_folders(folder):  # half laid out: not a CIFAR download folder either
             raise _half_laid_out(folder)
-    if refusal := _class_folders_refusal(data_dir, test_only):  # laid out as class folders, not as data/
-        raise refusal
+    class_folders = _class_folders(data_dir)
+    if class_folders and test_only:  # scored as test/ itself
+        return 'folder'
+    if len(class_folders) > 1:  # laid out as class folders, not as data/
+        raise _class_folders_refusal(data_dir)
     if _holds_images(data_dir):  # pictures, not torchvision's download folder
         raise _loose_images(data_dir, test_only, '' if test_only else ' (or pass --dataset cifar10 to download '
                                                                       'CIFAR-10 into it)')
@@ -126,13 +130,14 @@ def _loose_images(path: str, test_only: bool, hint: str = '') -> UserError:
                      f"there{hint}")
 
 
-def _class_folders_refusal(path: str, test_only: bool = False) -> UserError | None:
+def _class_folders(path: str) -> list:
+    """The subfolders of a folder laid out as <class>/* (torchvision's ImageFolder), with no train/ or test/;
+    else none."""
     subfolders = _subfolders(path)
-    if len(subfolders) < (1 if test_only else 2) or not all(map(_holds_images, subfolders)):
-        return None
-    if test_only:
-        return UserError(f"'{path}' holds folders of images but no test/; move them into test/<class>/ (no train/ "
-                         f"is needed to score them)")
+    return subfolders if subfolders and not _split_folders(path) and all(map(_holds_images, subfolders)) else []
+
+
+def _class_folders_refusal(path: str) -> UserError:
     return UserError(f"'{path}' holds folders of images but no train/ and test/; move them into train/<class>/ and "
                      f"test/<class>/, some of each class's images held out for the test")
 
@@ -234,11 +239,12 @@ def _zip_member_name(member: zipfile.ZipInfo) -> str:
     return name.replace('\\', '/')  # Windows' own zip tool wrote backslashes (PowerShell 5)
 
 
-def _iter_folder_files(path: str):
-    """Yield (split, class, display_name, opener) for every file in a folder, a .zip or a tar archive."""
+def _iter_folder_files(path: str, as_test: bool = False):
+    """Yield (split, class, display_name, opener) for every file in a folder, a .zip or a tar archive; where
+    as_test, the folder holds <class>/* and is itself test/."""
     if os.path.isdir(path):
         for full in list_image_files(path):
-            entry = _folder_entries(os.path.relpath(full, path).split(os.sep))
+            entry = _folder_entries((['test'] if as_test else []) + os.path.relpath(full, path).split(os.sep))
             if entry:
                 yield (*entry, full, lambda full=full: full)
         return
@@ -273,18 +279,19 @@ def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False) 
     if os.path.isdir(path) and _split_folders(path) and not any(_laid_out(folder, needed)
                                                                 for folder in [path, *_subfolders(path)]):
         raise _half_laid_out(path)
-    cache = os.path.join(cache_dir, f'folder-{_fingerprint(path, size)}')
+    as_test = test_only and os.path.isdir(path) and bool(_class_folders(path))  # a test set as <class>/*
+    cache = os.path.join(cache_dir, f'folder-{_fingerprint(path, size, as_test)}')
     with one_at_a_time(cache):  # torchrun's processes: one decodes, the others then map its cache
         cached = read_cache(cache)
         if not cached or not (test_only or 'train' in cached):
-            cached = _decode_into_cache(path, size, cache, test_only)
+            cached = _decode_into_cache(path, size, cache, test_only, as_test)
     return {split: ImageSet(*entry) for split, entry in cached.items()}
 
 
-def _decode_into_cache(path: str, size: int, cache: str, test_only: bool) -> dict:
+def _decode_into_cache(path: str, size: int, cache: str, test_only: bool, as_test: bool = False) -> dict:
     """Decodes the folder into the cache, checking what it holds, and returns its splits, mapped."""
     with DecodedOnDisk(cache, size) as decoded:
-        skipped = _decode_folder(path, size, decoded)
+        skipped = _decode_folder(path, size, decoded, as_test)
         found = decoded.counts
         classes = sorted(found['train'])  # a folder of unreadable files has none
         if not classes and test_only:
@@ -316,13 +323,13 @@ def _check_classes(path: str, classes: list, test_only: bool):
         if own:  # torchvision reads it, offline too, from the folder that holds it
             raise UserError(f"'{path}' is {own}'s own archive, not a folder of images; pass --dataset {own} "
                             f"--data-dir {os.path.dirname(path) or '.'}")
-        if os.path.isdir(path) and (refusal := _class_folders_refusal(path, test_only)):
-            raise refusal
+        if os.path.isdir(path) and not test_only and len(_class_folders(path)) > 1:
+            raise _class_folders_refusal(path)
         if os.path.isdir(path) and _holds_images(path):
             raise _loose_images(path, test_only)
         if test_only:
-            raise UserError(f"no readable images under '{path}/test/<class>/'; the folder needs test/<class>/ "
-                            f"subfolders of images")
+            raise UserError(f"no readable images under '{path}'; a test set is test/<class>/ or <class>/ folders "
+                            f"of images")
         raise UserError(f"no readable images under '{path}/train/<class>/'; the folder needs train/<class>/ and "
                         f"test/<class>/ subfolders of images")
     if len(classes) == 1 and not test_only:
@@ -330,11 +337,11 @@ def _check_classes(path: str, classes: list, test_only: bool):
                         f"train/<class>/ folders")
 
 
-def _decode_folder(path: str, size: int, decoded: DecodedOnDisk) -> str:
+def _decode_folder(path: str, size: int, decoded: DecodedOnDisk, as_test: bool = False) -> str:
     """Every readable image into `decoded`; returns the warning that counts the rest, or ''. A set that would
     not fit on the disk is refused while decoding, before the disk is full."""
     skipped, heif, count, largest = [], 0, 0, 0
-    for split, cls, shown, opener in _iter_folder_files(path):
+    for split, cls, shown, opener in _iter_folder_files(path, as_test):
         first = f'the first {count + 1} images' if count else 'one image'
         # At the peak, while a split's classes are joined into one file, the class being copied is held twice.
         _refuse_unless_fits(f"{first} of '{path}'", count + 1, size, decoded.room, transient=largest,
@@ -357,11 +364,11 @@ def _decode_folder(path: str, size: int, decoded: DecodedOnDisk) -> str:
     return warning
 
 
-def _fingerprint(path: str, size: int) -> str:
+def _fingerprint(path: str, size: int, as_test: bool = False) -> str:
     """Changes when any file changes (a folder's own mtime misses edits deep inside it) or the decoding does."""
     # HEIC photos are read or skipped as pillow-heif is installed or not
     decoding = (f'reduced-jpeg|utf8-zip-names|pixel-limit-after-draft|float-0-1|other-ranges-stretched|'
-                f'heif-{HEIF_READABLE}')
+                f'heif-{HEIF_READABLE}' + ('|classes-at-root' if as_test else ''))
     digest = hashlib.sha1(f'{os.path.abspath(path)}|{size}|{decoding}'.encode())
     files = [path] if os.path.isfile(path) else list_image_files(path)
     for name in files:

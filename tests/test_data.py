@@ -267,12 +267,19 @@ def test_loose_images_say_to_put_each_in_the_folder_of_its_class(tmp_path, test_
     assert str(refused.value).endswith(hint) != test_only
 
 
-def test_class_folders_alone_given_as_a_test_set_say_to_put_them_in_test(tmp_path):
-    pictures = make_image_folder(tmp_path, classes=('cat',), train_per_class=0, test_per_class=2) / 'test'
-    for refuse in (lambda: default_dataset(str(pictures), test_only=True),
-                   lambda: load_test_set('folder', str(pictures), ['cat', 'dog'], 8, str(tmp_path / 'c'))):
-        with pytest.raises(UserError, match=r"'.*test' holds folders of images but no test/; move them into "
-                                            r"test/<class>/ \(no train/ is needed to score them\)"):
+def test_class_folders_alone_are_a_test_set_as_imagefolder_lays_them_out_but_not_data_to_train_on(tmp_path):
+    pictures = make_image_folder(tmp_path, classes=('cat', 'ship'), train_per_class=0, test_per_class=2) / 'test'
+    (pictures / 'ship').rename(pictures / 'Ship')  # any case, as in test/<class>/
+    (pictures / 'cat' / 'notes.txt').write_text('not a picture')  # skipped, with a warning
+    assert default_dataset(str(pictures), test_only=True) == 'folder'
+    test = load_test_set('folder', str(pictures), ['cat', 'dog', 'ship'], 8, str(tmp_path / 'c'))
+    assert test.classes == ['cat', 'dog', 'ship'] and sorted(test.labels.tolist()) == [0, 0, 2, 2]
+    laid_out = load_test_set('folder', str(tmp_path), ['cat', 'dog', 'ship'], 8, str(tmp_path / 'c'))  # test/ in it
+    assert torch.equal(test.images, laid_out.images) and torch.equal(test.labels, laid_out.labels)
+    for refuse in (lambda: default_dataset(str(pictures)),
+                   lambda: load_dataset('folder', str(pictures), True, 8, str(tmp_path / 'c'))):
+        with pytest.raises(UserError, match=r"'.*test' holds folders of images but no train/ and test/; move them "
+                                            r"into train/<class>/ and test/<class>/"):
             refuse()
 
 

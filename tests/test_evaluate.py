@@ -103,10 +103,14 @@ def test_a_new_test_set_of_some_of_the_classes_is_scored_by_their_names(tiny_run
         shutil.copytree(folder / 'test' / cls, new / 'test' / cls)
     run_main(ROOT / 'evaluate.py', '--data-dir', new, '--name', 'new', '--results-dir', tmp_path / 'r', cwd=work)
     run_main(ROOT / 'evaluate.py', '--data-dir', folder, '--name', 'all', '--results-dir', tmp_path / 'r', cwd=work)
-    new, whole = (json.loads((tmp_path / 'r' / f'{name}.json').read_text()) for name in ('new', 'all'))
-    assert new['test_images'] == 8 and whole['test_images'] == 12  # every test image of a --data-dir
+    # the class folders alone, as torchvision's ImageFolder lays them out: the folder is test/ itself
+    run_main(ROOT / 'evaluate.py', '--data-dir', new / 'test', '--name', 'bare', '--results-dir', tmp_path / 'r',
+             cwd=work)
+    new, whole, bare = (json.loads((tmp_path / 'r' / f'{name}.json').read_text()) for name in ('new', 'all', 'bare'))
+    assert new['test_images'] == bare['test_images'] == 8 and whole['test_images'] == 12  # every test image
     for model in ('teacher', 'densenet121', 'googlenet', 'routed'):  # each class scored as among all three
         assert new['per_class'][model][0] is None and new['per_class'][model][1:] == whole['per_class'][model][1:]
+        assert bare['per_class'][model] == new['per_class'][model]
 
 
 @pytest.mark.parametrize('args, message', [
