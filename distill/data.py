@@ -158,7 +158,8 @@ def load_dataset(name: str, data_dir: str, train: bool, image_size: int | None =
 def load_test_set(name: str, data_dir: str, classes: list, image_size: int | None = None,
                   cache_dir: str | None = None) -> ImageSet:
     """The test split for models that learned `classes`, labelled by them: of data laid out for training, or of
-    a folder of test/<class>/ alone (a new test set, a user's labelled photos) with any of those classes."""
+    a folder of test/<class>/ or <class>/ alone (a new test set, a user's labelled photos) with any of those
+    classes."""
     if name == 'folder':
         size, cache_dir = image_size or NATIVE_SIZE, cache_dir or default_cache_dir()
         test = _load_folder(data_dir, size, cache_dir, test_only=True)['test']
