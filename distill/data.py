@@ -366,7 +366,8 @@ def _decode_folder(path: str, size: int, decoded: DecodedOnDisk, as_test: bool =
 
 
 def _fingerprint(path: str, size: int, as_test: bool = False) -> str:
-    """Changes when any file changes (a folder's own mtime misses edits deep inside it) or the decoding does."""
+    """<source>-<content>: the first names the folder and the size it is read at, the second changes when any
+    file changes (a folder's own mtime misses edits deep inside it) or the decoding does."""
     # HEIC photos are read or skipped as pillow-heif is installed or not
     decoding = (f'reduced-jpeg|utf8-zip-names|pixel-limit-after-draft|float-0-1|other-ranges-stretched|'
                 f'heif-{HEIF_READABLE}' + ('|classes-at-root' if as_test else ''))
@@ -379,7 +380,8 @@ def _fingerprint(path: str, size: int, as_test: bool = False) -> str:
             digest.update(os.fsencode(name) + b'|unreadable')
             continue
         digest.update(os.fsencode(name) + f'|{info.st_size}|{info.st_mtime_ns}'.encode())
-    return digest.hexdigest()[:16]
+    source = hashlib.sha1(f'{os.path.abspath(path)}|{size}|{as_test}'.encode()).hexdigest()[:8]
+    return f'{source}-{digest.hexdigest()[:16]}'
 
 
 # ---------------------------------------------------------------- subset and split

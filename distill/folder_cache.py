@@ -1,14 +1,16 @@
 """A decoded image folder's cache on disk: written image by image as the folder is decoded, never all held in
 memory, and mapped when read, so that a set larger than the memory trains. data.py decodes; this keeps.
 
-A cache is a folder, folder-<fingerprint>/, holding <split>.npy (N x 3 x S x S uint8, class by class) and
-meta.pt (each split's labels and classes, and the warning about files skipped). It is built beside its place
-and renamed into it once complete, so a crash leaves no half cache behind.
+A cache is a folder, folder-<source>-<content>/ (source: the folder's path and the image size; content: its
+files), holding <split>.npy (N x 3 x S x S uint8, class by class) and meta.pt (each split's labels and classes,
+and the warning about files skipped). It is built beside its place and renamed into it once complete, so a crash
+leaves no half cache behind; a newer cache of the same source replaces the older.
 """
 import collections
 import contextlib
 import io
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -30,23 +32,44 @@ def free_disk(folder: str) -> int:
     return shutil.disk_usage(folder).free
 
 
+def _source(cache: str) -> str:
+    """What every cache of one folder at one size is named with, whatever its files held: folder-<source>-."""
+    return os.path.basename(cache).rsplit('-', 1)[0] + '-'
+
+
+LEGACY = re.compile(r'folder-[0-9a-f]{16}(\.pt|\.lock)?')  # earlier versions' caches, named by content alone
+
+
 def _remove_abandoned(cache: str):
-    """What a run of this machine killed while decoding left beside the cache, which would fill the disk in turn,
-    and the one-file cache of this folder that earlier versions wrote."""
-    with contextlib.suppress(OSError):
-        os.remove(cache + '.pt')
-    parent, prefix = os.path.dirname(cache) or '.', os.path.basename(cache) + '.part-'
+    """What a run of this machine killed while decoding this folder left beside the cache, which would fill the
+    disk in turn."""
+    parent = os.path.dirname(cache) or '.'
     if os.name != 'posix':  # Windows' os.kill(pid, 0) would stop that process, not ask after it
         return
     for name in os.listdir(parent):
-        pid = name[len(prefix):].split('-')[0]
-        if name.startswith(prefix) and pid.isdigit():
+        pid = name.partition('.part-')[2].split('-')[0]
+        if name.startswith(_source(cache)) and pid.isdigit():
             try:
                 os.kill(int(pid), 0)
             except ProcessLookupError:
                 shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
             except OSError:  # alive, another user's
                 pass
+
+
+def _remove_superseded(cache: str):
+    """Once a cache is complete: the caches of the same folder from before its files changed, and earlier
+    versions' caches, which no run reads again. Each change to a folder decodes it anew, and the old copies would
+    fill the disk in turn; a run still mapping one keeps reading it (the OS frees the files when it ends)."""
+    parent, own = os.path.dirname(cache) or '.', os.path.basename(cache)
+    for name in os.listdir(parent):
+        if name != own and (name.startswith(_source(cache)) and '.' not in name or LEGACY.fullmatch(name)):
+            path = os.path.join(parent, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
 
 
 @contextlib.contextmanager
@@ -197,6 +220,7 @@ class DecodedOnDisk:
             except OSError:  # another process published the same cache first: ours is removed on exit
                 return read_cache(self.cache) or self._mapped(folder)
             self.published = True
+            _remove_superseded(self.cache)
         return self._mapped(folder)
 
     def _mapped(self, folder: str) -> dict:

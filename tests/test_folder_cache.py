@@ -108,14 +108,15 @@ def test_a_cache_folder_that_cannot_be_written_decodes_into_a_temporary_one_and_
     assert _left_in(tmp_path / 'tmp') == []
 
 
-def test_what_a_killed_decoding_left_and_an_old_versions_cache_are_removed_by_the_next_decoding(
-        image_folder, tmp_path, monkeypatch):
+def test_what_a_killed_decoding_of_the_folder_left_is_removed_by_the_next_decoding(image_folder, tmp_path,
+                                                                                     monkeypatch):
     cache = tmp_path / 'c'
     cache.mkdir()
     name = f"folder-{distill.data._fingerprint(str(image_folder), 8)}.part-"
     (cache / f'{name}4194999-abc').mkdir()  # past Linux's largest pid: no such process
     (cache / f'{name}{os.getpid()}-def').mkdir()  # a live decoding's (this process stands in for it)
-    (cache / f"{name.removesuffix('.part-')}.pt").write_bytes(b'the cache an earlier version wrote')
+    before_an_edit = name.rsplit('-', 2)[0] + '-0000000000000000.part-4194999-ghi'  # killed before its files changed
+    (cache / before_an_edit).mkdir()
     calls = []
 
     def interrupted(*args):
@@ -127,6 +128,26 @@ def test_what_a_killed_decoding_left_and_an_old_versions_cache_are_removed_by_th
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C: its own part removed
         load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(cache))
     assert _left_in(cache) == [f'{name}{os.getpid()}-def']
+
+
+def test_a_changed_folders_new_cache_replaces_its_old_one_and_earlier_versions_caches(image_folder, tmp_path):
+    cache = tmp_path / 'c'
+    other = make_image_folder(tmp_path / 'other')
+    for folder in (image_folder, other):
+        load_dataset('folder', str(folder), train=True, image_size=8, cache_dir=str(cache))
+    load_dataset('folder', str(image_folder), train=True, image_size=4, cache_dir=str(cache))  # another size
+    (cache / 'folder-0123456789abcdef').mkdir()  # as versions before this one named a cache
+    (cache / 'folder-fedcba9876543210.pt').write_bytes(b'and before that')
+    (cache / 'notes.txt').write_text('not ours')
+    old = {path.name for path in cache.glob('folder-*-*') if '.' not in path.name}
+    assert len(old) == 3
+    (image_folder / 'train' / 'cat' / '000.png').unlink()  # the folder changes: decoded anew, the old cache goes
+    data = load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(cache))
+    assert len(data) == 35
+    new = {path.name for path in cache.glob('folder-*-*') if '.' not in path.name}
+    assert len(new - old) == 1 and len(old - new) == 1 and (new - old).pop()[:16] == (old - new).pop()[:16]
+    assert sorted(path.name for path in cache.iterdir() if not path.name.startswith('folder-')) == ['notes.txt']
+    assert not (cache / 'folder-0123456789abcdef').exists() and not (cache / 'folder-fedcba9876543210.pt').exists()
 
 
 def test_processes_loading_one_folder_at_once_decode_it_once_and_say_why_one_waits(
