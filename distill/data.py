@@ -328,9 +328,12 @@ def _check_classes(path: str, classes: list, test_only: bool):
             raise _class_folders_refusal(path)
         if os.path.isdir(path) and _holds_images(path):
             raise _loose_images(path, test_only)
-        if test_only:
+        if test_only and os.path.isdir(path):
             raise UserError(f"no readable images under '{path}'; a test set is test/<class>/ or <class>/ folders "
                             f"of images")
+        if test_only:  # <class>/ alone is read from a folder only: in an archive it may sit under any top folder
+            raise UserError(f"no readable images under test/<class>/ in '{path}'; put the class folders in test/ "
+                            f"there, or unpack it and pass the folder of <class>/ folders")
         raise UserError(f"no readable images under '{path}/train/<class>/'; the folder needs train/<class>/ and "
                         f"test/<class>/ subfolders of images")
     if len(classes) == 1 and not test_only:

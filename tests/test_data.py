@@ -283,6 +283,20 @@ def test_class_folders_alone_are_a_test_set_as_imagefolder_lays_them_out_but_not
             refuse()
 
 
+def test_a_test_set_with_nothing_readable_says_which_layouts_are_read(tmp_path):
+    pictures = make_image_folder(tmp_path / 'd', classes=('cat', 'ship'), train_per_class=0, test_per_class=2) / 'test'
+    archive = shutil.make_archive(str(tmp_path / 'pictures'), 'zip', pictures)  # cat/ and ship/ at its top
+    with pytest.raises(UserError, match=re.escape(f"no readable images under test/<class>/ in '{archive}'; put the "
+                                                  f"class folders in test/ there, or unpack it and pass the folder "
+                                                  f"of <class>/ folders")):
+        load_test_set('folder', archive, ['cat', 'ship'], 8, str(tmp_path / 'c'))
+    for image in pictures.rglob('*.png'):
+        image.write_bytes(b'not a picture any more')
+    with pytest.raises(UserError, match=re.escape(f"no readable images under '{pictures}'; a test set is "
+                                                  f"test/<class>/ or <class>/ folders of images")):
+        load_test_set('folder', str(pictures), ['cat', 'ship'], 8, str(tmp_path / 'c'))
+
+
 def test_split_folders_in_capitals_are_read_as_train_and_test(tmp_path):
     root = make_image_folder(tmp_path / 'd')
     for split in ('train', 'test'):
