@@ -10,7 +10,7 @@ import os
 import torch
 
 from .checkpoint import save_checkpoint
-from .engine import autocast
+from .runtime import autocast
 
 
 class OnlineTeacher:
