@@ -62,8 +62,9 @@ def training_parser(description: str, *, out: str, epochs: int, lr: float, batch
                       help='download folder for CIFAR; for folder: a directory, .tar.gz or .zip holding '
                            'train/<class>/* and test/<class>/*' + default())
     data.add_argument('--data-cache', default=default_cache_dir(),
-                      help='where a decoded image folder or archive is kept on disk and mapped from, by this run and '
-                           'the next; it needs room for the decoded set, 3 bytes a pixel ($DISTILL_CACHE)')
+                      help='where a decoded image folder or archive, or CIFAR enlarged, is kept on disk and mapped '
+                           'from, by this run and the next; it needs room for the decoded set, 3 bytes a pixel '
+                           '($DISTILL_CACHE)')
     data.add_argument('--subset', type=int, help='use the first N training images, class-balanced' + default('all'))
     data.add_argument('--test-subset', type=int, help='use the first N test images, class-balanced' + default('all'))
     data.add_argument('--image-size', type=int,

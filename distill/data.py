@@ -1,9 +1,11 @@
 """Datasets as uint8 tensors: CIFAR held in memory; image folders and archives read (images.py decodes each
 file) into their cache on disk (folder_cache.py) and mapped from there, so a set larger than the memory trains
 too; and the fixed train/val/route split. loaders.py turns them into batches."""
+import errno
 import hashlib
 import io
 import os
+import sys
 import tarfile
 import zipfile
 from dataclasses import dataclass, replace
@@ -13,7 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import UserError
-from .folder_cache import WHERE_TO_CACHE, DecodedOnDisk, default_cache_dir, one_at_a_time, read_cache, warn_once
+from .folder_cache import (WHERE_TO_CACHE, DecodedOnDisk, default_cache_dir, free_disk, one_at_a_time, read_array,
+                           read_cache, warn_once, write_array)
 from .images import HEIF_READABLE, READ_ERRORS, HeifUnreadable, list_image_files, read_image
 from .runtime import free_memory, place_data
 
@@ -148,7 +151,7 @@ def load_dataset(name: str, data_dir: str, train: bool, image_size: int | None =
     cache_dir = cache_dir or default_cache_dir()
     size = image_size or NATIVE_SIZE
     if name in ('cifar10', 'cifar100'):
-        return _load_cifar(name, data_dir, train, size)
+        return _load_cifar(name, data_dir, train, size, cache_dir)
     if name == 'folder':
         splits = _load_folder(data_dir, size, cache_dir)
         return splits['train' if train else 'test']
@@ -181,7 +184,7 @@ def classes_text(classes: list, shown: int = 5) -> str:
     return ', '.join(classes[:shown]) + (', ...' if len(classes) > shown else '')
 
 
-def _load_cifar(name: str, data_dir: str, train: bool, size: int) -> ImageSet:
+def _load_cifar(name: str, data_dir: str, train: bool, size: int, cache_dir: str) -> ImageSet:
     from torchvision import datasets
     cls = datasets.CIFAR10 if name == 'cifar10' else datasets.CIFAR100
     try:
@@ -193,9 +196,41 @@ def _load_cifar(name: str, data_dir: str, train: bool, size: int) -> ImageSet:
         raise UserError(f"could not download or read {name} into '{data_dir}' ({err.__class__.__name__}: {err}); "
                         f"check the network, or pass --dataset folder --data-dir DIR") from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-    if size != images.shape[-1]:
-        _refuse_unless_fits(f'the {len(images)} images of {name}', len(images), size, free_memory())
+    if size > NATIVE_SIZE:
+        images = _enlarged(images, size, name, os.path.join(cache_dir, f"{name}-{'train' if train else 'test'}"))
     return ImageSet(resize_images(images, size), torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
+
+
+def _enlarged(images: torch.Tensor, size: int, name: str, cache: str) -> torch.Tensor:
+    """The images resized to `size`, once, into a file of the cache, then mapped from it as a decoded folder is: an
+    enlarged set (CIFAR-10 at --image-size 224: 9 GB) may not fit in memory, and every later stage maps the file
+    instead of resizing again. Where the disk has no room, resized in memory where they fit there."""
+    what, parent = f'the {len(images)} images of {name}', os.path.dirname(cache) or '.'
+    shape, need = (len(images), 3, size, size), len(images) * 3 * size * size
+    content = hashlib.sha1(images.numpy())  # the pixels themselves, not a copy of them
+    content.update(b'|bilinear-antialias')
+    file = f'{cache}-{size}px-{content.hexdigest()[:16]}.npy'
+    with one_at_a_time(file):  # torchrun's processes: one resizes, the others map its file
+        mapped = read_array(file, shape)
+        if mapped is not None:
+            return mapped
+        try:
+            os.makedirs(parent, exist_ok=True)
+            room = free_disk(parent)
+            if need > room:
+                raise OSError(errno.ENOSPC, f'{_in_units(need)} needed, {_in_units(room)} free')
+            chunk = _chunk_of(3 * size * size, 4)
+            write_array(file, shape, (resize_images(part, size, chunk) for part in images.split(chunk)))
+            mapped = read_array(file, shape)
+        except OSError as err:
+            print(f"note: could not keep {what} at --image-size {size} in '{parent}' ({err.strerror or err}); "
+                  f"resizing them in memory for this run (point {WHERE_TO_CACHE} at a disk with room)",
+                  file=sys.stderr)
+    if mapped is not None:
+        return mapped
+    _refuse_unless_fits(what, len(images), size, free_memory(),
+                        hint=f'pass a smaller --image-size, or point {WHERE_TO_CACHE} at a disk with room')
+    return resize_images(images, size)
 
 
 def _refuse_unless_fits(what: str, count: int, size: int, room: int | None, transient: int = 0,
@@ -205,12 +240,15 @@ def _refuse_unless_fits(what: str, count: int, size: int, room: int | None, tran
     a word. transient: how many more images are held for a while at the peak."""
     need = (count + transient) * 3 * size * size
     if room is not None and need > room:
-        raise UserError(f"{what} at --image-size {size} ({3 * size * size / 2**20:.1f} MiB each) need "
+        raise UserError(f"{what} at --image-size {size} ({_in_units(3 * size * size)} each) need "
                         f"{_in_units(need)}, more than the {_in_units(room)} {room_text}; {hint}")
 
 
 def _in_units(n: int) -> str:
-    return f'{n / 2**30:.1f} GiB' if n >= 2**30 else f'{n / 2**20:.1f} MiB'
+    for shift, unit in ((30, 'GiB'), (20, 'MiB'), (10, 'KiB')):
+        if n >= 2**shift:
+            return f'{n / 2**shift:.1f} {unit}'
+    return f'{n} B'
 
 
 def _folder_entries(parts):

@@ -4,7 +4,8 @@ memory, and mapped when read, so that a set larger than the memory trains. data.
 A cache is a folder, folder-<source>-<content>/ (source: the folder's path and the image size; content: its
 files), holding <split>.npy (N x 3 x S x S uint8, class by class) and meta.pt (each split's labels and classes,
 and the warning about files skipped). It is built beside its place and renamed into it once complete, so a crash
-leaves no half cache behind; a newer cache of the same source replaces the older.
+leaves no half cache behind; a newer cache of the same source replaces the older. CIFAR enlarged is kept the same
+way, as one file per split: <dataset>-<split>-<size>px-<content>.npy (write_array, read_array).
 """
 import collections
 import contextlib
@@ -52,7 +53,7 @@ def _remove_abandoned(cache: str):
             try:
                 os.kill(int(pid), 0)
             except ProcessLookupError:
-                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+                _remove(os.path.join(parent, name))
             except OSError:  # alive, another user's
                 pass
 
@@ -63,13 +64,17 @@ def _remove_superseded(cache: str):
     fill the disk in turn; a run still mapping one keeps reading it (the OS frees the files when it ends)."""
     parent, own = os.path.dirname(cache) or '.', os.path.basename(cache)
     for name in os.listdir(parent):
-        if name != own and (name.startswith(_source(cache)) and '.' not in name or LEGACY.fullmatch(name)):
-            path = os.path.join(parent, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.remove(path)
+        older = name.startswith(_source(cache)) and not name.endswith('.lock') and '.part-' not in name
+        if name != own and (older or LEGACY.fullmatch(name)):
+            _remove(os.path.join(parent, name))
+
+
+def _remove(path: str):
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 @contextlib.contextmanager
@@ -119,6 +124,36 @@ def read_cache(folder: str) -> dict | None:
     if skipped:
         warn_once(skipped)
     return splits
+
+
+def read_array(file: str, shape: tuple) -> torch.Tensor | None:
+    """The uint8 array of `shape` that write_array wrote, mapped; None where it is missing or cut short."""
+    try:
+        try:
+            array = np.load(file, mmap_mode='c')
+        except ValueError:  # a file system that cannot map files: read
+            array = np.load(file)
+    except (OSError, ValueError):
+        return None
+    return torch.from_numpy(array) if array.shape == shape and array.dtype == np.uint8 else None
+
+
+def write_array(file: str, shape: tuple, chunks):
+    """uint8 chunks, in order, as one .npy file of `shape`, never held whole: written beside the file and renamed
+    into place, so that a crash leaves no half file; then an older file of the same source is removed."""
+    parent = os.path.dirname(file) or '.'
+    os.makedirs(parent, exist_ok=True)
+    _remove_abandoned(file)
+    fd, part = tempfile.mkstemp(prefix=f'{os.path.basename(file)}.part-{os.getpid()}-', dir=parent)
+    try:
+        with os.fdopen(fd, 'wb') as out:
+            np.lib.format.write_array_header_2_0(out, {'descr': '|u1', 'fortran_order': False, 'shape': shape})
+            for chunk in chunks:
+                out.write(chunk.numpy().tobytes())
+        os.replace(part, file)
+    finally:
+        _remove(part)  # gone already where it was renamed
+    _remove_superseded(file)
 
 
 class DecodedOnDisk:

@@ -24,9 +24,9 @@ def _md5_lists(base, files):
     return [[f, hashlib.md5((base / f).read_bytes()).hexdigest()] for f in files]
 
 
-@pytest.mark.parametrize('name', ['cifar10', 'cifar100'])
-def test_cifar_on_disk_format_is_read_by_torchvision(tmp_path, monkeypatch, name):
-    base = write_cifar(tmp_path, name, num_classes=10 if name == 'cifar10' else 100, n_train=30, n_test=20)
+def _generated_cifar(root, monkeypatch, name='cifar10', **sizes):
+    """A CIFAR written in torchvision's on-disk format, which torchvision then reads without downloading."""
+    base = write_cifar(root, name, num_classes=10 if name == 'cifar10' else 100, **sizes)
     cls = datasets.CIFAR10 if name == 'cifar10' else datasets.CIFAR100
     # torchvision checks md5 sums of the real files; point it at the generated ones instead of downloading.
     train_files = ['data_batch_%d' % i for i in range(1, 6)] if name == 'cifar10' else ['train']
@@ -34,16 +34,61 @@ def test_cifar_on_disk_format_is_read_by_torchvision(tmp_path, monkeypatch, name
     monkeypatch.setattr(cls, 'test_list', _md5_lists(base, ['test_batch' if name == 'cifar10' else 'test']))
     meta = cls.meta['filename']
     monkeypatch.setattr(cls, 'meta', {**cls.meta, 'md5': _md5_lists(base, [meta])[0][1]})
+    return base / train_files[0]
+
+
+@pytest.mark.parametrize('name', ['cifar10', 'cifar100'])
+def test_cifar_on_disk_format_is_read_by_torchvision(tmp_path, monkeypatch, name):
+    first_batch = _generated_cifar(tmp_path, monkeypatch, name, n_train=30, n_test=20)
     train = load_dataset(name, str(tmp_path), train=True)
     test = load_dataset(name, str(tmp_path), train=False, image_size=16)
     assert train.images.shape == (150 if name == 'cifar10' else 30, 3, 32, 32) and train.images.dtype == torch.uint8
     assert test.images.shape == (20, 3, 16, 16)
     assert train.classes[0] == 'class0' and len(train.classes) == (10 if name == 'cifar10' else 100)
-    raw = np.frombuffer(__import__('pickle').load(open(base / train_files[0], 'rb'))['data'][0], np.uint8)
+    raw = np.frombuffer(__import__('pickle').load(open(first_batch, 'rb'))['data'][0], np.uint8)
     assert torch.equal(train.images[0].flatten(), torch.from_numpy(raw.copy()))  # CHW order kept
-    monkeypatch.setattr(distill.data, 'free_memory', lambda: 20 * 3 * 64 * 64 - 1)  # a byte short of 20 at 64 px
-    with pytest.raises(UserError, match=f'the 20 images of {name} at --image-size 64 .* need 0.2 MiB, more than'):
-        load_dataset(name, str(tmp_path), train=False, image_size=64)
+
+
+def test_cifar_enlarged_is_resized_once_into_the_cache_and_mapped_from_there(tmp_path, monkeypatch, capsys):
+    _generated_cifar(tmp_path, monkeypatch, n_train=30, n_test=20)
+    cache = tmp_path / 'cache'
+    cache.mkdir()
+    resized = resize_images(load_dataset('cifar10', str(tmp_path), train=False).images, 48)
+    (cache / 'cifar10-test-48px-0123456789abcdef.npy').write_bytes(b'from a CIFAR since replaced')
+    (cache / 'cifar10-test-48px-0123456789abcdef.npy.part-4194999-x').write_bytes(b'a killed run')  # no such pid
+    test = load_dataset('cifar10', str(tmp_path), train=False, image_size=48, cache_dir=str(cache))
+    assert torch.equal(test.images, resized) and test.labels.tolist() == [i % 10 for i in range(20)]
+    [file] = os.listdir(cache)  # the older file and the killed run's part are gone, and no lock is left
+    assert re.fullmatch('cifar10-test-48px-[0-9a-f]{16}.npy', file)
+
+    with open(cache / file, 'r+b') as f:  # the next run maps the file and resizes nothing
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([255 - resized[-1, -1, -1, -1].item()]))
+    monkeypatch.setattr(F, 'interpolate', lambda *args, **kwargs: pytest.fail('resized again'))
+    again = load_dataset('cifar10', str(tmp_path), train=False, image_size=48, cache_dir=str(cache))
+    assert again.images[-1, -1, -1, -1] == 255 - resized[-1, -1, -1, -1] and torch.equal(again.images[0], resized[0])
+    monkeypatch.undo()
+
+    _generated_cifar(tmp_path, monkeypatch, n_train=30, n_test=20)
+    with open(cache / file, 'r+b') as f:  # cut short, by a full disk say: resized again
+        f.truncate(os.path.getsize(cache / file) // 2)
+    assert torch.equal(load_dataset('cifar10', str(tmp_path), False, 48, str(cache)).images, resized)
+    assert os.listdir(cache) == [file]
+
+
+def test_cifar_enlarged_beyond_the_disk_is_resized_in_memory_where_it_fits_there(tmp_path, monkeypatch, capsys):
+    _generated_cifar(tmp_path, monkeypatch, n_train=30, n_test=20)
+    resized = resize_images(load_dataset('cifar10', str(tmp_path), train=False).images, 64)
+    monkeypatch.setattr(distill.data, 'free_disk', lambda folder: 20 * 3 * 64 * 64 - 1)  # a byte short of 20 at 64 px
+    test = load_dataset('cifar10', str(tmp_path), train=False, image_size=64, cache_dir=str(tmp_path / 'cache'))
+    assert torch.equal(test.images, resized) and not list((tmp_path / 'cache').glob('*.npy*'))
+    assert re.search(r"note: could not keep the 20 images of cifar10 at --image-size 64 in '.*cache' \(240.0 KiB "
+                     r"needed, 240.0 KiB free\); resizing them in memory", capsys.readouterr().err)
+    monkeypatch.setattr(distill.data, 'free_memory', lambda: 20 * 3 * 64 * 64 - 1)
+    with pytest.raises(UserError, match=r'the 20 images of cifar10 at --image-size 64 \(12.0 KiB each\) need 240.0 '
+                                        r'KiB, more than .* pass a smaller --image-size, or point --data-cache .* at a '
+                                        r'disk with room'):
+        load_dataset('cifar10', str(tmp_path), train=False, image_size=64, cache_dir=str(tmp_path / 'cache'))
 
 
 @pytest.mark.parametrize('name', ['cifar10', 'cifar100'])
