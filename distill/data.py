@@ -1,6 +1,7 @@
-"""Datasets as uint8 tensors: CIFAR held in memory; image folders and archives read (images.py decodes each
-file) into their cache on disk (folder_cache.py) and mapped from there, so a set larger than the memory trains
-too; and the fixed train/val/route split. loaders.py turns them into batches."""
+"""Datasets as uint8 tensors: CIFAR held in memory (enlarged, resized into its cache on disk and mapped); image
+folders and archives read (images.py decodes each file) into their cache on disk (folder_cache.py) and mapped
+from there, so a set larger than the memory trains too; and the fixed train/val/route split. loaders.py turns
+them into batches."""
 import errno
 import hashlib
 import io
