@@ -147,28 +147,29 @@ def _class_folders_refusal(path: str) -> UserError:
 
 
 def load_dataset(name: str, data_dir: str, train: bool, image_size: int | None = None,
-                 cache_dir: str | None = None) -> ImageSet:
-    """The training or test set of `name`, as uint8 tensors of image_size (default 32)."""
+                 cache_dir: str | None = None, subset: int | None = None) -> ImageSet:
+    """The training or test set of `name`, as uint8 tensors of image_size (default 32); where given, only its first
+    `subset` images, class-balanced (--subset, --test-subset)."""
     cache_dir = cache_dir or default_cache_dir()
     size = image_size or NATIVE_SIZE
     if name in ('cifar10', 'cifar100'):
-        return _load_cifar(name, data_dir, train, size, cache_dir)
+        return _load_cifar(name, data_dir, train, size, cache_dir, subset)
     if name == 'folder':
         splits = _load_folder(data_dir, size, cache_dir)
-        return splits['train' if train else 'test']
+        return subset_of(splits['train' if train else 'test'], subset, '--subset' if train else '--test-subset')
     raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
 
 
 def load_test_set(name: str, data_dir: str, classes: list, image_size: int | None = None,
-                  cache_dir: str | None = None) -> ImageSet:
+                  cache_dir: str | None = None, subset: int | None = None) -> ImageSet:
     """The test split for models that learned `classes`, labelled by them: of data laid out for training, or of
     a folder of test/<class>/ or <class>/ alone (a new test set, a user's labelled photos) with any of those
-    classes."""
+    classes; where given, only its first `subset` images, class-balanced."""
     if name == 'folder':
         size, cache_dir = image_size or NATIVE_SIZE, cache_dir or default_cache_dir()
-        test = _load_folder(data_dir, size, cache_dir, test_only=True)['test']
+        test = subset_of(_load_folder(data_dir, size, cache_dir, test_only=True)['test'], subset, '--test-subset')
     else:
-        test = load_dataset(name, data_dir, False, image_size, cache_dir)
+        test = load_dataset(name, data_dir, False, image_size, cache_dir, subset)
     index = {cls.lower(): i for i, cls in enumerate(classes)}  # a folder 'Cat/' holds the class 'cat'
     index.update({cls: i for i, cls in enumerate(classes)})  # the exact name first
     present = [test.classes[i] for i in test.labels.unique().tolist()]
@@ -185,7 +186,7 @@ def classes_text(classes: list, shown: int = 5) -> str:
     return ', '.join(classes[:shown]) + (', ...' if len(classes) > shown else '')
 
 
-def _load_cifar(name: str, data_dir: str, train: bool, size: int, cache_dir: str) -> ImageSet:
+def _load_cifar(name: str, data_dir: str, train: bool, size: int, cache_dir: str, subset: int | None) -> ImageSet:
     from torchvision import datasets
     cls = datasets.CIFAR10 if name == 'cifar10' else datasets.CIFAR100
     try:
@@ -196,10 +197,12 @@ def _load_cifar(name: str, data_dir: str, train: bool, size: int, cache_dir: str
                             f"{os.path.dirname(os.path.normpath(data_dir)) or '.'}") from None
         raise UserError(f"could not download or read {name} into '{data_dir}' ({err.__class__.__name__}: {err}); "
                         f"check the network, or pass --dataset folder --data-dir DIR") from None
-    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor(ds.targets, dtype=torch.int64)
+    kept = balanced_subset(labels, subset)  # before resizing: each image is resized alone, so the same pixels
+    images, labels = torch.from_numpy(ds.data).permute(0, 3, 1, 2)[kept].contiguous(), labels[kept]
     if size > NATIVE_SIZE:
         images = _enlarged(images, size, name, os.path.join(cache_dir, f"{name}-{'train' if train else 'test'}"))
-    return ImageSet(resize_images(images, size), torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
+    return ImageSet(resize_images(images, size), labels, list(ds.classes))
 
 
 def _enlarged(images: torch.Tensor, size: int, name: str, cache: str) -> torch.Tensor:
@@ -449,9 +452,10 @@ def balanced_subset(labels: torch.Tensor, n: int | None) -> torch.Tensor:
     return interleave_classes(labels)[:n].sort().values
 
 
-def subset_of(images: ImageSet, n: int, flag: str) -> ImageSet:
-    """The first n images, class-balanced, copied into memory (all of them: the set as it is). A copy that would not
-    fit is refused in one line (the set itself may be mapped from disk), not killed by the OS without a word."""
+def subset_of(images: ImageSet, n: int | None, flag: str) -> ImageSet:
+    """The first n images, class-balanced, copied into memory (all of them, or n None: the set as it is). A copy that
+    would not fit is refused in one line (the set itself may be mapped from disk), not killed by the OS without a
+    word."""
     indices = balanced_subset(images.labels, n)
     if len(indices) == len(images):
         return images
@@ -542,12 +546,8 @@ class Prepared:
 def prepare_data(args) -> Prepared:
     """Load, subset and split the data set the shared flags describe."""
     cache = getattr(args, 'data_cache', None)
-    train = load_dataset(args.dataset, args.data_dir, True, args.image_size, cache)
-    test = load_dataset(args.dataset, args.data_dir, False, args.image_size, cache)
-    if args.subset is not None:  # a copy; without a subset the whole set is used as it is
-        train = subset_of(train, args.subset, '--subset')
-    if args.test_subset is not None:
-        test = subset_of(test, args.test_subset, '--test-subset')
+    train = load_dataset(args.dataset, args.data_dir, True, args.image_size, cache, args.subset)
+    test = load_dataset(args.dataset, args.data_dir, False, args.image_size, cache, args.test_subset)
     parts, split = make_split(train.labels, args.seed, args.val_size, args.route_size, args.dataset, args.subset)
     mean, std = channel_stats(train.images, parts['train'])
     return Prepared(train, test, parts, split, mean, std, train.images.shape[-1])

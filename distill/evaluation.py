@@ -6,7 +6,7 @@ import torch
 
 from .checkpoint import run_dir
 from .cli import checkpoint_path
-from .data import default_dataset, load_test_set, subset_of
+from .data import default_dataset, load_test_set
 from .engine import predict_logits
 from .loaders import Loader
 from .metrics import in_calls, paired_lead, per_class_accuracy, time_in_turns
@@ -53,9 +53,7 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=No
     # Any test/<class>/ folder of the experts' classes: the data they learned from moved, or a new test set.
     dataset = 'folder' if data_dir and default_dataset(data_dir, test_only=True) == 'folder' else config['dataset']
     test = load_test_set(dataset, data_dir or config['data_dir'], state['class_names'], state['image_size'],
-                         config.get('data_cache'))
-    if subset := test_subset or (None if data_dir else config.get('test_subset')):  # else no copy of a mapped set
-        test = subset_of(test, subset, '--test-subset')
+                         config.get('data_cache'), test_subset or (None if data_dir else config.get('test_subset')))
     test = test.to(device)
     loader = Loader(test, torch.arange(len(test)), batch_size, state['mean'], state['std'], device)
     expert_logits, labels = expert_outputs(experts, loader, device, amp)

@@ -76,6 +76,18 @@ def test_cifar_enlarged_is_resized_once_into_the_cache_and_mapped_from_there(tmp
     assert os.listdir(cache) == [file]
 
 
+def test_a_cifar_subset_is_taken_before_enlarging_the_same_pixels_for_a_fraction_of_the_work(tmp_path, monkeypatch):
+    _generated_cifar(tmp_path, monkeypatch, n_train=30, n_test=20)
+    whole = load_dataset('cifar10', str(tmp_path), train=True)
+    kept = balanced_subset(whole.labels, 40)
+    cache = tmp_path / 'cache'
+    subset = load_dataset('cifar10', str(tmp_path), train=True, image_size=48, cache_dir=str(cache), subset=40)
+    assert torch.equal(subset.images, resize_images(whole.images, 48)[kept])
+    assert torch.equal(subset.labels, whole.labels[kept])
+    [file] = cache.glob('cifar10-train-48px-*.npy')
+    assert np.load(file, mmap_mode='r').shape == (40, 3, 48, 48)  # the 40 images resized and kept, not all 150
+
+
 def test_cifar_enlarged_beyond_the_disk_is_resized_in_memory_where_it_fits_there(tmp_path, monkeypatch, capsys):
     _generated_cifar(tmp_path, monkeypatch, n_train=30, n_test=20)
     resized = resize_images(load_dataset('cifar10', str(tmp_path), train=False).images, 64)
