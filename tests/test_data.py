@@ -49,7 +49,7 @@ def test_cifar_on_disk_format_is_read_by_torchvision(tmp_path, monkeypatch, name
     assert torch.equal(train.images[0].flatten(), torch.from_numpy(raw.copy()))  # CHW order kept
 
 
-def test_cifar_enlarged_is_resized_once_into_the_cache_and_mapped_from_there(tmp_path, monkeypatch, capsys):
+def test_cifar_enlarged_is_resized_once_into_the_cache_and_mapped_from_there(tmp_path, monkeypatch):
     _generated_cifar(tmp_path, monkeypatch, n_train=30, n_test=20)
     cache = tmp_path / 'cache'
     cache.mkdir()
