@@ -86,7 +86,8 @@ def _laid_out(path: str, splits=SPLITS_IN_FOLDER) -> bool:
 def _holds_images(path: str) -> bool:
     extensions = Image.registered_extensions()
     try:
-        return any(e.is_file() and os.path.splitext(e.name)[1].lower() in extensions for e in os.scandir(path))
+        with os.scandir(path) as entries:  # closed even where `any` stops at the first image
+            return any(e.is_file() and os.path.splitext(e.name)[1].lower() in extensions for e in entries)
     except OSError:
         return False
 

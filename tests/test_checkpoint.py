@@ -5,6 +5,7 @@ import os
 import signal
 import stat
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,7 +85,7 @@ def test_a_pipe_is_written_directly_not_replaced(tmp_path):
     pipe = tmp_path / 'table'
     os.mkfifo(pipe)
     received = []
-    reader = threading.Thread(target=lambda: received.append(open(pipe).read()), daemon=True)
+    reader = threading.Thread(target=lambda: received.append(Path(pipe).read_text()), daemon=True)
     reader.start()
     write_json(str(pipe), {'epoch': 3})
     reader.join(timeout=10)

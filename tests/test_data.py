@@ -45,7 +45,7 @@ def test_cifar_on_disk_format_is_read_by_torchvision(tmp_path, monkeypatch, name
     assert train.images.shape == (150 if name == 'cifar10' else 30, 3, 32, 32) and train.images.dtype == torch.uint8
     assert test.images.shape == (20, 3, 16, 16)
     assert train.classes[0] == 'class0' and len(train.classes) == (10 if name == 'cifar10' else 100)
-    raw = np.frombuffer(__import__('pickle').load(open(first_batch, 'rb'))['data'][0], np.uint8)
+    raw = np.frombuffer(__import__('pickle').loads(first_batch.read_bytes())['data'][0], np.uint8)
     assert torch.equal(train.images[0].flatten(), torch.from_numpy(raw.copy()))  # CHW order kept
 
 

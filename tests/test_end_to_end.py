@@ -1,5 +1,6 @@
 """The scripts as a user runs them: subprocesses on a tiny image folder (see conftest.tiny_runs)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,7 +152,7 @@ def test_routing_is_chosen_on_val_and_stored_with_the_selector(tiny_runs, monkey
     measured = state['routing']['measured']  # both modes timed on val beside the best expert alone, on this device
     assert set(measured['seconds_per_image']) == {'cascade', 'selector', 'alone'} and measured['images'] == 6
     assert measured['device'] == device_name(torch.device('cpu'))
-    assert json.loads(open('auto/summary.json').read())['routing']['cost_weight'] == 0.5
+    assert json.loads(Path('auto/summary.json').read_text())['routing']['cost_weight'] == 0.5
     assert state['split'] == torch.load(experts[0] + '/best.pt', weights_only=True)['split']
     assert 'optimizer' not in state and 'rng' not in state  # best.pt: what inference needs
 

@@ -5,6 +5,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -33,7 +34,7 @@ def test_a_later_run_from_the_cache_says_again_which_files_were_skipped(tmp_path
 def test_a_decoded_folder_is_mapped_from_its_cache_file_and_reads_the_same_from_it_later(image_folder, tmp_path):
     decoded = load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path))
     cache_file = str(next(tmp_path.glob('folder-*/train.npy')))
-    assert cache_file in open('/proc/self/maps').read()  # not held in memory, even when first decoded
+    assert cache_file in Path('/proc/self/maps').read_text()  # not held in memory, even when first decoded
     cached = load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path))
     assert torch.equal(cached.images, decoded.images) and torch.equal(cached.labels, decoded.labels)
     cached.images[0] = 0  # copy-on-write: a change stays in this process, the file is never written
