@@ -77,7 +77,8 @@ def test_a_reader_that_stops_reading_ends_the_script_quietly():
     writer = subprocess.Popen([sys.executable, '-c', script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert writer.stdout.readline() == b'0\n'
     writer.stdout.close()
-    assert writer.stderr.read() == b'' and writer.wait(timeout=60) == 141
+    with writer.stderr:
+        assert writer.stderr.read() == b'' and writer.wait(timeout=60) == 141
 
 
 def test_sigterm_stops_a_script_like_ctrl_c(capsys):

@@ -171,7 +171,7 @@ def test_a_second_run_into_an_out_another_process_writes_ends_in_one_line_and_wr
             pass
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # waits, and closes its output
     teacherTrain.main(_tiny_run(folder, out, '--epochs', '1'))  # the OS dropped the lock with its process
     assert (out / 'best.pt').exists()
 
