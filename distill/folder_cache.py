@@ -111,11 +111,7 @@ def read_cache(folder: str) -> dict | None:
         skipped = meta.pop('skipped')
         splits = {}
         for split, entry in meta.items():
-            file = os.path.join(folder, f'{split}.npy')
-            try:  # copy-on-write: writable for torch, and the file is never changed
-                images = np.load(file, mmap_mode='c')
-            except (OSError, ValueError):  # a file system that cannot map files: read
-                images = np.load(file)
+            images = _mapped_npy(os.path.join(folder, f'{split}.npy'))
             if images.shape[0] != len(entry['labels']):
                 return None
             splits[split] = (torch.from_numpy(images), entry['labels'], entry['classes'])
@@ -126,13 +122,17 @@ def read_cache(folder: str) -> dict | None:
     return splits
 
 
+def _mapped_npy(file: str) -> np.ndarray:
+    try:  # copy-on-write: writable for torch, and the file is never changed
+        return np.load(file, mmap_mode='c')
+    except (OSError, ValueError):  # a file system that cannot map files: read
+        return np.load(file)
+
+
 def read_array(file: str, shape: tuple) -> torch.Tensor | None:
     """The uint8 array of `shape` that write_array wrote, mapped; None where it is missing or cut short."""
     try:
-        try:
-            array = np.load(file, mmap_mode='c')
-        except ValueError:  # a file system that cannot map files: read
-            array = np.load(file)
+        array = _mapped_npy(file)
     except (OSError, ValueError):
         return None
     return torch.from_numpy(array) if array.shape == shape and array.dtype == np.uint8 else None
