@@ -479,6 +479,10 @@ def make_split(labels: torch.Tensor, seed: int, val_size: int | None = None, rou
                dataset: str = '', subset: int | None = None):
     """Split a training set into train / val / route, class-balanced and fixed by the seed.
 
+    The held-out images visit the classes round-robin, but no class gives more than its share (in proportion to
+    its size, rounded up) nor its last image: a rare class of an uneven folder would otherwise go whole into val
+    and route, and never be trained on. A set whose classes are even within one image splits as it always has.
+
     Returns ({'train','val','route'} -> index tensor, record). The record is stored in every
     checkpoint so that a later stage can check it trains and evaluates on the same split.
     """
@@ -495,13 +499,35 @@ def make_split(labels: torch.Tensor, seed: int, val_size: int | None = None, rou
                         f'on, fewer than 2; use a larger --subset or smaller sizes')
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     order = perm[interleave_classes(labels[perm])]
-    parts = {'val': order[:val_size], 'route': order[val_size:val_size + route_size],
-             'train': order[val_size + route_size:]}
+    val = _held_out(order, labels, val_size, torch.zeros(n, dtype=torch.bool))
+    held = _held_out(order, labels, val_size + route_size, val)
+    parts = {'val': order[val], 'route': order[held & ~val], 'train': order[~held]}
     digest = hashlib.sha1(labels.numpy().tobytes() + parts['val'].numpy().tobytes()
                           + parts['route'].numpy().tobytes()).hexdigest()[:16]
     record = {'dataset': dataset, 'subset': subset, 'seed': seed, 'train': n - val_size - route_size,
               'val': val_size, 'route': route_size, 'digest': digest}
     return parts, record
+
+
+def _held_out(order: torch.Tensor, labels: torch.Tensor, size: int, already: torch.Tensor) -> torch.Tensor:
+    """Which positions of `order` (interleaved by class) the first `size` held-out images take, `already` held
+    among them: the earliest of each class up to its cap, ceil(size * (its count + 1) / n), which a class at least
+    n / classes - 1 images large never reaches, and at most all its images but one. Where the caps leave too few
+    (--val-size and --route-size near the whole set), the earliest of the rest make up the size."""
+    n, ordered = len(order), labels[order]
+    counts = torch.bincount(labels)
+    caps = torch.minimum((size * (counts + 1) + n - 1) // n, counts - 1)
+    # Each position's rank within its class: the interleaved order visits every class's images in turn.
+    by_class = torch.argsort(ordered, stable=True)
+    rank = torch.empty(n, dtype=torch.int64)
+    rank[by_class] = torch.arange(n) - (counts.cumsum(0) - counts)[ordered[by_class]]
+    eligible = (rank < caps[ordered]) & ~already
+    chosen = already | (eligible & (eligible.cumsum(0) <= size - int(already.sum())))
+    short = size - int(chosen.sum())
+    if short > 0:
+        rest = ~chosen
+        chosen |= rest & (rest.cumsum(0) <= short)
+    return chosen
 
 
 def channel_stats(images: torch.Tensor, indices: torch.Tensor | None = None, chunk: int | None = None):

@@ -442,6 +442,35 @@ def test_split_is_disjoint_balanced_and_fixed_by_seed():
     assert make_split(torch.arange(100_000) % 10, 0)[1]['val'] == 5000  # capped at 5,000
 
 
+@pytest.mark.parametrize('counts', [[100, 3], [1000] * 9 + [50], [5, 1, 14]])
+def test_a_rare_class_gives_val_and_route_only_its_share_and_is_trained_on(counts):
+    labels = torch.cat([torch.full((count,), cls) for cls, count in enumerate(counts)])
+    parts, _ = make_split(labels, seed=0)
+    trained = torch.bincount(labels[parts['train']], minlength=len(counts))
+    assert (trained >= 1).all()  # round-robin alone sent the 3 and the 50 into val and route whole
+    for part in ('val', 'route'):
+        held = torch.bincount(labels[parts[part]], minlength=len(counts))
+        share = (len(parts[part]) * (torch.tensor(counts) + 1) + len(labels) - 1) // len(labels)
+        assert (held <= share).all() and held.sum() == len(parts[part])
+
+
+def _split_digest(parts):
+    return hashlib.sha1(b''.join(parts[k].numpy().tobytes() for k in ('train', 'val', 'route'))).hexdigest()[:16]
+
+
+@pytest.mark.parametrize('labels, seed, sizes, digest', [
+    (torch.arange(50000) % 10, 0, (None, None), 'cc359fe9af247664'),
+    (torch.arange(50000) // 5000, 0, (None, None), 'e5fab36d9e8e0f7b'),  # the JPEG archive's order, class by class
+    ((torch.arange(1005) % 10)[torch.randperm(1005, generator=torch.Generator().manual_seed(1))], 2, (None, None),
+     '7abeac13029df775'),
+    (torch.arange(997) % 7, 5, (55, 33), '52680c772092c2d9'),
+    (torch.arange(5000) % 100, 1, (250, 250), 'd409b55bec310b43'),
+    (torch.arange(20) % 2, 0, (10, 8), 'de9305f949e97444'),
+])
+def test_classes_even_within_an_image_split_as_before_so_earlier_runs_still_match(labels, seed, sizes, digest):
+    assert _split_digest(make_split(labels, seed, *sizes)[0]) == digest  # the digests of the round-robin split
+
+
 def test_channel_stats_of_a_channel_that_never_varies_leave_it_unscaled():
     images = torch.zeros(4, 3, 2, 2, dtype=torch.uint8)
     images[:, 0] = torch.tensor([0, 51, 102, 153]).view(4, 1, 1)  # red varies; green and blue are always 0
