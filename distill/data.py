@@ -2,7 +2,6 @@
 folders and archives read (images.py decodes each file) into their cache on disk (folder_cache.py) and mapped
 from there, so a set larger than the memory trains too; and the fixed train/val/route split. loaders.py turns
 them into batches."""
-import errno
 import hashlib
 import io
 import os
@@ -16,8 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import UserError
-from .folder_cache import (WHERE_TO_CACHE, DecodedOnDisk, default_cache_dir, free_disk, one_at_a_time, read_array,
-                           read_cache, warn_once, write_array)
+from .folder_cache import (WHERE_TO_CACHE, DecodedOnDisk, default_cache_dir, in_units, keep_array, one_at_a_time,
+                           read_cache, warn_once)
 from .images import HEIF_READABLE, READ_ERRORS, HeifUnreadable, list_image_files, read_image
 from .runtime import free_memory, place_data
 
@@ -156,8 +155,9 @@ def load_dataset(name: str, data_dir: str, train: bool, image_size: int | None =
     if name in ('cifar10', 'cifar100'):
         return _load_cifar(name, data_dir, train, size, cache_dir, subset)
     if name == 'folder':
-        splits = _load_folder(data_dir, size, cache_dir)
-        return subset_of(splits['train' if train else 'test'], subset, '--subset' if train else '--test-subset')
+        splits, kept_in = _load_folder(data_dir, size, cache_dir)
+        split, flag = ('train', '--subset') if train else ('test', '--test-subset')
+        return subset_of(splits[split], subset, flag, _subset_prefix(kept_in, split))
     raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
 
 
@@ -168,7 +168,8 @@ def load_test_set(name: str, data_dir: str, classes: list, image_size: int | Non
     classes; where given, only its first `subset` images, class-balanced."""
     if name == 'folder':
         size, cache_dir = image_size or NATIVE_SIZE, cache_dir or default_cache_dir()
-        test = subset_of(_load_folder(data_dir, size, cache_dir, test_only=True)['test'], subset, '--test-subset')
+        splits, kept_in = _load_folder(data_dir, size, cache_dir, test_only=True)
+        test = subset_of(splits['test'], subset, '--test-subset', _subset_prefix(kept_in, 'test'))
     else:
         test = load_dataset(name, data_dir, False, image_size, cache_dir, subset)
     index = {cls.lower(): i for i, cls in enumerate(classes)}  # a folder 'Cat/' holds the class 'cat'
@@ -210,29 +211,17 @@ def _enlarged(images: torch.Tensor, size: int, name: str, cache: str) -> torch.T
     """The images resized to `size`, once, into a file of the cache, then mapped from it as a decoded folder is: an
     enlarged set (CIFAR-10 at --image-size 224: 9 GB) may not fit in memory, and every later stage maps the file
     instead of resizing again. Where the disk has no room, resized in memory where they fit there."""
-    what, parent = f'the {len(images)} images of {name}', os.path.dirname(cache) or '.'
-    shape, need = (len(images), 3, size, size), len(images) * 3 * size * size
+    what, shape = f'the {len(images)} images of {name}', (len(images), 3, size, size)
     content = hashlib.sha1(images.numpy())  # the pixels themselves, not a copy of them
     content.update(b'|bilinear-antialias')
-    file = f'{cache}-{size}px-{content.hexdigest()[:16]}.npy'
-    with one_at_a_time(file):  # torchrun's processes: one resizes, the others map its file
-        mapped = read_array(file, shape)
-        if mapped is not None:
-            return mapped
-        try:
-            os.makedirs(parent, exist_ok=True)
-            room = free_disk(parent)
-            if need > room:
-                raise OSError(errno.ENOSPC, f'{_in_units(need)} needed, {_in_units(room)} free')
-            chunk = _chunk_of(3 * size * size, 4)
-            write_array(file, shape, (resize_images(part, size, chunk) for part in images.split(chunk)))
-            mapped = read_array(file, shape)
-        except OSError as err:
-            print(f"note: could not keep {what} at --image-size {size} in '{parent}' ({err.strerror or err}); "
-                  f"resizing them in memory for this run (point {WHERE_TO_CACHE} at a disk with room)",
-                  file=sys.stderr)
-    if mapped is not None:
-        return mapped
+    chunk = _chunk_of(3 * size * size, 4)
+    try:
+        return keep_array(f'{cache}-{size}px-{content.hexdigest()[:16]}.npy', shape,
+                          lambda: (resize_images(part, size, chunk) for part in images.split(chunk)))
+    except OSError as err:
+        print(f"note: could not keep {what} at --image-size {size} in '{os.path.dirname(cache) or '.'}' "
+              f"({err.strerror or err}); resizing them in memory for this run (point {WHERE_TO_CACHE} at a disk "
+              f"with room)", file=sys.stderr)
     _refuse_unless_fits(what, len(images), size, free_memory(),
                         hint=f'pass a smaller --image-size, or point {WHERE_TO_CACHE} at a disk with room')
     return resize_images(images, size)
@@ -245,15 +234,8 @@ def _refuse_unless_fits(what: str, count: int, size: int, room: int | None, tran
     a word. transient: how many more images are held for a while at the peak."""
     need = (count + transient) * 3 * size * size
     if room is not None and need > room:
-        raise UserError(f"{what} at --image-size {size} ({_in_units(3 * size * size)} each) need "
-                        f"{_in_units(need)}, more than the {_in_units(room)} {room_text}; {hint}")
-
-
-def _in_units(n: int) -> str:
-    for shift, unit in ((30, 'GiB'), (20, 'MiB'), (10, 'KiB')):
-        if n >= 2**shift:
-            return f'{n / 2**shift:.1f} {unit}'
-    return f'{n} B'
+        raise UserError(f"{what} at --image-size {size} ({in_units(3 * size * size)} each) need "
+                        f"{in_units(need)}, more than the {in_units(room)} {room_text}; {hint}")
 
 
 def _folder_entries(parts):
@@ -313,9 +295,9 @@ def _iter_folder_files(path: str, as_test: bool = False):
                         f"({str(err).splitlines()[0].rstrip(':')}); re-create or re-download it") from None
 
 
-def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False) -> dict:
-    """{'train', 'test'} -> ImageSet, mapped from the decoded folder's cache; where test_only, train/ may be absent,
-    and then the classes are test/'s."""
+def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False):
+    """({'train', 'test'} -> ImageSet, mapped from the decoded folder's cache; the cache's folder, or None where it
+    could not be kept). Where test_only, train/ may be absent, and then the classes are test/'s."""
     if not os.path.exists(path):
         raise UserError(f"data path '{path}' does not exist; pass --data-dir pointing to a folder with "
                         f"train/<class>/ and test/<class>/ images, or to a .tar.gz or .zip of that layout")
@@ -329,7 +311,8 @@ def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False) 
         cached = read_cache(cache)
         if not cached or not (test_only or 'train' in cached):
             cached = _decode_into_cache(path, size, cache, test_only, as_test)
-    return {split: ImageSet(*entry) for split, entry in cached.items()}
+    kept_in = cache if os.path.isfile(os.path.join(cache, 'meta.pt')) else None
+    return {split: ImageSet(*entry) for split, entry in cached.items()}, kept_in
 
 
 def _decode_into_cache(path: str, size: int, cache: str, test_only: bool, as_test: bool = False) -> dict:
@@ -453,17 +436,37 @@ def balanced_subset(labels: torch.Tensor, n: int | None) -> torch.Tensor:
     return interleave_classes(labels)[:n].sort().values
 
 
-def subset_of(images: ImageSet, n: int | None, flag: str) -> ImageSet:
-    """The first n images, class-balanced, copied into memory (all of them, or n None: the set as it is). A copy that
-    would not fit is refused in one line (the set itself may be mapped from disk), not killed by the OS without a
+def subset_of(images: ImageSet, n: int | None, flag: str, keep_as: str | None = None) -> ImageSet:
+    """The first n images, class-balanced (all of them, or n None: the set as it is). keep_as: where the set is a
+    decoded folder's cache, the name its subsets are kept under there; the subset is written once into a file of it
+    and mapped, as the set is, so that a subset larger than the memory trains too. Otherwise, or where the disk has
+    no room, copied into memory; a copy that would not fit is refused in one line, not killed by the OS without a
     word."""
     indices = balanced_subset(images.labels, n)
     if len(indices) == len(images):
         return images
+    mapped = _kept_subset(images.images, indices, keep_as) if keep_as else None
+    if mapped is not None:
+        return ImageSet(mapped, images.labels[indices], images.classes)
     _refuse_unless_fits(f'the {len(indices)} images of {flag} {n}', len(indices), images.images.shape[-1],
                         free_memory(), hint=f'pass a smaller {flag}, or none: the whole set is then used as it is, '
                                             f'without a copy')
     return images.select(indices)
+
+
+def _subset_prefix(cache: str | None, split: str) -> str | None:
+    return cache and os.path.join(cache, f'{split}-subset')
+
+
+def _kept_subset(images: torch.Tensor, indices: torch.Tensor, keep_as: str) -> torch.Tensor | None:
+    """images[indices], written once into keep_as-<indices>.npy beside the set and mapped from there (a newer subset
+    of the set replaces an older); None where that file cannot be kept."""
+    chunk = _chunk_of(images[0].numel(), 1)
+    try:
+        return keep_array(f'{keep_as}-{hashlib.sha1(indices.numpy()).hexdigest()[:16]}.npy',
+                          (len(indices), *images.shape[1:]), lambda: (images[part] for part in indices.split(chunk)))
+    except OSError:
+        return None
 
 
 def export_sample_images(dataset: str, data_dir: str, folder: str, per_class: int = 2):

@@ -2,14 +2,17 @@
 memory, and mapped when read, so that a set larger than the memory trains. data.py decodes; this keeps.
 
 A cache is a folder, folder-<source>-<content>/ (source: the folder's path and the image size; content: its
-files), holding <split>.npy (N x 3 x S x S uint8, class by class) and meta.pt (each split's labels and classes,
-and the warning about files skipped). It is built beside its place and renamed into it once complete, so a crash
-leaves no half cache behind; a newer cache of the same source replaces the older. CIFAR enlarged is kept the same
-way, as one file per split: <dataset>-<split>-<size>px-<content>.npy (write_array, read_array).
+files), holding <split>.npy (N x 3 x S x S uint8, class by class), meta.pt (each split's labels and classes, and
+the warning about files skipped) and, once a run asks for one, the images of a split's latest --subset
+(<split>-subset-<which>.npy). It is built beside its place and renamed into it once complete, so a crash leaves
+no half cache behind; a newer cache of the same source replaces the older. CIFAR enlarged is kept the same way,
+as one file per split: <dataset>-<split>-<size>px-<content>.npy (keep_array).
 """
 import collections
 import contextlib
+import errno
 import io
+import math
 import os
 import re
 import shutil
@@ -31,6 +34,13 @@ def default_cache_dir() -> str:
 
 def free_disk(folder: str) -> int:
     return shutil.disk_usage(folder).free
+
+
+def in_units(n: int) -> str:
+    for shift, unit in ((30, 'GiB'), (20, 'MiB'), (10, 'KiB')):
+        if n >= 2**shift:
+            return f'{n / 2**shift:.1f} {unit}'
+    return f'{n} B'
 
 
 def _source(cache: str) -> str:
@@ -154,6 +164,24 @@ def write_array(file: str, shape: tuple, chunks):
     finally:
         _remove(part)  # gone already where it was renamed
     _remove_superseded(file)
+
+
+def keep_array(file: str, shape: tuple, chunks) -> torch.Tensor:
+    """The uint8 array of `shape` kept in `file`, mapped: as a run wrote it before, or else written first from
+    chunks(), uint8 tensors in order. OSError where the disk has no room for it or it cannot be written or read."""
+    with one_at_a_time(file):  # torchrun's processes: one writes, the others map its file
+        mapped = read_array(file, shape)
+        if mapped is None:
+            parent = os.path.dirname(file) or '.'
+            os.makedirs(parent, exist_ok=True)
+            need, room = math.prod(shape), free_disk(parent)
+            if need > room:
+                raise OSError(errno.ENOSPC, f'{in_units(need)} needed, {in_units(room)} free')
+            write_array(file, shape, chunks())
+            mapped = read_array(file, shape)
+    if mapped is None:
+        raise OSError(errno.EIO, f"'{file}' could not be read back")
+    return mapped
 
 
 class DecodedOnDisk:

@@ -14,6 +14,7 @@ from PIL import Image
 from torchvision import datasets
 
 import distill.data
+import distill.folder_cache
 from distill import UserError
 from distill.data import (ImageSet, balanced_subset, channel_stats, default_dataset, interleave_classes, load_dataset,
                           load_test_set, make_split, resize_images, subset_of)
@@ -91,7 +92,7 @@ def test_a_cifar_subset_is_taken_before_enlarging_the_same_pixels_for_a_fraction
 def test_cifar_enlarged_beyond_the_disk_is_resized_in_memory_where_it_fits_there(tmp_path, monkeypatch, capsys):
     _generated_cifar(tmp_path, monkeypatch, n_train=30, n_test=20)
     resized = resize_images(load_dataset('cifar10', str(tmp_path), train=False).images, 64)
-    monkeypatch.setattr(distill.data, 'free_disk', lambda folder: 20 * 3 * 64 * 64 - 1)  # a byte short of 20 at 64 px
+    monkeypatch.setattr(distill.folder_cache, 'free_disk', lambda folder: 20 * 3 * 64 * 64 - 1)  # 20 at 64 px, but 1 B
     test = load_dataset('cifar10', str(tmp_path), train=False, image_size=64, cache_dir=str(tmp_path / 'cache'))
     assert torch.equal(test.images, resized) and not list((tmp_path / 'cache').glob('*.npy*'))
     assert re.search(r"note: could not keep the 20 images of cifar10 at --image-size 64 in '.*cache' \(240.0 KiB "
@@ -412,6 +413,34 @@ def test_a_subset_copy_that_would_not_fit_in_memory_is_refused_in_one_line(monke
                                         r'pass a smaller --test-subset, or none'):
         subset_of(images, 13, '--test-subset')
     assert subset_of(images, 100, '--subset') is images  # the whole set: as it is, no copy, no check
+
+
+def test_a_folders_subset_is_mapped_from_a_file_of_its_cache_not_copied(image_folder, tmp_path, monkeypatch):
+    whole = load_dataset('folder', str(image_folder), True, cache_dir=str(tmp_path / 'cache'))
+    monkeypatch.setattr(distill.data, 'free_memory', lambda: 0)  # a copy would be refused
+    subset = load_dataset('folder', str(image_folder), True, cache_dir=str(tmp_path / 'cache'), subset=9)
+    chosen = balanced_subset(whole.labels, 9)
+    assert torch.equal(subset.images, whole.images[chosen]) and torch.equal(subset.labels, whole.labels[chosen])
+    kept = list((tmp_path / 'cache').glob('folder-*/train-subset-*.npy'))
+    assert len(kept) == 1
+    monkeypatch.setattr(distill.folder_cache, 'write_array', None)  # a second run maps the file the first wrote
+    assert torch.equal(load_dataset('folder', str(image_folder), True, cache_dir=str(tmp_path / 'cache'),
+                                    subset=9).images, subset.images)
+    monkeypatch.undo()
+    assert len(load_test_set('folder', str(image_folder), whole.classes, cache_dir=str(tmp_path / 'cache'),
+                             subset=6)) == 6
+    load_dataset('folder', str(image_folder), True, cache_dir=str(tmp_path / 'cache'), subset=12)
+    kept = {p.name.split('-')[0]: p for p in (tmp_path / 'cache').glob('folder-*/*-subset-*.npy')}
+    assert len(kept) == 2 and len(np.load(kept['test'])) == 6
+    assert len(np.load(kept['train'])) == 12  # the newer subset of train replaced the older
+
+
+def test_a_folders_subset_is_copied_where_its_cache_has_no_room(image_folder, tmp_path, monkeypatch):
+    whole = load_dataset('folder', str(image_folder), True, cache_dir=str(tmp_path / 'cache'))
+    monkeypatch.setattr(distill.folder_cache, 'free_disk', lambda folder: 0)
+    subset = load_dataset('folder', str(image_folder), True, cache_dir=str(tmp_path / 'cache'), subset=9)
+    assert torch.equal(subset.images, whole.images[balanced_subset(whole.labels, 9)])
+    assert not list((tmp_path / 'cache').glob('folder-*/*-subset-*'))
 
 
 def test_interleaved_classes_put_every_class_in_every_slice():

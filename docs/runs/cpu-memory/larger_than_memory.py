@@ -12,7 +12,7 @@ dropped) is sampled every 50 ms.
 
 CIFAR-10 enlarged the same way: `make-cifar /tmp/cifar` writes torchvision's CIFAR-10 files, at their sizes, of
 random pixels, and `DATASET=cifar10 SIZE=96 ... load /tmp/cifar /tmp/cifarcache` reads them as a training script
-does (50,000 + 10,000 images, 1.54 GiB at 96 px).
+does (50,000 + 10,000 images, 1.54 GiB at 96 px). `SUBSET=6000 ... load` takes a --subset of the training images.
 """
 import os
 import sys
@@ -65,8 +65,8 @@ elif sys.argv[1] == 'load':
     threading.Thread(target=anonymous_peak, args=(peak,), daemon=True).start()
     start = time.perf_counter()
     args = SimpleNamespace(dataset=dataset, data_dir=sys.argv[2], image_size=int(os.environ.get('SIZE', 248)),
-                           subset=None, test_subset=None, seed=0, val_size=None, route_size=None,
-                           data_cache=sys.argv[3])
+                           subset=int(os.environ.get('SUBSET', 0)) or None, test_subset=None, seed=0,
+                           val_size=None, route_size=None, data_cache=sys.argv[3])
     data = prepare_data(args).to('cpu')
     loaded = time.perf_counter()
     decoded = (data.train.images.nbytes + data.test.images.nbytes) / 2**30
