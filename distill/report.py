@@ -6,7 +6,8 @@ import statistics
 from . import UserError
 from .checkpoint import atomic_write, changed_settings, write_json
 from .metrics import round_ratios
-from .routing.report import answer_text, gap_closed_text, lead_text, measured_ratios, ranking_verdict
+from .routing.report import (answer_text, cost_weight_text, gap_closed_text, lead_text, measured_ratios,
+                             ranking_verdict)
 
 
 def timed_entry(result: dict, name: str) -> dict | None:
@@ -79,7 +80,8 @@ def markdown(result: dict) -> str:
     routing = result['routing']
     lines += ['', '## Operating points on test (chosen on held-out images)', '',
               f"Cascade thresholds {routing['thresholds']} "
-              f"(tuned on {' + '.join(routing.get('cascade_tuned_on', ['val']))}); selector cost weight {routing['cost_weight']:g} "
+              f"(tuned on {' + '.join(routing.get('cascade_tuned_on', ['val']))}); selector cost weight "
+              f"{cost_weight_text(routing['cost_weight'])} "
               f"(cost: {routing['cost']}).", '', '| mode | setting | accuracy | ms / image (from the mix) |',
               '|---|---|---|---|']
     for mode, points in result['sweeps'].items():

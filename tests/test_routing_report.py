@@ -2,8 +2,9 @@
 import torch
 
 from distill.metrics import paired_lead
-from distill.routing.report import (answer_text, experts_line, gap_closed_text, lead_text, ranking_verdict, route_line,
-                                    routing_report)
+from distill.routing.decisions import switch_weights
+from distill.routing.report import (answer_text, cost_weight_text, experts_line, gap_closed_text, lead_text,
+                                    ranking_verdict, route_line, routing_report)
 
 
 def test_the_report_compares_both_modes_with_their_references():
@@ -25,6 +26,13 @@ def test_the_report_compares_both_modes_with_their_references():
     same = routing_report([b, b], labels, scores, costs, {'time': 0.5, 'macs': 1.0}, routing)
     assert gap_closed_text(same['gap_closed']).startswith('no gap')  # not 'nan%'
     assert report['lead']['selector'] == (0.5, paired_lead(torch.ones(4), torch.tensor([0.0, 0, 1, 1]))[1])
+
+
+def test_the_ends_of_the_selectors_sweep_say_what_they_do():
+    weights = switch_weights(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([1.0, 3.0]))
+    assert cost_weight_text(weights[0]) == '-1e+09 (every image sent to the costliest expert)'
+    assert cost_weight_text(weights[-1]) == '1e+09 (every image kept by the cheapest expert)'
+    assert cost_weight_text(0.00309829) == '0.00309829'
 
 
 def test_each_lead_is_shown_in_points_with_its_standard_error():

@@ -100,9 +100,19 @@ def routing_summary(routing: dict, names: list) -> str:
         measured += f"; routing does not pay on this device: infer.py --expert {alone} runs {alone} alone"
     cleared = 'cleared by' if routing['cleared_margin'] else 'not cleared by'
     return (f"{measured}\ndefault mode on val: {routing['mode']} (cascade thresholds {routing['thresholds']} chosen "
-            f"on {' + '.join(routing['cascade_tuned_on'])}, selector cost weight {routing['cost_weight']:g}, target "
-            f"accuracy {routing['target_accuracy']:.2%}, {cleared} {routing['margin_z']:g} standard errors; "
+            f"on {' + '.join(routing['cascade_tuned_on'])}, selector cost weight "
+            f"{cost_weight_text(routing['cost_weight'])}, target accuracy {routing['target_accuracy']:.2%}, {cleared} "
+            f"{routing['margin_z']:g} standard errors; "
             f"{answer_text(routing)})")
+
+
+def cost_weight_text(weight: float) -> str:
+    """A cost weight; the ends of the selector's sweep say what they do (±1e9 alone reads as a number gone wrong)."""
+    if weight <= -1e9:
+        return f'{weight:g} (every image sent to the costliest expert)'
+    if weight >= 1e9:
+        return f'{weight:g} (every image kept by the cheapest expert)'
+    return f'{weight:g}'
 
 
 def answer_text(routing: dict) -> str:
