@@ -265,6 +265,18 @@ def _zip_member_name(member: zipfile.ZipInfo) -> str:
     return name.replace('\\', '/')  # Windows' own zip tool wrote backslashes (PowerShell 5)
 
 
+def _zip_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str, path: str) -> bytes:
+    """A member's bytes; a password or a compression method that zipfile cannot read is one line, not a traceback."""
+    if member.flag_bits & 0x1:
+        raise UserError(f"'{path}' is password-protected ('{name}' is encrypted); unzip it with its password and pass "
+                        f"the folder, or zip it again without one")
+    try:
+        return archive.read(member)
+    except NotImplementedError as err:  # Windows' Deflate64, among others
+        raise UserError(f"'{path}' holds '{name}' compressed in a way Python cannot read ({err}); unzip it with "
+                        f"another tool and pass the folder, or zip it again with plain deflate") from None
+
+
 def _iter_folder_files(path: str, as_test: bool = False):
     """Yield (split, class, display_name, opener) for every file in a folder, a .zip or a tar archive; where
     as_test, the folder holds <class>/* and is itself test/."""
@@ -281,7 +293,7 @@ def _iter_folder_files(path: str, as_test: bool = False):
                     name = _zip_member_name(member)
                     entry = _folder_entries(name.split('/'))
                     if not name.endswith('/') and entry:
-                        data = archive.read(member)
+                        data = _zip_member(archive, member, name, path)
                         yield (*entry, f'{path}:{name}', lambda data=data: io.BytesIO(data))
             return
         with tarfile.open(path, 'r:*') as archive:

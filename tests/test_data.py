@@ -220,6 +220,32 @@ def test_class_names_in_a_zip_read_as_its_tool_wrote_them(tmp_path, tool):
     assert data.classes == [expected, 'dog'] and len(data) == 24
 
 
+@pytest.mark.parametrize('fault, message', [
+    ('password', r"'.*d.zip' is password-protected \('test/cat/000.png' is encrypted\); unzip it with its password"),
+    ('deflate64', r"'.*d.zip' holds 'test/cat/000.png' compressed in a way Python cannot read .*; unzip it with "
+                  r"another tool"),
+])
+def test_a_zip_that_zipfile_cannot_read_is_one_line(tmp_path, fault, message):
+    root = make_image_folder(tmp_path / 'd')
+    archive = tmp_path / 'd.zip'
+    with zipfile.ZipFile(archive, 'w') as zipped:
+        for path in sorted(root.rglob('*.png')):
+            zipped.write(path, str(path.relative_to(root)))
+    raw = bytearray(archive.read_bytes())
+    # Each member's headers as an encrypting tool or Windows' Deflate64 writes them: a flag bit, or method 9.
+    for signature, flags in ((b'PK\x03\x04', 6), (b'PK\x01\x02', 8)):
+        at = raw.find(signature)
+        while at >= 0:
+            if fault == 'password':
+                raw[at + flags] |= 1
+            else:
+                raw[at + flags + 2:at + flags + 4] = (9).to_bytes(2, 'little')
+            at = raw.find(signature, at + 4)
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=message):  # a RuntimeError or NotImplementedError traceback before
+        load_dataset('folder', str(archive), train=True, cache_dir=str(tmp_path / 'c'))
+
+
 def test_a_test_class_folder_spelled_in_another_case_is_the_training_class(tmp_path):
     root = make_image_folder(tmp_path / 'd', classes=('cat', 'dog'))
     os.rename(root / 'test' / 'cat', root / 'test' / 'Cat')
