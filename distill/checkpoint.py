@@ -164,11 +164,20 @@ def model_from_checkpoint(state: dict, path: str = 'checkpoint') -> torch.nn.Mod
     return model
 
 
+# What stages and inference read of a classifier's checkpoint, beyond its arch and model.
+CLASSIFIER_KEYS = ('num_classes', 'class_names', 'image_size', 'mean', 'std', 'split', 'config')
+
+
 def check_classifier(state: dict, path: str):
-    """A teacher, student or expert classifies images; a selector reads an expert's outputs and cannot."""
+    """A teacher, student or expert classifies images; a selector reads an expert's outputs and cannot. Weights
+    saved by other code, with an arch and a model but not the rest, are refused before something reads the rest."""
     if 'experts' in state:
         raise UserError(f"'{path}' is a selector, not an image classifier; pass a teacher or student checkpoint "
                         f"here (a selector goes to --selector)")
+    missing = [key for key in CLASSIFIER_KEYS if key not in state]
+    if missing:
+        raise UserError(f"'{path}' lacks {', '.join(missing)}, which every checkpoint of this project holds; pass a "
+                        f"best.pt that one of its scripts wrote")
 
 
 def check_compatible(state: dict, path: str, *, arch=None, num_classes=None, split=None, image_size=None):

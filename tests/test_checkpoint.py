@@ -12,8 +12,8 @@ import torch
 
 from distill import UserError
 from distill import checkpoint
-from distill.checkpoint import (check_compatible, linked_path, load_checkpoint, model_from_checkpoint,
-                               save_checkpoint, write_json)
+from distill.checkpoint import (CLASSIFIER_KEYS, check_classifier, check_compatible, linked_path, load_checkpoint,
+                               model_from_checkpoint, save_checkpoint, write_json)
 from models import build_model
 
 
@@ -21,7 +21,7 @@ def _state(arch='googlenet'):
     model = build_model(arch, 3)
     return model, {'arch': arch, 'num_classes': 3, 'class_names': ['a', 'b', 'c'], 'image_size': 8,
                    'mean': [0.5] * 3, 'std': [0.2] * 3, 'split': {'seed': 0, 'digest': 'abc'},
-                   'model': model.state_dict(), 'epoch': 1, 'best_val_acc': 0.5}
+                   'model': model.state_dict(), 'epoch': 1, 'best_val_acc': 0.5, 'config': {}}
 
 
 def test_round_trip_with_weights_only(tmp_path):
@@ -33,6 +33,15 @@ def test_round_trip_with_weights_only(tmp_path):
     images = torch.randn(2, 3, 8, 8)
     assert torch.equal(rebuilt(images), model.eval()(images))
     assert [p.name for p in path.parent.iterdir()] == ['best.pt']  # no temporary file left
+
+
+@pytest.mark.parametrize('key', CLASSIFIER_KEYS)
+def test_weights_saved_by_other_code_are_refused_naming_what_they_lack(key):
+    _, state = _state()
+    check_classifier(state, 'best.pt')
+    del state[key]
+    with pytest.raises(UserError, match=f"'mine.pt' lacks {key}, which every checkpoint of this project holds"):
+        check_classifier(state, 'mine.pt')  # a KeyError traceback before, wherever the key was first read
 
 
 def test_a_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
