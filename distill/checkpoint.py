@@ -160,7 +160,12 @@ def model_from_checkpoint(state: dict, path: str = 'checkpoint') -> torch.nn.Mod
         model = build_model(state['arch'], state['num_classes'], **state.get('model_args', {}))
         model.load_state_dict(state['model'])
     except (ValueError, RuntimeError, KeyError) as err:
-        raise UserError(f"cannot rebuild the model in '{path}' ({str(err).splitlines()[0]})") from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [repr(err)]
+        # load_state_dict's first line only says that it failed; the next says which weights do not fit
+        why = lines[1] if len(lines) > 1 and lines[0].startswith('Error(s) in loading') else lines[0]
+        why = why if len(why) <= 160 else why[:157] + '...'
+        raise UserError(f"cannot rebuild the model in '{path}' ({why}); retrain that stage, or pass the checkpoint "
+                        f"it wrote") from None
     return model
 
 

@@ -13,7 +13,7 @@ import torch
 from distill import UserError
 from distill import checkpoint
 from distill.checkpoint import (CLASSIFIER_KEYS, check_classifier, check_compatible, linked_path, load_checkpoint,
-                               model_from_checkpoint, save_checkpoint, write_json)
+                                model_from_checkpoint, save_checkpoint, write_json)
 from models import build_model
 
 
@@ -132,10 +132,13 @@ def test_mismatched_checkpoints_are_refused():
             check_compatible(state, 'x.pt', **field)
 
 
-def test_weights_of_another_architecture_are_refused():
+def test_weights_that_do_not_fit_their_architecture_say_which_and_what_to_do():
     _, state = _state()
-    with pytest.raises(UserError, match='cannot rebuild the model'):
+    with pytest.raises(UserError, match=r'cannot rebuild the model in .* \(Missing key\(s\) in state_dict: .*\.\.\.\); '
+                                        r'retrain that stage'):  # not only "Error(s) in loading state_dict for"
         model_from_checkpoint({**state, 'arch': 'densenet121'})
+    with pytest.raises(UserError, match=r'\(size mismatch for fc.weight: .*\); retrain that stage'):
+        model_from_checkpoint({**state, 'num_classes': 5})
 
 
 def test_a_linked_checkpoint_is_found_beside_its_owner_first_then_as_given(tmp_path, monkeypatch):
