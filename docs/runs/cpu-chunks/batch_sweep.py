@@ -8,6 +8,10 @@ from distill.routing.experts import Expert
 from distill.runtime import amp_dtype
 from distill.metrics import time_in_turns, in_calls
 dev = torch.device('cpu'); amp = amp_dtype('auto', dev)
+missing = [p for p in ('checkpoints/h100b', 'checkpoints/cpu16') if not __import__('os').path.isdir(p)]
+if missing:  # the experts of two earlier runs, not in the repository
+    sys.exit(f"error: '{missing[0]}' is not here: this script times the experts of H100 run 2 and of the 16-px CPU "
+             f"run (docs/results-cpu.md says where they came from)")
 for px, paths in ((32, ['checkpoints/h100b/googlenet/best.pt', 'checkpoints/h100b/densenet121/best.pt']),
                   (16, ['checkpoints/cpu16/teacher/best.pt', 'checkpoints/cpu16/googlenet/best.pt', 'checkpoints/cpu16/densenet121/best.pt'])):
     x = torch.randn(1024, 3, px, px).contiguous(memory_format=torch.channels_last)

@@ -8,6 +8,8 @@ measured 0.43x of DenseNet121's on this CPU plus the share sent on (routing itse
 """
 import torch
 import torch.nn.functional as F
+from h200_run import require  # beside this script
+require('results/h200d/gpu-check/logits')
 
 LOGITS = 'results/h200d/gpu-check/logits/'
 CHEAP_TIME = 0.43  # GoogLeNet's time / DenseNet121's, routing_overhead.py (0.39-0.58 over repeats)

@@ -8,6 +8,8 @@ log-probabilities) is the last line.
 """
 import torch
 import torch.nn.functional as F
+from h200_run import require  # beside this script
+require('results/h200d/gpu-check/logits')
 
 LOGITS = 'results/h200d/gpu-check/logits/'
 cheap, costly = (torch.load(LOGITS + f'{name}-logits.pt', weights_only=True) for name in ('googlenet', 'densenet121'))

@@ -8,6 +8,8 @@ import torch._inductor.config as inductor_config
 from distill.metrics import in_calls, time_in_turns
 from distill.routing.experts import load_experts
 from distill.runtime import amp_dtype, autocast, device_name
+from h200_run import require  # beside this script
+require('checkpoints/h200d')
 inductor_config.freezing = True
 device = torch.device('cpu'); amp = amp_dtype('auto', device)
 experts = load_experts([f'checkpoints/h200d/{n}/best.pt' for n in ('densenet121', 'googlenet')], 'cpu')

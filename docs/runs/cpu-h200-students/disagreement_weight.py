@@ -11,6 +11,8 @@ from distill.loaders import TensorLoader
 from distill.routing.decisions import deferral_accuracy, expert_correctness, ranking_references, confidences, selector_inputs
 from distill.routing.selection import selection_step
 from models import build_model
+from h200_run import require  # beside this script
+require('results/h200d/gpu-check/logits')
 L = 'results/h200d/gpu-check/logits/'
 g = torch.load(L + 'googlenet-logits.pt', weights_only=True); d = torch.load(L + 'densenet121-logits.pt', weights_only=True)
 costs = torch.tensor([0.45, 1.0])

@@ -5,6 +5,8 @@ logits, images sent on in order of GoogLeNet's confidence, least sure first.
     PYTHONPATH=. python docs/runs/cpu-h200-students/ensemble_sent_on.py   # needs results/h200d (seconds)
 """
 import torch, torch.nn.functional as F
+from h200_run import require  # beside this script
+require('results/h200d/gpu-check/logits')
 L = 'results/h200d/gpu-check/logits/'
 g = torch.load(L + 'googlenet-logits.pt', weights_only=True); d = torch.load(L + 'densenet121-logits.pt', weights_only=True)
 for part in ('val', 'test'):

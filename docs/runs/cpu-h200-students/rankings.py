@@ -7,6 +7,8 @@ cost), on the H200 run-4 students' logits that gpu_check.sh brought back (bf16, 
 """
 import torch, torch.nn.functional as F
 from distill.routing.decisions import deferral_accuracy, expert_correctness
+from h200_run import require  # beside this script
+require('results/h200d/gpu-check/logits')
 L = 'results/h200d/gpu-check/logits/'
 g = torch.load(L + 'googlenet-logits.pt', weights_only=True); d = torch.load(L + 'densenet121-logits.pt', weights_only=True)
 costs = torch.tensor([0.45, 1.0])

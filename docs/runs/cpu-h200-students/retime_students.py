@@ -5,6 +5,8 @@ import torch
 from distill.metrics import in_calls, time_in_turns
 from distill.routing.experts import load_experts
 from distill.runtime import amp_dtype, device_name
+from h200_run import require  # beside this script
+require('checkpoints/h200d')
 device = torch.device('cpu')
 amp = amp_dtype('auto', device)
 experts = load_experts([f'checkpoints/h200d/{name}/best.pt' for name in ('densenet121', 'googlenet')], 'cpu')

@@ -11,6 +11,8 @@ from distill.metrics import in_calls, time_in_turns
 from distill.routing.experts import load_experts, load_selector
 from distill.routing.router import router_for
 from distill.runtime import amp_dtype, device_name, inference_model
+from h200_run import require  # beside this script
+require('checkpoints/h200d/selector-s20/best.pt')
 device = torch.device('cpu'); amp = amp_dtype('auto', device)
 path = 'checkpoints/h200d/selector-s20/best.pt'
 state = load_selector(path)

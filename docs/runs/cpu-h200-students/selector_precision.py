@@ -5,6 +5,8 @@ from distill.checkpoint import load_checkpoint
 from distill.routing.decisions import selector_inputs, selector_choice, expert_correctness
 from distill.routing.experts import load_selector
 from distill.checkpoint import model_from_checkpoint
+from h200_run import require  # beside this script
+require('checkpoints/h200d/selector/best.pt', 'results/h200d/gpu-check/logits')
 path = 'checkpoints/h200d/selector/best.pt'
 state = load_selector(path)
 selector = model_from_checkpoint(state, path).eval()

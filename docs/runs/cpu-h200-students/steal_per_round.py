@@ -7,6 +7,8 @@ import time, torch
 from distill.metrics import in_calls
 from distill.routing.experts import load_experts
 from distill.runtime import amp_dtype, autocast
+from h200_run import require  # beside this script
+require('checkpoints/h200d')
 def stat():
     f = open('/proc/stat').readline().split()[1:]
     return [int(x) for x in f]

@@ -38,6 +38,10 @@ def print_against_teacher(timed: dict, teacher: str):
 
 
 if __name__ == '__main__':
+    from h200_run import require  # beside this script
+    require('checkpoints/h200d/densenet121/best.pt', 'checkpoints/h200d/googlenet/best.pt')
+    if len(sys.argv) != 2:
+        sys.exit('usage: teacher_stand_in.py RATES.json (where the models\' img/s go)')
     device = torch.device('cpu')
     amp = amp_dtype('auto', device)
     students = load_experts(['checkpoints/h200d/densenet121/best.pt', 'checkpoints/h200d/googlenet/best.pt'], device)

@@ -19,7 +19,11 @@ from distill.routing.experts import load_experts
 from distill.routing.router import Router
 from distill.runtime import amp_dtype
 from teacher_stand_in import print_against_teacher, stand_in_teacher  # beside this script
+from h200_run import require  # beside this script
+require('checkpoints/h200d/googlenet/best.pt')
 
+if len(sys.argv) != 2:
+    sys.exit('usage: teacher_stand_in_routed.py THRESHOLD (the one route_from_logits.py chose, e.g. 0.95)')
 threshold = float(sys.argv[1])
 device = torch.device('cpu')
 amp = amp_dtype('auto', device)

@@ -24,6 +24,8 @@ from distill.routing.selection import RoutingTuning, selection_step
 from distill.runtime import amp_dtype
 from models import build_model
 from teacher_stand_in import print_against_teacher, stand_in_teacher  # beside this script
+from h200_run import require  # beside this script
+require('checkpoints/h200d/googlenet/best.pt', 'results/h200d/gpu-check/logits')
 
 LOGITS = 'results/h200d/gpu-check/logits/'
 device = torch.device('cpu')

@@ -29,6 +29,8 @@ def make_folder(root: str, train: int = 16000, test: int = 4000):
 
 
 if __name__ == '__main__':
+    if len(sys.argv) < 2 or {'make': 3, 'load': 4, 'load-both': 4}.get(sys.argv[1]) != len(sys.argv):
+        sys.exit('usage: folder_decode_memory.py make FOLDER | load FOLDER CACHE | load-both FOLDER CACHE')
     if sys.argv[1] == 'make':
         make_folder(sys.argv[2])
     elif sys.argv[1] == 'load':

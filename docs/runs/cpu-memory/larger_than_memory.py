@@ -31,6 +31,9 @@ def anonymous_peak(peak: list):
         time.sleep(0.05)
 
 
+ARGS = {'make': 3, 'make-cifar': 3, 'load': 4}  # how many words each mode's command has
+if len(sys.argv) < 2 or ARGS.get(sys.argv[1]) != len(sys.argv):
+    sys.exit('usage: larger_than_memory.py make FOLDER | make-cifar FOLDER | load FOLDER CACHE (see its docstring)')
 if sys.argv[1] == 'make':
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from folder_decode_memory import make_folder
