@@ -56,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument('--dataset', help='cifar10, cifar100 or folder (default: folder when --data-dir is an archive, or '
                                      'it or a folder in it holds train/ and test/; else cifar10)')
     p.add_argument('--data-dir', default='data', help='download folder for CIFAR, or an image folder, .tar.gz or .zip')
+    p.add_argument('--image-size', type=int, help="every image resized to SxS, for every stage (default: the preset's, "
+                                                  "16 for smoke, else the data set's own: 32 for CIFAR and folders)")
     p.add_argument('--root', default='checkpoints', help='where the run directories go')
     p.add_argument('--results', default='results', help='where the reports, figures and predictions go')
     p.add_argument('--students', nargs='+', choices=STUDENTS, default=list(STUDENTS),
@@ -79,18 +81,20 @@ def main(argv=None):
         print(f'note: --preset {args.preset} is sized for a GPU; on a CPU, CIFAR-10 takes it many hours (quick and '
               f'medium fit a CPU)', file=sys.stderr)
     check_range('jobs', args.jobs, low=1)
+    check_range('image_size', args.image_size, low=1)
     check_distinct('students', args.students)
     check_distinct('seeds', args.seeds or [])
     for seed in args.seeds or []:
         check_range('seeds', seed, 0, MAX_SEED)
     preset = PRESETS[args.preset]
     dataset = args.dataset or default_dataset(args.data_dir)
-    common = ['--dataset', dataset, '--data-dir', args.data_dir, '--device', args.device, *preset['data']]
+    size = ['--image-size', str(args.image_size)] if args.image_size else []  # after the preset's: the last one wins
+    common = ['--dataset', dataset, '--data-dir', args.data_dir, '--device', args.device, *preset['data'], *size]
     selectors = [train_system(args, common, preset, seed) for seed in args.seeds or [None]]
     evaluate.main(['--selector', *selectors, '--name', args.preset, '--device', args.device,
                    '--results-dir', args.results])
     sample = os.path.join(args.results, 'sample-images')
-    export_sample_images(dataset, args.data_dir, sample)
+    export_sample_images(dataset, args.data_dir, sample, args.image_size)
     infer.main([sample, '--selector', selectors[0], '--device', args.device,
                 '--out', os.path.join(args.results, f'{args.preset}-predictions.csv')])
 

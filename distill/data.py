@@ -481,9 +481,9 @@ def _kept_subset(images: torch.Tensor, indices: torch.Tensor, keep_as: str) -> t
         return None
 
 
-def export_sample_images(dataset: str, data_dir: str, folder: str, per_class: int = 2):
-    """A few test images of every class as PNG files in folder: a plain folder to show infer.py on."""
-    test = load_dataset(dataset, data_dir, False)
+def export_sample_images(dataset: str, data_dir: str, folder: str, image_size: int | None = None, per_class: int = 2):
+    """A few test images of every class, at image_size, as PNG files in folder: a plain folder to show infer.py on."""
+    test = load_dataset(dataset, data_dir, False, image_size)
     os.makedirs(folder, exist_ok=True)
     for i in balanced_subset(test.labels, per_class * len(test.classes)).tolist():
         name = f'{test.classes[test.labels[i]]}-{i}.png'

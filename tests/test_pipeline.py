@@ -5,11 +5,13 @@ import statistics
 
 import pytest
 import torch
+from PIL import Image
 
 import pipeline
 import selectorTrain
 import teacherTrain
 from conftest import TINY, make_image_folder, run_tiny_pipeline
+from distill.data import export_sample_images
 from distill.stages import run_stages
 
 STAGES = {'teacher', 'densenet121', 'densenet121-nokd', 'googlenet', 'googlenet-nokd', 'selector'}
@@ -122,3 +124,19 @@ def test_a_gpu_preset_on_a_cpu_says_so_before_it_trains(monkeypatch, capsys, ima
     with pytest.raises(SystemExit):
         pipeline.main(['--preset', preset, '--device', 'cpu', '--data-dir', str(image_folder)])
     assert (f'note: --preset {preset} is sized for a GPU' in capsys.readouterr().err) == noted
+
+
+def test_an_image_size_reaches_every_stage_over_the_presets_and_the_sample_images(monkeypatch, image_folder, tmp_path):
+    seen = {}
+    def stop(args, common, preset, seed):
+        seen['common'] = common
+        raise KeyboardInterrupt  # main_guard's one line, before any stage
+    monkeypatch.setattr(pipeline, 'train_system', stop)
+    with pytest.raises(SystemExit):
+        pipeline.main(['--preset', 'smoke', '--image-size', '24', '--device', 'cpu', '--data-dir', str(image_folder)])
+    assert teacherTrain.parse_args(seen['common']).image_size == 24  # smoke's own 16 given first, then this
+    with pytest.raises(SystemExit) as exit_info:
+        pipeline.main(['--image-size', '0', '--data-dir', str(image_folder)])
+    assert exit_info.value.code == 2
+    export_sample_images('folder', str(image_folder), str(tmp_path / 'sample'), 24, per_class=1)
+    assert {Image.open(p).size for p in (tmp_path / 'sample').iterdir()} == {(24, 24)}
