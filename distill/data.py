@@ -117,7 +117,7 @@ def default_dataset(data_dir: str | None, test_only: bool = False) -> str:
     for folder in [data_dir, *subfolders][:2 if len(subfolders) == 1 else 1]:  # itself, or an unpacked archive
         if _split_folders(folder):  # half laid out: not a CIFAR download folder either
             raise _half_laid_out(folder)
-    class_folders = _class_folders(data_dir)
+    class_folders = _class_folders(data_dir, test_only)
     if class_folders and test_only:  # scored as test/ itself
         return 'folder'
     if len(class_folders) > 1:  # laid out as class folders, not as data/
@@ -134,11 +134,21 @@ def _loose_images(path: str, test_only: bool, hint: str = '') -> UserError:
                      f"there{hint}")
 
 
-def _class_folders(path: str) -> list:
+def _class_folders(path: str, test_only: bool = False) -> list:
     """The subfolders of a folder laid out as <class>/* (torchvision's ImageFolder), with no train/ or test/;
-    else none."""
+    else none. Every one must hold images, so that data/ (CIFAR's download folder, with this project's cache in
+    it) is not taken for one; in a test set, a class folder made and not filled yet adds no class instead."""
     subfolders = _subfolders(path)
-    return subfolders if subfolders and not _split_folders(path) and all(map(_holds_images, subfolders)) else []
+    filled = [folder for folder in subfolders if not (test_only and _empty(folder))]
+    return subfolders if filled and not _split_folders(path) and all(map(_holds_images, filled)) else []
+
+
+def _empty(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return not any(not e.name.startswith('.') for e in entries)
+    except OSError:
+        return False
 
 
 def _class_folders_refusal(path: str) -> UserError:
@@ -317,7 +327,7 @@ def _load_folder(path: str, size: int, cache_dir: str, test_only: bool = False):
     if os.path.isdir(path) and _split_folders(path) and not any(_laid_out(folder, needed)
                                                                 for folder in [path, *_subfolders(path)]):
         raise _half_laid_out(path)
-    as_test = test_only and os.path.isdir(path) and bool(_class_folders(path))  # a test set as <class>/*
+    as_test = test_only and os.path.isdir(path) and bool(_class_folders(path, test_only))  # a test set as <class>/*
     cache = os.path.join(cache_dir, f'folder-{_fingerprint(path, size, as_test)}')
     with one_at_a_time(cache):  # torchrun's processes: one decodes, the others then map its cache
         cached = read_cache(cache)
