@@ -137,10 +137,21 @@ def _loose_images(path: str, test_only: bool, hint: str = '') -> UserError:
 def _class_folders(path: str, test_only: bool = False) -> list:
     """The subfolders of a folder laid out as <class>/* (torchvision's ImageFolder), with no train/ or test/;
     else none. Every one must hold images, so that data/ (CIFAR's download folder, with this project's cache in
-    it) is not taken for one; in a test set, a class folder made and not filled yet adds no class instead."""
+    it) is not taken for one; in a test set, a class folder made and not filled yet adds no class instead, and
+    its images may lie in subfolders of it (cat/2023/), as under train/<class>/."""
     subfolders = _subfolders(path)
     filled = [folder for folder in subfolders if not (test_only and _empty(folder))]
-    return subfolders if filled and not _split_folders(path) and all(map(_holds_images, filled)) else []
+    holds = _holds_images_within if test_only else _holds_images
+    return subfolders if filled and not _split_folders(path) and all(map(holds, filled)) else []
+
+
+def _holds_images_within(folder: str, seen: set | None = None) -> bool:
+    seen = set() if seen is None else seen
+    real = os.path.realpath(folder)  # a link to a folder above would loop
+    if real in seen:
+        return False
+    seen.add(real)
+    return _holds_images(folder) or any(_holds_images_within(sub, seen) for sub in _subfolders(folder))
 
 
 def _empty(folder: str) -> bool:

@@ -367,11 +367,14 @@ def test_class_folders_alone_are_a_test_set_as_imagefolder_lays_them_out_but_not
             refuse()
 
 
-def test_a_test_set_of_class_folders_with_one_not_filled_yet_is_read(tmp_path, capsys):
+def test_a_test_set_of_class_folders_one_not_filled_yet_one_in_subfolders_is_read(tmp_path, capsys):
     pictures = make_image_folder(tmp_path, classes=('cat', 'ship'), train_per_class=0, test_per_class=2) / 'test'
     (pictures / 'frog').mkdir()  # made and not filled yet: 'no readable images under' the whole set before
     (pictures / 'dog').mkdir()
     (pictures / 'dog' / 'broken.png').write_bytes(b'not a picture')
+    (pictures / 'ship' / '2023').mkdir()  # a class's pictures in a subfolder of it, as train/<class>/ may hold them
+    for image in (pictures / 'ship').glob('*.png'):
+        image.rename(pictures / 'ship' / '2023' / image.name)
     assert default_dataset(str(pictures), test_only=True) == 'folder'
     test = load_test_set('folder', str(pictures), ['cat', 'dog', 'frog', 'ship'], 8, str(tmp_path / 'c'))
     assert sorted(test.labels.tolist()) == [0, 0, 3, 3] and 'skipped 1 unreadable file' in capsys.readouterr().err
