@@ -86,9 +86,23 @@ def files_to_classify(paths: list, out: str) -> list:
                 raise UserError(f"--out '{out}' is one of the images to classify; write the table to another "
                                 f"file, e.g. predictions.csv")
             files = [f for f in files if os.path.realpath(f) != table]
+        if os.path.isfile(out) and os.path.getsize(out) and not written_here(out):
+            raise UserError(f"--out '{out}' already holds a file that infer.py did not write; pass another --out, or "
+                            f"move that file first")
     if not files:
         raise UserError(f"no file found in {named(paths)}; pass a folder of images")
     return files
+
+
+def written_here(path: str) -> bool:
+    """Whether the file is a table of infer.py's (any version's), which a later run may replace."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    compact = b''.join(head.split())  # JSON as json.dumps spaces it, or as an editor reflowed it
+    return head.startswith(b'path,prediction,') or compact.startswith((b'[{"path":', b'[]'))
 
 
 def expand_patterns(paths: list) -> list:

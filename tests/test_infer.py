@@ -194,6 +194,20 @@ def test_a_table_inside_the_folder_is_not_classified_and_an_image_is_never_overw
         assert image.read_bytes() == before
 
 
+@pytest.mark.parametrize('fmt', ['csv', 'json'])
+def test_a_file_infer_did_not_write_is_never_replaced_by_its_table(tiny_runs, messy_folder, tmp_path, fmt):
+    work, _ = tiny_runs
+    table = tmp_path / f'predictions.{fmt}'
+    for _ in range(2):  # a table of an earlier run is replaced
+        run_main(INFER, messy_folder, '--out', table, cwd=work)
+    assert len(_rows(table) if fmt == 'csv' else json.loads(table.read_text())) == 9
+    for theirs in (b'name,score\nmine,1\n', b'{"mine": 1}\n', (messy_folder / 'gray.png').read_bytes()):
+        table.write_bytes(theirs)  # replaced without a word before
+        result = run_main(INFER, messy_folder, '--out', table, cwd=work, check=False)
+        assert result.returncode == 2 and 'already holds a file that infer.py did not write' in result.stderr
+        assert table.read_bytes() == theirs
+
+
 @pytest.mark.parametrize('case, message', [
     ('missing_dir', 'does not exist'), ('empty_dir', 'no file found in'),
     ('missing_selector', 'does not exist'), ('unknown_expert', "no expert named 'vgg'"),
