@@ -39,7 +39,7 @@ def parse_args(argv=None):
     add_device_arguments(p)
     p.add_argument('--name', default='report', help='the report is written as RESULTS_DIR/<name>.json and .md')
     p.add_argument('--results-dir', default='results', help='where the report goes')
-    p.add_argument('--images-dir', help='where the figures go (default: RESULTS_DIR/<name>/)')
+    p.add_argument('--images-dir', help='the figures go in IMAGES_DIR/<name>/ (default IMAGES_DIR: RESULTS_DIR)')
     args = p.parse_args(argv)
     for name in ('test_subset', 'batch_size', 'timing_images'):
         check_range(name, getattr(args, name), low=1)
