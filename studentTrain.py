@@ -11,9 +11,9 @@ import torch
 
 from distill import UserError
 from distill.checkpoint import check_classifier, check_compatible, load_checkpoint, run_dir
-from distill.cli import (check_image_size, check_positive, check_range, check_run_dir, check_spared,
-                         check_writable, checkpoint_path, given_flags, inherit_data_settings, main_guard,
-                         train_settings, training_parser, validate_args)
+from distill.cli import (add_model_arguments, check_positive, check_range, check_run_dir, check_spared,
+                         check_writable, checkpoint_path, classifier_args, given_flags, inherit_data_settings,
+                         main_guard, train_settings, training_parser, validate_args)
 from distill.data import prepare_data
 from distill.engine import fit
 from distill.losses import distillation_step
@@ -26,7 +26,7 @@ def parse_args(argv=None):
     parser = training_parser(__doc__.splitlines()[0], out=None, epochs=200, lr=0.1, inherits='the teacher',
                              out_help='run directory (default: checkpoints/<arch>, or checkpoints/<arch>-nokd '
                                       'with --alpha 0)')
-    parser.add_argument('--arch', default='densenet121', choices=STUDENTS, help='the student to train')
+    add_model_arguments(parser, STUDENTS, 'densenet121', 'the student to train')
     parser.add_argument('--teacher', default='checkpoints/teacher/best.pt',
                         help='teacher checkpoint or run directory (with --alpha 0, if given, only its data settings)')
     parser.add_argument('--temperature', type=float, default=4.0, help='softens both distributions in the KD term')
@@ -61,9 +61,10 @@ def main(argv=None):
         inherit_data_settings(args, argv, teacher_state['config'], args.teacher)
     else:
         inherit_data_settings(args, argv, {}, '')
-    check_image_size(args.arch, args.image_size, args.teacher if teacher_state else '')
+    model_args = classifier_args(args, args.teacher if teacher_state else '')
     data = prepare_data(args)
-    teacher_logits, extra = None, {'temperature': args.temperature, 'alpha': args.alpha, 'teacher': None}
+    teacher_logits = None
+    extra = {'temperature': args.temperature, 'alpha': args.alpha, 'teacher': None, 'model_args': model_args}
     if args.alpha > 0:
         check_compatible(teacher_state, args.teacher, num_classes=len(data.classes), split=data.split,
                          image_size=data.image_size)
@@ -74,7 +75,7 @@ def main(argv=None):
                                         args.cache_dir, amp))
         extra['teacher'] = args.teacher
     torch.manual_seed(args.seed)
-    model = build_model(args.arch, len(data.classes))
+    model = build_model(args.arch, len(data.classes), **model_args)
 
     def make_step(trained):
         return distillation_step(trained, teacher_logits, args.temperature, args.alpha, args.label_smoothing)

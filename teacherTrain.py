@@ -5,7 +5,8 @@
 """
 import torch
 
-from distill.cli import check_image_size, main_guard, train_settings, training_parser, validate_args
+from distill.cli import (add_model_arguments, classifier_args, main_guard, train_settings, training_parser,
+                         validate_args)
 from distill.data import prepare_data
 from distill.engine import fit
 from distill.losses import classification_step
@@ -14,21 +15,19 @@ from models import MODELS, TEACHER, build_model
 
 def parse_args(argv=None):
     parser = training_parser(__doc__.splitlines()[0], out='checkpoints/teacher', epochs=200, lr=0.1)
-    parser.add_argument('--arch', default=TEACHER, choices=[m for m in MODELS if m != 'selector'],
-                        help='the teacher architecture')
-    args = validate_args(parser.parse_args(argv))
-    check_image_size(args.arch, args.image_size)
-    return args
+    add_model_arguments(parser, [m for m in MODELS if m != 'selector'], TEACHER, 'the teacher architecture')
+    return validate_args(parser.parse_args(argv))
 
 
 @main_guard
 def main(argv=None):
     args = parse_args(argv)
+    model_args = classifier_args(args)
     data = prepare_data(args)
     torch.manual_seed(args.seed)
-    model = build_model(args.arch, len(data.classes))
+    model = build_model(args.arch, len(data.classes), **model_args)
     fit(train_settings(args), args.arch, model,
-        lambda trained: classification_step(trained, args.label_smoothing), data)
+        lambda trained: classification_step(trained, args.label_smoothing), data, extra={'model_args': model_args})
 
 
 if __name__ == '__main__':

@@ -13,10 +13,10 @@ import threading
 
 import torch
 
-from models import takes_image_size
+from models import STEM_STRIDES, stem_stride_for, takes_image_size
 
 from . import UserError, flag_of
-from .data import DATASETS, default_dataset
+from .data import DATASETS, NATIVE_SIZE, default_dataset
 from .engine import TrainSettings, check_run_free
 from .folder_cache import default_cache_dir
 from .runtime import amp_dtype, resolve_device, world_size
@@ -158,15 +158,32 @@ def check_distinct(name: str, values: list):
                         f"give each once")
 
 
-def check_image_size(arch: str, size: int | None, trained_at_it: str = ''):
-    """An image too small for the network's pooling fails deep inside its first batch: refuse it first.
+def add_model_arguments(parser, choices, default: str, arch_help: str):
+    """--arch and the stem it is built with: the model_args of a classifier's checkpoint."""
+    model = parser.add_argument_group('model')
+    model.add_argument('--arch', default=default, choices=choices, help=arch_help)
+    model.add_argument('--stem-stride', type=int, choices=STEM_STRIDES,
+                       help="how much the network's stem shrinks an image before its first block: 1 keeps every "
+                            "pixel (CIFAR's stem), 4 is torchvision's ImageNet stem (default: by image size, 1 "
+                            "below 64 px, 2 below 128 px, else 4)")
+
+
+def classifier_args(args, trained_at_it: str = '') -> dict:
+    """The model_args of the classifier a training script builds, stored in its checkpoints; the stem stride
+    chosen is also set in args, so that the run's config names it. An image size too small for the pooling
+    fails deep inside the first batch, so it is refused here, in one line.
     trained_at_it: the checkpoint whose image size this is, to be retrained."""
-    if size is None or takes_image_size(arch, size):
-        return
-    smallest = next((s for s in range(size + 1, 1025) if takes_image_size(arch, s)), 'more than 1024')
+    size = args.image_size or NATIVE_SIZE
+    model_args = {'stem_stride': args.stem_stride or stem_stride_for(size)}
+    if takes_image_size(args.arch, size, **model_args):
+        args.stem_stride = model_args['stem_stride']
+        return model_args
+    smallest = next((s for s in range(size + 1, 1025) if takes_image_size(args.arch, s, **model_args)),
+                    'more than 1024')
     fix = f"retrain '{trained_at_it}' with" if trained_at_it else 'pass'
-    raise UserError(f"--image-size {size} is too small for {arch}, whose pooling needs at least {smallest} px; "
-                    f"{fix} --image-size {smallest} or more")
+    stem = f' and stem stride {args.stem_stride}' if args.stem_stride else ''
+    raise UserError(f"--image-size {size} is too small for {args.arch}{stem}, whose pooling needs at least "
+                    f"{smallest} px; {fix} --image-size {smallest} or more")
 
 
 def validate_args(args):

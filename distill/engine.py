@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from models import full_model_args
+
 from . import UserError, flag_of
 from .checkpoint import (atomic_write, changed_settings, check_compatible, load_checkpoint, one_run_writing,
                          rng_state, save_checkpoint, set_rng_state, write_json)
@@ -187,6 +189,13 @@ class Run:
         check_compatible(state, self.last, arch=self.base['arch'], num_classes=self.base['num_classes'],
                          split=self.base['split'], image_size=self.base['image_size'])
         check_same_run(state['config'], self.config, self.last)
+        built, asked = (full_model_args(self.base['arch'], s.get('model_args', {})) for s in (state, self.base))
+        if built != asked:  # a stem without weights of its own (a pool) would load its weights silently
+            differ = [k for k in built if built[k] != asked[k]]
+            was = ', '.join(f'{flag_of(k)} {built[k]} (now {asked[k]})' for k in differ)
+            fix = ' '.join(f'{flag_of(k)} {built[k]}' for k in differ)
+            raise UserError(f"'{self.last}' holds a model built with {was}; resume with {fix}, or start afresh "
+                            f"with --overwrite or another --out")
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])

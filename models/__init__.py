@@ -1,9 +1,14 @@
 """The model table: every architecture the scripts can build, by name."""
+import inspect
+
 import torch
 from torch import nn
 
-from .cifar import densenet121, googlenet, resnet50
+from .cifar import STEM_STRIDES, densenet121, googlenet, resnet50, stem_stride_for
 from .selector import Selector
+
+__all__ = ['MODELS', 'STEM_STRIDES', 'STUDENTS', 'TEACHER', 'build_model', 'full_model_args', 'stem_stride_for',
+           'takes_image_size']
 
 # name -> constructor(num_outputs). For the selector, num_outputs is the number of experts.
 # To add a student: write its constructor in cifar.py and add one line here.
@@ -19,17 +24,25 @@ TEACHER = 'resnet50'
 
 
 def build_model(name: str, num_classes: int, **model_args) -> nn.Module:
-    """model_args: what else the constructor needs (the selector's in_features); checkpoints store them."""
+    """model_args: what else the constructor needs (a classifier's stem_stride, the selector's in_features);
+    checkpoints store them."""
     if name not in MODELS:
         raise ValueError(f"unknown architecture '{name}'; choose one of {', '.join(MODELS)}")
     return MODELS[name](num_classes, **model_args)
 
 
-def takes_image_size(name: str, size: int) -> bool:
+def full_model_args(name: str, model_args: dict) -> dict:
+    """model_args with the constructor's defaults filled in: a checkpoint written before an argument existed
+    stores none, and its model was built with the default."""
+    params = list(inspect.signature(MODELS[name]).parameters.values())[1:]  # after num_classes
+    return {p.name: model_args.get(p.name, p.default) for p in params}
+
+
+def takes_image_size(name: str, size: int, **model_args) -> bool:
     """Whether the architecture's pooling leaves at least a pixel of a size x size image. Shapes only: on
     the meta device nothing is computed or allocated."""
     with torch.device('meta'):
-        model = build_model(name, 2).eval()
+        model = build_model(name, 2, **model_args).eval()
         try:
             model(torch.empty(2, 3, size, size))
         except RuntimeError:

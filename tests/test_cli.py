@@ -112,11 +112,13 @@ def test_sigterm_stops_a_script_like_ctrl_c(capsys):
     (['--batch-size', '1'], '--batch-size must be at least 2 (got 1)'),  # the selector's BatchNorm: a traceback
     (['--arch', 'googlenet', '--image-size', '2'], '--image-size 2 is too small for googlenet, whose pooling needs '
                                                    'at least 4 px; pass --image-size 4'),  # a traceback in batch 1
-    (['--arch', 'densenet121', '--image-size', '7'], 'at least 8 px')])
+    (['--arch', 'densenet121', '--image-size', '7'], 'at least 8 px'),
+    (['--arch', 'densenet121', '--stem-stride', '4', '--image-size', '16'],
+     '--image-size 16 is too small for densenet121 and stem stride 4, whose pooling needs at least 29 px')])
 def test_run_settings_that_cannot_train_are_refused_before_anything_loads(flags, message):
     import teacherTrain
     with pytest.raises(UserError, match=re.escape(message)):
-        teacherTrain.parse_args(['--device', 'cpu', *flags])
+        cli.classifier_args(teacherTrain.parse_args(['--device', 'cpu', *flags]))  # main's first two steps
 
 
 def test_a_global_batch_too_small_for_its_torchrun_processes_or_uneven_over_them_is_refused(monkeypatch):

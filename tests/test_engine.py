@@ -226,3 +226,38 @@ def test_bf16_autocast_on_cpu_runs_the_convolutions_in_bf16_and_keeps_float32_we
                                      amp=torch.bfloat16)
     assert conv_outputs == [torch.bfloat16] * 2 and model[0].weight.dtype == torch.float32
     assert loss == loss and not torch.equal(model[0].weight, before)
+
+
+def test_resuming_a_run_whose_stem_differs_is_refused(finished_run, capsys):
+    """A run saved before the stem stride existed was built with the 32-px stem; a stem's pool has no weights,
+    so its last.pt would load into another stem without a word."""
+    folder, run = finished_run
+    saved = (run / 'last.pt').read_bytes()
+    last = torch.load(run / 'last.pt', weights_only=True)
+    assert last['model_args'] == {'stem_stride': 1} and last['config']['stem_stride'] == 1  # chosen for 8 px
+    del last['model_args'], last['config']['stem_stride']
+    try:
+        torch.save(last, run / 'last.pt')
+        with pytest.raises(SystemExit) as exit_info:
+            teacherTrain.main(_tiny_run(folder, run, '--epochs', '1', '--resume', '--stem-stride', '2'))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and err[0].endswith(
+            "last.pt' holds a model built with --stem-stride 1 (now 2); resume with --stem-stride 1, or start "
+            "afresh with --overwrite or another --out")
+        teacherTrain.main(_tiny_run(folder, run, '--epochs', '1', '--resume'))  # 8 px: the stem it was built with
+        assert capsys.readouterr().out.splitlines()[1].startswith('resumed')
+    finally:
+        (run / 'last.pt').write_bytes(saved)
+
+
+def test_a_run_on_larger_pictures_stores_the_stem_chosen_for_them_and_is_rebuilt_with_it(image_folder, tmp_path):
+    from distill.checkpoint import load_checkpoint, model_from_checkpoint
+    teacherTrain.main(_tiny_run(image_folder, tmp_path / 'run', '--epochs', '1', '--image-size', '64'))
+    best = load_checkpoint(str(tmp_path / 'run' / 'best.pt'))
+    assert best['model_args'] == {'stem_stride': 2} and best['config']['stem_stride'] == 2
+    model = model_from_checkpoint(best)
+    assert isinstance(model.maxpool1, torch.nn.MaxPool2d) and model.conv1.conv.stride == (1, 1)
+    summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
+    from distill.metrics import count_macs
+    from models import build_model
+    assert summary['macs'] == count_macs(model, 64) < count_macs(build_model('googlenet', 3), 64) / 3

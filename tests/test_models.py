@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from models import MODELS, STUDENTS, TEACHER, build_model, takes_image_size
+from models import (MODELS, STEM_STRIDES, STUDENTS, TEACHER, build_model, full_model_args, stem_stride_for,
+                    takes_image_size)
 from distill.runtime import fuse_for_inference
 from distill.metrics import count_macs, count_params
 
@@ -17,6 +18,41 @@ def test_forward_backward_shapes(name):
     logits.sum().backward()
     assert images.grad is not None and images.grad.shape == images.shape
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize('name', CLASSIFIERS)
+@pytest.mark.parametrize('stem_stride', STEM_STRIDES)
+def test_every_stem_trains(name, stem_stride):
+    model = build_model(name, 7, stem_stride=stem_stride)
+    images = torch.randn(2, 3, 32, 32)
+    model(images).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize('size, stem_stride', [(8, 1), (63, 1), (64, 2), (127, 2), (128, 4), (1024, 4)])
+def test_the_stem_stride_follows_the_image_size(size, stem_stride):
+    assert stem_stride_for(size) == stem_stride
+
+
+@pytest.mark.parametrize('name', CLASSIFIERS)
+@pytest.mark.parametrize('size, most', [(64, 1.1), (128, 1.1), (224, 3.5)])
+def test_a_larger_picture_costs_about_what_a_32px_one_does_with_the_stem_chosen_for_it(name, size, most):
+    def macs(stem_stride, image_size):  # shapes only, on the meta device: nothing is computed
+        return count_macs(build_model(name, 10, stem_stride=stem_stride).to('meta'), image_size, 'meta')
+    at_32 = macs(1, 32)
+    assert macs(stem_stride_for(size), size) < most * at_32
+    assert macs(1, size) >= 0.95 * (size / 32) ** 2 * at_32  # the 32-px stem keeps every pixel, at every size
+
+
+def test_an_unknown_stem_stride_is_a_clear_error():
+    with pytest.raises(ValueError, match='stem stride 3 is not one of 1, 2, 4'):
+        build_model('resnet50', 10, stem_stride=3)
+
+
+def test_a_checkpoint_that_names_no_stem_was_built_with_the_32px_one():
+    assert full_model_args('googlenet', {}) == {'stem_stride': 1}
+    assert full_model_args('googlenet', {'stem_stride': 4}) == {'stem_stride': 4}
+    assert full_model_args('selector', {'in_features': 10}) == {'in_features': 10, 'hidden': 256, 'dropout': 0.2}
 
 
 @pytest.mark.parametrize('name', CLASSIFIERS)
