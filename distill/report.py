@@ -1,10 +1,11 @@
 """The test-set report evaluate.py writes: accuracy, compression, markdown, and the mean ± std over runs
 that differ only by --seed."""
+import json
 import os
 import statistics
 
 from . import UserError
-from .checkpoint import atomic_write, changed_settings, write_json
+from .checkpoint import atomic_write, changed_settings
 from .metrics import round_ratios
 from .routing.report import (answer_text, cost_weight_text, gap_closed_text, lead_text, measured_ratios,
                              ranking_verdict)
@@ -208,8 +209,12 @@ def aggregate_markdown(summary: dict) -> str:
 
 
 def write_report(folder: str, name: str, result: dict, table: str):
-    """results/<name>.json and .md, and the table on stdout."""
-    write_json(os.path.join(folder, f'{name}.json'), result)
-    with atomic_write(os.path.join(folder, f'{name}.md')) as f:
-        f.write(table)
+    """results/<name>.json and .md, and the table on stdout. Both are written out before either replaces its
+    old copy, so that a full disk leaves the old pair, not a new table beside an old one."""
+    path = os.path.join(folder, name)
+    with atomic_write(f'{path}.json') as json_file, atomic_write(f'{path}.md') as markdown_file:
+        json.dump(result, json_file, indent=2)
+        markdown_file.write(table)
+        json_file.flush()
+        markdown_file.flush()
     print(table)

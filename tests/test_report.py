@@ -63,3 +63,23 @@ def test_a_measured_ratio_is_shown_with_its_range_over_the_timing_rounds():
 def test_a_sweep_setting_is_shown_to_six_digits():
     assert setting_text(-0.018281977040863037) == '-0.018282' and setting_text(1e9) == '1e+09'
     assert setting_text([0.9, 0.95]) == '0.9, 0.95' and setting_text((0.5,)) == '0.5'
+
+
+def test_a_full_disk_leaves_the_old_report_pair_not_a_new_json_beside_an_old_table(tmp_path, monkeypatch, capsys):
+    import errno
+    import io
+    from distill import checkpoint
+    from distill.report import write_report
+    write_report(str(tmp_path), 'run', {'accuracy': 0.5}, 'old table\n')
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, 'No space left on device')
+    real_open = open
+    monkeypatch.setattr(checkpoint, 'open', lambda name, mode, **kw: io.TextIOWrapper(FullDisk(name, 'w'), **kw)
+                        if '.md' in name else real_open(name, mode, **kw), raising=False)
+    with pytest.raises(UserError, match=r"could not write '.*run.md' \(No space left on device\)"):
+        write_report(str(tmp_path), 'run', {'accuracy': 0.9}, 'new table\n')
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary left either
+    assert before.keys() == {'run.json', 'run.md'} and b'0.5' in before['run.json']
