@@ -180,10 +180,14 @@ def classifier_args(args, trained_at_it: str = '') -> dict:
         return model_args
     smallest = next((s for s in range(size + 1, 1025) if takes_image_size(args.arch, s, **model_args)),
                     'more than 1024')
-    fix = f"retrain '{trained_at_it}' with" if trained_at_it else 'pass'
+    larger = f'--image-size {smallest} or more'
+    larger = f"retrain '{trained_at_it}' with {larger}" if trained_at_it else f'pass {larger}'
+    smaller_stem = next((s for s in reversed(STEM_STRIDES) if s < model_args['stem_stride']
+                         and takes_image_size(args.arch, size, stem_stride=s)), None)
+    fix = f"pass --stem-stride {smaller_stem}, or {larger.removeprefix('pass ')}" if smaller_stem else larger
     stem = f' and stem stride {args.stem_stride}' if args.stem_stride else ''
     raise UserError(f"--image-size {size} is too small for {args.arch}{stem}, whose pooling needs at least "
-                    f"{smallest} px; {fix} --image-size {smallest} or more")
+                    f"{smallest} px; {fix}")
 
 
 def validate_args(args):

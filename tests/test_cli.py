@@ -114,7 +114,8 @@ def test_sigterm_stops_a_script_like_ctrl_c(capsys):
                                                    'at least 4 px; pass --image-size 4'),  # a traceback in batch 1
     (['--arch', 'densenet121', '--image-size', '7'], 'at least 8 px'),
     (['--arch', 'densenet121', '--stem-stride', '4', '--image-size', '16'],
-     '--image-size 16 is too small for densenet121 and stem stride 4, whose pooling needs at least 29 px')])
+     '--image-size 16 is too small for densenet121 and stem stride 4, whose pooling needs at least 29 px; pass '
+     '--stem-stride 2, or --image-size 29 or more')])
 def test_run_settings_that_cannot_train_are_refused_before_anything_loads(flags, message):
     import teacherTrain
     with pytest.raises(UserError, match=re.escape(message)):
