@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -52,7 +53,7 @@ class WriteFailed(UserError):
     def __init__(self, path: str, reason: str):
         super().__init__(f"could not write '{path}' ({reason}); free some space or choose another path, then run "
                          f"again (what was there before is unchanged)")
-        self.reason = reason
+        self.path, self.reason = path, reason
 
 
 @contextlib.contextmanager
@@ -81,6 +82,31 @@ def atomic_write(path: str, mode: str = 'w'):
     finally:
         if not special and os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str):
+    """A new folder beside `folder` for the block to write into; once the block ends, each of its files moves
+    into `folder` (a rename: it needs no room), so that a full disk or Ctrl-C while writing leaves `folder` as
+    it was, not some files of a new set beside the rest of an old one."""
+    folder = os.path.realpath(folder)
+    try:
+        os.makedirs(os.path.dirname(folder), exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(folder)}.', dir=os.path.dirname(folder))
+    except OSError as err:
+        raise WriteFailed(folder, err.strerror) from None
+    try:
+        try:
+            yield staging
+        except WriteFailed as err:  # name the file where it was going, not its staged copy
+            if not os.path.realpath(err.path).startswith(staging + os.sep):
+                raise
+            raise WriteFailed(os.path.join(folder, os.path.relpath(err.path, staging)), err.reason) from None
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(folder, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json(path: str, payload):

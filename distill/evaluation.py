@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from .checkpoint import run_dir
+from .checkpoint import run_dir, staged_folder
 from .cli import checkpoint_path
 from .data import default_dataset, load_test_set
 from .engine import predict_logits
@@ -109,12 +109,13 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=No
                                  if state.get('ranking_references') else {}),  # older selectors scored epochs otherwise
               'per_class': {n: per_class_accuracy(p, test.labels.cpu(), len(test.classes))
                             for n, p in predictions.items()}}
-    write_report(results_dir, name, result, markdown(result))
     figures_dir = os.path.join(images_dir or results_dir, name)
     runs = {n: os.path.join(os.path.dirname(m.path), 'metrics.csv') for n, m in models.items()}
     selector_run = (os.path.join(os.path.dirname(selector_path), 'metrics.csv'), state.get('ranking_references', {}))
-    report_figures(figures_dir, runs, predictions, result['per_class'], test.labels.cpu(), test.classes,
-                   [e.name for e in experts], report['choice'], sweeps,
-                   {n: {**row, 'time': measured_time(result, n)} for n, row in rows.items()}, selector_run)
+    with staged_folder(figures_dir) as staging:  # the report and its figures replace the last ones together
+        report_figures(staging, runs, predictions, result['per_class'], test.labels.cpu(), test.classes,
+                       [e.name for e in experts], report['choice'], sweeps,
+                       {n: {**row, 'time': measured_time(result, n)} for n, row in rows.items()}, selector_run)
+        write_report(results_dir, name, result, markdown(result))
     print(f'wrote {results_dir}/{name}.json, .md and figures in {figures_dir}/')
     return result

@@ -148,3 +148,43 @@ def test_evaluate_on_the_gpu_scores_what_the_cpu_scored(tiny_runs):
     assert cuda['device'] != cpu['device'] and set(cuda['speed']) == set(cpu['speed'])
     one_image = 1 / cpu['test_images']
     assert all(abs(cuda['accuracy'][name][0] - cpu['accuracy'][name][0]) <= one_image + 1e-6 for name in cpu['accuracy'])
+
+
+def test_a_full_disk_leaves_the_last_report_and_its_figures_whole(tiny_runs, tmp_path, monkeypatch, capsys):
+    """The report was written before its figures, and each figure in turn: a disk that filled while drawing the
+    last one left a new report beside the old figures, and some figures of each run."""
+    import errno
+    import io
+    import evaluate
+    from distill import checkpoint
+    work, folder = tiny_runs
+    monkeypatch.chdir(work)
+    results = tmp_path / 'results'
+    args = ['--selector', 'checkpoints/selector', '--data-dir', str(folder), '--results-dir', str(results),
+            '--device', 'cpu']
+    evaluate.main(args)
+
+    def files():
+        return {str(p.relative_to(results)): p.read_bytes() for p in results.rglob('*') if p.is_file()}
+    before = files()
+    assert {'report.json', 'report.md'} | {f'report/{name}' for name in FIGURES} == before.keys()
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, 'No space left on device')
+    real_open = open
+    monkeypatch.setattr(checkpoint, 'open', lambda name, mode, **kw: FullDisk(name, 'w')
+                        if 'selector_curve.png' in name else real_open(name, mode, **kw), raising=False)
+    with pytest.raises(SystemExit):
+        evaluate.main(args)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"error: could not write '{results / 'report' / 'selector_curve.png'}' (No space left on device); "
+                   f"free some space or choose another path, then run again (what was there before is unchanged)")
+    assert files() == before  # and no staged figures are left beside them:
+    assert sorted(p.name for p in results.iterdir()) == ['report', 'report.json', 'report.md']
+    inodes = {name: (results / name).stat().st_ino for name in before}
+    monkeypatch.undo()
+    monkeypatch.chdir(work)
+    evaluate.main(args)  # with room again, every file is replaced
+    assert files().keys() == before.keys()
+    assert all((results / name).stat().st_ino != inode for name, inode in inodes.items())
