@@ -293,7 +293,7 @@ def _zip_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str, pa
                         f"the folder, or zip it again without one")
     try:
         return archive.read(member)
-    except NotImplementedError as err:  # Windows' Deflate64, among others
+    except NotImplementedError as err:  # zipfile's own error for a method it lacks: Windows' Deflate64, among others
         raise UserError(f"'{path}' holds '{name}' compressed in a way Python cannot read ({err}); unzip it with "
                         f"another tool and pass the folder, or zip it again with plain deflate") from None
 
