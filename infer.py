@@ -32,7 +32,7 @@ def parse_args(argv=None):
     p.add_argument('--cost-weight', type=float, help='selector (without --route, it picks the selector): weight of the '
                    'extra cost (default: as chosen on val)')
     p.add_argument('--cost', choices=('stored', 'measure', 'macs'), default='stored',
-                   help="selector: the experts' costs as timed by selectorTrain.py, timed again here, or MACs")
+                   help="selector: the experts' costs as timed by selectorTrain.py, timed again here (at --batch-size), or MACs")
     p.add_argument('--expert', help='skip routing and use this expert alone (its name or arch)')
     p.add_argument('--teacher', help='skip routing and use this checkpoint (e.g. the teacher) alone')
     p.add_argument('--out', default=os.path.join('results', 'predictions.csv'),

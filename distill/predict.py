@@ -44,7 +44,8 @@ def build_classifier(selector_path: str, device, amp, *, teacher=None, expert=No
                             f"model, the teacher too, runs alone with --teacher and its checkpoint)")
         return one_model(matches[0], matches[0].name), matches[0].state
     router = router_for(state, experts, inference_model(state, selector_path, device), mode=route,
-                        thresholds=thresholds, cost_weight=cost_weight, cost=cost, amp=amp, where=selector_path)
+                        thresholds=thresholds, cost_weight=cost_weight, cost=cost, amp=amp, where=selector_path,
+                        batch_size=batch_size)
     note = unpaid_routing_note(state, router.mode, device)
     if note and thresholds is None and cost_weight is None:  # the operating point that was timed
         print(note, file=sys.stderr)

@@ -234,3 +234,14 @@ def test_a_setting_of_one_mode_picks_that_mode_unless_the_mode_is_given(stored_m
         router_for(state, [Counting(0), Counting(1)], selector, thresholds=[0.7], cost_weight=0.2)
     with pytest.raises(UserError, match='the selector mode uses --cost-weight'):
         router_for(state, [Counting(0), Counting(1)], selector, mode='selector', thresholds=[0.7])
+
+
+@pytest.mark.parametrize('batch_size', [1, 5])
+def test_costs_measured_again_are_timed_at_the_batch_the_routing_runs_at(batch_size):
+    class Costed(Counting):
+        macs = 1.0
+    state = {'routing': {'mode': 'selector', 'thresholds': [0.5], 'cost_weight': 0.0, 'cost': 'time'},
+             'experts': [{'macs': 1.0, 'seconds_per_image': 1.0, 'device': 'elsewhere'}] * 2, 'image_size': 4}
+    experts = [Costed(0), Costed(1)]
+    router_for(state, experts, torch.nn.Linear(10, 2), cost='measure', batch_size=batch_size)
+    assert all(e.cost['batch_size'] == batch_size and len(e.seen[0]) == batch_size for e in experts)

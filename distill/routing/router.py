@@ -132,11 +132,11 @@ class Router:
 
 
 def router_for(state: dict, experts: list, selector, *, mode=None, thresholds=None, cost_weight=None, cost='stored',
-               amp=None, where: str = 'selector'):
+               amp=None, where: str = 'selector', batch_size: int = 256):
     """The Router a selector checkpoint describes, with any of its val-chosen settings overridden.
 
     cost: 'stored' (the experts' times as selectorTrain.py measured them: refused on another device),
-    'measure' (timed again here) or 'macs'. Without a mode, a setting that belongs to one mode picks it; settings
+    'measure' (timed again here, at the batch the routing will run at) or 'macs'. Without a mode, a setting that belongs to one mode picks it; settings
     that do not belong to the mode are refused."""
     routing = state['routing']
     if mode is None:
@@ -158,7 +158,7 @@ def router_for(state: dict, experts: list, selector, *, mode=None, thresholds=No
     device = next(selector.parameters()).device
     if cost == 'measure' and kind == 'time':
         size = state['image_size']
-        measure_costs(experts, torch.zeros(256, 3, size, size, device=device).contiguous(
+        measure_costs(experts, torch.zeros(batch_size, 3, size, size, device=device).contiguous(
             memory_format=torch.channels_last), amp)
         metas = [e.cost for e in experts]
     check_cost_device(metas, kind, device, where)
