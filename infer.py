@@ -32,7 +32,8 @@ def parse_args(argv=None):
     p.add_argument('--cost-weight', type=float, help='selector (without --route, it picks the selector): weight of the '
                    'extra cost (default: as chosen on val)')
     p.add_argument('--cost', choices=('stored', 'measure', 'macs'), default='stored',
-                   help="selector: the experts' costs as timed by selectorTrain.py, timed again here (at --batch-size), or MACs")
+                   help="selector: the experts' costs as timed by selectorTrain.py, timed again here (in calls of "
+                        "--batch-size), or MACs")
     p.add_argument('--expert', help='skip routing and use this expert alone (its name or arch)')
     p.add_argument('--teacher', help='skip routing and use this checkpoint (e.g. the teacher) alone')
     p.add_argument('--out', default=os.path.join('results', 'predictions.csv'),
@@ -71,7 +72,7 @@ def main(argv=None):
     amp = amp_dtype(args.amp, device)
     classify, state = build_classifier(args.selector, device, amp, teacher=args.teacher, expert=args.expert,
                                        route=args.route, thresholds=args.threshold, cost_weight=args.cost_weight,
-                                       cost=args.cost, batch_size=args.batch_size)
+                                       cost=args.cost, batch_size=min(args.batch_size, len(files)))
     classes, size, failures = state['class_names'], state['image_size'], []
     workers = default_workers(device) if args.workers is None else args.workers
 

@@ -151,13 +151,13 @@ def routing_models(selector_path, data, n, device, amp):
     systems = {'': experts}
     if device.type == 'cuda':  # the same routing with every expert run eagerly, to show what CUDA graphs change
         systems['_eager'] = [eager(e) for e in experts]
-    routers = {mode + suffix: router_for(state, system, selector, mode=mode, amp=amp, where=selector_path,
-                                         cost='stored' if mode == 'cascade' or state['routing']['cost'] == 'macs'
-                                         else 'measure')
-               for suffix, system in systems.items() for mode in MODES}
     test = load_dataset(state['config']['dataset'], state['config']['data_dir'], False, state['image_size'])
     # every class in every slice, round-robin: a test split stored class by class would time one class's mix
     images = normalise(test.select(interleave_classes(test.labels)[:n]).images.to(device), state['mean'], state['std'])
+    routers = {mode + suffix: router_for(state, system, selector, mode=mode, amp=amp, where=selector_path,
+                                         cost='stored' if mode == 'cascade' or state['routing']['cost'] == 'macs'
+                                         else 'measure', batch_size=min(256, len(images)))  # as the calls of 256
+               for suffix, system in systems.items() for mode in MODES}
     students = [e for e in experts if e.path != teacher.path]
     raw = {name: place(model_from_checkpoint(m.state, m.path), device).eval()
            for name, m in {'teacher': teacher, **{e.name: e for e in students}}.items()}

@@ -67,7 +67,8 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=No
     timing = loader.classes_in_turn(max(batch_size, timing_images))
     cost = 'stored' if routing['cost'] == 'macs' else 'measure'  # timed here, whatever selectorTrain ran on
     routers = {f'routed ({mode})': router_for(state, experts, selector, mode=mode, cost='stored' if mode == 'cascade'
-                                              else cost, amp=amp, batch_size=batch_size) for mode in MODES}
+                                              else cost, amp=amp, batch_size=min(batch_size, len(timing)))
+               for mode in MODES}
     fns = {name: in_calls(fn, batch_size) for name, fn in {**models, **routers}.items()}
     fns.update({f'{name}, gathered': (lambda x, router=router: router.folder(x, batch_size))
                 for name, router in routers.items()})  # as infer.py routes a folder

@@ -64,8 +64,7 @@ def test_decoding_in_workers_gives_the_same_table_and_names_that_are_not_utf8_ke
         Image.new('RGB', (8, 8)).save(messy_folder / latin1, format='PNG')
     except OSError:
         pytest.skip('this file system accepts only UTF-8 names')
-    run_script(INFER, messy_folder, '--workers', 0, '--batch-size', 2, '--out', tmp_path / 'p.csv',
-               cwd=work)
+    run_main(INFER, messy_folder, '--workers', 0, '--batch-size', 2, '--out', tmp_path / 'p.csv', cwd=work)
     written = (tmp_path / 'p.csv').read_bytes()
     assert b'/pictures/caf\xe9.png,' in written and len(written.splitlines()) == 1 + 10  # unreadable files too
     streamed = run_script(INFER, messy_folder, '--workers', 2, '--batch-size', 2, '--out', '-', cwd=work)
@@ -275,8 +274,14 @@ def test_negative_settings_are_refused_before_anything_loads(args, message):
         infer.parse_args(['pictures', *args])
 
 
-def test_a_cost_timed_on_another_device_is_refused_until_measured_here(tiny_runs, messy_folder, tmp_path):
+def test_a_cost_timed_on_another_device_is_refused_until_measured_here(tiny_runs, messy_folder, tmp_path,
+                                                                       monkeypatch):
     import torch
+    from distill.routing import router
+    timed_at = []  # each expert is timed again in calls of the batch it will run at: the 9 files, not 256
+    measure = router.measure_costs
+    monkeypatch.setattr(router, 'measure_costs', lambda experts, images, amp: timed_at.append(len(images)) or
+                        measure(experts, images, amp))
     work, _ = tiny_runs
     state = torch.load(work / 'checkpoints' / 'selector' / 'best.pt', weights_only=True)
     for expert in state['experts']:
@@ -291,6 +296,7 @@ def test_a_cost_timed_on_another_device_is_refused_until_measured_here(tiny_runs
     for cost in ('measure', 'macs'):
         run_main(INFER, messy_folder, '--selector', moved, '--route', 'selector', '--cost', cost,
                  '--out', tmp_path / f'{cost}.csv', cwd=work)
+    assert timed_at == [9]
     run_main(INFER, messy_folder, '--selector', moved, '--route', 'cascade', '--out', '-', cwd=work)
 
 
