@@ -13,7 +13,7 @@ import threading
 
 import torch
 
-from models import STEM_STRIDES, stem_stride_for, takes_image_size
+from models import STEM_STRIDES, smallest_image_size, stem_stride_for, takes_image_size
 
 from . import UserError, flag_of
 from .data import DATASETS, NATIVE_SIZE, default_dataset
@@ -178,8 +178,7 @@ def classifier_args(args, trained_at_it: str = '') -> dict:
     if takes_image_size(args.arch, size, **model_args):
         args.stem_stride = model_args['stem_stride']
         return model_args
-    smallest = next((s for s in range(size + 1, 1025) if takes_image_size(args.arch, s, **model_args)),
-                    'more than 1024')
+    smallest = smallest_image_size(args.arch, above=size, **model_args) or 'more than 1024'
     larger = f'--image-size {smallest} or more'
     larger = f"retrain '{trained_at_it}' with {larger}" if trained_at_it else f'pass {larger}'
     smaller_stem = next((s for s in reversed(STEM_STRIDES) if s < model_args['stem_stride']

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from models import (MODELS, STEM_STRIDES, STUDENTS, TEACHER, build_model, full_model_args, stem_stride_for,
-                    takes_image_size)
+from models import (MODELS, STEM_STRIDES, STUDENTS, TEACHER, build_model, full_model_args, smallest_image_size,
+                    stem_stride_for, takes_image_size)
 from distill.runtime import fuse_for_inference
 from distill.metrics import count_macs, count_params
 
@@ -65,10 +65,13 @@ def test_outputs_are_logits_not_probabilities(name):
     assert not torch.allclose(logits.sum(1), torch.ones(6), atol=1e-3)
 
 
+@pytest.mark.parametrize('stem_stride', [1, 4])
 @pytest.mark.parametrize('name', CLASSIFIERS)
-def test_the_smallest_image_size_found_on_meta_tensors_is_the_real_one(name):
-    smallest = next(size for size in range(1, 65) if takes_image_size(name, size))
-    model = build_model(name, 3).eval()
+def test_the_smallest_image_size_found_on_meta_tensors_is_the_real_one(name, stem_stride):
+    smallest = smallest_image_size(name, stem_stride=stem_stride)
+    assert takes_image_size(name, smallest, stem_stride=stem_stride)
+    assert smallest == 1 or not takes_image_size(name, smallest - 1, stem_stride=stem_stride)
+    model = build_model(name, 3, stem_stride=stem_stride).eval()
     assert model(torch.randn(2, 3, smallest, smallest)).shape == (2, 3)
     if smallest > 1:
         with pytest.raises(RuntimeError):
