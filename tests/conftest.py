@@ -72,9 +72,10 @@ def write_cifar(root: Path, name='cifar10', n_train=50, n_test=20, num_classes=1
     return base
 
 
-def run_script(*args, cwd=None, check=True):
-    """Run a top-level script as a user would; returns the CompletedProcess."""
-    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '2'}
+def run_script(*args, cwd=None, check=True, threads=2):
+    """Run a top-level script as a user would; returns the CompletedProcess. threads: each process's, 1 for
+    torchrun's ranks, which share the cores."""
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': str(threads)}
     result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd or os.getcwd(), env=env, capture_output=True,
                             text=True, errors='surrogateescape', timeout=600)  # output may hold non-UTF-8 names
     if check and result.returncode != 0:

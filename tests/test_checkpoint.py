@@ -190,7 +190,7 @@ def test_ctrl_c_in_a_real_training_run_is_one_line_and_resume_continues(image_fo
     from conftest import ROOT
     argv = [sys.executable, str(ROOT / 'teacherTrain.py'), '--dataset', 'folder', '--data-dir', str(image_folder),
             '--image-size', '8', '--val-size', '6', '--route-size', '6', '--batch-size', '8', '--arch', 'googlenet',
-            '--epochs', '30', '--out', str(tmp_path / 'run')]
+            '--epochs', '8', '--out', str(tmp_path / 'run')]
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '2'}
     process = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     deadline = time.time() + 300
@@ -200,6 +200,6 @@ def test_ctrl_c_in_a_real_training_run_is_one_line_and_resume_continues(image_fo
     err = process.communicate(timeout=300)[1]
     assert process.returncode == 130 and err.strip().splitlines()[-1].startswith('interrupted;')
     assert 'Traceback' not in err
-    resumed = subprocess.run(argv[:-4] + ['--epochs', '30', '--out', str(tmp_path / 'run'), '--resume'], cwd=tmp_path,
+    resumed = subprocess.run(argv[:-4] + ['--epochs', '8', '--out', str(tmp_path / 'run'), '--resume'], cwd=tmp_path,
                              env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and 'resumed' in resumed.stdout

@@ -72,12 +72,12 @@ def test_torchrun_trains_a_teacher_and_a_student_and_only_rank_zero_writes(tmp_p
     folder = make_image_folder(tmp_path / 'dataset')
     torchrun = ('-m', 'torch.distributed.run', '--nproc_per_node=2')
     result = run_script(*torchrun, ROOT / 'teacherTrain.py', *TINY, '--arch', 'googlenet', '--data-dir', folder,
-                        '--epochs', '2')
+                        '--epochs', '2', threads=1)
     assert result.stdout.count('googlenet epoch 2/2') == 1
     assert len((tmp_path / 'checkpoints' / 'teacher' / 'metrics.csv').read_text().splitlines()) == 3
     assert (tmp_path / 'checkpoints' / 'teacher' / 'summary.json').exists()
     result = run_script(*torchrun, ROOT / 'studentTrain.py', *TINY, '--arch', 'googlenet', '--data-dir', folder,
-                        '--teacher-logits', 'cache')
+                        '--teacher-logits', 'cache', threads=1)
     assert result.stdout.count('googlenet epoch 1/1') == 1
     student = torch.load(tmp_path / 'checkpoints' / 'googlenet' / 'last.pt', weights_only=True)
     assert student['teacher'] == 'checkpoints/teacher/best.pt' and len(student['history']) == 1

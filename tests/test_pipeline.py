@@ -62,11 +62,12 @@ def test_an_interrupted_stage_resumes_and_a_changed_one_retrains(tiny_runs, caps
 
 
 def test_two_seeds_train_two_systems_and_report_mean_and_std(tmp_path):
-    folder = make_image_folder(tmp_path / 'dataset')
-    run_tiny_pipeline(tmp_path, folder, '--seeds', '0', '1', '--no-baselines')
+    folder = make_image_folder(tmp_path / 'dataset')  # one student, routed with the teacher as its fallback
+    run_tiny_pipeline(tmp_path, folder, '--seeds', '0', '1', '--no-baselines', '--students', 'googlenet')
     for seed in (0, 1):
         selector = torch.load(tmp_path / 'checkpoints' / f'seed{seed}' / 'selector' / 'best.pt', weights_only=True)
         assert selector['config']['seed'] == seed and f'seed{seed}' in selector['experts'][0]['path']
+        assert [expert['arch'] for expert in selector['experts']] == ['googlenet', 'resnet50']
         assert (tmp_path / 'results' / f'quick-seed{seed}' / 'accuracy_vs_time.png').exists()
     per_seed = [json.loads((tmp_path / 'results' / f'quick-seed{s}.json').read_text()) for s in (0, 1)]
     summary = json.loads((tmp_path / 'results' / 'quick.json').read_text())
