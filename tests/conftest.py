@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = ROOT.parent / 'shared' / 'data' / 'cifar10-jpeg.tar.gz'
 HEIC_START = b'\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic'  # the first box of an iPhone's photo
 sys.path.insert(0, str(ROOT))
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (-n 2, as CI runs) each worker takes one thread, so that the workers share the cores.
+THREADS = 1 if os.environ.get('PYTEST_XDIST_WORKER') else min(2, os.cpu_count() or 1)
+torch.set_num_threads(THREADS)
 
 # Tests of the CUDA paths: skipped without a GPU; benchmarks/gpu_check.sh runs them (`pytest -m cuda`).
 CUDA_MARKS = (pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU'))
@@ -72,9 +74,9 @@ def write_cifar(root: Path, name='cifar10', n_train=50, n_test=20, num_classes=1
     return base
 
 
-def run_script(*args, cwd=None, check=True, threads=2):
-    """Run a top-level script as a user would; returns the CompletedProcess. threads: each process's, 1 for
-    torchrun's ranks, which share the cores."""
+def run_script(*args, cwd=None, check=True, threads=THREADS):
+    """Run a top-level script as a user would; returns the CompletedProcess. threads: each process's, as this
+    one's by default (a CPU's timings name its thread count), 1 for torchrun's ranks, which share the cores."""
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': str(threads)}
     result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd or os.getcwd(), env=env, capture_output=True,
                             text=True, errors='surrogateescape', timeout=600)  # output may hold non-UTF-8 names
