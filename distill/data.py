@@ -286,16 +286,21 @@ def _zip_member_name(member: zipfile.ZipInfo) -> str:
     return name.replace('\\', '/')  # Windows' own zip tool wrote backslashes (PowerShell 5)
 
 
+# The compression methods zipfile decompresses (Python 3.14 adds Zstandard).
+READABLE_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA,
+                        getattr(zipfile, 'ZIP_ZSTANDARD', zipfile.ZIP_STORED)}
+
+
 def _zip_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str, path: str) -> bytes:
     """A member's bytes; a password or a compression method that zipfile cannot read is one line, not a traceback."""
     if member.flag_bits & 0x1:
         raise UserError(f"'{path}' is password-protected ('{name}' is encrypted); unzip it with its password and pass "
                         f"the folder, or zip it again without one")
-    try:
-        return archive.read(member)
-    except NotImplementedError as err:  # zipfile's own error for a method it lacks: Windows' Deflate64, among others
-        raise UserError(f"'{path}' holds '{name}' compressed in a way Python cannot read ({err}); unzip it with "
-                        f"another tool and pass the folder, or zip it again with plain deflate") from None
+    if member.compress_type not in READABLE_ZIP_METHODS:  # Windows' Deflate64, among others
+        method = zipfile.compressor_names.get(member.compress_type, f'method {member.compress_type}')
+        raise UserError(f"'{path}' holds '{name}' compressed in a way Python cannot read ({method}); unzip it with "
+                        f"another tool and pass the folder, or zip it again with plain deflate")
+    return archive.read(member)
 
 
 def _iter_folder_files(path: str, as_test: bool = False):
