@@ -19,6 +19,7 @@ import teacherTrain
 from distill.checkpoint import run_dir
 from distill.cli import MAX_SEED, Parser, check_distinct, check_range, main_guard
 from distill.data import default_dataset, export_sample_images
+from distill.pretrained import IMAGENET, RANDOM
 from distill.runtime import resolve_device
 from distill.stages import run_stages
 from models import STUDENTS
@@ -64,6 +65,9 @@ def parse_args(argv=None):
                    help='the students to distil; one student is routed with the teacher as its fallback')
     p.add_argument('--baselines', action=argparse.BooleanOptionalAction, default=True,
                    help='also train each student without a teacher (--alpha 0)')
+    p.add_argument('--init', choices=(RANDOM, IMAGENET), default=RANDOM,
+                   help="the teacher's and the students' starting weights: torchvision's ImageNet-trained ones fit "
+                        "all but the classifier and, below 128 px, the stem")
     p.add_argument('--seeds', type=int, nargs='+',
                    help='run every stage once per seed, in ROOT/seed<k>/, and report mean ± std over them')
     p.add_argument('--force', action='store_true', help='retrain every stage')
@@ -103,9 +107,10 @@ def train_system(args, common: list, preset: dict, seed) -> str:
     """teacher -> students (+ twins) -> selector, in ROOT (or ROOT/seed<k>); returns the selector's best.pt."""
     root = args.root if seed is None else os.path.join(args.root, f'seed{seed}')
     common = common + ([] if seed is None else ['--seed', str(seed)])
-    epochs = preset['train'] + ['--epochs', str(preset['epochs'])]
+    init = ['--init', args.init] if args.init != RANDOM else []  # runs trained before --init existed stay current
+    epochs = preset['train'] + ['--epochs', str(preset['epochs'])] + init
     teacher = os.path.join(root, 'teacher', 'best.pt')
-    run_stages([(teacherTrain, common + preset['train'] + preset.get('teacher', []) +
+    run_stages([(teacherTrain, common + init + preset['train'] + preset.get('teacher', []) +
                  ['--epochs', str(preset['teacher_epochs']), '--out', os.path.dirname(teacher)])], args.force)
     experts, students = [], []
     for arch in args.students:

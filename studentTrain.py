@@ -7,19 +7,17 @@ so does the twin trained with --alpha 0 when --teacher is given, so that the two
 """
 import os
 
-import torch
-
 from distill import UserError
 from distill.checkpoint import check_classifier, check_compatible, load_checkpoint, run_dir
 from distill.cli import (add_model_arguments, check_positive, check_range, check_run_dir, check_spared,
                          check_writable, checkpoint_path, classifier_args, given_flags, inherit_data_settings,
-                         main_guard, train_settings, training_parser, validate_args)
+                         initial_model, main_guard, train_settings, training_parser, validate_args)
 from distill.data import prepare_data
 from distill.engine import fit
 from distill.losses import distillation_step
 from distill.runtime import amp_dtype, inference_model, resolve_device
 from distill.teachers import CachedTeacher, OnlineTeacher
-from models import STUDENTS, build_model
+from models import STUDENTS
 
 
 def parse_args(argv=None):
@@ -33,7 +31,8 @@ def parse_args(argv=None):
     parser.add_argument('--alpha', type=float, default=0.9, help='weight of the KD term; 0 trains without a teacher')
     parser.add_argument('--teacher-logits', choices=('online', 'cache'), default='online',
                         help="run the teacher on every batch, or compute each epoch's logits once into --cache-dir")
-    parser.add_argument('--cache-dir', default='checkpoints/logit-cache', help='where --teacher-logits cache keeps them')
+    parser.add_argument('--cache-dir', default='checkpoints/logit-cache',
+                        help='where --teacher-logits cache keeps them')
     args = validate_args(parser.parse_args(argv))
     check_range('alpha', args.alpha, 0, 1)
     check_positive('temperature', args.temperature)
@@ -74,8 +73,7 @@ def main(argv=None):
                           CachedTeacher(teacher, args.teacher, data.split, data.train.images, args.seed,
                                         args.cache_dir, amp))
         extra['teacher'] = args.teacher
-    torch.manual_seed(args.seed)
-    model = build_model(args.arch, len(data.classes), **model_args)
+    model = initial_model(args, len(data.classes), model_args)
 
     def make_step(trained):
         return distillation_step(trained, teacher_logits, args.temperature, args.alpha, args.label_smoothing)

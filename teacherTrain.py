@@ -3,14 +3,12 @@
     python teacherTrain.py                                  # CIFAR-10, the full recipe (200 epochs)
     python teacherTrain.py --dataset folder --data-dir ../shared/data/cifar10-jpeg.tar.gz --subset 2000 --epochs 3
 """
-import torch
-
-from distill.cli import (add_model_arguments, classifier_args, main_guard, train_settings, training_parser,
-                         validate_args)
+from distill.cli import (add_model_arguments, classifier_args, initial_model, main_guard, train_settings,
+                         training_parser, validate_args)
 from distill.data import prepare_data
 from distill.engine import fit
 from distill.losses import classification_step
-from models import MODELS, TEACHER, build_model
+from models import MODELS, TEACHER
 
 
 def parse_args(argv=None):
@@ -24,8 +22,7 @@ def main(argv=None):
     args = parse_args(argv)
     model_args = classifier_args(args)
     data = prepare_data(args)
-    torch.manual_seed(args.seed)
-    model = build_model(args.arch, len(data.classes), **model_args)
+    model = initial_model(args, len(data.classes), model_args)
     fit(train_settings(args), args.arch, model,
         lambda trained: classification_step(trained, args.label_smoothing), data, extra={'model_args': model_args})
 

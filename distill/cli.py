@@ -13,12 +13,13 @@ import threading
 
 import torch
 
-from models import STEM_STRIDES, smallest_image_size, stem_stride_for, takes_image_size
+from models import STEM_STRIDES, build_model, smallest_image_size, stem_stride_for, takes_image_size
 
 from . import UserError, flag_of
 from .data import DATASETS, NATIVE_SIZE, default_dataset
 from .engine import TrainSettings, check_run_free
 from .folder_cache import default_cache_dir
+from .pretrained import IMAGENET, RANDOM, check_source, initialise
 from .runtime import amp_dtype, resolve_device, world_size
 
 # The data settings a later stage takes from the checkpoint it builds on, unless given explicitly.
@@ -166,13 +167,20 @@ def add_model_arguments(parser, choices, default: str, arch_help: str):
                        help="how much the network's stem shrinks an image before its first block: 1 keeps every "
                             "pixel (CIFAR's stem), 4 is torchvision's ImageNet stem (default: by image size, 1 "
                             "below 64 px, 2 below 128 px, else 4)")
+    model.add_argument('--init',
+                       help=f"the weights to start from: {RANDOM} (the default), {IMAGENET} (torchvision's "
+                            "ImageNet-trained weights, downloaded once; all but the classifier fit at stem stride 4, "
+                            "all but it and the stem below), or a file of saved weights or a run directory, whose "
+                            "tensors that fit are copied")
 
 
 def classifier_args(args, trained_at_it: str = '') -> dict:
     """The model_args of the classifier a training script builds, stored in its checkpoints; the stem stride
     chosen is also set in args, so that the run's config names it. An image size too small for the pooling
-    fails deep inside the first batch, so it is refused here, in one line.
-    trained_at_it: the checkpoint whose image size this is, to be retrained."""
+    fails deep inside the first batch, so it is refused here, in one line; so are --init weights that cannot be
+    read. trained_at_it: the checkpoint whose image size this is, to be retrained."""
+    if not _resumes(args):
+        check_source(args.arch, args.init)
     size = args.image_size or NATIVE_SIZE
     model_args = {'stem_stride': args.stem_stride or stem_stride_for(size)}
     if takes_image_size(args.arch, size, **model_args):
@@ -187,6 +195,20 @@ def classifier_args(args, trained_at_it: str = '') -> dict:
     stem = f' and stem stride {args.stem_stride}' if args.stem_stride else ''
     raise UserError(f"--image-size {size} is too small for {args.arch}{stem}, whose pooling needs at least "
                     f"{smallest} px; {fix}")
+
+
+def initial_model(args, num_classes: int, model_args: dict) -> torch.nn.Module:
+    """The classifier a training script starts from: random weights fixed by --seed, then those of --init that
+    fit. A run that resumes takes its weights from last.pt instead."""
+    torch.manual_seed(args.seed)
+    model = build_model(args.arch, num_classes, **model_args)
+    if args.init not in (None, RANDOM) and not _resumes(args):
+        print(initialise(model, args.arch, args.init), flush=True)
+    return model
+
+
+def _resumes(args) -> bool:
+    return args.resume and os.path.exists(os.path.join(args.out, 'last.pt'))
 
 
 def validate_args(args):

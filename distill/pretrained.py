@@ -1,0 +1,86 @@
+"""A classifier's starting weights: torchvision's ImageNet-trained ones, or those of a file.
+
+Every tensor whose name and shape fit the model is copied; the rest keep their random initialisation. From
+ImageNet that leaves the classifier and, below stem stride 4, the 3x3 stem that replaces torchvision's 7x7
+one. A file may hold a state dict (torch.save(model.state_dict()), a DataParallel one too) or a checkpoint
+of this project, whose classifier also fits where it has as many classes.
+"""
+import os
+
+import torch
+import torchvision
+
+from . import UserError
+
+RANDOM, IMAGENET = 'random', 'imagenet'
+
+
+def initialise(model: torch.nn.Module, arch: str, source: str) -> str:
+    """Copy into model the weights of source (IMAGENET or a file) that fit it; returns a line saying which."""
+    weights = imagenet_weights(arch) if source == IMAGENET else file_weights(source)
+    own = model.state_dict()
+    fits = {name: tensor for name, tensor in weights.items() if name in own and own[name].shape == tensor.shape}
+    if not fits:
+        raise UserError(f"no weight in '{source}' fits {arch} (no tensor of the same name and shape); pass "
+                        f"weights saved from a {arch}")
+    model.load_state_dict(fits, strict=False)
+    left = [name for name in own if name not in fits]
+    shown = ', '.join(left[:4]) + (f' and {len(left) - 4} more' if len(left) > 4 else '')
+    return f"{arch} starts from {len(fits)} of its {len(own)} tensors in '{source}'" + (
+        f'; random: {shown}' if left else '')
+
+
+def check_source(arch: str, source: str | None):
+    """Before any data is read: the file exists, or torchvision's weights are in its cache, downloaded if need be."""
+    if source == IMAGENET:
+        _from_torchvision(arch, lambda weights: weights.get_state_dict(progress=True, check_hash=True))
+    elif source not in (None, RANDOM):
+        file_weights(source)
+
+
+def imagenet_weights(arch: str) -> dict:
+    """torchvision's default ImageNet weights of arch, with the names its current model uses: torchvision
+    renames the old keys of some published files (DenseNet's) as it loads them."""
+    return _from_torchvision(arch, lambda weights: torchvision.models.get_model(arch, weights=weights).state_dict())
+
+
+def _from_torchvision(arch: str, load):
+    if arch not in torchvision.models.list_models():
+        raise UserError(f'torchvision has no ImageNet weights for {arch}; pass --init {RANDOM} or a file')
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    try:
+        return load(weights)
+    except Exception as err:  # offline (URLError), a damaged file in the cache, a cache that cannot be written
+        lines = [line.strip() for line in str(getattr(err, 'reason', None) or err).splitlines() if line.strip()]
+        # load_state_dict's first line only says that it failed; the next says which weights do not fit
+        why = (lines[1] if len(lines) > 1 and lines[0].startswith('Error(s)') else lines[0] if lines else
+               err.__class__.__name__)[:120]
+        cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights.url))
+        raise UserError(f"cannot load torchvision's ImageNet weights of {arch} ({why}); where there is no internet, "
+                        f"copy {weights.url} to '{cached}'") from None
+
+
+def weights_file(path: str) -> str:
+    """The file --init names: itself, or a run directory's best.pt."""
+    path = os.path.join(path, 'best.pt') if os.path.isdir(path) else path
+    if not os.path.isfile(path):
+        raise UserError(f"--init '{path}' does not exist; pass {IMAGENET}, {RANDOM} or a file of saved weights")
+    return path
+
+
+def file_weights(path: str) -> dict:
+    """The state dict in a file, its names stripped of DataParallel's prefix."""
+    path = weights_file(path)
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # torch.load raises many types for a file that is not one of its own
+        raise UserError(f"--init '{path}' is not a file of saved torch weights ({err.__class__.__name__}); pass one "
+                        f"written by torch.save") from None
+    if isinstance(state, dict):
+        state = next((state[key] for key in ('model', 'state_dict') if isinstance(state.get(key), dict)), state)
+    tensors = {name: value for name, value in state.items() if isinstance(value, torch.Tensor)} \
+        if isinstance(state, dict) else {}
+    if not tensors:
+        raise UserError(f"--init '{path}' holds no named weights; pass a state dict saved with "
+                        f"torch.save(model.state_dict(), path)")
+    return {name.removeprefix('module.'): value for name, value in tensors.items()}
