@@ -2,10 +2,11 @@
 
 Every tensor whose name and shape fit the model is copied; the rest keep their random initialisation. From
 ImageNet that leaves the classifier and, below stem stride 4, the 3x3 stem that replaces torchvision's 7x7
-one. A file may hold a state dict (torch.save(model.state_dict()), a DataParallel one too) or a checkpoint
+one. A file may hold a state dict (torch.save(model.state_dict()), of a DataParallel or compiled model too) or a checkpoint
 of this project, whose classifier also fits where it has as many classes.
 """
 import os
+import re
 
 import torch
 import torchvision
@@ -57,7 +58,7 @@ def _from_torchvision(arch: str, load):
                err.__class__.__name__)[:120]
         cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights.url))
         raise UserError(f"cannot load torchvision's ImageNet weights of {arch} ({why}); where there is no internet, "
-                        f"copy {weights.url} to '{cached}'") from None
+                        f"copy {weights.url} to '{cached}', in place of any damaged copy there") from None
 
 
 def weights_file(path: str) -> str:
@@ -69,7 +70,7 @@ def weights_file(path: str) -> str:
 
 
 def file_weights(path: str) -> dict:
-    """The state dict in a file, its names stripped of DataParallel's prefix."""
+    """The state dict in a file, its names stripped of the prefixes that DataParallel and torch.compile add."""
     path = weights_file(path)
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
@@ -83,4 +84,4 @@ def file_weights(path: str) -> dict:
     if not tensors:
         raise UserError(f"--init '{path}' holds no named weights; pass a state dict saved with "
                         f"torch.save(model.state_dict(), path)")
-    return {name.removeprefix('module.'): value for name, value in tensors.items()}
+    return {re.sub(r'^((module|_orig_mod)\.)+', '', name): value for name, value in tensors.items()}

@@ -70,11 +70,11 @@ def test_imagenet_weights_offline_and_not_in_the_cache_say_where_to_put_the_file
         check_source('googlenet', 'imagenet')
 
 
-def test_weights_of_a_file_a_run_or_a_dataparallel_model_are_copied_whole(tmp_path):
+def test_weights_of_a_file_a_run_or_a_compiled_dataparallel_model_are_copied_whole(tmp_path):
     torch.manual_seed(1)
     trained = build_model('googlenet', 10).state_dict()
     torch.save({'arch': 'googlenet', 'model': trained}, tmp_path / 'best.pt')  # a run directory of this project
-    torch.save({'state_dict': {'module.' + name: t for name, t in trained.items()}}, tmp_path / 'dp.pth')
+    torch.save({'state_dict': {'module._orig_mod.' + name: t for name, t in trained.items()}}, tmp_path / 'dp.pth')
     for source in (str(tmp_path), str(tmp_path / 'dp.pth')):
         torch.manual_seed(2)
         model = build_model('googlenet', 10)
