@@ -1,4 +1,4 @@
-"""The pipeline's stages: skip a finished one, resume an interrupted one, retrain a changed one, and run
+"""The pipeline's presets and stages: skip a finished one, resume an interrupted one, retrain a changed one, and run
 independent ones side by side.
 
 Side by side pays where one model alone leaves the GPU idle between its kernels (DenseNet121's many
@@ -13,6 +13,29 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import UserError
 from .checkpoint import changed_settings
+
+# Each preset: flags for every stage, the teacher's, the students' and the selector's epochs, and stage flags.
+# The teacher gets more epochs than the students: a teacher weaker than the students' own labels makes
+# KD cost accuracy (docs/results-cpu.md).
+# smoke: minutes on a CPU; only checks that every step runs, students side by side too (gpu_check.sh --dry-run).
+# quick: minutes on a 2-core CPU, to see every table and figure on real data. Not a recipe for accuracy.
+# medium: about two hours on a 2-core CPU.
+# fast: one GPU (docs/gpu.md): batch 512, lr 0.4, the whole training split, the four student runs at once.
+# No label smoothing on the teacher: it makes a worse teacher for KD (Müller et al., 2019).
+# full: the usual CIFAR recipe (SGD 0.1, Nesterov, wd 5e-4, cosine, batch 128, 200 epochs), as in
+# kuangliu/pytorch-cifar and the RepDistiller baselines, so that numbers compare with published ones.
+PRESETS = {
+    'smoke': {'data': ['--subset', '600', '--test-subset', '200', '--image-size', '16'],
+              'train': ['--batch-size', '64', '--lr', '0.05'], 'teacher_epochs': 2, 'epochs': 1, 'selector_epochs': 2,
+              'jobs': 2},
+    'quick': {'data': ['--subset', '1200', '--test-subset', '1000'], 'train': ['--batch-size', '64', '--lr', '0.05'],
+              'teacher_epochs': 4, 'epochs': 3, 'selector_epochs': 10},
+    'medium': {'data': ['--subset', '5000'], 'train': ['--batch-size', '64', '--lr', '0.05'],
+               'teacher_epochs': 14, 'epochs': 10, 'selector_epochs': 15},
+    'fast': {'data': [], 'train': ['--batch-size', '512', '--lr', '0.4'], 'teacher_epochs': 30, 'epochs': 15,
+             'selector_epochs': 30, 'jobs': 4},
+    'full': {'data': [], 'train': [], 'teacher_epochs': 200, 'epochs': 200, 'selector_epochs': 30},
+}
 
 
 def stage_argv(script, argv: list, force: bool) -> list | None:
