@@ -84,10 +84,9 @@ def train_system(args, common: list, preset: dict, seed) -> str:
     """teacher -> students (+ twins) -> selector, in ROOT (or ROOT/seed<k>); returns the selector's best.pt."""
     root = args.root if seed is None else os.path.join(args.root, f'seed{seed}')
     common = common + ([] if seed is None else ['--seed', str(seed)])
-    init = ['--init', args.init] if args.init != RANDOM else []  # runs trained before --init existed stay current
-    epochs = preset['train'] + ['--epochs', str(preset['epochs'])] + init
+    epochs = preset['train'] + ['--epochs', str(preset['epochs']), '--init', args.init]
     teacher = os.path.join(root, 'teacher', 'best.pt')
-    run_stages([(teacherTrain, common + init + preset['train'] + preset.get('teacher', []) +
+    run_stages([(teacherTrain, common + ['--init', args.init] + preset['train'] + preset.get('teacher', []) +
                  ['--epochs', str(preset['teacher_epochs']), '--out', os.path.dirname(teacher)])], args.force)
     experts, students = [], []
     for arch in args.students:

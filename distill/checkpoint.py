@@ -169,10 +169,15 @@ def weights_digest(weights: dict) -> str:
     return digest.hexdigest()[:16]
 
 
+# Settings added after runs had been made, with the value those runs were made with.
+ADDED_SETTINGS = {'init': 'random'}
+
+
 def changed_settings(saved: dict, asked: dict, also_incidental=()) -> list:
     """The settings that identify a run and differ between a saved config and the asked one (None: not asked)."""
     ignored = INCIDENTAL_SETTINGS | set(also_incidental)
-    return [k for k, v in asked.items() if k not in ignored and v is not None and saved.get(k) != v]
+    return [k for k, v in asked.items()
+            if k not in ignored and v is not None and saved.get(k, ADDED_SETTINGS.get(k)) != v]
 
 
 def run_dir(root: str, arch: str, distilled: bool = True) -> str:

@@ -167,8 +167,8 @@ def add_model_arguments(parser, choices, default: str, arch_help: str):
                        help="how much the network's stem shrinks an image before its first block: 1 keeps every "
                             "pixel (CIFAR's stem), 4 is torchvision's ImageNet stem (default: by image size, 1 "
                             "below 64 px, 2 below 128 px, else 4)")
-    model.add_argument('--init',
-                       help=f"the weights to start from: {RANDOM} (the default), {IMAGENET} (torchvision's "
+    model.add_argument('--init', default=RANDOM,
+                       help=f"the weights to start from: {RANDOM}, {IMAGENET} (torchvision's "
                             "ImageNet-trained weights, downloaded once; all but the classifier fit at stem stride 4, "
                             "all but it and the stem below), or a file of saved weights or a run directory, whose "
                             "tensors that fit are copied")
@@ -202,7 +202,7 @@ def initial_model(args, num_classes: int, model_args: dict) -> torch.nn.Module:
     fit. A run that resumes takes its weights from last.pt instead."""
     torch.manual_seed(args.seed)
     model = build_model(args.arch, num_classes, **model_args)
-    if args.init not in (None, RANDOM) and not _resumes(args):
+    if args.init != RANDOM and not _resumes(args):
         print(initialise(model, args.arch, args.init), flush=True)
     return model
 

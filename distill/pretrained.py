@@ -2,8 +2,8 @@
 
 Every tensor whose name and shape fit the model is copied; the rest keep their random initialisation. From
 ImageNet that leaves the classifier and, below stem stride 4, the 3x3 stem that replaces torchvision's 7x7
-one. A file may hold a state dict (torch.save(model.state_dict()), of a DataParallel or compiled model too) or a checkpoint
-of this project, whose classifier also fits where it has as many classes.
+one. A file may hold a state dict (torch.save(model.state_dict()), of a DataParallel or compiled model too)
+or a checkpoint of this project, whose classifier also fits where it has as many classes.
 """
 import os
 import re
@@ -31,11 +31,11 @@ def initialise(model: torch.nn.Module, arch: str, source: str) -> str:
         f'; random: {shown}' if left else '')
 
 
-def check_source(arch: str, source: str | None):
+def check_source(arch: str, source: str):
     """Before any data is read: the file exists, or torchvision's weights are in its cache, downloaded if need be."""
     if source == IMAGENET:
         _from_torchvision(arch, lambda weights: weights.get_state_dict(progress=True, check_hash=True))
-    elif source not in (None, RANDOM):
+    elif source != RANDOM:
         file_weights(source)
 
 

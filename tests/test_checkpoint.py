@@ -203,3 +203,10 @@ def test_ctrl_c_in_a_real_training_run_is_one_line_and_resume_continues(image_fo
     resumed = subprocess.run(argv[:-4] + ['--epochs', '8', '--out', str(tmp_path / 'run'), '--resume'], cwd=tmp_path,
                              env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and 'resumed' in resumed.stdout
+
+
+def test_a_run_made_before_a_setting_existed_was_made_with_its_first_value():
+    before_init = {'lr': 0.1, 'epochs': 3}
+    assert checkpoint.changed_settings(before_init, {'lr': 0.1, 'init': 'random'}) == []
+    assert checkpoint.changed_settings(before_init, {'lr': 0.1, 'init': 'imagenet'}) == ['init']
+    assert checkpoint.changed_settings({'init': 'imagenet'}, {'init': 'random', 'out': 'there'}) == ['init']

@@ -47,7 +47,7 @@ def offline(monkeypatch):
 @pytest.mark.parametrize('arch', CLASSIFIERS)
 @pytest.mark.parametrize('stem_stride', [1, 4])
 def test_imagenet_weights_fill_all_but_the_classifier_and_a_stem_of_another_shape(arch, stem_stride, imagenet_home,
-                                                                                    monkeypatch, offline):
+                                                                                  monkeypatch, offline):
     home, published = imagenet_home
     monkeypatch.setenv('TORCH_HOME', str(home))
     torch.manual_seed(0)
