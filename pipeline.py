@@ -84,7 +84,7 @@ def train_system(args, common: list, preset: dict, seed) -> str:
     """teacher -> students (+ twins) -> selector, in ROOT (or ROOT/seed<k>); returns the selector's best.pt."""
     root = args.root if seed is None else os.path.join(args.root, f'seed{seed}')
     common = common + ([] if seed is None else ['--seed', str(seed)])
-    epochs = preset['train'] + ['--epochs', str(preset['epochs']), '--init', args.init]
+    student = preset['train'] + ['--epochs', str(preset['epochs']), '--init', args.init]
     teacher = os.path.join(root, 'teacher', 'best.pt')
     run_stages([(teacherTrain, common + ['--init', args.init] + preset['train'] + preset.get('teacher', []) +
                  ['--epochs', str(preset['teacher_epochs']), '--out', os.path.dirname(teacher)])], args.force)
@@ -92,12 +92,12 @@ def train_system(args, common: list, preset: dict, seed) -> str:
     for arch in args.students:
         out = run_dir(root, arch)
         # Every student reads one logit cache, so the teacher runs once per epoch, not once per student.
-        students.append((studentTrain, common + epochs + ['--arch', arch, '--teacher', teacher, '--teacher-logits',
+        students.append((studentTrain, common + student + ['--arch', arch, '--teacher', teacher, '--teacher-logits',
                                                           'cache', '--cache-dir', os.path.join(root, 'logit-cache'),
                                                           '--out', out]))
         experts.append(os.path.join(out, 'best.pt'))
         if args.baselines:
-            students.append((studentTrain, common + epochs + ['--arch', arch, '--alpha', '0', '--teacher', teacher,
+            students.append((studentTrain, common + student + ['--arch', arch, '--alpha', '0', '--teacher', teacher,
                                                               '--out', run_dir(root, arch, distilled=False)]))
     run_stages(students, args.force, args.jobs or preset.get('jobs', 1), os.path.join(root, 'logs'))
     selector = os.path.join(root, 'selector')
