@@ -1,9 +1,10 @@
 """Run everything: teacher -> students (+ no-KD twins) -> selector -> evaluate -> infer.
 
     python pipeline.py --preset quick --data-dir ../shared/data/cifar10-jpeg.tar.gz   # minutes on a CPU
-    python pipeline.py --preset fast --data-dir ../shared/data/cifar10-jpeg.tar.gz    # one H100: 9 minutes, 6 with --no-baselines
+    python pipeline.py --preset fast --data-dir ../shared/data/cifar10-jpeg.tar.gz    # one H100: 9 minutes
     python pipeline.py --preset full                                                # the classic 200-epoch recipe
     python pipeline.py --preset full --seeds 0 1 2                                  # mean ± std over three seeds
+    python pipeline.py --preset quick --data-dir my_photos/ --image-size 128 --init imagenet   # your own pictures
 A stage whose run directory already holds a finished run with the same settings is skipped; an
 interrupted one resumes; a changed one is retrained. --force retrains everything.
 """
@@ -93,12 +94,12 @@ def train_system(args, common: list, preset: dict, seed) -> str:
         out = run_dir(root, arch)
         # Every student reads one logit cache, so the teacher runs once per epoch, not once per student.
         students.append((studentTrain, common + student + ['--arch', arch, '--teacher', teacher, '--teacher-logits',
-                                                          'cache', '--cache-dir', os.path.join(root, 'logit-cache'),
-                                                          '--out', out]))
+                                                           'cache', '--cache-dir', os.path.join(root, 'logit-cache'),
+                                                           '--out', out]))
         experts.append(os.path.join(out, 'best.pt'))
         if args.baselines:
             students.append((studentTrain, common + student + ['--arch', arch, '--alpha', '0', '--teacher', teacher,
-                                                              '--out', run_dir(root, arch, distilled=False)]))
+                                                               '--out', run_dir(root, arch, distilled=False)]))
     run_stages(students, args.force, args.jobs or preset.get('jobs', 1), os.path.join(root, 'logs'))
     selector = os.path.join(root, 'selector')
     fallback = ['--include-teacher'] if len(experts) == 1 else []  # routing needs two experts
