@@ -185,16 +185,21 @@ def run_dir(root: str, arch: str, distilled: bool = True) -> str:
     return os.path.join(root, arch if distilled else f'{arch}-nokd')
 
 
+def failure_reason(err: Exception) -> str:
+    """One line of an error's message, at most 160 characters: load_state_dict's first line only says that it
+    failed, and its next says which weights do not fit."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [repr(err)]
+    why = lines[1] if len(lines) > 1 and lines[0].startswith('Error(s) in loading') else lines[0]
+    return why if len(why) <= 160 else why[:157] + '...'
+
+
 def model_from_checkpoint(state: dict, path: str = 'checkpoint') -> torch.nn.Module:
     """Rebuild the model a checkpoint describes and load its weights."""
     try:
         model = build_model(state['arch'], state['num_classes'], **state.get('model_args', {}))
         model.load_state_dict(state['model'])
     except (ValueError, RuntimeError, KeyError) as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [repr(err)]
-        # load_state_dict's first line only says that it failed; the next says which weights do not fit
-        why = lines[1] if len(lines) > 1 and lines[0].startswith('Error(s) in loading') else lines[0]
-        why = why if len(why) <= 160 else why[:157] + '...'
+        why = failure_reason(err)
         raise UserError(f"cannot rebuild the model in '{path}' ({why}); retrain that stage, or pass the checkpoint "
                         f"it wrote") from None
     return model

@@ -12,6 +12,7 @@ import torch
 import torchvision
 
 from . import UserError
+from .checkpoint import failure_reason
 
 RANDOM, IMAGENET = 'random', 'imagenet'
 
@@ -52,10 +53,7 @@ def _from_torchvision(arch: str, load):
     try:
         return load(weights)
     except Exception as err:  # offline (URLError), a damaged file in the cache, a cache that cannot be written
-        lines = [line.strip() for line in str(getattr(err, 'reason', None) or err).splitlines() if line.strip()]
-        # load_state_dict's first line only says that it failed; the next says which weights do not fit
-        why = (lines[1] if len(lines) > 1 and lines[0].startswith('Error(s)') else lines[0] if lines else
-               err.__class__.__name__)[:120]
+        why = failure_reason(getattr(err, 'reason', None) or err)  # a URLError's reason is its useful part
         cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights.url))
         raise UserError(f"cannot load torchvision's ImageNet weights of {arch} ({why}); where there is no internet, "
                         f"copy {weights.url} to '{cached}', in place of any damaged copy there") from None

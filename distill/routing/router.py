@@ -136,8 +136,8 @@ def router_for(state: dict, experts: list, selector, *, mode=None, thresholds=No
     """The Router a selector checkpoint describes, with any of its val-chosen settings overridden.
 
     cost: 'stored' (the experts' times as selectorTrain.py measured them: refused on another device),
-    'measure' (timed again here, at the batch the routing will run at) or 'macs'. Without a mode, a setting that belongs to one mode picks it; settings
-    that do not belong to the mode are refused."""
+    'measure' (timed again here, at the batch the routing will run at) or 'macs'. Without a mode, a setting that
+    belongs to one mode picks it; settings that do not belong to the mode are refused."""
     routing = state['routing']
     if mode is None:
         selector_settings = cost_weight is not None or cost != 'stored'
