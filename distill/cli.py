@@ -20,7 +20,7 @@ from .data import DATASETS, NATIVE_SIZE, default_dataset
 from .engine import TrainSettings, check_run_free
 from .folder_cache import default_cache_dir
 from .pretrained import IMAGENET, RANDOM, check_source, initialise
-from .runtime import amp_dtype, resolve_device, world_size
+from .runtime import amp_dtype, process_rank, resolve_device, world_size
 
 # The data settings a later stage takes from the checkpoint it builds on, unless given explicitly.
 DATA_SETTINGS = ('dataset', 'data_dir', 'subset', 'test_subset', 'image_size', 'val_size', 'route_size', 'seed')
@@ -203,7 +203,9 @@ def initial_model(args, num_classes: int, model_args: dict) -> torch.nn.Module:
     torch.manual_seed(args.seed)
     model = build_model(args.arch, num_classes, **model_args)
     if args.init != RANDOM and not _resumes(args):
-        print(initialise(model, args.arch, args.init), flush=True)
+        said = initialise(model, args.arch, args.init)
+        if process_rank() == 0:  # torchrun's processes start alike: one says so
+            print(said, flush=True)
     return model
 
 

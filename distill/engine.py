@@ -24,7 +24,7 @@ from .data import Prepared
 from .loaders import split_loader
 from .metrics import count_macs, count_params
 from .runtime import (amp_dtype, autocast, barrier, configure, device_name, init_distributed, place, precision_name,
-                      reduce_sums, resolve_device)
+                      process_rank, reduce_sums, resolve_device)
 
 METRIC_FIELDS = ('epoch', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr', 'seconds', 'train_img_per_s')
 FINITE_CHECK_EVERY = 50  # steps between host checks of the loss: one sync per check, not per step
@@ -230,7 +230,7 @@ def _one_run_per_out(fit):
     launched into the same folder would mix its checkpoints and logs with the first's."""
     @functools.wraps(fit)
     def held(settings: TrainSettings, *args, **kwargs):
-        with one_run_writing(settings.out, int(os.environ.get('RANK', 0))):
+        with one_run_writing(settings.out, process_rank()):
             return fit(settings, *args, **kwargs)
     return held
 

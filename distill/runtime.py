@@ -315,6 +315,11 @@ def world_size() -> int:
     return int(os.environ.get('WORLD_SIZE', 1))
 
 
+def process_rank() -> int:
+    """This process's rank under torchrun (0 without it), known before the processes connect."""
+    return int(os.environ.get('RANK', 0))
+
+
 def init_distributed(device: torch.device):
     """(device, rank, world size). Under torchrun: one process per GPU (nccl) or per CPU worker (gloo)."""
     world = world_size()

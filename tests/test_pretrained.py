@@ -1,3 +1,4 @@
+import argparse
 import os
 import re
 import urllib.error
@@ -8,6 +9,7 @@ import torchvision
 
 from conftest import ROOT, make_image_folder, run_main
 from distill import UserError
+from distill.cli import initial_model
 from distill.pretrained import check_source, initialise
 from models import MODELS, build_model
 
@@ -81,6 +83,20 @@ def test_weights_of_a_file_a_run_or_a_compiled_dataparallel_model_are_copied_who
         assert initialise(model, 'googlenet', source).endswith(f"{len(trained)} of its {len(trained)} tensors in "
                                                                f"'{source}'")
         assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in trained.items())
+
+
+@pytest.mark.parametrize('rank, says', [('0', True), ('1', False)])
+def test_every_torchrun_process_starts_from_the_file_and_only_the_first_says_so(tmp_path, monkeypatch, capsys,
+                                                                               rank, says):
+    torch.manual_seed(1)
+    trained = build_model('googlenet', 10).state_dict()
+    torch.save(trained, tmp_path / 'weights.pt')
+    monkeypatch.setenv('RANK', rank)
+    args = argparse.Namespace(seed=0, arch='googlenet', init=str(tmp_path / 'weights.pt'), resume=False,
+                              out=str(tmp_path / 'run'))
+    model = initial_model(args, 10, {})
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in trained.items())
+    assert ('googlenet starts from' in capsys.readouterr().out) == says
 
 
 @pytest.mark.parametrize('content, message', [
