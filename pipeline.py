@@ -23,7 +23,7 @@ from distill.data import default_dataset, export_sample_images
 from distill.pretrained import IMAGENET, RANDOM
 from distill.runtime import resolve_device
 from distill.stages import PRESETS, run_stages
-from models import STUDENTS
+from models import STEM_STRIDES, STUDENTS
 
 
 def parse_args(argv=None):
@@ -46,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument('--init', choices=(RANDOM, IMAGENET), default=RANDOM,
                    help="the teacher's and the students' starting weights: torchvision's ImageNet-trained ones fit "
                         "all but the classifier and, below 128 px, the stem")
+    p.add_argument('--stem-stride', type=int, choices=STEM_STRIDES,
+                   help="how much the teacher's and the students' stems shrink an image: 1 keeps every pixel "
+                        "(default: by image size, 1 below 64 px, 2 below 128 px, else 4)")
     p.add_argument('--seeds', type=int, nargs='+',
                    help='run every stage once per seed, in ROOT/seed<k>/, and report mean ± std over them')
     p.add_argument('--force', action='store_true', help='retrain every stage')
@@ -85,9 +88,10 @@ def train_system(args, common: list, preset: dict, seed) -> str:
     """teacher -> students (+ twins) -> selector, in ROOT (or ROOT/seed<k>); returns the selector's best.pt."""
     root = args.root if seed is None else os.path.join(args.root, f'seed{seed}')
     common = common + ([] if seed is None else ['--seed', str(seed)])
-    student = preset['train'] + ['--epochs', str(preset['epochs']), '--init', args.init]
+    model = ['--init', args.init] + (['--stem-stride', str(args.stem_stride)] if args.stem_stride else [])
+    student = preset['train'] + ['--epochs', str(preset['epochs'])] + model
     teacher = os.path.join(root, 'teacher', 'best.pt')
-    run_stages([(teacherTrain, common + ['--init', args.init] + preset['train'] + preset.get('teacher', []) +
+    run_stages([(teacherTrain, common + model + preset['train'] + preset.get('teacher', []) +
                  ['--epochs', str(preset['teacher_epochs']), '--out', os.path.dirname(teacher)])], args.force)
     experts, students = [], []
     for arch in args.students:

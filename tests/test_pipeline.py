@@ -117,16 +117,21 @@ def test_one_student_is_routed_with_the_teacher_as_its_fallback(students, tmp_pa
     assert experts == [str(tmp_path / s / 'best.pt') for s in students] + fallback
 
 
-@pytest.mark.parametrize('init', ['imagenet', 'random'])
-def test_imagenet_weights_start_the_teacher_and_every_student_and_twin_not_the_selector(init, tmp_path, monkeypatch):
+@pytest.mark.parametrize('flags, given', [(['--init', 'imagenet', '--stem-stride', '1'], ['imagenet', '1']),
+                                          ([], ['random', None])])
+def test_the_init_and_stem_reach_the_teacher_and_every_student_and_twin_not_the_selector(
+        flags, given, tmp_path, monkeypatch):
     stages = []
     monkeypatch.setattr(pipeline, 'run_stages', lambda batch, *rest: stages.extend(batch))
-    args = pipeline.parse_args(['--init', init, '--root', str(tmp_path)])
+    args = pipeline.parse_args(flags + ['--root', str(tmp_path)])
     pipeline.train_system(args, [], pipeline.PRESETS['quick'], None)
-    inits = {argv[argv.index('--out') + 1]: argv[argv.index('--init'):argv.index('--init') + 2] if '--init' in argv
-             else [] for module, argv in stages}
+
+    def value(argv, flag):
+        return argv[argv.index(flag) + 1] if flag in argv else None
+    reached = {argv[argv.index('--out') + 1]: [value(argv, '--init'), value(argv, '--stem-stride')]
+               for module, argv in stages}
     trained = ('teacher', 'densenet121', 'densenet121-nokd', 'googlenet', 'googlenet-nokd')
-    assert inits == {str(tmp_path / run): ['--init', init] for run in trained} | {str(tmp_path / 'selector'): []}
+    assert reached == {str(tmp_path / run): given for run in trained} | {str(tmp_path / 'selector'): [None, None]}
 
 
 @pytest.mark.parametrize('preset, noted', [('fast', True), ('full', True), ('quick', False)])
