@@ -3,7 +3,8 @@
 Every tensor whose name and shape fit the model is copied; the rest keep their random initialisation. From
 ImageNet that leaves the classifier and, below stem stride 4, the 3x3 stem that replaces torchvision's 7x7
 one. A file may hold a state dict (torch.save(model.state_dict()), of a DataParallel or compiled model too)
-or a checkpoint of this project, whose classifier also fits where it has as many classes.
+or a checkpoint of this project, whose classifier also fits where it has as many classes. A file most of whose
+tensors do not fit holds another kind of model, and is refused.
 """
 import os
 import re
@@ -22,9 +23,9 @@ def initialise(model: torch.nn.Module, arch: str, source: str) -> str:
     weights = imagenet_weights(arch) if source == IMAGENET else file_weights(source)
     own = model.state_dict()
     fits = {name: tensor for name, tensor in weights.items() if name in own and own[name].shape == tensor.shape}
-    if not fits:
-        raise UserError(f"no weight in '{source}' fits {arch} (no tensor of the same name and shape); pass "
-                        f"weights saved from a {arch}")
+    if 2 * len(fits) <= len(weights):  # a model of another kind, whose few namesakes (fc.bias) mean nothing here
+        raise UserError(f"{len(fits)} of the {len(weights)} tensors in '{source}' fit {arch} (by name and shape): "
+                        f"they are another model's; pass weights saved from a {arch}")
     model.load_state_dict(fits, strict=False)
     left = [name for name in own if name not in fits]
     shown = ', '.join(left[:4]) + (f' and {len(left) - 4} more' if len(left) > 4 else '')
