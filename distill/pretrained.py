@@ -20,8 +20,8 @@ RANDOM, IMAGENET = 'random', 'imagenet'
 
 def initialise(model: torch.nn.Module, arch: str, source: str) -> str:
     """Copy into model the weights of source (IMAGENET or a file) that fit it; returns a line saying which."""
-    weights = imagenet_weights(arch) if source == IMAGENET else file_weights(source)
-    own = model.state_dict()
+    weights = _learned(imagenet_weights(arch) if source == IMAGENET else file_weights(source))
+    own = _learned(model.state_dict())
     fits = {name: tensor for name, tensor in weights.items() if name in own and own[name].shape == tensor.shape}
     if 2 * len(fits) <= len(weights):  # a model of another kind, whose few namesakes (fc.bias) mean nothing here
         raise UserError(f"{len(fits)} of the {len(weights)} tensors in '{source}' fit {arch} (by name and shape): "
@@ -31,6 +31,11 @@ def initialise(model: torch.nn.Module, arch: str, source: str) -> str:
     shown = ', '.join(left[:4]) + (f' and {len(left) - 4} more' if len(left) > 4 else '')
     return f"{arch} starts from {len(fits)} of its {len(own)} tensors in '{source}'" + (
         f'; random: {shown}' if left else '')
+
+
+def _learned(state: dict) -> dict:
+    """Weights and running statistics, not BatchNorm's batch counters, which old published files lack."""
+    return {name: tensor for name, tensor in state.items() if not name.endswith('num_batches_tracked')}
 
 
 def check_source(arch: str, source: str):
@@ -69,7 +74,7 @@ def weights_file(path: str) -> str:
 
 
 def file_weights(path: str) -> dict:
-    """The state dict in a file, its names stripped of the prefixes that DataParallel and torch.compile add."""
+    """The state dict in a file, with the names the model uses."""
     path = weights_file(path)
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
@@ -83,4 +88,11 @@ def file_weights(path: str) -> dict:
     if not tensors:
         raise UserError(f"--init '{path}' holds no named weights; pass a state dict saved with "
                         f"torch.save(model.state_dict(), path)")
-    return {re.sub(r'^((module|_orig_mod)\.)+', '', name): value for name, value in tensors.items()}
+    return {_current_name(name): value for name, value in tensors.items()}
+
+
+def _current_name(name: str) -> str:
+    """Without DataParallel's and torch.compile's prefixes; DenseNet's layers as torchvision now names them
+    ('norm1', where its published ImageNet file says 'norm.1')."""
+    name = re.sub(r'^((module|_orig_mod)\.)+', '', name)
+    return re.sub(r'(denselayer\d+\.(?:norm|relu|conv))\.([12]\.)', r'\1\2', name)
