@@ -18,7 +18,7 @@ import selectorTrain
 import studentTrain
 import teacherTrain
 from distill.checkpoint import run_dir
-from distill.cli import MAX_SEED, Parser, check_distinct, check_range, main_guard
+from distill.cli import MAX_SEED, Parser, check_distinct, check_positive, check_range, main_guard
 from distill.data import default_dataset, export_sample_images
 from distill.pretrained import IMAGENET, RANDOM
 from distill.runtime import resolve_device
@@ -49,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument('--stem-stride', type=int, choices=STEM_STRIDES,
                    help="how much the teacher's and the students' stems shrink an image: 1 keeps every pixel "
                         "(default: by image size, 1 below 64 px, 2 below 128 px, else 4)")
+    p.add_argument('--lr', type=float, help="the teacher's and the students' peak learning rate (default: the "
+                                            "preset's: 0.4 for fast, 0.1 for full, else 0.05); from --init imagenet, "
+                                            "fine-tuning usually takes a smaller one")
     p.add_argument('--seeds', type=int, nargs='+',
                    help='run every stage once per seed, in ROOT/seed<k>/, and report mean ± std over them')
     p.add_argument('--force', action='store_true', help='retrain every stage')
@@ -67,6 +70,7 @@ def main(argv=None):
               f'medium fit a CPU)', file=sys.stderr)
     check_range('jobs', args.jobs, low=1)
     check_range('image_size', args.image_size, low=1)
+    check_positive('lr', args.lr)
     check_distinct('students', args.students)
     check_distinct('seeds', args.seeds or [])
     for seed in args.seeds or []:
@@ -89,9 +93,10 @@ def train_system(args, common: list, preset: dict, seed) -> str:
     root = args.root if seed is None else os.path.join(args.root, f'seed{seed}')
     common = common + ([] if seed is None else ['--seed', str(seed)])
     model = ['--init', args.init] + (['--stem-stride', str(args.stem_stride)] if args.stem_stride else [])
-    student = preset['train'] + ['--epochs', str(preset['epochs'])] + model
+    train = preset['train'] + (['--lr', str(args.lr)] if args.lr is not None else [])  # the last --lr wins
+    student = train + ['--epochs', str(preset['epochs'])] + model
     teacher = os.path.join(root, 'teacher', 'best.pt')
-    run_stages([(teacherTrain, common + model + preset['train'] + preset.get('teacher', []) +
+    run_stages([(teacherTrain, common + model + train + preset.get('teacher', []) +
                  ['--epochs', str(preset['teacher_epochs']), '--out', os.path.dirname(teacher)])], args.force)
     experts, students = [], []
     for arch in args.students:

@@ -117,21 +117,22 @@ def test_one_student_is_routed_with_the_teacher_as_its_fallback(students, tmp_pa
     assert experts == [str(tmp_path / s / 'best.pt') for s in students] + fallback
 
 
-@pytest.mark.parametrize('flags, given', [(['--init', 'imagenet', '--stem-stride', '1'], ['imagenet', '1']),
-                                          ([], ['random', None])])
-def test_the_init_and_stem_reach_the_teacher_and_every_student_and_twin_not_the_selector(
+@pytest.mark.parametrize('flags, given', [
+    (['--init', 'imagenet', '--stem-stride', '1', '--lr', '0.01'], ['imagenet', '1', '0.01']),
+    ([], ['random', None, '0.05'])])
+def test_the_init_stem_and_lr_reach_the_teacher_and_every_student_and_twin_not_the_selector(
         flags, given, tmp_path, monkeypatch):
     stages = []
     monkeypatch.setattr(pipeline, 'run_stages', lambda batch, *rest: stages.extend(batch))
     args = pipeline.parse_args(flags + ['--root', str(tmp_path)])
     pipeline.train_system(args, [], pipeline.PRESETS['quick'], None)
 
-    def value(argv, flag):
-        return argv[argv.index(flag) + 1] if flag in argv else None
-    reached = {argv[argv.index('--out') + 1]: [value(argv, '--init'), value(argv, '--stem-stride')]
+    def value(argv, flag):  # as argparse reads it: the last one given
+        return argv[len(argv) - 1 - argv[::-1].index(flag) + 1] if flag in argv else None
+    reached = {argv[argv.index('--out') + 1]: [value(argv, flag) for flag in ('--init', '--stem-stride', '--lr')]
                for module, argv in stages}
     trained = ('teacher', 'densenet121', 'densenet121-nokd', 'googlenet', 'googlenet-nokd')
-    assert reached == {str(tmp_path / run): given for run in trained} | {str(tmp_path / 'selector'): [None, None]}
+    assert reached == {str(tmp_path / run): given for run in trained} | {str(tmp_path / 'selector'): [None] * 3}
 
 
 @pytest.mark.parametrize('preset, noted', [('fast', True), ('full', True), ('quick', False)])
