@@ -130,8 +130,8 @@ def default_dataset(data_dir: str | None, test_only: bool = False) -> str:
 
 def _loose_images(path: str, test_only: bool, hint: str = '') -> UserError:
     layout = 'test/<class>/' if test_only else 'train/<class>/ and test/<class>/'
-    if test_only:  # pictures without labels, perhaps, given to the scoring script
-        hint = '; to classify pictures that have no labels, pass them to infer.py'
+    # A test set of loose pictures may be pictures without labels, given to the scoring script.
+    hint = '; to classify pictures that have no labels, pass them to infer.py' if test_only else hint
     return UserError(f"'{path}' holds images but no {layout} folders; put each image in the folder of its class "
                      f"there{hint}")
 
