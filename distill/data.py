@@ -533,13 +533,14 @@ def make_split(labels: torch.Tensor, seed: int, val_size: int | None = None, rou
     default = min(n // 10, 5000)
     val_size = default if val_size is None else val_size
     route_size = default if route_size is None else route_size
+    more = 'a larger --subset' if subset else 'more training images'
     if val_size < 1:
         raise UserError(f'--val-size is {val_size} with {n} training images, but every stage picks its best epoch on '
-                        f'val; pass --val-size 1 or more, or a larger --subset')
+                        f'val; pass --val-size 1 or more, or use {more}')
     if route_size < 0 or val_size + route_size > n - 2:  # BatchNorm cannot train on a batch of one image
         left = max(n - val_size - route_size, 0)
         raise UserError(f'--val-size {val_size} and --route-size {route_size} leave {left} of {n} images to train '
-                        f'on, fewer than 2; use a larger --subset or smaller sizes')
+                        f'on, fewer than 2; use {more} or smaller sizes')
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     order = perm[interleave_classes(labels[perm])]
     val = _held_out(order, labels, val_size, torch.zeros(n, dtype=torch.bool))

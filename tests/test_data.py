@@ -563,8 +563,10 @@ def test_split_sizes_that_leave_nothing_to_train_or_validate_on_are_refused():
     with pytest.raises(UserError, match='leave 1 of 20 images to train on, fewer than 2'):  # BatchNorm: a traceback
         make_split(torch.arange(20) % 2, 0, val_size=10, route_size=9)
     assert len(make_split(torch.arange(20) % 2, 0, val_size=10, route_size=8)[0]['train']) == 2
-    with pytest.raises(UserError, match='--val-size is 0 with 8 training images'):  # 10% of 8 rounds to 0
-        make_split(torch.arange(8) % 2, 0)
+    with pytest.raises(UserError, match='--val-size is 0 with 8 training images.*or use more training images'):
+        make_split(torch.arange(8) % 2, 0)  # 10% of 8 rounds to 0; no --subset to enlarge
+    with pytest.raises(UserError, match='or use a larger --subset'):
+        make_split(torch.arange(8) % 2, 0, subset=8)
 
 
 @pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason='needs ../shared/data/cifar10-jpeg.tar.gz')
