@@ -2,6 +2,7 @@
 
     python evaluate.py --selector checkpoints/selector
     python evaluate.py --selector checkpoints/seed*/selector   # mean ± std over seeds
+    python evaluate.py --models checkpoints/teacher checkpoints/googlenet --data-dir my_test_set/   # no routing
 Everything is rebuilt from the checkpoints: the selector names its experts, the students their teacher.
 Every model and both routing modes are timed here, in turns, on this device.
 """
@@ -10,7 +11,7 @@ import os
 from distill import UserError
 from distill.cli import (Parser, add_device_arguments, check_distinct, check_range, check_writable, checkpoint_path,
                          main_guard)
-from distill.evaluation import evaluate_system
+from distill.evaluation import evaluate_models, evaluate_system
 from distill.report import aggregate, aggregate_markdown, seeds_of, write_report
 from distill.routing.decisions import MODES
 from distill.routing.experts import load_selector
@@ -19,9 +20,13 @@ from distill.runtime import amp_dtype, resolve_device
 
 def parse_args(argv=None):
     p = Parser(description=__doc__.splitlines()[0])
-    p.add_argument('--selector', nargs='+', default=['checkpoints/selector/best.pt'],
-                   help='selector checkpoint(s) or run directories; several (runs that differ only by --seed) '
-                        'are each evaluated, then every accuracy is reported as mean ± std over them')
+    scored = p.add_mutually_exclusive_group()
+    scored.add_argument('--selector', nargs='+', help='selector checkpoint(s) or run directories; several (runs that '
+                        'differ only by --seed) are each evaluated, then every accuracy is reported as mean ± std '
+                        'over them (default: checkpoints/selector/best.pt)')
+    scored.add_argument('--models', nargs='+', help='instead of a routed system, these classifiers alone (teacher, '
+                        'students, any run of this repository; checkpoints or run directories), each against the '
+                        'first')
     p.add_argument('--teacher', help="the teacher to compare with (default: the one the experts name)")
     p.add_argument('--data-dir', help="the test images: the experts' data moved, or any folder or archive of "
                                       "test/<class>/ images of their classes, a new test set (train/ not needed), "
@@ -37,16 +42,25 @@ def parse_args(argv=None):
                         'the batch; each routing mode also as infer.py routes a folder, the later experts on images '
                         'gathered across calls')
     add_device_arguments(p)
-    p.add_argument('--name', default='report', help='the report is written as RESULTS_DIR/<name>.json and .md')
+    p.add_argument('--name', help='the report is written as RESULTS_DIR/<name>.json and .md (default: report, or '
+                                  'models with --models)')
     p.add_argument('--results-dir', default='results', help='where the report goes')
     p.add_argument('--images-dir', help='the figures go in IMAGES_DIR/<name>/ (default IMAGES_DIR: RESULTS_DIR)')
     args = p.parse_args(argv)
+    for flag, given in (('--teacher', args.teacher), ('--route', args.route)):
+        if args.models and given:
+            raise UserError(f"{flag} belongs to a routed system's report; --models scores each model alone (list "
+                            f"a teacher among them)")
+    args.name = args.name or ('models' if args.models else 'report')
     for name in ('test_subset', 'batch_size', 'timing_images'):
         check_range(name, getattr(args, name), low=1)
     if os.path.basename(args.name) != args.name or args.name in ('', '.', '..'):
         raise UserError(f"--name '{args.name}' names the report's files, not a folder; put the folder in --results-dir")
-    args.selector = [checkpoint_path(s) for s in args.selector]
-    check_distinct('selector', [os.path.realpath(s) for s in args.selector])  # one run, given twice
+    if args.models:
+        args.models = [checkpoint_path(m) for m in args.models]
+    else:
+        args.selector = [checkpoint_path(s) for s in args.selector or ['checkpoints/selector/best.pt']]
+        check_distinct('selector', [os.path.realpath(s) for s in args.selector])  # one run, given twice
     return args
 
 
@@ -57,9 +71,11 @@ def main(argv=None):
     amp = amp_dtype(args.amp, device)
     check_writable(os.path.join(args.results_dir, f'{args.name}.json'))  # before minutes of evaluation, not after
     check_writable(os.path.join(args.images_dir or args.results_dir, args.name, 'confusion.png'))
-    options = dict(route=args.route, teacher=args.teacher, data_dir=args.data_dir, test_subset=args.test_subset,
-                   batch_size=args.batch_size, timing_images=args.timing_images, results_dir=args.results_dir,
-                   images_dir=args.images_dir)
+    options = dict(data_dir=args.data_dir, test_subset=args.test_subset, batch_size=args.batch_size,
+                   timing_images=args.timing_images, results_dir=args.results_dir, images_dir=args.images_dir)
+    if args.models:
+        return evaluate_models(args.models, args.name, device, amp, **options)
+    options.update(route=args.route, teacher=args.teacher)
     if len(args.selector) == 1:
         return evaluate_system(args.selector[0], args.name, device, amp, **options)
     seeds = seeds_of([load_selector(path)['config'] for path in args.selector])

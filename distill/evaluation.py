@@ -1,20 +1,21 @@
-"""evaluate.py's report of one trained system on the test split: every model and both routing modes scored and
-timed in turns on this device, compression, figures."""
+"""evaluate.py's reports on the test split: of one trained system (every model and both routing modes scored and
+timed in turns on this device, compression, figures), or of classifiers alone, without routing."""
 import os
 
 import torch
 
+from . import UserError
 from .checkpoint import run_dir, staged_folder
 from .cli import checkpoint_path
 from .data import default_dataset, load_test_set
 from .engine import predict_logits
 from .loaders import Loader
-from .metrics import in_calls, paired_lead, per_class_accuracy, time_in_turns
-from .plots import report_figures
-from .report import markdown, measured_time, write_report
+from .metrics import confusion_matrix, in_calls, paired_lead, per_class_accuracy, time_in_turns
+from .plots import model_figures, report_figures
+from .report import markdown, measured_time, models_markdown, write_report
 from .routing.decisions import (MODES, answer_logits, answer_of, cascade_sweep, confidences, expert_correctness,
                                 selector_inputs, selector_scores, selector_sweep)
-from .routing.experts import Expert, cost_vector, load_selector, selector_experts, teacher_of
+from .routing.experts import Expert, check_experts_distinct, cost_vector, load_selector, selector_experts, teacher_of
 from .routing.report import routing_report
 from .routing.router import router_for
 from .routing.selection import expert_outputs
@@ -39,6 +40,15 @@ def gather_models(experts: list, device, teacher: str | None = None) -> dict:
     return models
 
 
+def test_set_of(state: dict, data_dir=None, test_subset=None):
+    """The test images for the models a checkpoint describes: their own test split (its stored --test-subset too),
+    or, given data_dir, any test/<class>/ folder of their classes: the data they learned from moved, or a new set."""
+    config = state['config']
+    dataset = 'folder' if data_dir and default_dataset(data_dir, test_only=True) == 'folder' else config['dataset']
+    return load_test_set(dataset, data_dir or config['data_dir'], state['class_names'], state['image_size'],
+                         config.get('data_cache'), test_subset or (None if data_dir else config.get('test_subset')))
+
+
 def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=None, teacher=None, data_dir=None,
                     test_subset=None, batch_size=256, timing_images=2048, results_dir='results',
                     images_dir=None) -> dict:
@@ -50,11 +60,7 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=No
     experts = selector_experts(state, selector_path, device)
     models = gather_models(experts, device, teacher)
     config, routing = state['config'], {**state['routing'], **({'mode': route} if route else {})}
-    # Any test/<class>/ folder of the experts' classes: the data they learned from moved, or a new test set.
-    dataset = 'folder' if data_dir and default_dataset(data_dir, test_only=True) == 'folder' else config['dataset']
-    test = load_test_set(dataset, data_dir or config['data_dir'], state['class_names'], state['image_size'],
-                         config.get('data_cache'), test_subset or (None if data_dir else config.get('test_subset')))
-    test = test.to(device)
+    test = test_set_of(state, data_dir, test_subset).to(device)
     loader = Loader(test, torch.arange(len(test)), batch_size, state['mean'], state['std'], device)
     expert_logits, labels = expert_outputs(experts, loader, device, amp)
     logits = {e.name: out for e, out in zip(experts, expert_logits)}
@@ -118,5 +124,52 @@ def evaluate_system(selector_path: str, name: str, device, amp=None, *, route=No
                        [e.name for e in experts], report['choice'], sweeps,
                        {n: {**row, 'time': measured_time(result, n)} for n, row in rows.items()}, selector_run)
         write_report(results_dir, name, result, markdown(result))
+    print(f'wrote {results_dir}/{name}.json, .md and figures in {figures_dir}/')
+    return result
+
+
+def evaluate_models(paths: list, name: str, device, amp=None, *, data_dir=None, test_subset=None, batch_size=256,
+                    timing_images=2048, results_dir='results', images_dir=None) -> dict:
+    """Classifiers alone (a teacher, students, any run of this repository), no routing, on one test set: each one's
+    accuracy, overall and per class, its lead over the first with its paired standard error, and its time
+    measured in turns on this device; results_dir/<name>.json and .md, and figures in (images_dir or
+    results_dir)/<name>/."""
+    models = [Expert(path, device) for path in paths]
+    names = [m.name for m in models]
+    for m in models:  # runs of one name (two teachers, say) are told apart by where they lie
+        if names.count(m.name) > 1:
+            m.name = os.path.relpath(os.path.dirname(os.path.abspath(m.path)))
+    check_experts_distinct(models, 'a model')
+    first = models[0]
+    for m in models[1:]:
+        for key, what in (('class_names', 'classes'), ('image_size', 'image size')):
+            if m.state[key] != first.state[key]:
+                raise UserError(f"'{m.path}' has other {what} than '{first.path}'; score together only models of one "
+                                f"data set and image size (run evaluate.py once for each)")
+    test = test_set_of(first.state, data_dir, test_subset).to(device)
+    loaders = {m.name: Loader(test, torch.arange(len(test)), batch_size, m.state['mean'], m.state['std'], device)
+               for m in models}  # each model sees the pixels normalised as it was trained
+    logits = {m.name: predict_logits(m.model, loaders[m.name], amp)[0] for m in models}
+    labels = test.labels.cpu()
+    right = {n: (out.argmax(1).cpu() == labels) for n, out in logits.items()}
+    timing = loaders[first.name].classes_in_turn(max(batch_size, timing_images))
+    rounds = 3
+    speed = time_in_turns({m.name: in_calls(m, batch_size) for m in models}, timing, amp, rounds=rounds, warmup=1)
+    rows = {m.name: {'path': m.path, 'arch': m.state['arch'], 'accuracy': float(right[m.name].float().mean()),
+                     'lead': paired_lead(right[m.name], right[first.name]), 'time': speed[m.name]['seconds_per_image'],
+                     'macs': m.macs, 'params': m.params, 'size_mb': m.weights_mb} for m in models}
+    predictions = {n: out.argmax(1).cpu() for n, out in logits.items()}
+    result = {'name': name, 'models': [m.path for m in models], 'reference': first.name,
+              'dataset': first.state['config']['dataset'], 'data_dir': data_dir or first.state['config']['data_dir'],
+              'test_images': len(test), 'device': device_name(device), 'batch_size': min(batch_size, len(test)),
+              'timing_images': len(timing), 'timing_rounds': rounds, 'precision': precision_name(amp), 'rows': rows,
+              'speed': speed, 'classes': test.classes,
+              'per_class': {n: per_class_accuracy(p, labels, len(test.classes)) for n, p in predictions.items()}}
+    figures_dir = os.path.join(images_dir or results_dir, name)
+    runs = {m.name: os.path.join(os.path.dirname(m.path), 'metrics.csv') for m in models}
+    matrices = {n: confusion_matrix(p, labels, len(test.classes)) for n, p in predictions.items()}
+    with staged_folder(figures_dir) as staging:
+        model_figures(staging, runs, matrices, result['per_class'], test.classes)
+        write_report(results_dir, name, result, models_markdown(result))
     print(f'wrote {results_dir}/{name}.json, .md and figures in {figures_dir}/')
     return result

@@ -155,3 +155,12 @@ def report_figures(folder: str, runs: dict, predictions: dict, per_class: dict, 
         accuracy_vs_time(sweeps, points, os.path.join(folder, 'accuracy_vs_time.png')),
     ] + ([selector_curve(*selector_run, os.path.join(folder, 'selector_curve.png'))]
          if selector_run and os.path.exists(selector_run[0]) else [])
+
+
+def model_figures(folder: str, runs: dict, matrices: dict, per_class: dict, classes: list) -> list:
+    """evaluate.py --models' figures: training curves where the runs kept theirs, each model's confusion matrix
+    (matrices: name -> counts) and its accuracy per class."""
+    runs = {k: v for k, v in runs.items() if os.path.exists(v)}
+    return ([training_curves(runs, os.path.join(folder, 'training_curves.png'))] if runs else []) + [
+        confusion_matrices(matrices, classes, os.path.join(folder, 'confusion.png')),
+        per_class_bars(per_class, classes, os.path.join(folder, 'per_class_accuracy.png'), 'test accuracy (%)')]

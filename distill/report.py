@@ -8,7 +8,7 @@ from . import UserError
 from .checkpoint import atomic_write, changed_settings
 from .metrics import round_ratios
 from .routing.report import (answer_text, cost_weight_text, gap_closed_text, lead_text, measured_ratios,
-                             ranking_verdict)
+                             points_text, ranking_verdict)
 
 
 def timed_entry(result: dict, name: str) -> dict | None:
@@ -88,6 +88,34 @@ def markdown(result: dict) -> str:
     for mode, points in result['sweeps'].items():
         lines += [f'| {mode} | {setting_text(setting)} | {100 * a:.2f}% | {1000 * c:.3f} |' for setting, a, c in points
                   if len(points) <= 20]
+    return '\n'.join(lines) + '\n'
+
+
+def models_markdown(result: dict) -> str:
+    """evaluate.py --models' table: each classifier alone, against the first."""
+    rows, reference = result['rows'], result['reference']
+    lines = [f"# {result['name']}", '',
+             f"Test split: {result['test_images']} images of {data_text(result)}. Timed on {result['device']}, "
+             f"{result['timing_images']} test images, the classes in turn, in calls of {result['batch_size']}, "
+             f"{result['precision']}; the models in turns, best of {result['timing_rounds']} rounds (in brackets, a "
+             f"ratio's range over them). The lead over {reference} is in points ± its paired standard error (the "
+             f"noise of these test images alone; a second training run moves every model more).", '',
+             f'| model | test accuracy | lead over {reference} | ms / image | time vs {reference} | images/s | '
+             f'latency, batch 1 (ms) | MMACs / image | params (M) | weights (MB) |', '|---' * 10 + '|']
+    timed_reference = result['speed'][reference]
+    for name, row in rows.items():
+        timed = result['speed'][name]
+        lead = '—' if name == reference else points_text(*row['lead'])
+        lines.append(f"| {name} | {100 * row['accuracy']:.2f}% | {lead} | {1000 * row['time']:.3f} | "
+                     f"{ratio_text(row['time'], timed_reference['seconds_per_image'], timed, timed_reference)} | "
+                     f"{timed['images_per_s']:.0f} | {timed['latency_ms']:.2f} | {row['macs'] / 1e6:.1f} | "
+                     f"{row['params'] / 1e6:.2f} | {row['size_mb']:.1f} |")
+    lines += ['', '## Test accuracy per class', '', '| class | ' + ' | '.join(rows) + ' |', '|---' * (len(rows) + 1)
+              + '|']
+    for c, cls in enumerate(result['classes']):
+        cells = [result['per_class'][name][c] for name in rows]
+        if cells[0] is not None:  # a class with test images here: a new test set may hold only some
+            lines.append(f'| {cls} | ' + ' | '.join(f'{100 * v:.1f}%' for v in cells) + ' |')
     return '\n'.join(lines) + '\n'
 
 

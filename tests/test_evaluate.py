@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from conftest import ROOT, make_image_folder, needs_cuda, run_main, run_script
+from conftest import ROOT, TINY, make_image_folder, needs_cuda, run_main, run_script
 
 
 FIGURES = {'training_curves.png', 'confusion.png', 'per_class_accuracy.png', 'routing_share.png',
@@ -66,6 +66,72 @@ def test_route_picks_the_mode_of_the_routed_row_and_the_report_says_so(tiny_runs
     assert f'| routed ({other}, --route) |' in table
 
 
+def test_models_alone_are_scored_as_the_system_report_scores_them_and_timed_against_the_first(tiny_runs, tmp_path):
+    work, _ = tiny_runs
+    run_main(ROOT / 'evaluate.py', '--models', 'checkpoints/teacher', 'checkpoints/googlenet/best.pt',
+             '--results-dir', tmp_path, cwd=work)
+    report = json.loads((tmp_path / 'models.json').read_text())  # its own default name: not the system's report
+    system = json.loads((work / 'results' / 'quick.json').read_text())
+    assert list(report['rows']) == ['teacher', 'googlenet'] and report['reference'] == 'teacher'
+    for name, row in report['rows'].items():  # the same models on the same stored test split
+        assert row['accuracy'] == system['accuracy'][name][0] and row['macs'] == system['accuracy'][name][1]
+    lead, error = report['rows']['googlenet']['lead']
+    assert lead == pytest.approx(report['rows']['googlenet']['accuracy'] - report['rows']['teacher']['accuracy'])
+    assert set(report['speed']) == {'teacher', 'googlenet'} and report['test_images'] == system['test_images']
+    accuracy = report['rows']['googlenet']['accuracy']
+    row = f"| googlenet | {100 * accuracy:.2f}% | {100 * lead:+.2f} ± {100 * error:.2f} |"
+    assert row in (tmp_path / 'models.md').read_text()
+    figures = {'training_curves.png', 'confusion.png', 'per_class_accuracy.png'}
+    assert {p.name for p in (tmp_path / 'models').iterdir()} == figures
+
+
+def test_models_of_one_run_name_are_told_apart_by_where_they_lie(tiny_runs, tmp_path):
+    work, _ = tiny_runs
+    shutil.copytree(work / 'checkpoints' / 'teacher', tmp_path / 'copy' / 'teacher')
+    run_main(ROOT / 'evaluate.py', '--models', 'checkpoints/teacher', tmp_path / 'copy' / 'teacher',
+             '--results-dir', tmp_path, '--timing-images', '8', cwd=work)
+    rows = json.loads((tmp_path / 'models.json').read_text())['rows']
+    here, copy = rows.values()
+    assert list(rows)[0] == 'checkpoints/teacher' and list(rows)[1].endswith('copy/teacher')
+    assert here['accuracy'] == copy['accuracy'] and copy['lead'] == [0.0, 0.0]  # the same weights
+
+
+def test_models_alone_on_a_new_test_set_of_some_of_their_classes(tiny_runs, tmp_path):
+    work, _ = tiny_runs
+    new = make_image_folder(tmp_path / 'mine', classes=('Dog', 'cat'), train_per_class=0, test_per_class=3)
+    run_main(ROOT / 'evaluate.py', '--models', 'checkpoints/googlenet', '--data-dir', new / 'test',
+             '--results-dir', tmp_path, '--name', 'mine', cwd=work)
+    report = json.loads((tmp_path / 'mine.json').read_text())
+    assert report['test_images'] == 6 and report['data_dir'] == str(new / 'test')
+    assert [c is not None for c in report['per_class']['googlenet']] == [c in ('cat', 'dog') for c in report['classes']]
+    table = (tmp_path / 'mine.md').read_text().splitlines()
+    rows = [line.split(' |')[0] for line in table if line.startswith(('| cat', '| dog', '| ship'))]
+    assert rows == ['| cat', '| dog']  # no row for a class it has no images of
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--models', 'checkpoints/selector'], "'checkpoints/selector/best.pt' is a selector, not an image classifier"),
+    (['--models', 'checkpoints/teacher', '--teacher', 'checkpoints/teacher'],
+     "--teacher belongs to a routed system's report; --models scores each model alone"),
+    (['--models', 'checkpoints/teacher', '--route', 'cascade'], "--route belongs to a routed system's report"),
+    (['--models', 'checkpoints/teacher', '--selector', 'checkpoints/selector'],
+     'argument --selector: not allowed with argument --models'),
+    (['--models', 'checkpoints/teacher', 'checkpoints/teacher/best.pt'],
+     "'checkpoints/teacher/best.pt' is given twice as a model; pass each once"),
+    (['--models', 'checkpoints/teacher', 'other/googlenet'], "'other/googlenet/best.pt' has other classes than "
+                                                             "'checkpoints/teacher/best.pt'; score together only"),
+])
+def test_bad_models_are_one_clear_line(tiny_runs, flags, message):
+    work, _ = tiny_runs
+    if 'other/googlenet' in flags and not (work / 'other' / 'googlenet' / 'best.pt').exists():
+        folder = make_image_folder(work / 'other-classes', classes=('cat', 'dog'))
+        run_main(ROOT / 'teacherTrain.py', *TINY, '--data-dir', folder, '--arch', 'googlenet', '--out',
+                 'other/googlenet', cwd=work)
+    result = run_main(ROOT / 'evaluate.py', *flags, cwd=work, check=False)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert result.stderr.startswith(f'error: {message}') and result.stderr.count('\n') == 1
+
+
 def test_a_checkpoint_that_is_not_a_selector_is_one_clear_line(tiny_runs):
     work, folder = tiny_runs
     for script, extra in (('evaluate.py', []), ('infer.py', [folder])):
@@ -73,8 +139,8 @@ def test_a_checkpoint_that_is_not_a_selector_is_one_clear_line(tiny_runs):
         assert result.returncode == 2 and 'Traceback' not in result.stderr
         assert result.stderr.strip() == ("error: 'checkpoints/teacher/best.pt' is a resnet50 checkpoint, not a "
                                          "selector; pass the best.pt that selectorTrain.py wrote (default "
-                                         "checkpoints/selector/best.pt), or run this model alone with infer.py "
-                                         "--teacher PATH")
+                                         "checkpoints/selector/best.pt), or use this model alone: infer.py "
+                                         "--teacher PATH, evaluate.py --models PATH")
 
 
 def test_test_data_of_other_classes_is_one_clear_line(tiny_runs, tmp_path):

@@ -73,14 +73,14 @@ def selector_experts(state: dict, selector_path: str, device) -> list:
     return experts
 
 
-def check_experts_distinct(experts: list):
+def check_experts_distinct(experts: list, role: str = 'an expert'):
     """Each expert once, under a name of its own: files, reports and --expert know it by that name."""
     seen = {}
     for expert in experts:
         real = os.path.realpath(expert.path)
         if real in seen:
             alias = f" (as '{seen[real]}' too)" if seen[real] != expert.path else ''
-            raise UserError(f"'{expert.path}' is given twice as an expert{alias}; pass each student once")
+            raise UserError(f"'{expert.path}' is given twice as {role}{alias}; pass each once")
         seen[real] = expert.path
     named = {}
     for expert in experts:
@@ -138,8 +138,8 @@ def load_selector(path: str) -> dict:
     state = load_checkpoint(path, map_location='cpu')
     if 'experts' not in state:
         raise UserError(f"'{path}' is a {state.get('arch', 'model')} checkpoint, not a selector; pass the "
-                        "best.pt that selectorTrain.py wrote (default checkpoints/selector/best.pt), or run this "
-                        "model alone with infer.py --teacher PATH")
+                        "best.pt that selectorTrain.py wrote (default checkpoints/selector/best.pt), or use this "
+                        "model alone: infer.py --teacher PATH, evaluate.py --models PATH")
     if 'routing' not in state and 'optimizer' in state:  # routing is chosen after training, into best.pt only
         raise UserError(f"'{path}' is the selector's training state, for --resume; pass the best.pt beside it, or "
                         f"the run directory")
