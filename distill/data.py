@@ -17,7 +17,7 @@ from PIL import Image
 from . import UserError
 from .folder_cache import (WHERE_TO_CACHE, DecodedOnDisk, default_cache_dir, in_units, keep_array, one_at_a_time,
                            read_cache, warn_once)
-from .images import HEIF_READABLE, READ_ERRORS, HeifUnreadable, list_image_files, read_image
+from .images import HEIF_READABLE, READ_ERRORS, SYSTEM_FILES, HeifUnreadable, list_image_files, read_image
 from .runtime import free_memory, place_data
 
 DATASETS = ('cifar10', 'cifar100', 'folder')
@@ -266,7 +266,7 @@ def _folder_entries(parts):
     and Test/ in any case, but a folder named exactly train/ or test/ wins ('Test/train/cat/1.png')."""
     found = [i for i, part in enumerate(parts[:-2]) if part.lower() in SPLITS_IN_FOLDER]
     exact = [i for i in found if parts[i] in SPLITS_IN_FOLDER]
-    if not found or parts[-1].startswith('.'):
+    if not found or parts[-1].startswith('.') or parts[-1].lower() in SYSTEM_FILES:
         return None
     i = (exact or found)[0]
     if parts[i + 1].startswith('.'):

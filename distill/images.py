@@ -19,6 +19,7 @@ try:  # HEIC/HEIF, an iPhone's photos: Pillow reads them where the optional pill
     HEIF_READABLE = True
 except ImportError:
     HEIF_READABLE = False
+SYSTEM_FILES = {'thumbs.db', 'ehthumbs.db', 'desktop.ini', 'icon\r'}  # what Windows and macOS leave in a folder
 HEIF_BRANDS = (b'heic', b'heix', b'heim', b'heis', b'hevc', b'hevx', b'mif1', b'msf1')
 
 
@@ -105,8 +106,8 @@ def _is_heif(source) -> bool:
 
 
 def list_image_files(folder: str) -> list:
-    """Every non-hidden file under folder, recursively, in a stable order: what infer.py classifies and a
-    data folder holds. Linked folders are followed, each folder once (a link to a folder above would loop).
+    """Every non-hidden file under folder, recursively, in a stable order, but the operating system's own
+    (Thumbs.db, desktop.ini): what infer.py classifies and a data folder holds. Linked folders are followed, each folder once (a link to a folder above would loop).
     A folder that cannot be listed is an error: its images would be left out unseen."""
     def refuse(err: OSError):
         raise UserError(f"cannot list the folder '{err.filename}' ({err.strerror}); give this user read access "
@@ -120,7 +121,8 @@ def list_image_files(folder: str) -> list:
                 seen.add(real)
                 kept.append(name)
         dirs[:] = kept
-        files += [os.path.join(root, name) for name in names if not name.startswith('.')]
+        files += [os.path.join(root, name) for name in names
+                  if not name.startswith('.') and name.lower() not in SYSTEM_FILES]
     return sorted(files)
 
 

@@ -180,6 +180,7 @@ def test_a_data_set_resized_in_chunks_is_resized_as_a_whole():
 @pytest.mark.parametrize('suffix', ['.tar.gz', '.tar', '.zip', '.windows.zip'])
 def test_an_archive_matches_its_folder_and_is_cached(tmp_path, suffix, capsys):
     root = make_image_folder(tmp_path / 'd')
+    (root / 'test' / 'cat' / 'Thumbs.db').write_bytes(b'\xd0\xcf\x11\xe0')  # Windows' own: no image, no warning
     archive = tmp_path / f'd{suffix}'
     if suffix == '.zip':
         with zipfile.ZipFile(archive, 'w') as zipped:

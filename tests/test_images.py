@@ -108,16 +108,17 @@ def test_pillows_pixel_limit_applies_to_the_pixels_decoded_not_to_the_photos_siz
     assert Image.MAX_IMAGE_PIXELS == 1000  # lifted only while the file is opened
 
 
-def test_a_folder_to_classify_is_listed_with_its_linked_folders_once_and_without_hidden_files(tmp_path):
+def test_a_folder_to_classify_is_listed_with_its_linked_folders_once_and_without_hidden_or_system_files(tmp_path):
     folder, elsewhere = tmp_path / 'pictures', tmp_path / 'elsewhere'
-    for path in (folder / 'a.png', folder / '.hidden.png', folder / '.cache' / 'b.png', elsewhere / 'c.png'):
+    for path in (folder / 'a.png', folder / '.hidden.png', folder / '.cache' / 'b.png', elsewhere / 'c.png',
+                 folder / 'Thumbs.db', folder / 'desktop.ini', elsewhere / 'Icon\r', folder / 'thumbs.db.png'):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b'')
     (folder / 'more').symlink_to(elsewhere)  # a user's pictures kept elsewhere: os.walk skipped them
     (folder / 'again').symlink_to(elsewhere)
     (folder / 'up').symlink_to(folder)  # would loop
     listed = [os.path.relpath(p, folder) for p in list_image_files(str(folder))]
-    assert listed == ['a.png', 'again/c.png']  # the first link in name order
+    assert listed == ['a.png', 'again/c.png', 'thumbs.db.png']  # the first link in name order
 
 
 def test_a_folder_that_cannot_be_listed_is_one_line_not_left_out(tmp_path, monkeypatch):
