@@ -2,9 +2,11 @@
 
 The training loop (engine.py) and every script import these; none of them knows about flags.
 """
+import functools
 import os
 import platform
 import sys
+import time
 from contextlib import nullcontext
 
 import torch
@@ -118,10 +120,50 @@ def _stat(path: str, key: str) -> int:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: oneDNN then runs these models faster in bf16 than in fp32; elsewhere bf16 is
-    emulated and slower (benchmarks/run.py measures both)."""
+    """AVX512-BF16 or AMX: bf16 in hardware; elsewhere it is emulated and far slower than float32."""
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in ('_is_avx512_bf16_supported',
                                                                           '_is_amx_tile_supported'))
+
+
+BF16_MIN_SPEEDUP = 1.2  # below it, float32's precision is worth more than the time bf16 saves
+
+
+@functools.cache
+def cpu_bf16_speedup() -> float:
+    """How many times faster this CPU runs a 3x3 convolution of these models' kind in bf16 than in float32,
+    timed once per process (best of 5 calls each). Native bf16 need not pay: AVX512-BF16 without AMX can lose to
+    float32 on a CPU with two AVX-512 FMA units. 0 where bf16 is emulated (not timed)."""
+    if not cpu_has_native_bf16():
+        return 0.0
+    generator = torch.Generator().manual_seed(0)  # not the global generator: training's draws stay as seeded
+    weight = torch.randn(64, 64, 3, 3, generator=generator)
+    images = torch.randn(32, 64, 16, 16, generator=generator).contiguous(memory_format=torch.channels_last)
+    seconds = {}
+    with torch.inference_mode():
+        for dtype in (None, torch.bfloat16):
+            with autocast(torch.device('cpu'), dtype):
+                torch.nn.functional.conv2d(images, weight, padding=1)  # oneDNN's first call picks its kernel
+                seconds[dtype] = min(_seconds(torch.nn.functional.conv2d, images, weight, padding=1)
+                                     for _ in range(5))
+    return seconds[None] / seconds[torch.bfloat16]
+
+
+def _seconds(fn, *args, **kwargs) -> float:
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - start
+
+
+def cpu_bf16_pays() -> bool:
+    """Whether --amp auto runs bf16 on this CPU: where it is measured clearly faster. Under torchrun every
+    process takes rank 0's answer, so that all train at one precision."""
+    pays = cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        answer = torch.tensor([int(pays)])
+        dist.broadcast(answer, 0)
+        pays = bool(answer.item())
+    return pays
 
 
 def amp_dtype(name: str, device: torch.device):
@@ -131,7 +173,7 @@ def amp_dtype(name: str, device: torch.device):
     if device.type != 'cuda':
         if name == 'fp16':
             raise UserError('--amp fp16 needs CUDA; on CPU use --amp bf16 or --amp off')
-        return torch.bfloat16 if name == 'bf16' or cpu_has_native_bf16() else None
+        return torch.bfloat16 if name == 'bf16' or cpu_bf16_pays() else None
     if name == 'fp16' or (name == 'auto' and not torch.cuda.is_bf16_supported()):
         return torch.float16
     return torch.bfloat16

@@ -10,11 +10,33 @@ from models import STUDENTS, TEACHER, build_model
 CPU = torch.device('cpu')
 
 
-@pytest.mark.parametrize('native', [True, False])
-def test_auto_precision_on_cpu_is_bf16_only_where_the_cpu_has_it_natively(monkeypatch, native):
-    monkeypatch.setattr(runtime, 'cpu_has_native_bf16', lambda: native)
-    assert runtime.amp_dtype('auto', CPU) == (torch.bfloat16 if native else None)
+@pytest.mark.parametrize('speedup', [0.0, 0.6, 1.1, 1.2, 2.0])  # 0: emulated; 0.6: native, slower than float32
+def test_auto_precision_on_cpu_is_bf16_only_where_it_is_measured_clearly_faster(monkeypatch, speedup):
+    monkeypatch.setattr(runtime, 'cpu_bf16_speedup', lambda: speedup)
+    assert runtime.amp_dtype('auto', CPU) == (torch.bfloat16 if speedup >= 1.2 else None)
     assert runtime.amp_dtype('bf16', CPU) == torch.bfloat16 and runtime.amp_dtype('off', CPU) is None
+
+
+@pytest.mark.parametrize('native', [True, False])
+def test_the_bf16_probe_times_only_native_bf16_and_leaves_the_seeded_generator_alone(monkeypatch, native):
+    monkeypatch.setattr(runtime, 'cpu_has_native_bf16', lambda: native)
+    runtime.cpu_bf16_speedup.cache_clear()
+    try:
+        torch.manual_seed(3)
+        expected = torch.rand(4)
+        torch.manual_seed(3)
+        speedup = runtime.cpu_bf16_speedup()
+        assert torch.equal(torch.rand(4), expected)  # a stage seeded before it draws as seeded
+        assert speedup > 0 if native else speedup == 0
+    finally:
+        runtime.cpu_bf16_speedup.cache_clear()
+
+
+def test_under_torchrun_every_process_runs_at_rank_0s_precision(monkeypatch):
+    monkeypatch.setattr(runtime, 'cpu_bf16_speedup', lambda: 0.6)  # this process alone would run float32
+    monkeypatch.setattr(torch.distributed, 'is_initialized', lambda: True)
+    monkeypatch.setattr(torch.distributed, 'broadcast', lambda tensor, src: tensor.fill_(1))  # rank 0 chose bf16
+    assert runtime.amp_dtype('auto', CPU) == torch.bfloat16
 
 
 def test_fp16_on_cpu_is_refused():
