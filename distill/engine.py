@@ -24,7 +24,7 @@ from .data import Prepared
 from .loaders import split_loader
 from .metrics import count_macs, count_params
 from .runtime import (amp_dtype, autocast, barrier, configure, device_name, init_distributed, place, precision_name,
-                      process_rank, reduce_sums, resolve_device)
+                      precision_text, process_rank, reduce_sums, resolve_device)
 
 METRIC_FIELDS = ('epoch', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr', 'seconds', 'train_img_per_s')
 FINITE_CHECK_EVERY = 50  # steps between host checks of the loss: one sync per check, not per step
@@ -276,7 +276,8 @@ def fit(settings: TrainSettings, arch: str, model, make_step, data: Prepared, *,
     scaler = torch.amp.GradScaler('cuda') if amp == torch.float16 else None
     log(f"{arch}: {len(train_loader.indices)} training, {len(loaders['val'].indices)} val and "
         f"{len(loaders['test'].indices)} test images of {len(data.classes)} classes at {data.image_size} px; "
-        f"{_count(settings.epochs, 'epoch')} of {_count(steps, 'step')} on {device_name(device)} in {precision} "
+        f"{_count(settings.epochs, 'epoch')} of {_count(steps, 'step')} on {device_name(device)} in "
+        f"{precision_text(settings.amp, amp, device)} "
         f"-> {settings.out}", flush=True)
     start_epoch, best_val_acc, history = 0, -1.0, []
     if settings.resume and os.path.exists(run.last):

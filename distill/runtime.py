@@ -184,6 +184,14 @@ def precision_name(amp) -> str:
     return str(amp or torch.float32).removeprefix('torch.')
 
 
+def precision_text(setting: str, amp, device: torch.device) -> str:
+    """What --amp resolved to; where auto chose float32 on a CPU with bf16 units, why."""
+    text = precision_name(amp)
+    if setting == 'auto' and amp is None and device.type == 'cpu' and cpu_has_native_bf16():
+        text += f' (bf16 ran {cpu_bf16_speedup():.2f}x as fast here)'
+    return text
+
+
 def autocast(device: torch.device, dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 

@@ -32,6 +32,14 @@ def test_the_bf16_probe_times_only_native_bf16_and_leaves_the_seeded_generator_a
         runtime.cpu_bf16_speedup.cache_clear()
 
 
+@pytest.mark.parametrize('native, setting, text', [(True, 'auto', 'float32 (bf16 ran 0.61x as fast here)'),
+                                                    (True, 'off', 'float32'), (False, 'auto', 'float32')])
+def test_a_cpu_run_says_why_auto_chose_float32_where_the_cpu_has_bf16_units(monkeypatch, native, setting, text):
+    monkeypatch.setattr(runtime, 'cpu_has_native_bf16', lambda: native)
+    monkeypatch.setattr(runtime, 'cpu_bf16_speedup', lambda: 0.61 if native else 0.0)
+    assert runtime.precision_text(setting, runtime.amp_dtype(setting, CPU), CPU) == text
+
+
 def test_under_torchrun_every_process_runs_at_rank_0s_precision(monkeypatch):
     monkeypatch.setattr(runtime, 'cpu_bf16_speedup', lambda: 0.6)  # this process alone would run float32
     monkeypatch.setattr(torch.distributed, 'is_initialized', lambda: True)
