@@ -21,6 +21,7 @@ def test_experts_are_timed_on_this_device_and_refuse_a_student_of_other_data(tin
     size = experts[0].state['image_size']
     measure_costs(experts, torch.zeros(8, 3, size, size).contiguous(memory_format=torch.channels_last))
     assert {e.cost['device'] for e in experts} == {device_name(torch.device('cpu'))}
+    assert {e.cost['precision'] for e in experts} == {'float32'}  # timed without autocast
     assert cost_vector([e.cost for e in experts], 'time').tolist() == [e.cost['seconds_per_image'] for e in experts]
     assert cost_vector([e.cost for e in experts], 'macs').tolist() == [e.macs for e in experts]
     state = torch.load(paths[1], weights_only=True)
@@ -41,6 +42,17 @@ def test_a_cost_timed_elsewhere_is_refused_one_timed_here_accepted_and_macs_neve
     with pytest.raises(UserError, match=r'timed on CPU \(x86_64, 2 threads\), not on this device'):  # before the model
         check_cost_device([{'device': 'CPU (x86_64, 2 threads)'}], 'time', torch.device('cpu'), 'sel.pt')
     check_cost_device([{'device': 'another machine'}], 'macs', torch.device('cpu'), 'sel.pt')
+
+
+def test_a_cost_timed_at_another_precision_is_refused_with_the_flags_that_fix_it():
+    here = device_name(torch.device('cpu'))
+    with pytest.raises(UserError, match=r"timed in bfloat16, not in float32 as here; pass --cost measure to time "
+                                        r"them at this precision, or --amp bf16$"):
+        check_cost_device([{'device': here, 'precision': 'bfloat16'}], 'time', torch.device('cpu'), 'sel.pt')
+    check_cost_device([{'device': here, 'precision': 'bfloat16'}], 'time', torch.device('cpu'), 'sel.pt',
+                      torch.bfloat16)
+    check_cost_device([{'device': here}], 'time', torch.device('cpu'), 'sel.pt', torch.bfloat16)  # stored before it
+    check_cost_device([{'device': here, 'precision': 'bfloat16'}], 'macs', torch.device('cpu'), 'sel.pt')
 
 
 def test_a_teacher_fallback_needs_a_teacher_the_experts_name():

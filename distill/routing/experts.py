@@ -10,7 +10,7 @@ from .. import UserError
 from ..checkpoint import (check_classifier, check_compatible, linked_path, load_checkpoint, model_from_checkpoint,
                           weights_digest)
 from ..metrics import count_macs, count_params, time_in_turns, weights_mb
-from ..runtime import device_name, fast_inference, fuse_for_inference, place
+from ..runtime import device_name, fast_inference, fuse_for_inference, place, precision_name
 from .decisions import SELECTOR_INPUTS
 
 COST_KINDS = ('time', 'macs')
@@ -159,7 +159,8 @@ def measure_costs(experts: list, images: torch.Tensor, amp=None):
     reused on another device without saying so."""
     timings = time_in_turns({e: e for e in experts}, images, amp)
     for expert in experts:
-        expert.cost = {'macs': expert.macs, **timings[expert], 'device': device_name(images.device)}
+        expert.cost = {'macs': expert.macs, **timings[expert], 'device': device_name(images.device),
+                       'precision': precision_name(amp)}
 
 
 def cost_vector(experts_meta: list, kind: str) -> torch.Tensor:
@@ -170,8 +171,11 @@ def cost_vector(experts_meta: list, kind: str) -> torch.Tensor:
     return torch.tensor([float(e[key]) for e in experts_meta], dtype=torch.float64)
 
 
-def check_cost_device(experts_meta: list, kind: str, device: torch.device, where: str):
-    """A timed cost is only valid on the device it was timed on."""
+AMP_FLAG = {'bfloat16': 'bf16', 'float16': 'fp16', 'float32': 'off'}  # --amp's value for each precision
+
+
+def check_cost_device(experts_meta: list, kind: str, device: torch.device, where: str, amp=None):
+    """A timed cost is only valid on the device, and at the precision, it was timed on."""
     if kind != 'time':
         return
     here = device_name(device)
@@ -179,3 +183,9 @@ def check_cost_device(experts_meta: list, kind: str, device: torch.device, where
     if measured != {here}:
         raise UserError(f"the experts' costs in '{where}' were timed on {', '.join(sorted(map(str, measured)))}, "
                         f"not on this device ({here}); pass --cost measure to time them here, or --cost macs")
+    timed_in = {e['precision'] for e in experts_meta if 'precision' in e}  # selectors before it: unchecked
+    if timed_in and timed_in != {precision_name(amp)}:
+        flags = ' or '.join(f'--amp {AMP_FLAG.get(p, p)}' for p in sorted(timed_in))
+        raise UserError(f"the experts' costs in '{where}' were timed in {', '.join(sorted(timed_in))}, not in "
+                        f"{precision_name(amp)} as here; pass --cost measure to time them at this precision, or "
+                        f"{flags}")

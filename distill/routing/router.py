@@ -161,7 +161,7 @@ def router_for(state: dict, experts: list, selector, *, mode=None, thresholds=No
         measure_costs(experts, torch.zeros(batch_size, 3, size, size, device=device).contiguous(
             memory_format=torch.channels_last), amp)
         metas = [e.cost for e in experts]
-    check_cost_device(metas, kind, device, where)
+    check_cost_device(metas, kind, device, where, amp)
     return Router(experts, 'selector', selector=selector, extra=extra_costs(cost_vector(metas, kind)).to(device),
                   cost_weight=routing['cost_weight'] if cost_weight is None else cost_weight, answer=answer_of(routing))
 
