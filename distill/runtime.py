@@ -159,7 +159,7 @@ def cpu_bf16_pays() -> bool:
     process takes rank 0's answer, so that all train at one precision."""
     pays = cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
     dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == 'gloo':
         answer = torch.tensor([int(pays)])
         dist.broadcast(answer, 0)
         pays = bool(answer.item())

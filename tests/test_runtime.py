@@ -43,6 +43,7 @@ def test_a_cpu_run_says_why_auto_chose_float32_where_the_cpu_has_bf16_units(monk
 def test_under_torchrun_every_process_runs_at_rank_0s_precision(monkeypatch):
     monkeypatch.setattr(runtime, 'cpu_bf16_speedup', lambda: 0.6)  # this process alone would run float32
     monkeypatch.setattr(torch.distributed, 'is_initialized', lambda: True)
+    monkeypatch.setattr(torch.distributed, 'get_backend', lambda: 'gloo')  # torchrun's on CPUs
     monkeypatch.setattr(torch.distributed, 'broadcast', lambda tensor, src: tensor.fill_(1))  # rank 0 chose bf16
     assert runtime.amp_dtype('auto', CPU) == torch.bfloat16
 
