@@ -20,14 +20,15 @@ from distill.metrics import in_calls, time_in_turns
 from distill.routing.decisions import MODES
 from distill.routing.experts import Expert, load_selector, selector_experts, teacher_of
 from distill.routing.router import router_for
-from distill.runtime import autocast, fast_inference, fuse_for_inference, inference_model, place
+from distill.runtime import (autocast, cpu_has_native_bf16, fast_inference, fuse_for_inference, inference_model,
+                             place)
 from models import STUDENTS, TEACHER, build_model
 
 
-def in_float32(model, device):
-    """model with autocast switched off: the float32 figure beside the reduced-precision one."""
+def in_precision(model, device, dtype=None):
+    """model under autocast at dtype, or with it off (None): the other precision's figure beside the default's."""
     def run(x):
-        with torch.autocast(device.type, enabled=False):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             return model(x)
     return run
 
@@ -35,8 +36,8 @@ def in_float32(model, device):
 def inference_figures(results, routing, device, amp, compile_model, variants=True):
     """Teacher, each student, both students (the original idea) and every routing mode, side by side: at the
     benchmark's batch, and at evaluate.py's batch of 256 with the latency of one image. On a GPU also each of
-    them run eagerly (no CUDA graphs). With variants, each model with BatchNorm folded and not, in float32, and
-    in NCHW.
+    them run eagerly (no CUDA graphs). With variants, each model with BatchNorm folded and not, in the other
+    precision (float32, or bf16 where --amp auto chose float32 on a CPU with bf16 units), and in NCHW.
 
     With a trained selector: its own experts, teacher and routing on its test images (a real mix); without
     one, untrained models on random pixels, and no routed figures (a mix of untrained models means nothing)."""
@@ -66,7 +67,9 @@ def inference_figures(results, routing, device, amp, compile_model, variants=Tru
         nchw = fuse_for_inference(copy.deepcopy(raw[name]).to(memory_format=torch.contiguous_format), device)
         fns[f'{name}.nchw_img_s'] = lambda x, nchw=nchw: nchw(x.contiguous())
         if amp is not None:
-            fns[f'{name}.fp32_img_s'] = in_float32(model, device)
+            fns[f'{name}.fp32_img_s'] = in_precision(model, device)
+        elif device.type == 'cpu' and cpu_has_native_bf16():  # what --amp auto turned down on this CPU
+            fns[f'{name}.bf16_img_s'] = in_precision(model, device, torch.bfloat16)
     if compile_model:  # inductor with frozen weights: constant-folds BN and pre-packs the convolutions
         from torch._inductor import config as inductor_config
         with inductor_config.patch(freezing=True), torch.inference_mode(), autocast(device, amp):
@@ -93,6 +96,8 @@ def inference_figures(results, routing, device, amp, compile_model, variants=Tru
         if amp is not None:
             results[f'infer.{name}.precision_speedup'] = (results[f'infer.{name}.img_s'] /
                                                           results[f'infer.{name}.fp32_img_s'])
+        elif f'infer.{name}.bf16_img_s' in results:
+            results[f'infer.{name}.bf16_speedup'] = results[f'infer.{name}.bf16_img_s'] / results[f'infer.{name}.img_s']
     for name in single:
         for batch in ('', 'b256.'):
             speedup, ref = ('graph_speedup', 'eager_img_s') if device.type == 'cuda' else ('chunk_speedup',

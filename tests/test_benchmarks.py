@@ -199,6 +199,22 @@ def test_an_output_that_cannot_be_written_is_refused_before_measuring(tmp_path):
     assert result.returncode == 2 and 'cannot create the folder' in result.stderr
 
 
+def test_where_auto_turned_bf16_down_the_inference_variants_time_it_beside_float32(tiny_runs, tmp_path, monkeypatch):
+    import benchmarks.inference_speed as inference_speed
+    import distill.runtime as runtime
+    monkeypatch.setattr(inference_speed, 'cpu_has_native_bf16', lambda: True)  # bf16 units...
+    monkeypatch.setattr(runtime, 'cpu_bf16_speedup', lambda: 0.6)  # ...slower than float32, so auto is float32
+    work, _ = tiny_runs
+    out = tmp_path / 'bench.json'
+    run_main(ROOT / 'benchmarks' / 'run.py', '--quick', '--parts', 'infer', '--selector', 'checkpoints/selector',
+             '--device', 'cpu', '--out', out, cwd=work)
+    results = json.loads(out.read_text())
+    assert results['precision'] == 'float32' and not any('precision_speedup' in key for key in results)
+    for name in ('teacher', 'densenet121', 'googlenet'):
+        assert results[f'infer.{name}.bf16_speedup'] == pytest.approx(results[f'infer.{name}.bf16_img_s'] /
+                                                                      results[f'infer.{name}.img_s'])
+
+
 @pytest.mark.parametrize('parts, variants', [('routed', False), ('infer', True)])
 def test_run_reports_every_routing_mode_against_every_model_at_both_batches(tiny_runs, tmp_path, parts, variants):
     work, _ = tiny_runs
