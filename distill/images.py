@@ -107,8 +107,9 @@ def _is_heif(source) -> bool:
 
 def list_image_files(folder: str) -> list:
     """Every non-hidden file under folder, recursively, in a stable order, but the operating system's own
-    (Thumbs.db, desktop.ini): what infer.py classifies and a data folder holds. Linked folders are followed, each folder once (a link to a folder above would loop).
-    A folder that cannot be listed is an error: its images would be left out unseen."""
+    (Thumbs.db, desktop.ini): what infer.py classifies and a data folder holds. Linked folders are followed, each
+    folder once (a link to a folder above would loop). A folder that cannot be listed is an error: its images
+    would be left out unseen."""
     def refuse(err: OSError):
         raise UserError(f"cannot list the folder '{err.filename}' ({err.strerror}); give this user read access "
                         f"to it, or move it out of '{folder}'")
