@@ -173,10 +173,20 @@ def amp_dtype(name: str, device: torch.device):
     if device.type != 'cuda':
         if name == 'fp16':
             raise UserError('--amp fp16 needs CUDA; on CPU use --amp bf16 or --amp off')
+        if name == 'bf16' and not cpu_has_native_bf16():
+            warn_emulated_bf16()
         return torch.bfloat16 if name == 'bf16' or cpu_bf16_pays() else None
     if name == 'fp16' or (name == 'auto' and not torch.cuda.is_bf16_supported()):
         return torch.float16
     return torch.bfloat16
+
+
+@functools.cache
+def warn_emulated_bf16():
+    """Once a process: the user asked for bf16, which this CPU can only emulate."""
+    if process_rank() == 0:
+        print('warning: this CPU has no bf16 units (AVX512-BF16 or AMX), so --amp bf16 runs emulated, far '
+              'slower than float32; use --amp auto', file=sys.stderr)
 
 
 def precision_name(amp) -> str:

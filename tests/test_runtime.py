@@ -40,6 +40,19 @@ def test_a_cpu_run_says_why_auto_chose_float32_where_the_cpu_has_bf16_units(monk
     assert runtime.precision_text(setting, runtime.amp_dtype(setting, CPU), CPU) == text
 
 
+@pytest.mark.parametrize('native', [True, False])
+def test_bf16_asked_for_on_a_cpu_that_only_emulates_it_is_run_with_one_warning(monkeypatch, capsys, native):
+    monkeypatch.setattr(runtime, 'cpu_has_native_bf16', lambda: native)
+    runtime.warn_emulated_bf16.cache_clear()
+    try:
+        assert runtime.amp_dtype('bf16', CPU) == torch.bfloat16 and runtime.amp_dtype('bf16', CPU) == torch.bfloat16
+        runtime.amp_dtype('auto', CPU)
+        warnings = [line for line in capsys.readouterr().err.splitlines() if '--amp bf16 runs emulated' in line]
+        assert len(warnings) == (0 if native else 1)  # cli checks --amp before the script resolves it: said once
+    finally:
+        runtime.warn_emulated_bf16.cache_clear()
+
+
 def test_under_torchrun_every_process_runs_at_rank_0s_precision(monkeypatch):
     monkeypatch.setattr(runtime, 'cpu_bf16_speedup', lambda: 0.6)  # this process alone would run float32
     monkeypatch.setattr(torch.distributed, 'is_initialized', lambda: True)
