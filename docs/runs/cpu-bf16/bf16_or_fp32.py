@@ -1,9 +1,11 @@
 """Does bf16 pay on this CPU? The teacher and both students in float32 and in bf16 autocast, in turns: inference
-(BatchNorm folded, channels_last, batch 256) and a training step (batch 128), beside the convolution probe that
---amp auto decides by (distill.runtime.cpu_bf16_speedup).
+(BatchNorm folded, channels_last, batch 256) and a training step (half the batch), beside the convolution probe
+that --amp auto decides by (distill.runtime.cpu_bf16_speedup). Where bf16 is emulated, a smaller batch keeps
+the run within minutes.
 
-    PYTHONPATH=. python docs/runs/cpu-bf16/bf16_or_fp32.py
+    PYTHONPATH=. python docs/runs/cpu-bf16/bf16_or_fp32.py [--batch 256]
 """
+import argparse
 import time
 
 import torch
@@ -31,18 +33,21 @@ def best_rate(step, images: int, rounds: int = 3, calls: int = 3) -> dict:
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--batch', type=int, default=256, help='inference batch; training takes half of it')
+    batch_size = parser.parse_args().batch
     torch.manual_seed(0)
-    print(device_name(CPU), f'torch {torch.__version__}')
+    print(device_name(CPU), f'torch {torch.__version__}, inference batch {batch_size}')
     print(f'probe: bf16 runs the convolution {cpu_bf16_speedup():.2f}x as fast as float32 (bf16 when >= '
           f'{BF16_MIN_SPEEDUP}); --amp auto here: {amp_dtype("auto", CPU) or "float32"}')
     for arch in (TEACHER, *STUDENTS):
         model = fuse_for_inference(build_model(arch, 10).eval(), CPU).to(memory_format=torch.channels_last)
-        images = torch.randn(256, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        images = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             infer = best_rate(lambda: model(images), len(images))
         model = build_model(arch, 10).train().to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        batch, labels = images[:128], torch.randint(0, 10, (128,))
+        batch, labels = images[:batch_size // 2], torch.randint(0, 10, (batch_size // 2,))
 
         def train_step():
             loss = F.cross_entropy(model(batch).float(), labels)
