@@ -250,6 +250,9 @@ def _enlarged(images: torch.Tensor, size: int, name: str, cache: str) -> torch.T
     return resize_images(images, size)
 
 
+RESIZE_COPIES = 5  # read_image's peak: Pillow's 4-byte RGB, the array, its copy and the tensor, in 3-byte units
+
+
 def _refuse_unless_fits(what: str, count: int, size: int, room: int | None, transient: int = 0,
                         room_text: str = 'of free memory, and the OS would kill this run',
                         hint: str = 'pass a smaller --image-size'):
@@ -411,6 +414,8 @@ def _decode_folder(path: str, size: int, decoded: DecodedOnDisk, as_test: bool =
     """Every readable image into `decoded`; returns the warning that counts the rest, or ''. A set that would
     not fit on the disk is refused while decoding, before the disk is full."""
     skipped, heif, count, largest = [], 0, 0, 0
+    # Each image is resized in memory, and held a few times over while converted to a tensor.
+    _refuse_unless_fits(f"one image of '{path}'", 1, size, free_memory(), transient=RESIZE_COPIES - 1)
     for split, cls, shown, opener in _iter_folder_files(path, as_test):
         first = f'the first {count + 1} images' if count else 'one image'
         # At the peak, while a split's classes are joined into one file, the class being copied is held twice.

@@ -77,8 +77,19 @@ def test_a_folder_that_would_outgrow_the_free_disk_is_refused_while_decoding_and
         load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path / 'c'))
     assert _left_in(tmp_path / 'c') == []
     monkeypatch.undo()
-    monkeypatch.setattr(distill.data, 'free_memory', lambda: 0)  # never asked: one image is held at a time
+    one_image = distill.data.RESIZE_COPIES * 3 * 8 * 8  # the memory needed: one image is held at a time
+    monkeypatch.setattr(distill.data, 'free_memory', lambda: one_image)
     assert len(load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path / 'c')))
+
+
+def test_an_image_size_whose_one_resized_image_would_not_fit_in_memory_is_one_line(
+        image_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(distill.data, 'free_memory', lambda: distill.data.RESIZE_COPIES * 3 * 8 * 8 - 1)
+    with pytest.raises(UserError, match=r"one image of '.*' at --image-size 8 \(192 B each\) need 960 B, more than "
+                                        r"the 959 B of free memory, and the OS would kill this run; pass a smaller "
+                                        r"--image-size"):
+        load_dataset('folder', str(image_folder), train=True, image_size=8, cache_dir=str(tmp_path / 'c'))
+    assert _left_in(tmp_path / 'c') == []
 
 
 def test_a_disk_that_fills_while_decoding_ends_in_one_line_and_leaves_nothing(image_folder, tmp_path, monkeypatch):
