@@ -73,7 +73,7 @@ def main(argv=None):
                           CachedTeacher(teacher, args.teacher, data.split, data.train.images, args.seed,
                                         args.cache_dir, amp))
         extra['teacher'] = args.teacher
-    model = initial_model(args, len(data.classes), model_args)
+    model = initial_model(args, data, model_args)
 
     def make_step(trained):
         return distillation_step(trained, teacher_logits, args.temperature, args.alpha, args.label_smoothing)

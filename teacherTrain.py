@@ -22,7 +22,7 @@ def main(argv=None):
     args = parse_args(argv)
     model_args = classifier_args(args)
     data = prepare_data(args)
-    model = initial_model(args, len(data.classes), model_args)
+    model = initial_model(args, data, model_args)
     fit(train_settings(args), args.arch, model,
         lambda trained: classification_step(trained, args.label_smoothing), data, extra={'model_args': model_args})
 

@@ -20,7 +20,7 @@ from .data import DATASETS, NATIVE_SIZE, default_dataset
 from .engine import TrainSettings, check_run_free
 from .folder_cache import default_cache_dir
 from .pretrained import IMAGENET, RANDOM, check_source, initialise
-from .runtime import amp_dtype, process_rank, resolve_device, world_size
+from .runtime import amp_dtype, check_training_fits, process_rank, resolve_device, world_size
 
 # The data settings a later stage takes from the checkpoint it builds on, unless given explicitly.
 DATA_SETTINGS = ('dataset', 'data_dir', 'subset', 'test_subset', 'image_size', 'val_size', 'route_size', 'seed')
@@ -198,11 +198,15 @@ def classifier_args(args, trained_at_it: str = '') -> dict:
                     f"{smallest} px; {fix}")
 
 
-def initial_model(args, num_classes: int, model_args: dict) -> torch.nn.Module:
+def initial_model(args, data, model_args: dict) -> torch.nn.Module:
     """The classifier a training script starts from: random weights fixed by --seed, then those of --init that
-    fit. A run that resumes takes its weights from last.pt instead."""
+    fit. A run that resumes takes its weights from last.pt instead. A batch too large for a CPU's memory is one
+    line here, before any training."""
     torch.manual_seed(args.seed)
-    model = build_model(args.arch, num_classes, **model_args)
+    model = build_model(args.arch, len(data.classes), **model_args)
+    device = resolve_device(args.device)
+    check_training_fits(model, data.image_size, min(args.batch_size, len(data.parts['train'])), device,
+                        amp_dtype(args.amp, device))
     if args.init != RANDOM and not _resumes(args):
         said = initialise(model, args.arch, args.init)
         if process_rank() == 0:  # torchrun's processes start alike: one says so

@@ -2,6 +2,7 @@
 
 The training loop (engine.py) and every script import these; none of them knows about flags.
 """
+import copy
 import functools
 import os
 import platform
@@ -14,6 +15,7 @@ from torch.fx.experimental.optimization import fuse
 
 from . import UserError
 from .checkpoint import model_from_checkpoint
+from .folder_cache import in_units
 
 
 def resolve_device(name: str) -> torch.device:
@@ -212,6 +214,42 @@ def configure(device: torch.device):
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+# More bytes of activations per byte of float32 input than any model of the table holds (tests/test_runtime.py)
+MAX_ACTIVATIONS_PER_INPUT_BYTE = 4096
+
+
+def training_activation_bytes(model, image_size: int) -> int:
+    """Bytes of float32 activations that one image holds from the forward pass to the backward one, counted on
+    the meta device: a copy of the model runs on shapes alone, computing nothing."""
+    meta = copy.deepcopy(model).to('meta').train()
+
+    def held(batch: int) -> int:
+        saved = {}
+
+        def pack(tensor):
+            saved[id(tensor)] = tensor  # one tensor saved by two layers is held once
+            return tensor
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            meta(torch.empty(batch, 3, image_size, image_size, device='meta'))
+        return sum(t.numel() * t.element_size() for t in saved.values())
+    return held(2) - held(1)  # the weights, saved at any batch, cancel out
+
+
+def check_training_fits(model, image_size: int, batch_size: int, device: torch.device, amp):
+    """On a CPU, a training batch whose activations cannot fit in memory is refused in one line, where the OS
+    would kill the run without a word; a GPU's allocator raises instead, which the scripts report."""
+    room = free_memory()
+    if device.type != 'cpu' or room is None or \
+            batch_size * 3 * image_size ** 2 * 4 * MAX_ACTIVATIONS_PER_INPUT_BYTE < room:
+        return  # cheap: the meta pass is not needed where no model of the table could come near
+    per_image = training_activation_bytes(model, image_size) // (2 if amp else 1)  # half-precision: at least half
+    if batch_size * per_image > room:
+        smaller = f'pass --batch-size {room // per_image} or less, or' if room // per_image >= 2 else 'pass'
+        raise UserError(f'a training batch of {batch_size} images at {image_size} px holds at least '
+                        f'{in_units(batch_size * per_image)} of activations, more than the {in_units(room)} of '
+                        f'free memory, and the OS would kill this run; {smaller} a smaller --image-size')
 
 
 def place(model, device: torch.device):

@@ -101,8 +101,9 @@ def test_every_torchrun_process_starts_from_the_file_and_only_the_first_says_so(
     torch.save(trained, tmp_path / 'weights.pt')
     monkeypatch.setenv('RANK', rank)
     args = argparse.Namespace(seed=0, arch='googlenet', init=str(tmp_path / 'weights.pt'), resume=False,
-                              out=str(tmp_path / 'run'))
-    model = initial_model(args, 10, {})
+                              out=str(tmp_path / 'run'), device='cpu', amp='off', batch_size=8)
+    data = argparse.Namespace(classes=list(range(10)), image_size=32, parts={'train': range(64)})
+    model = initial_model(args, data, {})
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in trained.items())
     assert ('googlenet starts from' in capsys.readouterr().out) == says
 

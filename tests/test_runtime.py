@@ -5,7 +5,7 @@ import torch
 import distill.runtime as runtime
 from conftest import CUDA_MARKS, needs_cuda
 from distill import UserError
-from models import STUDENTS, TEACHER, build_model
+from models import STUDENTS, TEACHER, build_model, stem_stride_for
 
 CPU = torch.device('cpu')
 
@@ -216,3 +216,48 @@ def test_images_that_would_crowd_the_gpu_stay_in_host_memory_said_once(monkeypat
     for _ in range(2):  # every loader of the set asks
         assert runtime.place_data(images, 'cuda') is images  # not moved: no CUDA call made
     assert capsys.readouterr().err.count('do not fit in the GPU') == 1
+
+
+def _stored_activation_bytes(model, image_size: int) -> int:
+    """What a real float32 training pass on the CPU keeps for the backward pass, per image: distinct storages."""
+    def held(batch):
+        saved = {}
+
+        def pack(tensor):
+            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(torch.randn(batch, 3, image_size, image_size))
+        return sum(saved.values())
+    return held(2) - held(1)
+
+
+@pytest.mark.parametrize('arch', [TEACHER, *STUDENTS])
+@pytest.mark.parametrize('image_size', [32, 64])
+def test_the_training_memory_counted_on_the_meta_device_is_what_a_real_pass_keeps(arch, image_size):
+    model = build_model(arch, 10, stem_stride=stem_stride_for(image_size)).train()
+    counted = runtime.training_activation_bytes(model, image_size)
+    assert counted == pytest.approx(_stored_activation_bytes(model, image_size), rel=0.1)
+    assert counted < runtime.MAX_ACTIVATIONS_PER_INPUT_BYTE * 3 * image_size ** 2 * 4  # the cheap bound holds
+    assert next(model.parameters()).device == CPU  # the model itself is not moved
+
+
+@pytest.mark.parametrize('amp', [None, torch.bfloat16])
+def test_a_training_batch_too_large_for_the_cpus_memory_is_one_line_naming_a_batch_that_fits(monkeypatch, amp):
+    model = build_model('googlenet', 10)
+    per_image = runtime.training_activation_bytes(model, 32) // (2 if amp else 1)
+    monkeypatch.setattr(runtime, 'free_memory', lambda: 10 * per_image)
+    runtime.check_training_fits(model, 32, 10, CPU, amp)
+    with pytest.raises(UserError, match=r'a training batch of 11 images at 32 px holds at least .* of activations, '
+                                        r'more than the .* of free memory, .*; pass --batch-size 10 or less, or a '
+                                        r'smaller --image-size'):
+        runtime.check_training_fits(model, 32, 11, CPU, amp)
+    monkeypatch.setattr(runtime, 'free_memory', lambda: per_image)
+    with pytest.raises(UserError, match=r'; pass a smaller --image-size'):
+        runtime.check_training_fits(model, 32, 2, CPU, amp)
+
+
+def test_the_memory_check_skips_its_meta_pass_where_the_batch_is_far_from_filling_memory(monkeypatch):
+    monkeypatch.setattr(runtime, 'free_memory', lambda: 3 * runtime.MAX_ACTIVATIONS_PER_INPUT_BYTE * 3 * 32 * 32 * 4)
+    monkeypatch.setattr(runtime, 'training_activation_bytes', lambda *args: pytest.fail('counted needlessly'))
+    runtime.check_training_fits(build_model('googlenet', 10), 32, 2, CPU, None)
