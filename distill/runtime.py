@@ -246,7 +246,8 @@ def check_training_fits(model, image_size: int, batch_size: int, device: torch.d
         return  # cheap: the meta pass is not needed where no model of the table could come near
     per_image = training_activation_bytes(model, image_size) // (2 if amp else 1)  # half-precision: at least half
     if batch_size * per_image > room:
-        smaller = f'pass --batch-size {room // per_image} or less, or' if room // per_image >= 2 else 'pass'
+        fits = room * 3 // 4 // per_image  # a margin for what the count leaves out: weights, gradients, the optimiser
+        smaller = f'pass --batch-size {fits} or less, or' if fits >= 2 else 'pass'
         raise UserError(f'a training batch of {batch_size} images at {image_size} px holds at least '
                         f'{in_units(batch_size * per_image)} of activations, more than the {in_units(room)} of '
                         f'free memory, and the OS would kill this run; {smaller} a smaller --image-size')

@@ -249,7 +249,7 @@ def test_a_training_batch_too_large_for_the_cpus_memory_is_one_line_naming_a_bat
     monkeypatch.setattr(runtime, 'free_memory', lambda: 10 * per_image)
     runtime.check_training_fits(model, 32, 10, CPU, amp)
     with pytest.raises(UserError, match=r'a training batch of 11 images at 32 px holds at least .* of activations, '
-                                        r'more than the .* of free memory, .*; pass --batch-size 10 or less, or a '
+                                        r'more than the .* of free memory, .*; pass --batch-size 7 or less, or a '
                                         r'smaller --image-size'):
         runtime.check_training_fits(model, 32, 11, CPU, amp)
     monkeypatch.setattr(runtime, 'free_memory', lambda: per_image)
